@@ -1,0 +1,162 @@
+//! A BERT encoder (transformers' `BertModel`) on candle, trainable end to end.
+
+use crate::config::{Activation, BertConfig};
+use crate::layers::{activate, additive_mask, maybe_dropout, softmax_last, DropoutRng, LayerNorm, Linear};
+use crate::params::{Init, WeightSource};
+use anyhow::Result;
+use candle_core::{Tensor, D};
+
+struct Embeddings {
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    norm: LayerNorm,
+}
+
+struct SelfAttention {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    output: Linear,
+    norm: LayerNorm,
+}
+
+struct FeedForward {
+    intermediate: Linear,
+    output: Linear,
+    norm: LayerNorm,
+}
+
+struct Layer {
+    attention: SelfAttention,
+    ffn: FeedForward,
+}
+
+/// The encoder: embeddings, `num_hidden_layers` transformer layers and (optionally) the pooler.
+pub struct BertModel {
+    pub config: BertConfig,
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+    pooler: Option<Linear>,
+    activation: Activation,
+}
+
+/// Name prefix of encoder weights inside a task model (`bert.encoder.layer.0...`).
+pub const ENCODER_PREFIX: &str = "bert";
+
+impl BertModel {
+    /// Builds the encoder from `ws` under `prefix` (usually [`ENCODER_PREFIX`]).
+    pub fn load(ws: &mut WeightSource, config: &BertConfig, prefix: &str, with_pooler: bool) -> Result<Self> {
+        let h = config.hidden_size;
+        let std = config.initializer_range;
+        let eps = config.layer_norm_eps;
+        let p = |s: &str| format!("{prefix}.{s}");
+        let embeddings = Embeddings {
+            word: ws.get(&p("embeddings.word_embeddings.weight"), (config.vocab_size, h), Init::Normal(std))?,
+            position: ws.get(&p("embeddings.position_embeddings.weight"), (config.max_position_embeddings, h), Init::Normal(std))?,
+            token_type: ws.get(&p("embeddings.token_type_embeddings.weight"), (config.type_vocab_size, h), Init::Normal(std))?,
+            norm: LayerNorm::load(ws, &p("embeddings.LayerNorm"), h, eps)?,
+        };
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let l = |s: &str| format!("{prefix}.encoder.layer.{i}.{s}");
+            layers.push(Layer {
+                attention: SelfAttention {
+                    query: Linear::load(ws, &l("attention.self.query"), h, h, std)?,
+                    key: Linear::load(ws, &l("attention.self.key"), h, h, std)?,
+                    value: Linear::load(ws, &l("attention.self.value"), h, h, std)?,
+                    output: Linear::load(ws, &l("attention.output.dense"), h, h, std)?,
+                    norm: LayerNorm::load(ws, &l("attention.output.LayerNorm"), h, eps)?,
+                },
+                ffn: FeedForward {
+                    intermediate: Linear::load(ws, &l("intermediate.dense"), h, config.intermediate_size, std)?,
+                    output: Linear::load(ws, &l("output.dense"), config.intermediate_size, h, std)?,
+                    norm: LayerNorm::load(ws, &l("output.LayerNorm"), h, eps)?,
+                },
+            });
+        }
+        let pooler = if with_pooler { Some(Linear::load(ws, &p("pooler.dense"), h, h, std)?) } else { None };
+        Ok(Self { config: config.clone(), embeddings, layers, pooler, activation: config.activation()? })
+    }
+
+    /// Last hidden states `[batch, seq, hidden]`. `rng` is `Some` in training mode (dropout on).
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: &Tensor,
+        mut rng: Option<&mut DropoutRng>,
+    ) -> Result<Tensor> {
+        let (_b, seq) = input_ids.dims2()?;
+        let cfg = &self.config;
+        if seq > cfg.max_position_embeddings {
+            anyhow::bail!("sequence of {seq} tokens exceeds max_position_embeddings {}", cfg.max_position_embeddings)
+        }
+        let e = &self.embeddings;
+        let words = embed(&e.word, input_ids)?;
+        let types = embed(&e.token_type, token_type_ids)?;
+        let positions = e.position.narrow(0, 0, seq)?;
+        let x = words.add(&types)?.broadcast_add(&positions)?;
+        let x = e.norm.forward(&x)?;
+        let mut x = maybe_dropout(&x, cfg.hidden_dropout_prob, &mut rng)?;
+        let mask = additive_mask(attention_mask, x.dtype())?;
+        for layer in &self.layers {
+            x = self.layer_forward(layer, &x, &mask, &mut rng)?;
+        }
+        Ok(x)
+    }
+
+    fn layer_forward(&self, layer: &Layer, x: &Tensor, mask: &Tensor, rng: &mut Option<&mut DropoutRng>) -> Result<Tensor> {
+        let cfg = &self.config;
+        let (b, l, h) = x.dims3()?;
+        let heads = cfg.num_attention_heads;
+        let d = cfg.head_dim();
+        let a = &layer.attention;
+        let split = |t: Tensor| -> Result<Tensor> { Ok(t.reshape((b, l, heads, d))?.transpose(1, 2)?.contiguous()?) };
+        let q = split((a.query.forward(x)? * (1.0 / (d as f64).sqrt()))?)?;
+        let k = split(a.key.forward(x)?)?;
+        let v = split(a.value.forward(x)?)?;
+        let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
+        let probs = softmax_last(&scores)?;
+        let probs = maybe_dropout(&probs, cfg.attention_probs_dropout_prob, rng)?;
+        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))?;
+        let attn = maybe_dropout(&a.output.forward(&ctx)?, cfg.hidden_dropout_prob, rng)?;
+        let x = a.norm.forward(&attn.add(x)?)?;
+        let f = &layer.ffn;
+        let inter = activate(&f.intermediate.forward(&x)?, self.activation)?;
+        let out = maybe_dropout(&f.output.forward(&inter)?, cfg.hidden_dropout_prob, rng)?;
+        f.norm.forward(&out.add(&x)?)
+    }
+
+    /// transformers' pooler: `tanh(dense(hidden[:, 0]))`.
+    pub fn pool(&self, hidden: &Tensor) -> Result<Tensor> {
+        let cls = hidden.narrow(1, 0, 1)?.squeeze(1)?;
+        match &self.pooler {
+            Some(p) => Ok(p.forward(&cls)?.tanh()?),
+            None => anyhow::bail!("this model was built without a pooler"),
+        }
+    }
+}
+
+/// Row lookup `table[ids]` for ids of any shape; differentiable with respect to `table`.
+fn embed(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    let dims = ids.dims().to_vec();
+    let flat = ids.flatten_all()?;
+    let rows = table.index_select(&flat, 0)?;
+    let mut out = dims;
+    out.push(table.dim(D::Minus1)?);
+    Ok(rows.reshape(out)?)
+}
+
+/// Mean of hidden states over non-padded positions: `[batch, hidden]`.
+pub fn mean_pool(hidden: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+    let m = attention_mask.to_dtype(hidden.dtype())?.unsqueeze(2)?;
+    let summed = hidden.broadcast_mul(&m)?.sum(1)?;
+    let counts = m.sum(1)?.clamp(1e-9, f64::MAX)?;
+    Ok(summed.broadcast_div(&counts)?)
+}
+
+/// The hidden state of the first (`[CLS]`) token: `[batch, hidden]`.
+pub fn cls_pool(hidden: &Tensor) -> Result<Tensor> {
+    Ok(hidden.narrow(1, 0, 1)?.squeeze(1)?)
+}

@@ -1,0 +1,223 @@
+//! Sequence classification: encoder, pooling, dropout, linear head. The default head is
+//! transformers' `BertForSequenceClassification` (pooler + classifier), so a saved folder loads
+//! with `AutoModelForSequenceClassification.from_pretrained` and predicts the same labels.
+
+use crate::bert::{cls_pool, mean_pool, BertModel, ENCODER_PREFIX};
+use crate::config::BertConfig;
+use crate::folder::ModelFolder;
+use crate::layers::{maybe_dropout, DropoutRng, Linear};
+use crate::params::{Params, WeightSource};
+use crate::tokenizer::{EncodedBatch, TextTokenizer};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// How a sequence becomes one vector for the head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// transformers' BertPooler on `[CLS]` (tanh dense): the `BertForSequenceClassification` head.
+    Pooler,
+    /// The raw `[CLS]` hidden state.
+    Cls,
+    /// Mean over non-padded tokens (sentence-transformers' default).
+    Mean,
+}
+
+impl Pooling {
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "pooler" => Pooling::Pooler,
+            "cls" => Pooling::Cls,
+            "mean" => Pooling::Mean,
+            _ => bail!("unknown pooling {s:?}: expected pooler, cls or mean"),
+        })
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Pooling::Pooler => "pooler",
+            Pooling::Cls => "cls",
+            Pooling::Mean => "mean",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemType {
+    /// One label per text: softmax cross-entropy.
+    SingleLabel,
+    /// Any number of labels per text: a sigmoid per label, binary cross-entropy.
+    MultiLabel,
+}
+
+impl ProblemType {
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            ProblemType::SingleLabel => "single_label_classification",
+            ProblemType::MultiLabel => "multi_label_classification",
+        }
+    }
+}
+
+/// What the head predicts; stored in `config.json` next to the encoder's settings.
+#[derive(Debug, Clone)]
+pub struct ClassifierConfig {
+    pub labels: Vec<String>,
+    pub pooling: Pooling,
+    pub problem_type: ProblemType,
+    /// Per-label decision thresholds for multi-label models (tuned on dev).
+    pub thresholds: Option<Vec<f32>>,
+    /// Whether the inputs are text pairs (recorded so `predict` can insist on them).
+    pub text_pairs: bool,
+}
+
+impl ClassifierConfig {
+    /// Reads a fine-tuned head's settings from a folder's `config.json`, if it has them.
+    pub fn from_raw(raw: &serde_json::Map<String, Value>) -> Result<Option<Self>> {
+        let Some(id2label) = raw.get("id2label").and_then(|v| v.as_object()) else { return Ok(None) };
+        let is_classifier = raw
+            .get("architectures")
+            .and_then(|a| a.as_array())
+            .is_some_and(|a| a.iter().any(|x| x.as_str().is_some_and(|s| s.ends_with("ForSequenceClassification"))));
+        if !is_classifier {
+            return Ok(None);
+        }
+        let mut labels = vec![String::new(); id2label.len()];
+        for (id, name) in id2label {
+            let i: usize = id.parse().with_context(|| format!("id2label key {id:?} is not an integer"))?;
+            if i >= labels.len() {
+                bail!("id2label ids are not 0..{}", labels.len())
+            }
+            labels[i] = name.as_str().unwrap_or_default().to_string();
+        }
+        let pooling = Pooling::parse(raw.get("zhiku_pooling").and_then(|v| v.as_str()).unwrap_or("pooler"))?;
+        let problem_type = match raw.get("problem_type").and_then(|v| v.as_str()) {
+            Some("multi_label_classification") => ProblemType::MultiLabel,
+            _ => ProblemType::SingleLabel,
+        };
+        let thresholds = raw
+            .get("zhiku_thresholds")
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().map(|x| x.as_f64().unwrap_or(0.5) as f32).collect());
+        let text_pairs = raw.get("zhiku_text_pairs").and_then(|v| v.as_bool()).unwrap_or(false);
+        Ok(Some(Self { labels, pooling, problem_type, thresholds, text_pairs }))
+    }
+}
+
+pub struct SequenceClassifier {
+    pub encoder: BertModel,
+    pub head: Linear,
+    pub config: ClassifierConfig,
+    pub params: Params,
+    head_dropout: f64,
+    /// Names of parameters that were randomly initialised (not in the checkpoint).
+    pub initialised: Vec<String>,
+}
+
+impl SequenceClassifier {
+    /// Builds a classifier from an encoder config and checkpoint tensors (possibly empty).
+    pub fn build(
+        bert: &BertConfig,
+        weights: HashMap<String, Tensor>,
+        config: ClassifierConfig,
+        seed: u64,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let n = config.labels.len();
+        if n == 0 {
+            bail!("a classifier needs at least one label")
+        }
+        let mut weights = weights;
+        // A head for other labels than ours (a different task, or a base model's) is replaced.
+        if weights.get("classifier.weight").is_some_and(|w| w.dim(0).ok() != Some(n)) {
+            weights.remove("classifier.weight");
+            weights.remove("classifier.bias");
+        }
+        let mut ws = WeightSource::new(weights, seed, device, dtype);
+        let encoder = BertModel::load(&mut ws, bert, ENCODER_PREFIX, config.pooling == Pooling::Pooler)?;
+        let head = Linear::load(&mut ws, "classifier", bert.hidden_size, n, bert.initializer_range)?;
+        let head_dropout = bert.classifier_dropout.unwrap_or(bert.hidden_dropout_prob);
+        Ok(Self { encoder, head, config, params: ws.params, head_dropout, initialised: ws.initialised })
+    }
+
+    /// Opens a folder: a fine-tuned classifier (labels from its config), or a base encoder with a
+    /// new head for `labels`.
+    pub fn from_folder(folder: &ModelFolder, new_head: Option<ClassifierConfig>, seed: u64, device: &Device) -> Result<Self> {
+        let saved = ClassifierConfig::from_raw(folder.raw_config())?;
+        let config = match (new_head, saved) {
+            (Some(c), _) => c,
+            (None, Some(c)) => c,
+            (None, None) => bail!(
+                "{} is a base encoder without a classification head; train one first with `zhiku train --model {}`",
+                folder.dir.display(),
+                folder.dir.display()
+            ),
+        };
+        let weights = folder.load_weights(device)?;
+        Self::build(&folder.config, weights, config, seed, device, DType::F32)
+    }
+
+    /// Pooled sentence vectors `[batch, hidden]` (before head dropout).
+    pub fn embed(&self, batch: &EncodedBatch, rng: Option<&mut DropoutRng>) -> Result<Tensor> {
+        let hidden = self.encoder.forward(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask, rng)?;
+        match self.config.pooling {
+            Pooling::Pooler => self.encoder.pool(&hidden),
+            Pooling::Cls => cls_pool(&hidden),
+            Pooling::Mean => mean_pool(&hidden, &batch.attention_mask),
+        }
+    }
+
+    /// Logits `[batch, num_labels]`; `rng` is `Some` in training mode.
+    pub fn forward(&self, batch: &EncodedBatch, mut rng: Option<&mut DropoutRng>) -> Result<Tensor> {
+        let hidden = self.encoder.forward(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask, rng.as_deref_mut())?;
+        let pooled = match self.config.pooling {
+            Pooling::Pooler => self.encoder.pool(&hidden)?,
+            Pooling::Cls => cls_pool(&hidden)?,
+            Pooling::Mean => mean_pool(&hidden, &batch.attention_mask)?,
+        };
+        let pooled = maybe_dropout(&pooled, self.head_dropout, &mut rng)?;
+        self.head.forward(&pooled)
+    }
+
+    /// Writes a Hugging Face folder: `config.json` (`BertForSequenceClassification`, `id2label`,
+    /// `label2id`), `model.safetensors` with transformers' names, and `tokenizer.json`. Each file
+    /// is written under a temporary name and renamed, so a crash never leaves a torn file.
+    pub fn save(&self, dir: &Path, base: &BertConfig, tokenizer: &TextTokenizer) -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let mut raw = base.raw.clone();
+        let labels = &self.config.labels;
+        raw.insert("architectures".into(), json!(["BertForSequenceClassification"]));
+        raw.insert("model_type".into(), json!("bert"));
+        raw.insert("id2label".into(), Value::Object(labels.iter().enumerate().map(|(i, l)| (i.to_string(), json!(l))).collect()));
+        raw.insert("label2id".into(), Value::Object(labels.iter().enumerate().map(|(i, l)| (l.clone(), json!(i))).collect()));
+        raw.insert("num_labels".into(), json!(labels.len()));
+        raw.insert("problem_type".into(), json!(self.config.problem_type.hf_name()));
+        raw.insert("zhiku_pooling".into(), json!(self.config.pooling.name()));
+        raw.insert("zhiku_text_pairs".into(), json!(self.config.text_pairs));
+        raw.insert("zhiku_max_length".into(), json!(tokenizer.max_length()));
+        match &self.config.thresholds {
+            Some(t) => raw.insert("zhiku_thresholds".into(), json!(t)),
+            None => raw.remove("zhiku_thresholds"),
+        };
+        write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&Value::Object(raw))?.as_bytes())?;
+        let tmp = dir.join(".model.safetensors.tmp");
+        candle_core::safetensors::save(&self.params.tensors(), &tmp)?;
+        std::fs::rename(&tmp, dir.join("model.safetensors"))?;
+        tokenizer.save(dir)?;
+        // A pytorch_model.bin from an earlier save would shadow nothing (safetensors wins) but
+        // would confuse people; the folder holds exactly one weights file.
+        let _ = std::fs::remove_file(dir.join("pytorch_model.bin"));
+        Ok(())
+    }
+}
+
+/// Writes `bytes` to `path` via a temporary file in the same folder and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! Building blocks written only with candle ops that have a backward pass.
+//!
+//! candle's fused `layer_norm`, `softmax_last_dim` and its `Dropout` module are avoided on
+//! purpose: the first two have no backward (gradients silently stop), and candle's dropout
+//! draws from an unseeded RNG, so runs could not be reproduced or resumed exactly.
+
+use crate::config::Activation;
+use crate::params::{Init, WeightSource};
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor, D};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// `y = x W^T + b`, with transformers' `[out, in]` weight layout.
+#[derive(Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn load(ws: &mut WeightSource, prefix: &str, in_dim: usize, out_dim: usize, std: f64) -> Result<Self> {
+        let weight = ws.get(&format!("{prefix}.weight"), (out_dim, in_dim), Init::Normal(std))?;
+        let bias = ws.get(&format!("{prefix}.bias"), out_dim, Init::Zeros)?;
+        Ok(Self { weight, bias: Some(bias) })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_dim = *dims.last().expect("linear input has a last dim");
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out_dims = dims;
+        *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
+        Ok(y.reshape(out_dims)?)
+    }
+}
+
+/// LayerNorm over the last dimension, composed from differentiable ops.
+#[derive(Clone)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn load(ws: &mut WeightSource, prefix: &str, dim: usize, eps: f64) -> Result<Self> {
+        let weight = ws.get(&format!("{prefix}.weight"), dim, Init::Ones)?;
+        let bias = ws.get(&format!("{prefix}.bias"), dim, Init::Zeros)?;
+        Ok(Self { weight, bias, eps })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centred = x.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        Ok(normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
+    }
+}
+
+/// Softmax over the last dimension, composed from differentiable ops.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let sum = e.sum_keepdim(D::Minus1)?;
+    Ok(e.broadcast_div(&sum)?)
+}
+
+pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
+    Ok(match act {
+        Activation::GeluErf => x.gelu_erf()?,
+        Activation::GeluTanh => x.gelu()?,
+        Activation::Relu => x.relu()?,
+    })
+}
+
+/// The randomness of one forward pass in training mode: a seeded stream of dropout masks.
+/// Seeding it from (run seed, step) makes every step reproducible, also after `--resume`.
+pub struct DropoutRng {
+    rng: ChaCha8Rng,
+}
+
+impl DropoutRng {
+    pub fn new(seed: u64) -> Self {
+        Self { rng: ChaCha8Rng::seed_from_u64(seed) }
+    }
+
+    /// Seed for one micro-batch of one optimizer step of a run.
+    pub fn for_step(run_seed: u64, step: u64, micro_batch: u64) -> Self {
+        let mixed = run_seed
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(step.wrapping_mul(0xBF58_476D_1CE4_E5B9))
+            .wrapping_add(micro_batch.wrapping_mul(0x94D0_49BB_1331_11EB));
+        Self::new(mixed)
+    }
+
+    /// Inverted dropout: zero each element with probability `p`, scale survivors by 1/(1-p).
+    pub fn dropout(&mut self, x: &Tensor, p: f64) -> Result<Tensor> {
+        if p <= 0.0 {
+            return Ok(x.clone());
+        }
+        let n = x.elem_count();
+        let scale = (1.0 / (1.0 - p)) as f32;
+        // Compare raw 32-bit draws against an integer threshold: one RNG word per element.
+        let threshold = (p * u32::MAX as f64) as u32;
+        let mask: Vec<f32> = (0..n).map(|_| if self.rng.random::<u32>() < threshold { 0.0 } else { scale }).collect();
+        let mask = Tensor::from_vec(mask, x.shape(), &Device::Cpu)?.to_dtype(x.dtype())?.to_device(x.device())?;
+        Ok(x.mul(&mask)?)
+    }
+}
+
+/// Applies dropout when training (`rng` is `Some`), the identity otherwise.
+pub fn maybe_dropout(x: &Tensor, p: f64, rng: &mut Option<&mut DropoutRng>) -> Result<Tensor> {
+    match rng {
+        Some(r) => r.dropout(x, p),
+        None => Ok(x.clone()),
+    }
+}
+
+/// An additive attention mask `[batch, 1, 1, seq]`: 0 where attended, a large negative where padded.
+pub fn additive_mask(attention_mask: &Tensor, dtype: DType) -> Result<Tensor> {
+    let (b, l) = attention_mask.dims2()?;
+    let m = attention_mask.to_dtype(DType::F32)?;
+    let add = ((m - 1.0)? * 1e9)?.to_dtype(dtype)?;
+    Ok(add.reshape((b, 1, 1, l))?)
+}

