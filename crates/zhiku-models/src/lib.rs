@@ -12,6 +12,7 @@ pub mod config;
 pub mod folder;
 pub mod layers;
 pub mod params;
+pub mod testing;
 pub mod tokenizer;
 
 pub use bert::BertModel;
@@ -20,7 +21,7 @@ pub use config::BertConfig;
 pub use folder::{ModelFolder, WeightsFile};
 pub use layers::DropoutRng;
 pub use params::{Params, WeightSource};
-pub use tokenizer::{EncodedBatch, TextTokenizer};
+pub use tokenizer::{EncodedBatch, TextTokenizer, TokenizedText};
 
 /// The device the engine runs on: the first CUDA GPU when built with `--features cuda` and one
 /// is present (unless `ZHIKU_DEVICE=cpu`), otherwise the CPU.

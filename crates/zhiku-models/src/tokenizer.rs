@@ -22,6 +22,13 @@ pub struct EncodedBatch {
     pub lengths: Vec<usize>,
 }
 
+/// One text (or pair) as token ids, truncated but not padded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenizedText {
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
+}
+
 impl EncodedBatch {
     pub fn seq_len(&self) -> usize {
         self.input_ids.dim(1).unwrap_or(0)
@@ -68,6 +75,13 @@ impl TextTokenizer {
 
     /// Tokenises texts (and optional second segments) into one padded batch on `device`.
     pub fn encode_batch(&self, texts: &[&str], pairs: Option<&[&str]>, device: &Device) -> Result<EncodedBatch> {
+        let tokenized = self.encode_many(texts, pairs)?;
+        let refs: Vec<&TokenizedText> = tokenized.iter().collect();
+        self.pad_batch(&refs, device)
+    }
+
+    /// Tokenises without padding (to tokenise a data set once and batch it many times).
+    pub fn encode_many(&self, texts: &[&str], pairs: Option<&[&str]>) -> Result<Vec<TokenizedText>> {
         let inputs: Vec<EncodeInput> = match pairs {
             Some(p) => {
                 if p.len() != texts.len() {
@@ -78,17 +92,25 @@ impl TextTokenizer {
             None => texts.iter().map(|t| t.to_string().into()).collect(),
         };
         let encodings = self.inner.encode_batch(inputs, true).map_err(|e| anyhow!("tokenisation failed: {e}"))?;
-        let seq = encodings.iter().map(|e| e.get_ids().len()).max().unwrap_or(0).max(1);
-        let n = encodings.len();
+        Ok(encodings
+            .into_iter()
+            .map(|e| TokenizedText { ids: e.get_ids().to_vec(), type_ids: e.get_type_ids().to_vec() })
+            .collect())
+    }
+
+    /// Pads tokenised texts to the longest of them and builds the batch tensors.
+    pub fn pad_batch(&self, items: &[&TokenizedText], device: &Device) -> Result<EncodedBatch> {
+        let seq = items.iter().map(|e| e.ids.len()).max().unwrap_or(0).max(1);
+        let n = items.len();
         let mut ids = vec![self.pad_id; n * seq];
         let mut types = vec![0u32; n * seq];
         let mut mask = vec![0u32; n * seq];
         let mut lengths = Vec::with_capacity(n);
-        for (row, enc) in encodings.iter().enumerate() {
-            let len = enc.get_ids().len();
+        for (row, enc) in items.iter().enumerate() {
+            let len = enc.ids.len();
             lengths.push(len);
-            ids[row * seq..row * seq + len].copy_from_slice(enc.get_ids());
-            types[row * seq..row * seq + len].copy_from_slice(enc.get_type_ids());
+            ids[row * seq..row * seq + len].copy_from_slice(&enc.ids);
+            types[row * seq..row * seq + len].copy_from_slice(&enc.type_ids);
             mask[row * seq..row * seq + len].iter_mut().for_each(|m| *m = 1);
         }
         Ok(EncodedBatch {

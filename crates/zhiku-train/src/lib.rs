@@ -1,1 +1,24 @@
-pub fn x(){}
+//! The fine-tuning engine: losses, AdamW, learning-rate schedules, the training loop with
+//! gradient accumulation, clipping, evaluation, early stopping, checkpoints and resume, plus
+//! metrics, prediction and the training report.
+//!
+//! Data flows one way: [`task::TaskData`] (labelled examples) -> [`Trainer`] (tensors through
+//! `zhiku_models::SequenceClassifier`) -> a Hugging Face model folder, a JSONL log and a report.
+
+pub mod bench;
+pub mod checkpoint;
+pub mod loss;
+pub mod metrics;
+pub mod optim;
+pub mod predict;
+pub mod report;
+pub mod schedule;
+pub mod task;
+pub mod trainer;
+
+pub use metrics::{ClassificationReport, MultiLabelReport};
+pub use optim::{AdamW, AdamWConfig};
+pub use predict::{Prediction, Predictor};
+pub use schedule::{LrSchedule, ScheduleKind};
+pub use task::{DataConfig, TaskData};
+pub use trainer::{StopReason, TrainConfig, TrainEvent, TrainSummary, Trainer};

@@ -1,0 +1,118 @@
+//! Speed measurements for `zhiku bench`: a full training step (forward, backward, AdamW) and
+//! batched inference on synthetic full-length sequences, with FLOP counts to relate the
+//! timings to the hardware's peak.
+
+use crate::loss::cross_entropy_sum;
+use crate::optim::{AdamW, AdamWConfig};
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use std::time::Instant;
+use zhiku_models::{BertConfig, ClassifierConfig, DropoutRng, EncodedBatch, ModelFolder, Pooling, ProblemType, SequenceClassifier};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainBench {
+    pub batch: usize,
+    pub seq: usize,
+    pub steps: usize,
+    pub median_s: f64,
+    pub forward_s: f64,
+    pub backward_s: f64,
+    pub optimizer_s: f64,
+    pub gflop_per_step: f64,
+    pub gflops: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InferBench {
+    pub batch: usize,
+    pub seq: usize,
+    pub batches: usize,
+    pub seq_per_s: f64,
+    pub gflop_per_seq: f64,
+    pub gflops: f64,
+}
+
+/// Forward FLOPs of one sequence of `seq` tokens through the encoder (multiply-add = 2 FLOPs):
+/// per token and layer `8h² + 4hi` in the dense layers and `4·seq·h` in attention.
+pub fn forward_flops(cfg: &BertConfig, seq: usize) -> f64 {
+    let (h, i, l) = (cfg.hidden_size as f64, cfg.intermediate_size as f64, cfg.num_hidden_layers as f64);
+    seq as f64 * l * (8.0 * h * h + 4.0 * h * i + 4.0 * seq as f64 * h)
+}
+
+fn synthetic_batch(cfg: &BertConfig, batch: usize, seq: usize, device: &Device, seed: u64) -> Result<EncodedBatch> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let ids: Vec<u32> = (0..batch * seq).map(|_| rng.random_range(1000..cfg.vocab_size.max(1001) as u32)).collect();
+    Ok(EncodedBatch {
+        input_ids: Tensor::from_vec(ids, (batch, seq), device)?,
+        token_type_ids: Tensor::zeros((batch, seq), candle_core::DType::U32, device)?,
+        attention_mask: Tensor::ones((batch, seq), candle_core::DType::U32, device)?,
+        lengths: vec![seq; batch],
+    })
+}
+
+fn classifier(folder: &ModelFolder, device: &Device) -> Result<SequenceClassifier> {
+    let head = ClassifierConfig { labels: (0..5).map(|i| format!("c{i}")).collect(), pooling: Pooling::Pooler, problem_type: ProblemType::SingleLabel, thresholds: None, text_pairs: false };
+    SequenceClassifier::from_folder(folder, Some(head), 0, device)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+pub fn train_step(folder: &ModelFolder, batch: usize, seq: usize, steps: usize, device: &Device) -> Result<TrainBench> {
+    let model = classifier(folder, device)?;
+    let mut opt = AdamW::new(&model.params, AdamWConfig::default())?;
+    let data = synthetic_batch(&folder.config, batch, seq, device, 1)?;
+    let labels: Vec<u32> = (0..batch as u32).map(|i| i % 5).collect();
+    let (mut total, mut fwd, mut bwd, mut upd) = (vec![], vec![], vec![], vec![]);
+    for step in 0..steps + 1 {
+        let t0 = Instant::now();
+        let mut rng = DropoutRng::for_step(0, step as u64, 0);
+        let logits = model.forward(&data, Some(&mut rng))?;
+        let (loss, n) = cross_entropy_sum(&logits, &labels, None, 0.0)?;
+        let loss = (loss / n)?;
+        loss.to_scalar::<f32>()?;
+        let t1 = Instant::now();
+        let grads = loss.backward()?;
+        let t2 = Instant::now();
+        opt.update(&grads, 1e-5, 1.0)?;
+        device.synchronize()?;
+        let t3 = Instant::now();
+        if step > 0 {
+            // The first step pays one-off allocation and thread-pool start-up.
+            fwd.push((t1 - t0).as_secs_f64());
+            bwd.push((t2 - t1).as_secs_f64());
+            upd.push((t3 - t2).as_secs_f64());
+            total.push((t3 - t0).as_secs_f64());
+        }
+    }
+    let gflop = 3.0 * batch as f64 * forward_flops(&folder.config, seq) / 1e9;
+    let med = median(total);
+    Ok(TrainBench { batch, seq, steps, median_s: med, forward_s: median(fwd), backward_s: median(bwd), optimizer_s: median(upd), gflop_per_step: gflop, gflops: gflop / med })
+}
+
+pub fn inference(folder: &ModelFolder, batch: usize, seq: usize, batches: usize, device: &Device) -> Result<InferBench> {
+    let model = classifier(folder, device)?;
+    let data = synthetic_batch(&folder.config, batch, seq, device, 2)?;
+    model.forward(&data, None)?.to_dtype(candle_core::DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+    let t0 = Instant::now();
+    for _ in 0..batches {
+        model.forward(&data, None)?.to_dtype(candle_core::DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let seq_per_s = (batch * batches) as f64 / secs;
+    let gflop = forward_flops(&folder.config, seq) / 1e9;
+    Ok(InferBench { batch, seq, batches, seq_per_s, gflop_per_seq: gflop, gflops: gflop * seq_per_s })
+}
+
+/// Peak resident memory of this process so far, in MiB (Linux; `None` elsewhere).
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
