@@ -1,0 +1,106 @@
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde_json::json;
+use std::path::PathBuf;
+use zhiku_models::ModelFolder;
+use zhiku_train::bench;
+
+#[derive(Args, Debug)]
+#[command(after_help = "Runs a full training step (forward, backward, AdamW) at --train-batch x --seq tokens and\n\
+batched inference at --infer-batch x --seq, on synthetic full-length sequences, and prints medians,\n\
+achieved GFLOP/s and peak memory. With --reference, also runs that command (for example\n\
+`python3 bench/torch_bench.py --model DIR`), which must print one JSON object with\n\
+train_s_per_step and infer_seq_per_s, and prints zhiku's speed-up over it.")]
+pub struct BenchArgs {
+    /// Encoder folder (default: .cache/models/all-MiniLM-L6-v2, as fetched by scripts/fetch-models.sh).
+    #[arg(long, default_value = ".cache/models/all-MiniLM-L6-v2")]
+    model: PathBuf,
+    #[arg(long, default_value_t = 16)]
+    train_batch: usize,
+    #[arg(long, default_value_t = 32)]
+    infer_batch: usize,
+    #[arg(long, default_value_t = 128)]
+    seq: usize,
+    /// Timed training steps (after one warm-up step).
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Timed inference batches (after one warm-up batch).
+    #[arg(long, default_value_t = 5)]
+    batches: usize,
+    /// Skip the training measurement.
+    #[arg(long)]
+    no_train: bool,
+    /// Skip the inference measurement.
+    #[arg(long)]
+    no_infer: bool,
+    /// A reference benchmark command to run in the same session (see below).
+    #[arg(long)]
+    reference: Option<String>,
+    /// Peak FMA throughput of this machine in GFLOP/s, to print the share of peak reached.
+    #[arg(long, default_value_t = 500.0)]
+    peak_gflops: f64,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: BenchArgs) -> Result<i32> {
+    let folder = ModelFolder::open(&a.model)?;
+    let device = zhiku_models::default_device();
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    eprintln!("model {} ({} layers, hidden {}), device {:?}, {threads} threads", a.model.display(), folder.config.num_hidden_layers, folder.config.hidden_size, device);
+    let infer = if a.no_infer { None } else { Some(bench::inference(&folder, a.infer_batch, a.seq, a.batches, &device)?) };
+    let train = if a.no_train { None } else { Some(bench::train_step(&folder, a.train_batch, a.seq, a.steps, &device)?) };
+    let peak_rss = bench::peak_rss_mib();
+    let reference = match &a.reference {
+        Some(cmd) => Some(run_reference(cmd)?),
+        None => None,
+    };
+    let mut result = json!({"zhiku": {"train": train, "infer": infer, "peak_rss_mib": peak_rss}, "reference": reference});
+    if let (Some(t), Some(r)) = (&train, reference.as_ref().and_then(|r| r.get("train_s_per_step")).and_then(|v| v.as_f64())) {
+        result["train_speedup"] = json!(r / t.median_s);
+    }
+    if let (Some(i), Some(r)) = (&infer, reference.as_ref().and_then(|r| r.get("infer_seq_per_s")).and_then(|v| v.as_f64())) {
+        result["infer_speedup"] = json!(i.seq_per_s / r);
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+        return Ok(0);
+    }
+    if let Some(i) = &infer {
+        println!(
+            "inference  {}x{}: {:>7.1} seq/s   {:.2} GFLOP/seq  {:>6.1} GFLOP/s ({:.0}% of {:.0} peak)",
+            i.batch, i.seq, i.seq_per_s, i.gflop_per_seq, i.gflops, 100.0 * i.gflops / a.peak_gflops, a.peak_gflops
+        );
+    }
+    if let Some(t) = &train {
+        println!(
+            "train step {}x{}: {:>7.3} s/step (forward {:.3}, backward {:.3}, optimizer {:.3})  {:.0} GFLOP/step  {:.1} GFLOP/s ({:.0}% of peak)",
+            t.batch, t.seq, t.median_s, t.forward_s, t.backward_s, t.optimizer_s, t.gflop_per_step, t.gflops, 100.0 * t.gflops / a.peak_gflops
+        );
+    }
+    if let Some(m) = peak_rss {
+        println!("peak memory (RSS): {m:.0} MiB");
+    }
+    if let Some(r) = &reference {
+        println!("reference: {}", serde_json::to_string(r)?);
+        if let Some(s) = result.get("train_speedup").and_then(|v| v.as_f64()) {
+            println!("training speed vs reference: {s:.2}x ({})", if s >= 1.0 { "faster" } else { "slower" });
+        }
+        if let Some(s) = result.get("infer_speedup").and_then(|v| v.as_f64()) {
+            println!("inference speed vs reference: {s:.2}x ({})", if s >= 1.0 { "faster" } else { "slower" });
+        }
+    }
+    Ok(0)
+}
+
+/// Runs the reference command through the shell and parses the last JSON line it prints.
+fn run_reference(cmd: &str) -> Result<serde_json::Value> {
+    eprintln!("running reference: {cmd}");
+    let out = std::process::Command::new("sh").arg("-c").arg(cmd).output().with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("reference command failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr))
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().rev().find(|l| l.trim_start().starts_with('{')).context("reference printed no JSON object")?;
+    Ok(serde_json::from_str(line).context("reference output is not JSON")?)
+}

@@ -1,0 +1,276 @@
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use zhiku_data::{Columns, Format};
+use zhiku_train::trainer::ClassWeights;
+use zhiku_train::{DataConfig, StopReason, TaskData, TrainConfig, TrainEvent, Trainer};
+
+#[derive(Args, Debug)]
+#[command(after_help = "Data: CSV and TSV files need a header row; JSONL files hold one JSON object per line.\n\
+Given only --train, zhiku holds out a stratified dev and test split (saved under OUTPUT/splits/).\n\
+Multi-label data: a JSON list in the label field, or --label-separator for CSV/TSV.\n\n\
+Output (a Hugging Face folder that transformers loads as it is): config.json, model.safetensors and\n\
+tokenizer.json of the best checkpoint on dev; checkpoint/ (resume state), train_log.jsonl (one line\n\
+per step), metrics.json, report.md and report.svg (loss and dev-metric curves).\n\n\
+Ctrl-C writes a checkpoint; run the same command with --resume to continue to the same result.")]
+pub struct TrainArgs {
+    /// Pretrained encoder folder (Hugging Face layout) or an earlier zhiku output to continue from.
+    #[arg(long)]
+    model: PathBuf,
+    /// Training data (.csv, .tsv or .jsonl).
+    #[arg(long)]
+    train: PathBuf,
+    /// Dev data for model selection and early stopping (default: split off --train).
+    #[arg(long)]
+    dev: Option<PathBuf>,
+    /// Test data scored once at the end with the best model (default: split off --train when --dev is absent).
+    #[arg(long)]
+    test: Option<PathBuf>,
+    /// Column holding the text.
+    #[arg(long, default_value = "text")]
+    text_column: String,
+    /// Column holding a second text, for sentence-pair tasks.
+    #[arg(long)]
+    pair_column: Option<String>,
+    /// Column holding the label(s).
+    #[arg(long, default_value = "label")]
+    label_column: String,
+    /// Separator between several labels in one cell (makes the task multi-label).
+    #[arg(long)]
+    label_separator: Option<String>,
+    /// Treat the task as multi-label (sigmoid per label, tuned thresholds).
+    #[arg(long)]
+    multi_label: bool,
+    /// File format when the extension does not tell: csv, tsv or jsonl.
+    #[arg(long)]
+    format: Option<String>,
+    /// Output folder.
+    #[arg(long, default_value = "runs/classifier")]
+    output: PathBuf,
+    /// Replace an existing output folder.
+    #[arg(long)]
+    overwrite: bool,
+    /// Continue an interrupted run from OUTPUT/checkpoint (same command line otherwise).
+    #[arg(long)]
+    resume: bool,
+    #[arg(long, default_value_t = 3)]
+    epochs: usize,
+    /// Examples per forward pass.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Micro-batches per optimizer step (effective batch = batch-size x grad-accum).
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 5e-5)]
+    lr: f64,
+    /// Tokens per text (longer texts are truncated; batches are padded only to their longest text).
+    #[arg(long, default_value_t = 128)]
+    max_length: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// AdamW decoupled weight decay (not applied to biases and LayerNorm).
+    #[arg(long, default_value_t = 0.01)]
+    weight_decay: f64,
+    /// Share of steps spent warming the learning rate up from 0.
+    #[arg(long, default_value_t = 0.1)]
+    warmup_ratio: f64,
+    /// Learning-rate schedule after warm-up: linear, cosine or constant.
+    #[arg(long, default_value = "linear")]
+    schedule: String,
+    /// Clip the global gradient norm to this value (0 disables clipping).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    /// Label smoothing for single-label cross-entropy.
+    #[arg(long, default_value_t = 0.0)]
+    label_smoothing: f64,
+    /// Class weights for the loss: "balanced" (inverse frequency) or one number per label, comma-separated, in label order.
+    #[arg(long)]
+    class_weights: Option<String>,
+    /// Sentence vector for the head: pooler (transformers' BertForSequenceClassification), cls or mean.
+    #[arg(long, default_value = "pooler")]
+    pooling: String,
+    /// Dev metric that picks the best checkpoint: macro_f1, accuracy, weighted_f1, loss (multi-label: micro_f1, macro_f1, subset_accuracy, loss).
+    #[arg(long)]
+    metric: Option<String>,
+    /// Stop after this many evaluations without dev improvement.
+    #[arg(long)]
+    patience: Option<usize>,
+    /// Evaluate on dev every N steps (default: every epoch).
+    #[arg(long)]
+    eval_steps: Option<u64>,
+    /// Stop after N optimizer steps.
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Held-out dev share when --dev is not given.
+    #[arg(long, default_value_t = 0.1)]
+    dev_fraction: f64,
+    /// Held-out test share when neither --dev nor --test is given.
+    #[arg(long, default_value_t = 0.1)]
+    test_fraction: f64,
+    /// Print the final summary as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+pub fn run(a: TrainArgs) -> Result<i32> {
+    let format = a.format.as_deref().map(|f| Format::parse(f).with_context(|| format!("unknown --format {f:?}: expected csv, tsv or jsonl"))).transpose()?;
+    let mut data = DataConfig::new(&a.train);
+    data.dev = a.dev.clone();
+    data.test = a.test.clone();
+    data.columns = Columns { text: a.text_column.clone(), pair: a.pair_column.clone(), label: a.label_column.clone(), label_separator: a.label_separator.clone() };
+    data.format = format;
+    data.dev_fraction = a.dev_fraction;
+    data.test_fraction = a.test_fraction;
+    data.split_seed = a.seed;
+    data.multi_label = a.multi_label;
+    if !(0.0..0.9).contains(&(a.dev_fraction + a.test_fraction)) {
+        bail!("--dev-fraction plus --test-fraction must be below 0.9")
+    }
+
+    // Everything is checked before the output folder is touched.
+    let task = TaskData::load(&data)?;
+    let class_weights = match a.class_weights.as_deref() {
+        None => ClassWeights::None,
+        Some("balanced") => ClassWeights::Balanced,
+        Some(list) => ClassWeights::Explicit(
+            list.split(',').map(|x| x.trim().parse::<f32>().with_context(|| format!("--class-weights: {x:?} is not a number"))).collect::<Result<_>>()?,
+        ),
+    };
+    let metric = a.metric.clone().unwrap_or_else(|| if task.multi_label { "micro_f1".into() } else { "macro_f1".into() });
+    let config = TrainConfig {
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        grad_accum: a.grad_accum,
+        lr: a.lr,
+        max_length: a.max_length,
+        seed: a.seed,
+        weight_decay: a.weight_decay,
+        warmup_ratio: a.warmup_ratio,
+        schedule: a.schedule.clone(),
+        max_grad_norm: if a.max_grad_norm > 0.0 { Some(a.max_grad_norm) } else { None },
+        label_smoothing: a.label_smoothing,
+        class_weights,
+        pooling: a.pooling.clone(),
+        metric,
+        patience: a.patience,
+        eval_steps: a.eval_steps,
+        max_steps: a.max_steps,
+        eval_batch_size: 64,
+    };
+    let device = zhiku_models::default_device();
+    let mut trainer = Trainer::new(&a.model, task, &a.output, config, device)?;
+    prepare_output(&a)?;
+
+    let interrupt = Arc::new(AtomicBool::new(false));
+    trainer.set_interrupt_flag(interrupt.clone());
+    let flag = interrupt.clone();
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\ninterrupted twice: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: finishing this step and writing a checkpoint (Ctrl-C again to quit at once)");
+    });
+
+    let show_bar = !a.quiet && crate::util::stderr_is_terminal();
+    let bar = ProgressBar::hidden();
+    let quiet = a.quiet;
+    let mut last_line = std::time::Instant::now();
+    let mut on_event = |ev: TrainEvent| match ev {
+        TrainEvent::Started { total_steps, done_steps, train_examples, dev_examples, labels, trainable } => {
+            if !quiet {
+                eprintln!(
+                    "training on {train_examples} examples ({dev_examples} dev), {} labels: {}; {:.1}M trainable parameters; {total_steps} steps",
+                    labels.len(),
+                    preview(labels),
+                    trainable as f64 / 1e6
+                );
+            }
+            if show_bar {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                bar.set_length(total_steps);
+                bar.set_position(done_steps);
+                bar.set_style(ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}").unwrap());
+            }
+        }
+        TrainEvent::Step(r) => {
+            let msg = format!("epoch {:.2} loss {:.4} lr {:.2e} {:.1} ex/s", r.epoch, r.loss, r.lr, r.examples_per_s);
+            if show_bar {
+                bar.set_position(r.step);
+                bar.set_message(msg);
+            } else if !quiet && last_line.elapsed().as_secs() >= 30 {
+                eprintln!("step {}: {msg}", r.step);
+                last_line = std::time::Instant::now();
+            }
+        }
+        TrainEvent::Eval(r, best) => {
+            if !quiet {
+                let line = format!("step {} dev loss {:.4} {} {:.4}{}", r.step, r.dev_loss, "metric", r.metric, if best { " (best, saved)" } else { "" });
+                if show_bar { bar.println(line) } else { eprintln!("{line}") }
+            }
+        }
+        TrainEvent::Checkpoint(_) => {}
+        TrainEvent::Message(m) => {
+            if !quiet {
+                if show_bar { bar.println(m) } else { eprintln!("{m}") }
+            }
+        }
+    };
+    let summary = trainer.run(a.resume, &mut on_event)?;
+    bar.finish_and_clear();
+    if summary.stop == StopReason::Interrupted {
+        eprintln!(
+            "stopped at step {}; checkpoint in {}. Continue with the same command plus --resume.",
+            summary.steps,
+            a.output.join("checkpoint").display()
+        );
+        return Ok(130);
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        println!("model saved to {} ({:?}, {} steps, {:.0} s)", a.output.display(), summary.stop, summary.steps, summary.seconds);
+        for (name, part) in [("dev", &summary.dev), ("test", &summary.test)] {
+            if let Some(r) = part {
+                println!(
+                    "{name}: accuracy {} macro-F1 {}",
+                    r.get("accuracy").or(r.get("subset_accuracy")).and_then(|v| v.as_f64()).map_or("-".into(), |v| format!("{v:.4}")),
+                    r.get("macro_f1").and_then(|v| v.as_f64()).map_or("-".into(), |v| format!("{v:.4}"))
+                );
+            }
+        }
+        println!("report: {}", a.output.join("report.md").display());
+    }
+    Ok(0)
+}
+
+fn preview(labels: &[String]) -> String {
+    let shown: Vec<&str> = labels.iter().take(8).map(|s| s.as_str()).collect();
+    if labels.len() > 8 { format!("{}, ...", shown.join(", ")) } else { shown.join(", ") }
+}
+
+/// Refuses to mix a new run into an existing output unless told to replace or resume it.
+fn prepare_output(a: &TrainArgs) -> Result<()> {
+    let out = &a.output;
+    let used = out.join("config.json").exists() || out.join("checkpoint").exists() || out.join("train_log.jsonl").exists();
+    if a.resume {
+        if !out.join("checkpoint/state.json").exists() {
+            bail!("--resume: {} holds no checkpoint to continue from", out.display())
+        }
+        return Ok(());
+    }
+    if used {
+        if !a.overwrite {
+            bail!("{} already holds a run; pass --overwrite to replace it or --resume to continue it", out.display())
+        }
+        std::fs::remove_dir_all(out).with_context(|| format!("cannot clear {}", out.display()))?;
+    }
+    Ok(())
+}
