@@ -1,7 +1,7 @@
 //! A BERT encoder (transformers' `BertModel`) on candle, trainable end to end.
 
 use crate::config::{Activation, BertConfig};
-use crate::layers::{activate, additive_mask, maybe_dropout, softmax_last, DropoutRng, LayerNorm, Linear};
+use crate::layers::{activate, additive_mask, maybe_dropout, DropoutRng, LayerNorm, Linear};
 use crate::params::{Init, WeightSource};
 use anyhow::Result;
 use candle_core::{Tensor, D};
@@ -100,26 +100,36 @@ impl BertModel {
         let x = e.norm.forward(&x)?;
         let mut x = maybe_dropout(&x, cfg.hidden_dropout_prob, &mut rng)?;
         let mask = additive_mask(attention_mask, x.dtype())?;
+        let mask_values: Vec<f32> = if crate::kernels::fused_ok(&x) { mask.flatten_all()?.to_vec1()? } else { Vec::new() };
         for layer in &self.layers {
-            x = self.layer_forward(layer, &x, &mask, &mut rng)?;
+            x = self.layer_forward(layer, &x, &mask, &mask_values, &mut rng)?;
         }
         Ok(x)
     }
 
-    fn layer_forward(&self, layer: &Layer, x: &Tensor, mask: &Tensor, rng: &mut Option<&mut DropoutRng>) -> Result<Tensor> {
+    fn layer_forward(&self, layer: &Layer, x: &Tensor, mask: &Tensor, mask_values: &[f32], rng: &mut Option<&mut DropoutRng>) -> Result<Tensor> {
         let cfg = &self.config;
         let (b, l, h) = x.dims3()?;
         let heads = cfg.num_attention_heads;
         let d = cfg.head_dim();
         let a = &layer.attention;
-        let split = |t: Tensor| -> Result<Tensor> { Ok(t.reshape((b, l, heads, d))?.transpose(1, 2)?.contiguous()?) };
-        let q = split((a.query.forward(x)? * (1.0 / (d as f64).sqrt()))?)?;
-        let k = split(a.key.forward(x)?)?;
-        let v = split(a.value.forward(x)?)?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
-        let probs = softmax_last(&scores)?;
-        let probs = maybe_dropout(&probs, cfg.attention_probs_dropout_prob, rng)?;
-        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))?;
+        let ctx = if crate::kernels::fused_ok(x) {
+            let p = cfg.attention_probs_dropout_prob;
+            let dropout = match rng {
+                Some(r) if p > 0.0 => Some((p as f32, r.next_seed())),
+                _ => None,
+            };
+            crate::attention::fused_attention(&a.query.forward(x)?, &a.key.forward(x)?, &a.value.forward(x)?, heads, mask_values, dropout)?
+        } else {
+            let split = |t: Tensor| -> Result<Tensor> { Ok(t.reshape((b, l, heads, d))?.transpose(1, 2)?.contiguous()?) };
+            let q = split((a.query.forward(x)? * (1.0 / (d as f64).sqrt()))?)?;
+            let k = split(a.key.forward(x)?)?;
+            let v = split(a.value.forward(x)?)?;
+            let scores = q.matmul(&k.t()?)?;
+            let probs = crate::kernels::masked_softmax(&scores, mask)?;
+            let probs = maybe_dropout(&probs, cfg.attention_probs_dropout_prob, rng)?;
+            probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))?
+        };
         let attn = maybe_dropout(&a.output.forward(&ctx)?, cfg.hidden_dropout_prob, rng)?;
         let x = a.norm.forward(&attn.add(x)?)?;
         let f = &layer.ffn;

@@ -56,12 +56,18 @@ impl LayerNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let centred = x.broadcast_sub(&mean)?;
-        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        Ok(normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
+        crate::kernels::layer_norm(x, &self.weight, &self.bias, self.eps)
     }
+}
+
+/// LayerNorm composed from differentiable candle ops (the reference for the fused kernel, and
+/// the path on devices without one).
+pub fn layer_norm_composed(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centred = x.broadcast_sub(&mean)?;
+    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = centred.broadcast_div(&(var + eps)?.sqrt()?)?;
+    Ok(normed.broadcast_mul(weight)?.broadcast_add(bias)?)
 }
 
 /// Softmax over the last dimension, composed from differentiable ops.
@@ -74,7 +80,7 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
 
 pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
     Ok(match act {
-        Activation::GeluErf => x.gelu_erf()?,
+        Activation::GeluErf => crate::kernels::gelu_erf(x)?,
         Activation::GeluTanh => x.gelu()?,
         Activation::Relu => x.relu()?,
     })
@@ -100,18 +106,20 @@ impl DropoutRng {
         Self::new(mixed)
     }
 
+    /// A fresh seed from this stream (for kernels that generate their own masks).
+    pub fn next_seed(&mut self) -> u64 {
+        self.rng.random::<u64>()
+    }
+
     /// Inverted dropout: zero each element with probability `p`, scale survivors by 1/(1-p).
     pub fn dropout(&mut self, x: &Tensor, p: f64) -> Result<Tensor> {
         if p <= 0.0 {
             return Ok(x.clone());
         }
-        let n = x.elem_count();
-        let scale = (1.0 / (1.0 - p)) as f32;
-        // Compare raw 32-bit draws against an integer threshold: one RNG word per element.
-        let threshold = (p * u32::MAX as f64) as u32;
-        let mask: Vec<f32> = (0..n).map(|_| if self.rng.random::<u32>() < threshold { 0.0 } else { scale }).collect();
+        // One draw from the seeded stream seeds a counter-based generator for this mask.
+        let mask = crate::kernels::dropout_mask(x.elem_count(), p, self.rng.random::<u64>());
         let mask = Tensor::from_vec(mask, x.shape(), &Device::Cpu)?.to_dtype(x.dtype())?.to_device(x.device())?;
-        Ok(x.mul(&mask)?)
+        crate::kernels::apply_mask(x, &mask)
     }
 }
 
@@ -123,10 +131,8 @@ pub fn maybe_dropout(x: &Tensor, p: f64, rng: &mut Option<&mut DropoutRng>) -> R
     }
 }
 
-/// An additive attention mask `[batch, 1, 1, seq]`: 0 where attended, a large negative where padded.
+/// An additive attention mask `[batch, seq]`: 0 where attended, a large negative where padded.
 pub fn additive_mask(attention_mask: &Tensor, dtype: DType) -> Result<Tensor> {
-    let (b, l) = attention_mask.dims2()?;
     let m = attention_mask.to_dtype(DType::F32)?;
-    let add = ((m - 1.0)? * 1e9)?.to_dtype(dtype)?;
-    Ok(add.reshape((b, 1, 1, l))?)
+    Ok(((m - 1.0)? * 1e9)?.to_dtype(dtype)?)
 }

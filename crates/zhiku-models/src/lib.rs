@@ -10,6 +10,8 @@ pub mod bert;
 pub mod classifier;
 pub mod config;
 pub mod folder;
+pub mod attention;
+pub mod kernels;
 pub mod layers;
 pub mod params;
 pub mod testing;
