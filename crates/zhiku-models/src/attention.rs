@@ -100,7 +100,7 @@ impl CustomOp3 for FusedAttention {
                 }
                 let mut sum = 0f32;
                 for x in row.iter_mut() {
-                    *x = (*x - max).exp();
+                    *x = crate::kernels::fast_exp(*x - max);
                     sum += *x;
                 }
                 let inv = 1.0 / sum;

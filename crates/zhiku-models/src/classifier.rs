@@ -125,6 +125,19 @@ impl SequenceClassifier {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
+        Self::build_with(bert, weights, config, seed, device, dtype, false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build_with(
+        bert: &BertConfig,
+        weights: HashMap<String, Tensor>,
+        config: ClassifierConfig,
+        seed: u64,
+        device: &Device,
+        dtype: DType,
+        frozen: bool,
+    ) -> Result<Self> {
         let n = config.labels.len();
         if n == 0 {
             bail!("a classifier needs at least one label")
@@ -136,6 +149,9 @@ impl SequenceClassifier {
             weights.remove("classifier.bias");
         }
         let mut ws = WeightSource::new(weights, seed, device, dtype);
+        if frozen {
+            ws = ws.freeze();
+        }
         let encoder = BertModel::load(&mut ws, bert, ENCODER_PREFIX, config.pooling == Pooling::Pooler)?;
         let head = Linear::load(&mut ws, "classifier", bert.hidden_size, n, bert.initializer_range)?;
         let head_dropout = bert.classifier_dropout.unwrap_or(bert.hidden_dropout_prob);
@@ -157,6 +173,19 @@ impl SequenceClassifier {
         };
         let weights = folder.load_weights(device)?;
         Self::build(&folder.config, weights, config, seed, device, DType::F32)
+    }
+
+    /// Like [`Self::from_folder`], with weights outside autograd: for prediction and evaluation.
+    pub fn for_inference(folder: &ModelFolder, new_head: Option<ClassifierConfig>, device: &Device) -> Result<Self> {
+        let config = match (new_head, ClassifierConfig::from_raw(folder.raw_config())?) {
+            (Some(c), _) | (None, Some(c)) => c,
+            (None, None) => bail!(
+                "{} is a base encoder without a classification head; train one first with `zhiku train --model {}`",
+                folder.dir.display(),
+                folder.dir.display()
+            ),
+        };
+        Self::build_with(&folder.config, folder.load_weights(device)?, config, 0, device, DType::F32, true)
     }
 
     /// Pooled sentence vectors `[batch, hidden]` (before head dropout).

@@ -26,6 +26,9 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let (true, Some(b)) = (crate::kernels::fused_ok(x), &self.bias) {
+            return Ok(crate::linear::linear(x, &self.weight, b)?);
+        }
         let dims = x.dims().to_vec();
         let in_dim = *dims.last().expect("linear input has a last dim");
         let rows: usize = dims[..dims.len() - 1].iter().product();

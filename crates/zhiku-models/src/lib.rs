@@ -13,6 +13,7 @@ pub mod folder;
 pub mod attention;
 pub mod kernels;
 pub mod layers;
+pub mod linear;
 pub mod params;
 pub mod testing;
 pub mod tokenizer;

@@ -80,9 +80,17 @@ pub struct WeightSource {
     rng: ChaCha8Rng,
     device: Device,
     dtype: DType,
+    frozen: bool,
 }
 
 impl WeightSource {
+    /// Hand out weights detached from autograd (inference: no graph is recorded, activations
+    /// are freed as soon as the next layer has used them). The [`Params`] still hold them.
+    pub fn freeze(mut self) -> Self {
+        self.frozen = true;
+        self
+    }
+
     pub fn new(loaded: HashMap<String, Tensor>, seed: u64, device: &Device, dtype: DType) -> Self {
         Self {
             loaded,
@@ -91,6 +99,7 @@ impl WeightSource {
             rng: ChaCha8Rng::seed_from_u64(seed),
             device: device.clone(),
             dtype,
+            frozen: false,
         }
     }
 
@@ -127,7 +136,7 @@ impl WeightSource {
             }
         };
         let var = Var::from_tensor(&tensor)?;
-        let t = var.as_tensor().clone();
+        let t = if self.frozen { var.as_tensor().detach() } else { var.as_tensor().clone() };
         self.params.insert(name, var);
         Ok(t)
     }

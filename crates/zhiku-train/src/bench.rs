@@ -53,9 +53,8 @@ fn synthetic_batch(cfg: &BertConfig, batch: usize, seq: usize, device: &Device, 
     })
 }
 
-fn classifier(folder: &ModelFolder, device: &Device) -> Result<SequenceClassifier> {
-    let head = ClassifierConfig { labels: (0..5).map(|i| format!("c{i}")).collect(), pooling: Pooling::Pooler, problem_type: ProblemType::SingleLabel, thresholds: None, text_pairs: false };
-    SequenceClassifier::from_folder(folder, Some(head), 0, device)
+fn head() -> ClassifierConfig {
+    ClassifierConfig { labels: (0..5).map(|i| format!("c{i}")).collect(), pooling: Pooling::Pooler, problem_type: ProblemType::SingleLabel, thresholds: None, text_pairs: false }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -64,7 +63,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub fn train_step(folder: &ModelFolder, batch: usize, seq: usize, steps: usize, device: &Device) -> Result<TrainBench> {
-    let model = classifier(folder, device)?;
+    let model = SequenceClassifier::from_folder(folder, Some(head()), 0, device)?;
     let mut opt = AdamW::new(&model.params, AdamWConfig::default())?;
     let data = synthetic_batch(&folder.config, batch, seq, device, 1)?;
     let labels: Vec<u32> = (0..batch as u32).map(|i| i % 5).collect();
@@ -96,7 +95,7 @@ pub fn train_step(folder: &ModelFolder, batch: usize, seq: usize, steps: usize, 
 }
 
 pub fn inference(folder: &ModelFolder, batch: usize, seq: usize, batches: usize, device: &Device) -> Result<InferBench> {
-    let model = classifier(folder, device)?;
+    let model = SequenceClassifier::for_inference(folder, Some(head()), device)?;
     let data = synthetic_batch(&folder.config, batch, seq, device, 2)?;
     model.forward(&data, None)?.to_dtype(candle_core::DType::F32)?.sum_all()?.to_scalar::<f32>()?;
     let t0 = Instant::now();

@@ -68,7 +68,7 @@ impl AdamW {
         let mut total = 0f64;
         for s in &self.slots {
             if let Some(g) = grads.get(&s.var) {
-                total += g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+                total += sum_of_squares(g)?;
             }
         }
         Ok(total.sqrt() * scale.abs())
@@ -230,6 +230,18 @@ impl candle_core::InplaceOp2 for CopyInto {
         d[d0..d1].copy_from_slice(&s[s0..s1]);
         Ok(())
     }
+}
+
+/// `Σ x²` accumulated in f64; read in place for contiguous f32 CPU tensors (the generic path
+/// would allocate an f64 copy of every gradient each step).
+fn sum_of_squares(t: &Tensor) -> Result<f64> {
+    if t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous() {
+        let (storage, layout) = t.storage_and_layout();
+        if let (candle_core::Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) = (&*storage, layout.contiguous_offsets()) {
+            return Ok(v[a..b].chunks(4096).map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).sum());
+        }
+    }
+    Ok(t.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?)
 }
 
 /// A contiguous f32 CPU tensor's values (a cheap copy of the moment for the parameter pass).

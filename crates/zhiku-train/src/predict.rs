@@ -31,7 +31,7 @@ pub struct Predictor {
 impl Predictor {
     pub fn open(dir: &Path, device: &Device) -> Result<Self> {
         let folder = ModelFolder::open(dir)?;
-        let model = SequenceClassifier::from_folder(&folder, None, 0, device)?;
+        let model = SequenceClassifier::for_inference(&folder, None, device)?;
         let max_len = folder
             .raw_config()
             .get("zhiku_max_length")

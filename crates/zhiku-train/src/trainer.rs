@@ -479,7 +479,7 @@ impl Trainer {
         // The output folder now holds the best model: evaluate exactly what was saved.
         on_event(TrainEvent::Message(format!("best dev {} {:.4} at step {}", self.config.metric, state.best_metric.unwrap_or(f64::NAN), state.best_step)));
         let best_folder = ModelFolder::open(&self.output)?;
-        let best = SequenceClassifier::from_folder(&best_folder, None, 0, &self.device)?;
+        let best = SequenceClassifier::for_inference(&best_folder, None, &self.device)?;
         let dev = evaluate(&best, tok, &self.encode(tok, &self.data.dev)?, multi, self.config.eval_batch_size, &self.device, None)?;
         let test = match &self.data.test {
             Some(t) => Some(evaluate(&best, tok, &self.encode(tok, t)?, multi, self.config.eval_batch_size, &self.device, None)?),
