@@ -51,11 +51,12 @@ pub fn run(a: BenchArgs) -> Result<i32> {
     let infer = if a.no_infer { None } else { Some(bench::inference(&folder, a.infer_batch, a.seq, a.batches, &device)?) };
     let train = if a.no_train { None } else { Some(bench::train_step(&folder, a.train_batch, a.seq, a.steps, &device)?) };
     let peak_rss = bench::peak_rss_mib();
+    let ceiling = bench::gemm_ceiling(&device)?;
     let reference = match &a.reference {
         Some(cmd) => Some(run_reference(cmd)?),
         None => None,
     };
-    let mut result = json!({"zhiku": {"train": train, "infer": infer, "peak_rss_mib": peak_rss}, "reference": reference});
+    let mut result = json!({"zhiku": {"train": train, "infer": infer, "peak_rss_mib": peak_rss, "gemm_2048_gflops": ceiling}, "reference": reference});
     if let (Some(t), Some(r)) = (&train, reference.as_ref().and_then(|r| r.get("train_s_per_step")).and_then(|v| v.as_f64())) {
         result["train_speedup"] = json!(r / t.median_s);
     }
@@ -81,6 +82,7 @@ pub fn run(a: BenchArgs) -> Result<i32> {
     if let Some(m) = peak_rss {
         println!("peak memory (RSS): {m:.0} MiB");
     }
+    println!("GEMM ceiling (2048^3 f32 matmul): {ceiling:.1} GFLOP/s");
     if let Some(r) = &reference {
         println!("reference: {}", serde_json::to_string(r)?);
         if let Some(s) = result.get("train_speedup").and_then(|v| v.as_f64()) {
@@ -88,6 +90,9 @@ pub fn run(a: BenchArgs) -> Result<i32> {
         }
         if let Some(s) = result.get("infer_speedup").and_then(|v| v.as_f64()) {
             println!("inference speed vs reference: {s:.2}x ({})", if s >= 1.0 { "faster" } else { "slower" });
+        }
+        if let (Some(ours), Some(theirs)) = (peak_rss, r.get("peak_rss_mib").and_then(|v| v.as_f64())) {
+            println!("peak memory: {ours:.0} MiB vs reference {theirs:.0} MiB ({:.2}x)", ours / theirs);
         }
     }
     Ok(0)

@@ -10,7 +10,15 @@ pub struct TextTokenizer {
     inner: Tokenizer,
     pad_id: u32,
     max_length: usize,
+    /// The folder it was read from: its companion files (`tokenizer_config.json`, ...) carry
+    /// settings, such as `do_lower_case`, that transformers applies on top of `tokenizer.json`.
+    source_dir: std::path::PathBuf,
+    /// For a tokenizer built from a bare `vocab.txt`: the lowercasing it used.
+    built_lowercase: Option<bool>,
 }
+
+/// Files that transformers reads next to `tokenizer.json`; copied into saved models.
+const COMPANION_FILES: [&str; 4] = ["tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "added_tokens.json"];
 
 /// A tokenised batch padded to its longest member (not to `max_length`: dynamic padding).
 #[derive(Debug, Clone)]
@@ -38,6 +46,7 @@ impl EncodedBatch {
 impl TextTokenizer {
     pub fn from_folder(dir: &Path, max_length: usize) -> Result<Self> {
         let json = dir.join("tokenizer.json");
+        let mut built_lowercase = None;
         let mut inner = if json.is_file() {
             Tokenizer::from_file(&json).map_err(|e| anyhow!("cannot load tokenizer {}: {e}", json.display()))?
         } else {
@@ -45,11 +54,13 @@ impl TextTokenizer {
             if !vocab.is_file() {
                 bail!("model folder {} has no tokenizer: expected tokenizer.json or vocab.txt", dir.display())
             }
-            wordpiece_from_vocab(&vocab, lowercase_setting(dir))?
+            let lowercase = lowercase_setting(dir);
+            built_lowercase = Some(lowercase);
+            wordpiece_from_vocab(&vocab, lowercase)?
         };
         inner.with_padding(None);
         let pad_id = ["[PAD]", "<pad>"].iter().find_map(|t| inner.token_to_id(t)).unwrap_or(0);
-        let mut tok = Self { inner, pad_id, max_length };
+        let mut tok = Self { inner, pad_id, max_length, source_dir: dir.to_path_buf(), built_lowercase };
         tok.set_max_length(max_length)?;
         Ok(tok)
     }
@@ -127,11 +138,29 @@ impl TextTokenizer {
         Ok(enc.get_tokens().to_vec())
     }
 
-    /// Writes `tokenizer.json` into `dir` (so a saved model folder is self-contained).
+    /// Writes `tokenizer.json` and the source folder's companion files into `dir`, so a saved
+    /// model folder is self-contained and transformers tokenises exactly as zhiku does.
     pub fn save(&self, dir: &Path) -> Result<()> {
         let mut copy = self.inner.clone();
         copy.with_truncation(None).map_err(|e| anyhow!("{e}"))?;
-        copy.save(dir.join("tokenizer.json"), true).map_err(|e| anyhow!("cannot write tokenizer.json: {e}"))?;
+        let tmp = dir.join(".tokenizer.json.tmp");
+        copy.save(&tmp, true).map_err(|e| anyhow!("cannot write tokenizer.json: {e}"))?;
+        std::fs::rename(&tmp, dir.join("tokenizer.json"))?;
+        let same_dir = std::fs::canonicalize(&self.source_dir).ok() == std::fs::canonicalize(dir).ok();
+        if !same_dir {
+            for name in COMPANION_FILES {
+                let src = self.source_dir.join(name);
+                if src.is_file() {
+                    let tmp = dir.join(format!(".{name}.tmp"));
+                    std::fs::copy(&src, &tmp).with_context(|| format!("cannot copy {}", src.display()))?;
+                    std::fs::rename(&tmp, dir.join(name))?;
+                }
+            }
+        }
+        if let (Some(lowercase), false) = (self.built_lowercase, dir.join("tokenizer_config.json").is_file()) {
+            let cfg = serde_json::json!({"tokenizer_class": "BertTokenizer", "do_lower_case": lowercase});
+            std::fs::write(dir.join("tokenizer_config.json"), serde_json::to_string_pretty(&cfg)?)?;
+        }
         Ok(())
     }
 }

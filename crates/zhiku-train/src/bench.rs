@@ -115,3 +115,19 @@ pub fn peak_rss_mib() -> Option<f64> {
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
 }
+
+/// GFLOP/s of a large square f32 matrix multiply on `device`: the practical ceiling that the
+/// encoder's dense layers can approach on this machine.
+pub fn gemm_ceiling(device: &Device) -> Result<f64> {
+    let n = 2048;
+    let a = Tensor::ones((n, n), candle_core::DType::F32, device)?;
+    let b = Tensor::ones((n, n), candle_core::DType::F32, device)?;
+    a.matmul(&b)?.sum_all()?.to_scalar::<f32>()?;
+    let reps = 3;
+    let t0 = Instant::now();
+    for _ in 0..reps {
+        a.matmul(&b)?;
+    }
+    device.synchronize()?;
+    Ok(reps as f64 * 2.0 * (n * n * n) as f64 / t0.elapsed().as_secs_f64() / 1e9)
+}

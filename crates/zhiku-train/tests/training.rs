@@ -63,7 +63,7 @@ fn learns_a_separable_task_and_writes_everything() {
     let acc = s.dev.as_ref().unwrap()["accuracy"].as_f64().unwrap();
     assert!(acc >= 0.9, "dev accuracy {acc}");
     let out = dir.path().join("out");
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "train_log.jsonl", "metrics.json", "report.svg", "report.md", "checkpoint/state.json"] {
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "train_log.jsonl", "metrics.json", "report.svg", "report.md", "checkpoint/state.json"] {
         assert!(out.join(f).is_file(), "missing {f}");
     }
     let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
