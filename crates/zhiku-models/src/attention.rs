@@ -93,18 +93,10 @@ impl CustomOp3 for FusedAttention {
                 mm(s, s, d, p.as_mut_ptr(), s as isize, false, q.as_ptr().add(base), hd as isize, 1, k.as_ptr().add(base), 1, hd as isize);
             }
             for row in p.chunks_exact_mut(s) {
-                let mut max = f32::NEG_INFINITY;
                 for (x, m) in row.iter_mut().zip(mask) {
                     *x = *x * self.scale + m;
-                    max = max.max(*x);
                 }
-                let mut sum = 0f32;
-                for x in row.iter_mut() {
-                    *x = crate::kernels::fast_exp(*x - max);
-                    sum += *x;
-                }
-                let inv = 1.0 / sum;
-                row.iter_mut().for_each(|x| *x *= inv);
+                crate::kernels::softmax_row(row);
             }
             let dropped;
             let pv: &[f32] = match (self.dropout, threshold) {

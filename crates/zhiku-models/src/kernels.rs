@@ -167,19 +167,10 @@ impl CustomOp2 for MaskedSoftmax {
             for (r, (orow, srow)) in o.chunks_exact_mut(k).zip(sc.chunks_exact(k)).enumerate() {
                 let b = (base + r * k) / per_batch;
                 let mrow = &m[b * k..(b + 1) * k];
-                let mut max = f32::NEG_INFINITY;
                 for i in 0..k {
-                    let v = srow[i] + mrow[i];
-                    orow[i] = v;
-                    max = max.max(v);
+                    orow[i] = srow[i] + mrow[i];
                 }
-                let mut sum = 0f32;
-                for v in orow.iter_mut() {
-                    *v = fast_exp(*v - max);
-                    sum += *v;
-                }
-                let inv = 1.0 / sum;
-                orow.iter_mut().for_each(|v| *v *= inv);
+                softmax_row(orow);
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -230,6 +221,32 @@ pub fn masked_softmax(scores: &Tensor, mask: &Tensor) -> anyhow::Result<Tensor> 
 }
 
 // ---------------------------------------------------------------- exp, erf, GELU
+
+/// Sum with eight independent accumulators, so the loop vectorises (a single f32 accumulator
+/// forces a serial chain of additions).
+#[inline(always)]
+pub fn sum8(v: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = v.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// In-place softmax of one row that already holds the logits.
+#[inline(always)]
+pub fn softmax_row(row: &mut [f32]) {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    for x in row.iter_mut() {
+        *x = fast_exp(*x - max);
+    }
+    let inv = 1.0 / sum8(row);
+    row.iter_mut().for_each(|x| *x *= inv);
+}
 
 /// `e^x` to about 2 ulp, written so loops over it vectorise (libm's `expf` is a call per
 /// element): Cody–Waite reduction to `r ∈ [-ln2/2, ln2/2]`, a degree-6 polynomial, and the
