@@ -161,30 +161,14 @@ impl SequenceClassifier {
     /// Opens a folder: a fine-tuned classifier (labels from its config), or a base encoder with a
     /// new head for `labels`.
     pub fn from_folder(folder: &ModelFolder, new_head: Option<ClassifierConfig>, seed: u64, device: &Device) -> Result<Self> {
-        let saved = ClassifierConfig::from_raw(folder.raw_config())?;
-        let config = match (new_head, saved) {
-            (Some(c), _) => c,
-            (None, Some(c)) => c,
-            (None, None) => bail!(
-                "{} is a base encoder without a classification head; train one first with `zhiku train --model {}`",
-                folder.dir.display(),
-                folder.dir.display()
-            ),
-        };
+        let config = head_config(folder, new_head)?;
         let weights = folder.load_weights(device)?;
         Self::build(&folder.config, weights, config, seed, device, DType::F32)
     }
 
     /// Like [`Self::from_folder`], with weights outside autograd: for prediction and evaluation.
     pub fn for_inference(folder: &ModelFolder, new_head: Option<ClassifierConfig>, device: &Device) -> Result<Self> {
-        let config = match (new_head, ClassifierConfig::from_raw(folder.raw_config())?) {
-            (Some(c), _) | (None, Some(c)) => c,
-            (None, None) => bail!(
-                "{} is a base encoder without a classification head; train one first with `zhiku train --model {}`",
-                folder.dir.display(),
-                folder.dir.display()
-            ),
-        };
+        let config = head_config(folder, new_head)?;
         Self::build_with(&folder.config, folder.load_weights(device)?, config, 0, device, DType::F32, true)
     }
 
@@ -239,6 +223,18 @@ impl SequenceClassifier {
         // would confuse people; the folder holds exactly one weights file.
         let _ = std::fs::remove_file(dir.join("pytorch_model.bin"));
         Ok(())
+    }
+}
+
+/// The head to build: the one asked for, else the one saved in the folder's `config.json`.
+fn head_config(folder: &ModelFolder, new_head: Option<ClassifierConfig>) -> Result<ClassifierConfig> {
+    match (new_head, ClassifierConfig::from_raw(folder.raw_config())?) {
+        (Some(c), _) | (None, Some(c)) => Ok(c),
+        (None, None) => bail!(
+            "{} is a base encoder without a classification head; train one first with `zhiku train --model {}`",
+            folder.dir.display(),
+            folder.dir.display()
+        ),
     }
 }
 
