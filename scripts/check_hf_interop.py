@@ -36,6 +36,9 @@ def main():
     cfg = json.load(open(f"{a.model}/config.json"))
     max_len = cfg.get("zhiku_max_length", 512)
 
+    # `zhiku predict` reads one text per line from stdin, so both sides see the texts with
+    # newlines flattened to spaces.
+    texts = [t.replace("\n", " ") for t in texts]
     tok = AutoTokenizer.from_pretrained(a.model)
     model = AutoModelForSequenceClassification.from_pretrained(a.model).eval()
     probs = []
@@ -47,16 +50,7 @@ def main():
 
     k = len(model.config.id2label)
     proc = subprocess.run([a.zhiku, "predict", "--model", a.model, "--json", "--top-k", str(k)],
-                          input="\n".join(t.replace("\n", " ") for t in texts), capture_output=True, text=True, check=True)
-    # stdin is one text per line, so compare against transformers on the same flattened texts
-    flat = [t.replace("\n", " ") for t in texts]
-    if flat != texts:
-        probs = []
-        with torch.no_grad():
-            for i in range(0, len(flat), 32):
-                enc = tok(flat[i:i + 32], padding=True, truncation=True, max_length=max_len, return_tensors="pt")
-                probs.extend(torch.softmax(model(**enc).logits, -1).tolist())
-        hf_labels = [model.config.id2label[max(range(len(p)), key=p.__getitem__)] for p in probs]
+                          input="\n".join(texts), capture_output=True, text=True, check=True)
     ours = [json.loads(l) for l in proc.stdout.splitlines() if l.strip()]
     assert len(ours) == len(texts), f"zhiku returned {len(ours)} predictions for {len(texts)} texts"
     label_mismatch, worst = 0, 0.0
