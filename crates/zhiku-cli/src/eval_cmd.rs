@@ -1,7 +1,8 @@
-use anyhow::{Context, Result};
+use crate::columns::{LabelColumnArgs, TextColumnArgs};
+use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
-use zhiku_data::{read_file, Columns, Format, LabelSet};
+use zhiku_data::{read_file, LabelSet};
 use zhiku_models::ProblemType;
 use zhiku_train::metrics::{ClassificationReport, MultiLabelReport};
 use zhiku_train::trainer::argmax;
@@ -15,17 +16,10 @@ pub struct EvalArgs {
     /// Labelled data (.csv, .tsv or .jsonl).
     #[arg(long)]
     data: PathBuf,
-    #[arg(long, default_value = "text")]
-    text_column: String,
-    #[arg(long)]
-    pair_column: Option<String>,
-    #[arg(long, default_value = "label")]
-    label_column: String,
-    #[arg(long)]
-    label_separator: Option<String>,
-    /// File format when the extension does not tell: csv, tsv or jsonl.
-    #[arg(long)]
-    format: Option<String>,
+    #[command(flatten)]
+    text: TextColumnArgs,
+    #[command(flatten)]
+    label: LabelColumnArgs,
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
     /// Print one JSON object (accuracy, macro_f1, per_class, confusion, ...) instead of tables.
@@ -34,17 +28,13 @@ pub struct EvalArgs {
 }
 
 pub fn run(a: EvalArgs) -> Result<i32> {
-    let format = a.format.as_deref().map(|f| Format::parse(f).with_context(|| format!("unknown --format {f:?}"))).transpose()?;
-    let columns = Columns { text: a.text_column, pair: a.pair_column, label: a.label_column, label_separator: a.label_separator };
-    let data = read_file(&a.data, &columns, format, true)?;
+    let data = read_file(&a.data, &a.text.columns(Some(&a.label)), a.text.format()?, true)?;
     let device = zhiku_models::default_device();
     let mut predictor = Predictor::open(&a.model, &device)?;
     predictor.batch_size = a.batch_size;
     let labels = LabelSet::new(predictor.labels().to_vec());
     labels.check(&data)?;
-    let texts: Vec<&str> = data.examples.iter().map(|e| e.text.as_str()).collect();
-    let pairs: Option<Vec<&str>> = columns_pairs(&data);
-    let probs = predictor.probabilities(&texts, pairs.as_deref())?;
+    let probs = predictor.probabilities(&data.texts(), data.pairs().as_deref())?;
     let names = predictor.labels().to_vec();
     let value = if predictor.model.config.problem_type == ProblemType::MultiLabel {
         let gold: Vec<Vec<bool>> = data.examples.iter().map(|e| names.iter().map(|n| e.labels.contains(n)).collect()).collect();
@@ -70,9 +60,4 @@ pub fn run(a: EvalArgs) -> Result<i32> {
         println!("{}", serde_json::to_string(&value)?);
     }
     Ok(0)
-}
-
-fn columns_pairs(data: &zhiku_data::Dataset) -> Option<Vec<&str>> {
-    data.examples.first()?.pair.as_ref()?;
-    Some(data.examples.iter().map(|e| e.pair.as_deref().unwrap_or("")).collect())
 }

@@ -1,6 +1,7 @@
 //! `zhiku`: fine-tune, evaluate and run text classifiers from one binary.
 
 mod bench_cmd;
+mod columns;
 mod eval_cmd;
 mod predict_cmd;
 mod train_cmd;

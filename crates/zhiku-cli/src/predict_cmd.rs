@@ -2,7 +2,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
-use zhiku_data::{read_file, Columns, Format};
+use crate::columns::TextColumnArgs;
+use zhiku_data::{read_file, Format};
 use zhiku_train::Predictor;
 
 #[derive(Args, Debug)]
@@ -18,11 +19,8 @@ pub struct PredictArgs {
     /// Read texts from a file: .csv/.tsv/.jsonl (the --text-column), or any other file as one text per line.
     #[arg(long)]
     file: Option<PathBuf>,
-    #[arg(long, default_value = "text")]
-    text_column: String,
-    /// Second texts, for models trained on pairs (the --pair-column of --file).
-    #[arg(long)]
-    pair_column: Option<String>,
+    #[command(flatten)]
+    text: TextColumnArgs,
     /// How many top labels (with probabilities) to show per text.
     #[arg(long, default_value_t = 1)]
     top_k: usize,
@@ -37,12 +35,11 @@ pub fn run(a: PredictArgs) -> Result<i32> {
     let (texts, pairs): (Vec<String>, Option<Vec<String>>) = if !a.texts.is_empty() {
         (a.texts.clone(), None)
     } else if let Some(path) = &a.file {
-        match Format::from_path(path) {
+        match a.text.format()?.or_else(|| Format::from_path(path)) {
             Some(fmt) => {
-                let cols = Columns { text: a.text_column.clone(), pair: a.pair_column.clone(), ..Columns::default() };
-                let ds = read_file(path, &cols, Some(fmt), false)?;
-                let pairs = a.pair_column.as_ref().map(|_| ds.examples.iter().map(|e| e.pair.clone().unwrap_or_default()).collect());
-                (ds.examples.into_iter().map(|e| e.text).collect(), pairs)
+                let ds = read_file(path, &a.text.columns(None), Some(fmt), false)?;
+                let pairs = ds.pairs().map(|p| p.into_iter().map(str::to_string).collect());
+                (ds.texts().into_iter().map(str::to_string).collect(), pairs)
             }
             None => (read_lines(std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?, &path.display().to_string())?, None),
         }

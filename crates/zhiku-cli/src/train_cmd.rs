@@ -4,7 +4,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use zhiku_data::{Columns, Format};
+use crate::columns::{LabelColumnArgs, TextColumnArgs};
 use zhiku_train::trainer::ClassWeights;
 use zhiku_train::{DataConfig, StopReason, TaskData, TrainConfig, TrainEvent, Trainer};
 
@@ -29,24 +29,13 @@ pub struct TrainArgs {
     /// Test data scored once at the end with the best model (default: split off --train when --dev is absent).
     #[arg(long)]
     test: Option<PathBuf>,
-    /// Column holding the text.
-    #[arg(long, default_value = "text")]
-    text_column: String,
-    /// Column holding a second text, for sentence-pair tasks.
-    #[arg(long)]
-    pair_column: Option<String>,
-    /// Column holding the label(s).
-    #[arg(long, default_value = "label")]
-    label_column: String,
-    /// Separator between several labels in one cell (makes the task multi-label).
-    #[arg(long)]
-    label_separator: Option<String>,
+    #[command(flatten)]
+    text: TextColumnArgs,
+    #[command(flatten)]
+    label: LabelColumnArgs,
     /// Treat the task as multi-label (sigmoid per label, tuned thresholds).
     #[arg(long)]
     multi_label: bool,
-    /// File format when the extension does not tell: csv, tsv or jsonl.
-    #[arg(long)]
-    format: Option<String>,
     /// Output folder.
     #[arg(long, default_value = "runs/classifier")]
     output: PathBuf,
@@ -120,12 +109,11 @@ pub struct TrainArgs {
 }
 
 pub fn run(a: TrainArgs) -> Result<i32> {
-    let format = a.format.as_deref().map(|f| Format::parse(f).with_context(|| format!("unknown --format {f:?}: expected csv, tsv or jsonl"))).transpose()?;
     let mut data = DataConfig::new(&a.train);
     data.dev = a.dev.clone();
     data.test = a.test.clone();
-    data.columns = Columns { text: a.text_column.clone(), pair: a.pair_column.clone(), label: a.label_column.clone(), label_separator: a.label_separator.clone() };
-    data.format = format;
+    data.columns = a.text.columns(Some(&a.label));
+    data.format = a.text.format()?;
     data.dev_fraction = a.dev_fraction;
     data.test_fraction = a.test_fraction;
     data.split_seed = a.seed;

@@ -66,6 +66,17 @@ impl Dataset {
     pub fn is_empty(&self) -> bool {
         self.examples.is_empty()
     }
+
+    /// The first texts, in file order.
+    pub fn texts(&self) -> Vec<&str> {
+        self.examples.iter().map(|e| e.text.as_str()).collect()
+    }
+
+    /// The second texts of a sentence-pair data set (None when the pair column was not read).
+    pub fn pairs(&self) -> Option<Vec<&str>> {
+        self.examples.first()?.pair.as_ref()?;
+        Some(self.examples.iter().map(|e| e.pair.as_deref().unwrap_or("")).collect())
+    }
 }
 
 /// Reads a data file. `need_labels`: every row must have a non-empty label (training and

@@ -1,9 +1,10 @@
 //! AdamW with decoupled weight decay (Loshchilov & Hutter; `torch.optim.AdamW`), no decay on
 //! biases and LayerNorm weights, global gradient-norm clipping.
 //!
-//! On the CPU the whole update of a parameter is one fused in-place pass over its memory
-//! (moments, bias correction, decay, step), because the same update written as separate tensor
-//! ops allocates about ten temporaries per parameter and was measured to dominate a step.
+//! On the CPU the moments live in plain buffers and the whole update of a parameter is one fused
+//! in-place pass over its memory (moments, bias correction, decay, step), because the same update
+//! written as separate tensor ops allocates about ten temporaries per parameter and was measured
+//! to dominate a step.
 
 use anyhow::{bail, Result};
 use candle_core::backprop::GradStore;
@@ -31,12 +32,19 @@ pub fn decays(name: &str) -> bool {
     !(name.ends_with(".bias") || name.contains("LayerNorm") || name.contains("layer_norm"))
 }
 
+/// First and second moments of one parameter.
+enum Moments {
+    /// f32 CPU parameters: plain buffers the fused update writes in place.
+    Host { m: Vec<f32>, v: Vec<f32> },
+    /// Any other device or dtype: tensors updated with tensor ops.
+    Device { m: Tensor, v: Tensor },
+}
+
 struct Slot {
     name: String,
     var: Var,
     decay: bool,
-    m: Tensor,
-    v: Tensor,
+    moments: Moments,
 }
 
 pub struct AdamW {
@@ -51,13 +59,12 @@ impl AdamW {
         let slots = params
             .iter()
             .map(|(name, var)| {
-                Ok(Slot {
-                    name: name.to_string(),
-                    var: var.clone(),
-                    decay: decays(name),
-                    m: var.zeros_like()?,
-                    v: var.zeros_like()?,
-                })
+                let moments = if var.device().is_cpu() && var.dtype() == DType::F32 {
+                    Moments::Host { m: vec![0.0; var.elem_count()], v: vec![0.0; var.elem_count()] }
+                } else {
+                    Moments::Device { m: var.zeros_like()?, v: var.zeros_like()? }
+                };
+                Ok(Slot { name: name.to_string(), var: var.clone(), decay: decays(name), moments })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { config, slots, step: 0 })
@@ -81,26 +88,29 @@ impl AdamW {
         let c = self.config;
         let bc1 = 1.0 - c.beta1.powi(self.step as i32);
         let bc2 = 1.0 - c.beta2.powi(self.step as i32);
-        for s in &self.slots {
+        for s in &mut self.slots {
             let Some(g) = grads.get(&s.var) else { continue };
             let wd = if s.decay { c.weight_decay } else { 0.0 };
             let hyper = Hyper { lr, wd, beta1: c.beta1, beta2: c.beta2, eps: c.eps, bc1, bc2, grad_scale };
-            if matches!(s.var.device(), Device::Cpu) && s.var.dtype() == DType::F32 && g.dtype() == DType::F32 {
-                let op = FusedAdamW { hyper, m: &s.m, v: &s.v, _lock: Mutex::new(()) };
-                let g = g.contiguous()?;
-                s.var.as_tensor().inplace_op2(&g, &op)?;
-            } else {
-                // Any other device or dtype: the same arithmetic as tensor ops.
-                let g = (g.to_dtype(DType::F32)? * grad_scale)?;
-                let m = ((&s.m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
-                let v = ((&s.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-                let denom = ((v.sqrt()? / bc2.sqrt())? + c.eps)?;
-                let p = s.var.as_tensor().to_dtype(DType::F32)?;
-                let p = (&p * (1.0 - lr * wd))?;
-                let p = (p - ((m.div(&denom))? * (lr / bc1))?)?;
-                s.var.set(&p.to_dtype(s.var.dtype())?)?;
-                s.m.inplace_op2(&m, &CopyInto)?;
-                s.v.inplace_op2(&v, &CopyInto)?;
+            match &mut s.moments {
+                Moments::Host { m, v } => {
+                    let g = g.to_dtype(DType::F32)?.contiguous()?;
+                    let op = FusedAdamW { hyper, moments: Mutex::new((m.as_mut_slice(), v.as_mut_slice())) };
+                    s.var.as_tensor().inplace_op2(&g, &op)?;
+                }
+                Moments::Device { m: m0, v: v0 } => {
+                    // The same arithmetic as tensor ops.
+                    let g = (g.to_dtype(DType::F32)? * grad_scale)?;
+                    let m = ((&*m0 * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
+                    let v = ((&*v0 * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+                    let denom = ((v.sqrt()? / bc2.sqrt())? + c.eps)?;
+                    let p = s.var.as_tensor().to_dtype(DType::F32)?;
+                    let p = (&p * (1.0 - lr * wd))?;
+                    let p = (p - ((m.div(&denom))? * (lr / bc1))?)?;
+                    s.var.set(&p.to_dtype(s.var.dtype())?)?;
+                    *m0 = m;
+                    *v0 = v;
+                }
             }
         }
         Ok(())
@@ -110,8 +120,12 @@ impl AdamW {
     pub fn state(&self) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::new();
         for s in &self.slots {
-            out.insert(format!("m.{}", s.name), s.m.copy()?);
-            out.insert(format!("v.{}", s.name), s.v.copy()?);
+            let (m, v) = match &s.moments {
+                Moments::Host { m, v } => (Tensor::from_slice(m, s.var.shape(), &Device::Cpu)?, Tensor::from_slice(v, s.var.shape(), &Device::Cpu)?),
+                Moments::Device { m, v } => (m.copy()?, v.copy()?),
+            };
+            out.insert(format!("m.{}", s.name), m);
+            out.insert(format!("v.{}", s.name), v);
         }
         out.insert("step".into(), Tensor::new(&[self.step as i64], &Device::Cpu)?);
         Ok(out)
@@ -119,12 +133,23 @@ impl AdamW {
 
     pub fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
         for s in &mut self.slots {
-            for (key, dst) in [(format!("m.{}", s.name), &s.m), (format!("v.{}", s.name), &s.v)] {
+            let mut saved = Vec::with_capacity(2);
+            for key in [format!("m.{}", s.name), format!("v.{}", s.name)] {
                 let Some(t) = state.get(&key) else { bail!("optimizer state has no {key}") };
-                if t.shape() != dst.shape() {
-                    bail!("optimizer state {key} has shape {:?}, expected {:?}", t.shape(), dst.shape())
+                if t.shape() != s.var.shape() {
+                    bail!("optimizer state {key} has shape {:?}, expected {:?}", t.shape(), s.var.shape())
                 }
-                dst.inplace_op2(&t.to_device(dst.device())?.to_dtype(dst.dtype())?.contiguous()?, &CopyInto)?;
+                saved.push(t);
+            }
+            match &mut s.moments {
+                Moments::Host { m, v } => {
+                    *m = saved[0].to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                    *v = saved[1].to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                }
+                Moments::Device { m, v } => {
+                    *m = saved[0].to_device(s.var.device())?.to_dtype(m.dtype())?;
+                    *v = saved[1].to_device(s.var.device())?.to_dtype(v.dtype())?;
+                }
             }
         }
         let Some(step) = state.get("step") else { bail!("optimizer state has no step") };
@@ -145,12 +170,11 @@ struct Hyper {
     grad_scale: f64,
 }
 
-/// The fused CPU update: reads the gradient once and writes parameter, m and v in place.
+/// The fused CPU update: one pass that reads the gradient and writes m, v and the parameter.
+/// (The moments sit behind a Mutex only because candle hands the op over by shared reference.)
 struct FusedAdamW<'a> {
     hyper: Hyper,
-    m: &'a Tensor,
-    v: &'a Tensor,
-    _lock: Mutex<()>,
+    moments: Mutex<(&'a mut [f32], &'a mut [f32])>,
 }
 
 impl candle_core::InplaceOp2 for FusedAdamW<'_> {
@@ -172,62 +196,17 @@ impl candle_core::InplaceOp2 for FusedAdamW<'_> {
         let step = (h.lr / h.bc1) as f32;
         let inv_sqrt_bc2 = (1.0 / h.bc2.sqrt()) as f32;
         let (b1, b2, eps, gs) = (h.beta1 as f32, h.beta2 as f32, h.eps as f32, h.grad_scale as f32);
-        self.m.inplace_op1(&Moments { g, b: b1, gs, square: false })?;
-        self.v.inplace_op1(&Moments { g, b: b2, gs, square: true })?;
-        let m = storage_f32(self.m)?;
-        let v = storage_f32(self.v)?;
-        for i in 0..p.len() {
-            let denom = v[i].sqrt() * inv_sqrt_bc2 + eps;
-            p[i] = p[i] * decay - step * m[i] / denom;
+        let mut guard = self.moments.lock().map_err(|_| candle_core::Error::Msg("adamw moments poisoned".into()))?;
+        let (m, v) = &mut *guard;
+        if m.len() != p.len() || v.len() != p.len() || g.len() != p.len() {
+            candle_core::bail!("fused adamw: parameter, gradient and moments differ in size")
         }
-        Ok(())
-    }
-}
-
-/// `x <- b·x + (1-b)·f(gs·g)` with `f` the identity (first moment) or the square (second).
-struct Moments<'a> {
-    g: &'a [f32],
-    b: f32,
-    gs: f32,
-    square: bool,
-}
-
-impl candle_core::InplaceOp1 for Moments<'_> {
-    fn name(&self) -> &'static str {
-        "adamw-moments"
-    }
-    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
-        let CpuStorage::F32(x) = s else { candle_core::bail!("moments expect f32") };
-        let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("moments expect contiguous storage") };
-        let x = &mut x[a..b];
-        let (beta, one_minus, gs) = (self.b, 1.0 - self.b, self.gs);
-        if self.square {
-            for (xi, gi) in x.iter_mut().zip(self.g) {
-                let g = gi * gs;
-                *xi = beta * *xi + one_minus * g * g;
-            }
-        } else {
-            for (xi, gi) in x.iter_mut().zip(self.g) {
-                *xi = beta * *xi + one_minus * gi * gs;
-            }
+        for (((pi, &gi), mi), vi) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+            let gi = gi * gs;
+            *mi = b1 * *mi + (1.0 - b1) * gi;
+            *vi = b2 * *vi + (1.0 - b2) * gi * gi;
+            *pi = *pi * decay - step * *mi / (vi.sqrt() * inv_sqrt_bc2 + eps);
         }
-        Ok(())
-    }
-}
-
-/// Copies `src` into the destination storage in place (keeps tensor identity).
-struct CopyInto;
-
-impl candle_core::InplaceOp2 for CopyInto {
-    fn name(&self) -> &'static str {
-        "copy-into"
-    }
-    fn cpu_fwd(&self, dst: &mut CpuStorage, dl: &Layout, src: &CpuStorage, sl: &Layout) -> candle_core::Result<()> {
-        let (CpuStorage::F32(d), CpuStorage::F32(s)) = (dst, src) else { candle_core::bail!("copy-into expects f32") };
-        let (Some((d0, d1)), Some((s0, s1))) = (dl.contiguous_offsets(), sl.contiguous_offsets()) else {
-            candle_core::bail!("copy-into expects contiguous tensors")
-        };
-        d[d0..d1].copy_from_slice(&s[s0..s1]);
         Ok(())
     }
 }
@@ -242,11 +221,6 @@ fn sum_of_squares(t: &Tensor) -> Result<f64> {
         }
     }
     Ok(t.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?)
-}
-
-/// A contiguous f32 CPU tensor's values (a cheap copy of the moment for the parameter pass).
-fn storage_f32(t: &Tensor) -> candle_core::Result<Vec<f32>> {
-    t.flatten_all()?.to_vec1::<f32>()
 }
 
 #[cfg(test)]

@@ -222,9 +222,7 @@ impl Trainer {
     }
 
     fn encode(&self, tok: &TextTokenizer, data: &Dataset) -> Result<Encoded> {
-        let texts: Vec<&str> = data.examples.iter().map(|e| e.text.as_str()).collect();
-        let pairs: Option<Vec<&str>> = data.examples.first().and_then(|e| e.pair.as_ref()).map(|_| data.examples.iter().map(|e| e.pair.as_deref().unwrap_or("")).collect());
-        let items = tok.encode_many(&texts, pairs.as_deref())?;
+        let items = tok.encode_many(&data.texts(), data.pairs().as_deref())?;
         Ok(Encoded { items, labels: self.data.label_ids(data) })
     }
 
