@@ -4,6 +4,7 @@ mod bench_cmd;
 mod columns;
 mod eval_cmd;
 mod predict_cmd;
+mod serve_cmd;
 mod train_cmd;
 
 use clap::{Parser, Subcommand};
@@ -22,7 +23,7 @@ them and predicts with them, on the CPU or (built with --features cuda) an NVIDI
 are ordinary Hugging Face folders that Python transformers loads as they are.",
     after_help = "Examples:\n  zhiku train --model models/all-MiniLM-L6-v2 --train news.jsonl --output runs/news\n  \
 zhiku eval --model runs/news --data test.jsonl\n  zhiku predict --model runs/news \"Stocks rallied as rates fell\"\n  \
-zhiku bench --model models/all-MiniLM-L6-v2"
+zhiku bench --model models/all-MiniLM-L6-v2\n  zhiku serve --model news=runs/news"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -39,6 +40,8 @@ enum Command {
     Predict(predict_cmd::PredictArgs),
     /// Measure training-step and inference speed (optionally against a PyTorch reference).
     Bench(bench_cmd::BenchArgs),
+    /// Serve classifiers and encoders over HTTP (classify, embed, OpenAI-compatible embeddings).
+    Serve(serve_cmd::ServeArgs),
 }
 
 fn main() {
@@ -51,6 +54,7 @@ fn main() {
         Command::Eval(a) => eval_cmd::run(a),
         Command::Predict(a) => predict_cmd::run(a),
         Command::Bench(a) => bench_cmd::run(a),
+        Command::Serve(a) => serve_cmd::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

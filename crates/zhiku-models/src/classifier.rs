@@ -73,6 +73,23 @@ pub struct ClassifierConfig {
 }
 
 impl ClassifierConfig {
+    /// Turns one row of probabilities into the decided labels (the argmax, or for multi-label
+    /// models every label over its threshold) and the `top_k` best labels with their scores.
+    pub fn decide(&self, probs: &[f32], top_k: usize) -> (Vec<String>, Vec<(String, f32)>) {
+        let names = &self.labels;
+        let mut ranked: Vec<usize> = (0..probs.len().min(names.len())).collect();
+        ranked.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+        let top = ranked.iter().take(top_k.max(1)).map(|&i| (names[i].clone(), probs[i])).collect();
+        let labels = match self.problem_type {
+            ProblemType::MultiLabel => (0..ranked.len())
+                .filter(|&i| probs[i] >= self.thresholds.as_ref().and_then(|t| t.get(i).copied()).unwrap_or(0.5))
+                .map(|i| names[i].clone())
+                .collect(),
+            ProblemType::SingleLabel => ranked.first().map(|&i| vec![names[i].clone()]).unwrap_or_default(),
+        };
+        (labels, top)
+    }
+
     /// Reads a fine-tuned head's settings from a folder's `config.json`, if it has them.
     pub fn from_raw(raw: &serde_json::Map<String, Value>) -> Result<Option<Self>> {
         let Some(id2label) = raw.get("id2label").and_then(|v| v.as_object()) else { return Ok(None) };

@@ -16,6 +16,7 @@ pub mod layers;
 pub mod linear;
 pub mod params;
 pub mod testing;
+pub mod text_model;
 pub mod tokenizer;
 
 pub use bert::BertModel;
@@ -24,6 +25,7 @@ pub use config::BertConfig;
 pub use folder::{ModelFolder, WeightsFile};
 pub use layers::DropoutRng;
 pub use params::{Params, WeightSource};
+pub use text_model::{EmbeddingPooling, TextModel};
 pub use tokenizer::{EncodedBatch, TextTokenizer, TokenizedText};
 
 /// The device the engine runs on: the first CUDA GPU when built with `--features cuda` and one

@@ -35,6 +35,8 @@ pub struct EncodedBatch {
 pub struct TokenizedText {
     pub ids: Vec<u32>,
     pub type_ids: Vec<u32>,
+    /// Whether tokens were cut off to fit the maximum length.
+    pub truncated: bool,
 }
 
 impl EncodedBatch {
@@ -105,7 +107,7 @@ impl TextTokenizer {
         let encodings = self.inner.encode_batch(inputs, true).map_err(|e| anyhow!("tokenisation failed: {e}"))?;
         Ok(encodings
             .into_iter()
-            .map(|e| TokenizedText { ids: e.get_ids().to_vec(), type_ids: e.get_type_ids().to_vec() })
+            .map(|e| TokenizedText { ids: e.get_ids().to_vec(), type_ids: e.get_type_ids().to_vec(), truncated: !e.get_overflowing().is_empty() })
             .collect())
     }
 

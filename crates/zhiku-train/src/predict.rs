@@ -1,6 +1,5 @@
 //! Inference with a fine-tuned classifier folder.
 
-use crate::trainer::argmax;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device};
 use serde::Serialize;
@@ -77,14 +76,7 @@ impl Predictor {
 
     /// Turns probabilities into labels and the top-k list.
     pub fn decide(&self, p: &[f32], top_k: usize) -> Prediction {
-        let names = &self.model.config.labels;
-        let mut ranked: Vec<usize> = (0..p.len()).collect();
-        ranked.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
-        let scores = ranked.iter().take(top_k.max(1)).map(|&i| LabelScore { label: names[i].clone(), score: p[i] }).collect();
-        let labels = match (&self.model.config.problem_type, &self.model.config.thresholds) {
-            (ProblemType::MultiLabel, t) => (0..p.len()).filter(|&i| p[i] >= t.as_ref().map_or(0.5, |t| t[i])).map(|i| names[i].clone()).collect(),
-            (ProblemType::SingleLabel, _) => vec![names[argmax(p)].clone()],
-        };
-        Prediction { labels, scores }
+        let (labels, top) = self.model.config.decide(p, top_k);
+        Prediction { labels, scores: top.into_iter().map(|(label, score)| LabelScore { label, score }).collect() }
     }
 }

@@ -1,0 +1,87 @@
+use anyhow::{bail, Result};
+use clap::Args;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use zhiku_serve::batcher::BatchConfig;
+use zhiku_serve::{LongText, ServeConfig};
+
+#[derive(Args, Debug)]
+#[command(after_help = "Routes: POST /v1/classify, POST /v1/embed, POST /v1/embeddings (OpenAI-compatible), GET /v1/models,\n\
+POST /v1/admin/models and DELETE /v1/admin/models/NAME (load and unload while serving), GET /health,\n\
+GET /metrics (Prometheus), GET /openapi.json, and a page to try the models at /.\n\n\
+API keys: --api-keys FILE or ZHIKU_API_KEYS hold `KEY SCOPE[,SCOPE]` entries (one per line; `;` also\n\
+separates them in the variable). Scopes: predict (the /v1 routes) and admin (everything, including\n\
+/v1/admin and /metrics). Without keys the server only listens on a loopback address.\n\n\
+Example:\n  zhiku serve --model news=runs/news --model minilm=models/all-MiniLM-L6-v2\n  \
+curl -s localhost:8080/v1/classify -d '{\"model\": \"news\", \"texts\": [\"Stocks rallied\"], \"top_k\": 3}'")]
+pub struct ServeArgs {
+    /// A model to serve, as NAME=DIR (repeat for several): a classifier written by `zhiku train`,
+    /// or an encoder folder (embeddings only).
+    #[arg(long = "model", value_name = "NAME=DIR", required = true)]
+    models: Vec<String>,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// Port (0 picks a free one; the address is printed on stderr).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// API keys file: `KEY SCOPE[,SCOPE]` per line.
+    #[arg(long, value_name = "FILE")]
+    api_keys: Option<PathBuf>,
+    /// Listen on a non-loopback address without API keys.
+    #[arg(long)]
+    allow_unauthenticated: bool,
+    /// Requests per second allowed per API key (bursts up to the same number); over it: 429 with Retry-After.
+    #[arg(long, value_name = "N")]
+    rate_limit: Option<f64>,
+    /// Most padded tokens (texts x longest text) per forward pass when batching requests together.
+    #[arg(long, default_value_t = 8192)]
+    max_batch_tokens: usize,
+    /// How long a batch waits for more requests before running, in milliseconds.
+    #[arg(long, default_value_t = 1)]
+    max_wait_ms: u64,
+    /// Requests that may wait per model; beyond that the server answers 503 with Retry-After.
+    #[arg(long, default_value_t = 256)]
+    queue_size: usize,
+    /// Most texts in one request (more: 413).
+    #[arg(long, default_value_t = 256)]
+    max_texts: usize,
+    /// Largest request body in bytes (more: 413).
+    #[arg(long, default_value_t = 4 << 20)]
+    max_body_bytes: usize,
+    /// Texts longer than the model's maximum length: truncate, or reject (413).
+    #[arg(long, default_value = "truncate")]
+    long_text: String,
+}
+
+pub fn run(a: ServeArgs) -> Result<i32> {
+    let mut models = Vec::new();
+    for m in &a.models {
+        let Some((name, dir)) = m.split_once('=') else { bail!("--model {m:?}: expected NAME=DIR") };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+            bail!("--model {m:?}: names are letters, digits, '.', '_' and '-'")
+        }
+        if models.iter().any(|(n, _)| n == name) {
+            bail!("--model: the name {name:?} is given twice")
+        }
+        models.push((name.to_string(), PathBuf::from(dir)));
+    }
+    let long_text = match a.long_text.as_str() {
+        "truncate" => LongText::Truncate,
+        "reject" => LongText::Reject,
+        other => bail!("--long-text {other:?}: expected truncate or reject"),
+    };
+    zhiku_serve::run(ServeConfig {
+        models,
+        host: a.host,
+        port: a.port,
+        api_keys_file: a.api_keys,
+        allow_unauthenticated: a.allow_unauthenticated,
+        rate_limit: a.rate_limit,
+        batch: BatchConfig { max_batch_tokens: a.max_batch_tokens.max(1), max_wait: Duration::from_millis(a.max_wait_ms), queue_size: a.queue_size.max(1) },
+        max_texts: a.max_texts.max(1),
+        max_body_bytes: a.max_body_bytes,
+        long_text,
+    })?;
+    Ok(0)
+}

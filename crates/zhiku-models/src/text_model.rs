@@ -1,0 +1,155 @@
+//! Inference over any model folder we can load, for serving: a fine-tuned classifier (labels and
+//! embeddings) or a base encoder such as a sentence-transformers checkpoint (embeddings only).
+//! Weights are frozen (outside autograd) and nothing here allocates gradients.
+
+use crate::bert::{cls_pool, mean_pool, BertModel, ENCODER_PREFIX};
+use crate::classifier::{ClassifierConfig, ProblemType, SequenceClassifier};
+use crate::folder::ModelFolder;
+use crate::params::WeightSource;
+use crate::tokenizer::{TextTokenizer, TokenizedText};
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor};
+use std::path::Path;
+
+/// How token states become one sentence vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmbeddingPooling {
+    Mean,
+    Cls,
+}
+
+enum Net {
+    Classifier(SequenceClassifier),
+    Encoder(BertModel),
+}
+
+pub struct TextModel {
+    net: Net,
+    pub tokenizer: TextTokenizer,
+    pub pooling: EmbeddingPooling,
+    device: Device,
+    hidden_size: usize,
+}
+
+impl TextModel {
+    /// Opens a folder: a classifier when its `config.json` names a sequence-classification head,
+    /// otherwise a plain encoder. Sentence-transformers' `1_Pooling/config.json` picks the pooling
+    /// (mean when absent).
+    pub fn open(dir: &Path, device: &Device) -> Result<Self> {
+        let folder = ModelFolder::open(dir)?;
+        let max_len = folder
+            .raw_config()
+            .get("zhiku_max_length")
+            .and_then(|v| v.as_u64())
+            .map(|v| v as usize)
+            .unwrap_or(512)
+            .min(folder.config.max_position_embeddings);
+        let tokenizer = folder.tokenizer(max_len)?;
+        let net = if ClassifierConfig::from_raw(folder.raw_config())?.is_some() {
+            Net::Classifier(SequenceClassifier::for_inference(&folder, None, device)?)
+        } else {
+            let mut ws = WeightSource::new(folder.load_weights(device)?, 0, device, DType::F32).freeze();
+            let encoder = BertModel::load(&mut ws, &folder.config, ENCODER_PREFIX, false)?;
+            if !ws.initialised.is_empty() {
+                bail!("{}: the weights lack {} (and {} more)", dir.display(), ws.initialised[0], ws.initialised.len() - 1)
+            }
+            Net::Encoder(encoder)
+        };
+        Ok(Self { net, tokenizer, pooling: read_pooling(dir), device: device.clone(), hidden_size: folder.config.hidden_size })
+    }
+
+    /// The label names of a classifier (None for a plain encoder).
+    pub fn labels(&self) -> Option<&[String]> {
+        match &self.net {
+            Net::Classifier(c) => Some(&c.config.labels),
+            Net::Encoder(_) => None,
+        }
+    }
+
+    pub fn classifier_config(&self) -> Option<&ClassifierConfig> {
+        match &self.net {
+            Net::Classifier(c) => Some(&c.config),
+            Net::Encoder(_) => None,
+        }
+    }
+
+    pub fn dimensions(&self) -> usize {
+        self.hidden_size
+    }
+
+    pub fn max_length(&self) -> usize {
+        self.tokenizer.max_length()
+    }
+
+    fn encoder(&self) -> &BertModel {
+        match &self.net {
+            Net::Classifier(c) => &c.encoder,
+            Net::Encoder(e) => e,
+        }
+    }
+
+    /// Class probabilities (softmax, or sigmoid per label for multi-label models), one row per item.
+    pub fn classify(&self, items: &[&TokenizedText]) -> Result<Vec<Vec<f32>>> {
+        let Net::Classifier(model) = &self.net else { bail!("this model is an encoder without a classification head") };
+        let batch = self.tokenizer.pad_batch(items, &self.device)?;
+        let logits = model.forward(&batch, None)?;
+        let p = match model.config.problem_type {
+            ProblemType::MultiLabel => candle_nn::ops::sigmoid(&logits)?,
+            ProblemType::SingleLabel => candle_nn::ops::softmax(&logits, 1)?,
+        };
+        Ok(p.to_dtype(DType::F32)?.to_vec2()?)
+    }
+
+    /// Sentence vectors (optionally scaled to unit length), one row per item.
+    pub fn embed(&self, items: &[&TokenizedText], normalize: bool) -> Result<Vec<Vec<f32>>> {
+        let batch = self.tokenizer.pad_batch(items, &self.device)?;
+        let hidden = self.encoder().forward(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask, None)?;
+        let pooled: Tensor = match self.pooling {
+            EmbeddingPooling::Mean => mean_pool(&hidden, &batch.attention_mask)?,
+            EmbeddingPooling::Cls => cls_pool(&hidden)?,
+        };
+        let mut rows: Vec<Vec<f32>> = pooled.to_dtype(DType::F32)?.to_vec2()?;
+        if normalize {
+            for r in &mut rows {
+                let norm = r.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+                r.iter_mut().for_each(|x| *x /= norm);
+            }
+        }
+        Ok(rows)
+    }
+}
+
+fn read_pooling(dir: &Path) -> EmbeddingPooling {
+    let Ok(text) = std::fs::read_to_string(dir.join("1_Pooling/config.json")) else { return EmbeddingPooling::Mean };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { return EmbeddingPooling::Mean };
+    if v.get("pooling_mode_cls_token").and_then(|x| x.as_bool()) == Some(true) {
+        EmbeddingPooling::Cls
+    } else {
+        EmbeddingPooling::Mean
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoder_folder_embeds_and_refuses_to_classify() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::testing::write_tiny_model(dir.path(), &["apple", "car"], 0.0, 3).unwrap();
+        let m = TextModel::open(dir.path(), &Device::Cpu).unwrap();
+        assert!(m.labels().is_none());
+        let items = m.tokenizer.encode_many(&["apple car", "car"], None).unwrap();
+        let refs: Vec<&TokenizedText> = items.iter().collect();
+        let e = m.embed(&refs, true).unwrap();
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].len(), m.dimensions());
+        let norm: f32 = e[0].iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5);
+        // Padding must not change a text's vector: "car" alone equals "car" in the padded batch.
+        let alone = m.embed(&refs[1..], true).unwrap();
+        let d = alone[0].iter().zip(&e[1]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(d < 1e-5, "padding changed the embedding by {d}");
+        assert!(m.classify(&refs).is_err());
+    }
+}

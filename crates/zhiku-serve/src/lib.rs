@@ -1,0 +1,110 @@
+//! `zhiku serve`: classifiers and encoders over HTTP.
+//!
+//! Data flows one way: a handler validates and tokenises the request, hands the token ids to the
+//! model's [`batcher::Batcher`] (one worker thread per model, dynamic batching under a token
+//! budget), and turns the returned rows into JSON. Models sit in a [`registry::Registry`] that
+//! admin requests change while traffic continues; a request holds its model by `Arc`, so an
+//! unload never cuts one off.
+
+pub mod api;
+pub mod auth;
+pub mod batcher;
+pub mod metrics;
+pub mod openapi;
+pub mod registry;
+
+use anyhow::{bail, Context, Result};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// What to do with a text longer than the model's maximum length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LongText {
+    Truncate,
+    /// Answer 413.
+    Reject,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// `(name, folder)` pairs to load at start.
+    pub models: Vec<(String, PathBuf)>,
+    pub host: IpAddr,
+    pub port: u16,
+    pub api_keys_file: Option<PathBuf>,
+    /// Allow a non-loopback address without API keys.
+    pub allow_unauthenticated: bool,
+    /// Requests per second per key.
+    pub rate_limit: Option<f64>,
+    pub batch: batcher::BatchConfig,
+    pub max_texts: usize,
+    pub max_body_bytes: usize,
+    pub long_text: LongText,
+}
+
+pub struct AppState {
+    pub registry: registry::Registry,
+    pub keys: auth::ApiKeys,
+    pub metrics: Arc<metrics::Metrics>,
+    pub config: ServeConfig,
+}
+
+/// Loads the models, binds, prints `listening on http://ADDR` on stderr and serves until Ctrl-C
+/// or SIGTERM, then stops accepting and finishes the requests in flight.
+pub fn run(config: ServeConfig) -> Result<()> {
+    let keys = auth::ApiKeys::load(config.api_keys_file.as_deref(), std::env::var("ZHIKU_API_KEYS").ok().as_deref(), config.rate_limit)?;
+    if !keys.enabled() && !config.host.is_loopback() && !config.allow_unauthenticated {
+        bail!(
+            "refusing to listen on {} without API keys: give --api-keys FILE (or ZHIKU_API_KEYS), use --host 127.0.0.1, \
+             or pass --allow-unauthenticated",
+            config.host
+        )
+    }
+    if config.models.is_empty() {
+        bail!("no models: give at least one --model NAME=DIR")
+    }
+    let metrics = Arc::new(metrics::Metrics::new());
+    let registry = registry::Registry::new(config.batch, metrics.clone());
+    for (name, dir) in &config.models {
+        registry.load(name, dir).with_context(|| format!("cannot load model {name:?} from {}", dir.display()))?;
+        eprintln!("zhiku serve: loaded {name} from {}", dir.display());
+    }
+    let state = Arc::new(AppState { registry, keys, metrics, config: config.clone() });
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(SocketAddr::new(config.host, config.port))
+            .await
+            .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
+        let addr = listener.local_addr()?;
+        eprintln!(
+            "zhiku serve: listening on http://{addr} ({})",
+            if state.keys.enabled() { format!("{} API keys", state.keys.len()) } else { "no API keys: loopback only".into() }
+        );
+        axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown_signal()).await?;
+        eprintln!("zhiku serve: stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    eprintln!("zhiku serve: shutting down, finishing requests in flight");
+}

@@ -1,0 +1,91 @@
+//! The OpenAPI 3.1 description served at `/openapi.json`.
+
+use serde_json::{json, Value};
+
+pub fn document() -> Value {
+    let error = json!({"$ref": "#/components/schemas/Error"});
+    let errors = |codes: &[u16]| -> Value {
+        let mut m = serde_json::Map::new();
+        for c in codes {
+            m.insert(c.to_string(), json!({"description": describe(*c), "content": {"application/json": {"schema": error}}}));
+        }
+        Value::Object(m)
+    };
+    let with = |ok: Value, codes: &[u16]| -> Value {
+        let mut r = errors(codes);
+        r.as_object_mut().unwrap().insert("200".into(), ok);
+        r
+    };
+    let body = |schema: &str| json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}});
+    let ok = |schema: &str| json!({"description": "OK", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}});
+    let predict_errors = [400, 401, 403, 404, 413, 422, 429, 500, 503];
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "zhiku", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "Text classification and embeddings from fine-tuned BERT-family models. Requests are batched across clients. When the server has API keys, send `Authorization: Bearer KEY`; /v1 routes need the `predict` scope, /v1/admin and /metrics the `admin` scope."},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
+                    "message": {"type": "string"}, "type": {"type": "string"}, "code": {"type": "integer"}}}}},
+                "ClassifyRequest": {"type": "object", "additionalProperties": false, "properties": {
+                    "model": {"type": "string", "description": "Model name (optional when one model is loaded)"},
+                    "text": {"type": "string"}, "texts": {"type": "array", "items": {"type": "string"}},
+                    "pairs": {"type": "array", "items": {"type": "string"}, "description": "Second texts, for models trained on pairs"},
+                    "top_k": {"type": "integer", "minimum": 1, "default": 1}}},
+                "ClassifyResponse": {"type": "object", "properties": {"model": {"type": "string"}, "results": {"type": "array", "items": {
+                    "type": "object", "properties": {"labels": {"type": "array", "items": {"type": "string"}},
+                    "scores": {"type": "array", "items": {"type": "object", "properties": {"label": {"type": "string"}, "score": {"type": "number"}}}}}}}}},
+                "EmbedRequest": {"type": "object", "additionalProperties": false, "properties": {
+                    "model": {"type": "string"}, "text": {"type": "string"}, "texts": {"type": "array", "items": {"type": "string"}},
+                    "normalize": {"type": "boolean", "default": true}}},
+                "EmbedResponse": {"type": "object", "properties": {"model": {"type": "string"}, "dimensions": {"type": "integer"},
+                    "embeddings": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}}},
+                "EmbeddingsRequest": {"type": "object", "description": "OpenAI-compatible", "required": ["input"], "properties": {
+                    "model": {"type": "string"}, "input": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+                    "encoding_format": {"type": "string", "enum": ["float"]}, "dimensions": {"type": "integer"}}},
+                "EmbeddingsResponse": {"type": "object", "properties": {"object": {"const": "list"}, "model": {"type": "string"},
+                    "data": {"type": "array", "items": {"type": "object", "properties": {"object": {"const": "embedding"}, "index": {"type": "integer"},
+                        "embedding": {"type": "array", "items": {"type": "number"}}}}},
+                    "usage": {"type": "object", "properties": {"prompt_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}}}}},
+                "Model": {"type": "object", "properties": {"id": {"type": "string"}, "object": {"const": "model"},
+                    "kind": {"type": "string", "enum": ["classifier", "encoder"]}, "labels": {"type": ["array", "null"], "items": {"type": "string"}},
+                    "dimensions": {"type": "integer"}, "max_length": {"type": "integer"}, "text_pairs": {"type": "boolean"}}},
+                "ModelList": {"type": "object", "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}}}},
+                "LoadRequest": {"type": "object", "additionalProperties": false, "required": ["name", "path"], "properties": {
+                    "name": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}, "path": {"type": "string", "description": "A model folder on the server"}}}
+            }
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/v1/classify": {"post": {"summary": "Labels and scores for texts", "requestBody": body("ClassifyRequest"), "responses": with(ok("ClassifyResponse"), &predict_errors)}},
+            "/v1/embed": {"post": {"summary": "Sentence vectors for texts", "requestBody": body("EmbedRequest"), "responses": with(ok("EmbedResponse"), &predict_errors)}},
+            "/v1/embeddings": {"post": {"summary": "OpenAI-compatible embeddings", "requestBody": body("EmbeddingsRequest"), "responses": with(ok("EmbeddingsResponse"), &predict_errors)}},
+            "/v1/models": {"get": {"summary": "Loaded models", "responses": with(ok("ModelList"), &[401, 403, 429])}},
+            "/v1/admin/models": {"post": {"summary": "Load a model folder under a name (replaces one of that name)", "requestBody": body("LoadRequest"),
+                "responses": {"201": {"description": "Loaded", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Model"}}}}, "400": errors(&[400])["400"], "401": errors(&[401])["401"], "403": errors(&[403])["403"]}}},
+            "/v1/admin/models/{name}": {"delete": {"summary": "Unload a model (requests in flight finish)",
+                "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": with(json!({"description": "Unloaded"}), &[401, 403, 404])}},
+            "/health": {"get": {"summary": "Liveness and loaded model names", "security": [], "responses": {"200": {"description": "OK"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": with(json!({"description": "Prometheus text format", "content": {"text/plain": {}}}), &[401, 403])}},
+            "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OK"}}}},
+            "/": {"get": {"summary": "A page to try the models", "security": [], "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}}}}
+        }
+    })
+}
+
+fn describe(code: u16) -> &'static str {
+    match code {
+        400 => "Malformed JSON or an invalid request",
+        401 => "Missing or unknown API key",
+        403 => "The key lacks the scope",
+        404 => "Unknown model",
+        413 => "Body, text count or text length over the limit",
+        422 => "Well-formed JSON of the wrong shape (wrong types, empty list)",
+        429 => "Rate limit exceeded (see Retry-After)",
+        500 => "The model failed",
+        503 => "Queue full (see Retry-After) or no model loaded",
+        _ => "Error",
+    }
+}

@@ -1,0 +1,55 @@
+//! The models being served, by name; loaded and unloaded while requests continue.
+
+use crate::batcher::{BatchConfig, Batcher};
+use crate::metrics::Metrics;
+use anyhow::Result;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use zhiku_models::TextModel;
+
+pub struct LoadedModel {
+    pub name: String,
+    pub path: PathBuf,
+    pub model: Arc<TextModel>,
+    pub batcher: Batcher,
+}
+
+pub struct Registry {
+    models: RwLock<BTreeMap<String, Arc<LoadedModel>>>,
+    batch: BatchConfig,
+    metrics: Arc<Metrics>,
+}
+
+impl Registry {
+    pub fn new(batch: BatchConfig, metrics: Arc<Metrics>) -> Self {
+        Self { models: RwLock::new(BTreeMap::new()), batch, metrics }
+    }
+
+    /// Loads `dir` under `name` (replacing a model of that name once loaded); blocking.
+    pub fn load(&self, name: &str, dir: &Path) -> Result<Arc<LoadedModel>> {
+        let device = zhiku_models::default_device();
+        let model = Arc::new(TextModel::open(dir, &device)?);
+        let batcher = Batcher::start(name.to_string(), model.clone(), self.batch, self.metrics.clone());
+        let loaded = Arc::new(LoadedModel { name: name.to_string(), path: dir.to_path_buf(), model, batcher });
+        self.models.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), loaded.clone());
+        Ok(loaded)
+    }
+
+    /// Removes a model; requests already holding it finish.
+    pub fn unload(&self, name: &str) -> bool {
+        let removed = self.models.write().unwrap_or_else(|e| e.into_inner()).remove(name).is_some();
+        if removed {
+            self.metrics.forget_model(name);
+        }
+        removed
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<LoadedModel>> {
+        self.models.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<LoadedModel>> {
+        self.models.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+}
