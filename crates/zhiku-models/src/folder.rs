@@ -59,6 +59,17 @@ impl ModelFolder {
         TextTokenizer::from_folder(&self.dir, max_length)
     }
 
+    /// The token limit for inference: what training used (`zhiku_max_length`), else 512, never
+    /// over the position table.
+    pub fn inference_max_length(&self) -> usize {
+        self.raw_config()
+            .get("zhiku_max_length")
+            .and_then(|v| v.as_u64())
+            .map(|v| v as usize)
+            .unwrap_or(512)
+            .min(self.config.max_position_embeddings)
+    }
+
     /// All tensors of the checkpoint, on `device`, under canonical transformers names: encoder
     /// weights under `bert.` (bare `BertModel` checkpoints have no prefix; RoBERTa uses
     /// `roberta.`), TF-style `gamma`/`beta` renamed to `weight`/`bias`, buffers dropped.

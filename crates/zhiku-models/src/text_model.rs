@@ -37,14 +37,7 @@ impl TextModel {
     /// (mean when absent).
     pub fn open(dir: &Path, device: &Device) -> Result<Self> {
         let folder = ModelFolder::open(dir)?;
-        let max_len = folder
-            .raw_config()
-            .get("zhiku_max_length")
-            .and_then(|v| v.as_u64())
-            .map(|v| v as usize)
-            .unwrap_or(512)
-            .min(folder.config.max_position_embeddings);
-        let tokenizer = folder.tokenizer(max_len)?;
+        let tokenizer = folder.tokenizer(folder.inference_max_length())?;
         let net = if ClassifierConfig::from_raw(folder.raw_config())?.is_some() {
             Net::Classifier(SequenceClassifier::for_inference(&folder, None, device)?)
         } else {
