@@ -36,9 +36,9 @@ pub fn run(a: EvalArgs) -> Result<i32> {
     labels.check(&data)?;
     let probs = predictor.probabilities(&data.texts(), data.pairs().as_deref())?;
     let names = predictor.labels().to_vec();
-    let value = if predictor.model.config.problem_type == ProblemType::MultiLabel {
+    let value = if predictor.config().problem_type == ProblemType::MultiLabel {
         let gold: Vec<Vec<bool>> = data.examples.iter().map(|e| names.iter().map(|n| e.labels.contains(n)).collect()).collect();
-        let thresholds = predictor.model.config.thresholds.clone().unwrap_or_else(|| vec![0.5; names.len()]);
+        let thresholds = predictor.config().thresholds.clone().unwrap_or_else(|| vec![0.5; names.len()]);
         let r = MultiLabelReport::new(&names, &probs, &gold, &thresholds);
         if !a.json {
             println!("micro-F1 {:.4}  macro-F1 {:.4}  subset accuracy {:.4}  ({} examples)", r.micro_f1, r.macro_f1, r.subset_accuracy, r.examples);

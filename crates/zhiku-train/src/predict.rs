@@ -1,10 +1,10 @@
 //! Inference with a fine-tuned classifier folder.
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Device};
+use candle_core::Device;
 use serde::Serialize;
 use std::path::Path;
-use zhiku_models::{ModelFolder, ProblemType, SequenceClassifier, TextTokenizer, TokenizedText};
+use zhiku_models::{ClassifierConfig, TextModel, TokenizedText};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LabelScore {
@@ -21,41 +21,46 @@ pub struct Prediction {
 }
 
 pub struct Predictor {
-    pub model: SequenceClassifier,
-    pub tokenizer: TextTokenizer,
-    pub device: Device,
+    pub model: TextModel,
+    config: ClassifierConfig,
     pub batch_size: usize,
 }
 
 impl Predictor {
     pub fn open(dir: &Path, device: &Device) -> Result<Self> {
-        let folder = ModelFolder::open(dir)?;
-        let model = SequenceClassifier::for_inference(&folder, None, device)?;
-        let tokenizer = folder.tokenizer(folder.inference_max_length())?;
-        Ok(Self { model, tokenizer, device: device.clone(), batch_size: 32 })
+        let model = TextModel::open(dir, device)?;
+        let Some(config) = model.classifier_config().cloned() else {
+            bail!(
+                "{} is a base encoder without a classification head; train one first with `zhiku train --model {}`",
+                dir.display(),
+                dir.display()
+            )
+        };
+        Ok(Self { model, config, batch_size: 32 })
+    }
+
+    /// The head's labels, decision rule and thresholds.
+    pub fn config(&self) -> &ClassifierConfig {
+        &self.config
     }
 
     pub fn labels(&self) -> &[String] {
-        &self.model.config.labels
+        &self.config.labels
     }
 
     /// Class probabilities for each text (softmax, or per-label sigmoid for multi-label models).
     pub fn probabilities(&self, texts: &[&str], pairs: Option<&[&str]>) -> Result<Vec<Vec<f32>>> {
-        if self.model.config.text_pairs && pairs.is_none() {
+        if self.config.text_pairs && pairs.is_none() {
             bail!("this model was trained on text pairs; give the second text too")
         }
-        let items = self.tokenizer.encode_many(texts, pairs)?;
+        let items = self.model.tokenizer.encode_many(texts, pairs)?;
         // Length-sorted batches waste little compute on padding.
         let mut order: Vec<usize> = (0..items.len()).collect();
         order.sort_by_key(|&i| items[i].ids.len());
         let mut out = vec![Vec::new(); items.len()];
-        let multi = self.model.config.problem_type == ProblemType::MultiLabel;
         for idx in order.chunks(self.batch_size.max(1)) {
-            let batch_items: Vec<&TokenizedText> = idx.iter().map(|&i| &items[i]).collect();
-            let batch = self.tokenizer.pad_batch(&batch_items, &self.device)?;
-            let logits = self.model.forward(&batch, None)?;
-            let p = if multi { candle_nn::ops::sigmoid(&logits)? } else { candle_nn::ops::softmax(&logits, 1)? };
-            for (row, &i) in p.to_dtype(DType::F32)?.to_vec2::<f32>()?.into_iter().zip(idx) {
+            let batch: Vec<&TokenizedText> = idx.iter().map(|&i| &items[i]).collect();
+            for (row, &i) in self.model.classify(&batch)?.into_iter().zip(idx) {
                 out[i] = row;
             }
         }
@@ -69,7 +74,7 @@ impl Predictor {
 
     /// Turns probabilities into labels and the top-k list.
     pub fn decide(&self, p: &[f32], top_k: usize) -> Prediction {
-        let (labels, top) = self.model.config.decide(p, top_k);
+        let (labels, top) = self.config.decide(p, top_k);
         Prediction { labels, scores: top.into_iter().map(|(label, score)| LabelScore { label, score }).collect() }
     }
 }
