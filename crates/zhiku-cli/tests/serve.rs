@@ -183,6 +183,9 @@ fn bad_input_gets_a_json_4xx_and_the_server_keeps_serving() {
     let (s, v) = srv.json("GET", "/v1/nothing", None, &Value::Null);
     assert_eq!(s, 404);
     assert!(v["error"]["message"].is_string());
+    let (s, v) = srv.json("GET", "/v1/classify", None, &Value::Null);
+    assert_eq!(s, 405);
+    assert!(v["error"]["message"].is_string());
 }
 
 #[test]
