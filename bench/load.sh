@@ -33,9 +33,11 @@ run_server() { # name port
   local name=$1 port=$2
   for payload in single batch32; do
     for c in 1 8 64; do
+      # Batches of 32 at concurrency 64 queue 2048 texts: run them 3x longer so rounds complete.
+      local secs=$DURATION line
+      [ "$payload" = batch32 ] && secs=$(( 3 * DURATION ))
       BODY_FILE="$tmp/$payload.json" wrk -t "$(( c < 2 ? 1 : 2 ))" -c "$c" -d 2s --timeout 60s -s bench/wrk_post.lua "http://127.0.0.1:$port/v1/classify" >/dev/null  # warm-up
-      local line
-      line=$(BODY_FILE="$tmp/$payload.json" wrk -t "$(( c < 2 ? 1 : 2 ))" -c "$c" -d "${DURATION}s" --timeout 60s -s bench/wrk_post.lua "http://127.0.0.1:$port/v1/classify" | tail -1)
+      line=$(BODY_FILE="$tmp/$payload.json" wrk -t "$(( c < 2 ? 1 : 2 ))" -c "$c" -d "${secs}s" --timeout 120s -s bench/wrk_post.lua "http://127.0.0.1:$port/v1/classify" | tail -1)
       echo "{\"server\": \"$name\", \"payload\": \"$payload\", \"concurrency\": $c, \"result\": $line}" | tee -a "$tmp/results.jsonl" >&2
     done
   done

@@ -38,7 +38,7 @@ pub struct BatchConfig {
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        Self { max_batch_tokens: 8192, max_wait: Duration::from_millis(1), queue_size: 256 }
+        Self { max_batch_tokens: 2048, max_wait: Duration::from_millis(1), queue_size: 256 }
     }
 }
 
