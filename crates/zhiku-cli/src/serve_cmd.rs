@@ -20,6 +20,7 @@ pub struct ServeArgs {
     /// or an encoder folder (embeddings only).
     #[arg(long = "model", value_name = "NAME=DIR", required = true)]
     models: Vec<String>,
+    /// Address to listen on; a non-loopback one needs API keys (or --allow-unauthenticated).
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
     /// Port (0 picks a free one; the address is printed on stderr).
