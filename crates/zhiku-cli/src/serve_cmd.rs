@@ -60,7 +60,7 @@ pub fn run(a: ServeArgs) -> Result<i32> {
     let mut models = Vec::new();
     for m in &a.models {
         let Some((name, dir)) = m.split_once('=') else { bail!("--model {m:?}: expected NAME=DIR") };
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+        if !zhiku_serve::valid_model_name(name) {
             bail!("--model {m:?}: names are letters, digits, '.', '_' and '-'")
         }
         if models.iter().any(|(n, _)| n == name) {

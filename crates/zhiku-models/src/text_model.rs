@@ -103,13 +103,16 @@ impl TextModel {
         };
         let mut rows: Vec<Vec<f32>> = pooled.to_dtype(DType::F32)?.to_vec2()?;
         if normalize {
-            for r in &mut rows {
-                let norm = r.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-                r.iter_mut().for_each(|x| *x /= norm);
-            }
+            rows.iter_mut().for_each(|r| normalize_l2(r));
         }
         Ok(rows)
     }
+}
+
+/// Scales a vector to unit length (dot product = cosine similarity); a zero vector stays zero.
+pub fn normalize_l2(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter_mut().for_each(|x| *x /= norm);
 }
 
 fn read_pooling(dir: &Path) -> EmbeddingPooling {

@@ -357,13 +357,9 @@ struct LoadRequest {
     path: String,
 }
 
-fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-}
-
 async fn admin_load(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> AppResult<Response> {
     let req: LoadRequest = parse(body)?;
-    if !valid_name(&req.name) {
+    if req.name.len() > 64 || !crate::valid_model_name(&req.name) {
         return Err(ApiError::bad("model names are 1-64 characters of letters, digits, '.', '_' and '-'"));
     }
     let st = state.clone();

@@ -151,10 +151,7 @@ fn run_jobs(name: &str, model: &TextModel, jobs: Vec<Job>, config: BatchConfig, 
             None => {
                 let mut rows: Vec<Vec<f32>> = rows.into_iter().map(|r| r.unwrap_or_default()).collect();
                 if let Op::Embed { normalize: true } = job.op {
-                    for r in &mut rows {
-                        let norm = r.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-                        r.iter_mut().for_each(|x| *x /= norm);
-                    }
+                    rows.iter_mut().for_each(|r| zhiku_models::text_model::normalize_l2(r));
                 }
                 Ok(rows)
             }

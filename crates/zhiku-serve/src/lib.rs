@@ -18,6 +18,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// Model names, from `--model NAME=DIR` or the admin API: letters, digits, '.', '_' and '-'.
+pub fn valid_model_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
 /// What to do with a text longer than the model's maximum length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LongText {
