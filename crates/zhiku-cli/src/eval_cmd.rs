@@ -10,9 +10,14 @@ use zhiku_train::Predictor;
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// A fine-tuned classifier folder (written by `zhiku train`, or any BertForSequenceClassification folder).
+    /// A fine-tuned classifier folder or adapter folder (from `zhiku train`, or any
+    /// BertForSequenceClassification folder). Repeat it for an ensemble: the models'
+    /// probabilities are averaged (they must predict the same labels).
+    #[arg(long, required = true)]
+    model: Vec<PathBuf>,
+    /// Base model folder for adapter folders, instead of the one their adapter_config.json names.
     #[arg(long)]
-    model: PathBuf,
+    base: Option<PathBuf>,
     /// Labelled data (.csv, .tsv or .jsonl).
     #[arg(long)]
     data: PathBuf,
@@ -30,7 +35,7 @@ pub struct EvalArgs {
 pub fn run(a: EvalArgs) -> Result<i32> {
     let data = read_file(&a.data, &a.text.columns(Some(&a.label)), a.text.format()?, true)?;
     let device = zhiku_models::default_device();
-    let mut predictor = Predictor::open(&a.model, &device)?;
+    let mut predictor = Predictor::open_ensemble(&a.model, a.base.as_deref(), &device)?;
     predictor.batch_size = a.batch_size;
     let labels = LabelSet::new(predictor.labels().to_vec());
     labels.check(&data)?;

@@ -3,6 +3,7 @@
 mod bench_cmd;
 mod columns;
 mod eval_cmd;
+mod merge_cmd;
 mod predict_cmd;
 mod serve_cmd;
 mod train_cmd;
@@ -22,6 +23,8 @@ model.safetensors or pytorch_model.bin, tokenizer.json or vocab.txt) into text c
 them and predicts with them, on the CPU or (built with --features cuda) an NVIDIA GPU. Models it writes \
 are ordinary Hugging Face folders that Python transformers loads as they are.",
     after_help = "Examples:\n  zhiku train --model models/all-MiniLM-L6-v2 --train news.jsonl --output runs/news\n  \
+zhiku train --model models/all-MiniLM-L6-v2 --train news.jsonl --peft lora --output runs/news-lora\n  \
+zhiku merge --adapter runs/news-lora --output runs/news-merged\n  \
 zhiku eval --model runs/news --data test.jsonl\n  zhiku predict --model runs/news \"Stocks rallied as rates fell\"\n  \
 zhiku bench --model models/all-MiniLM-L6-v2\n  zhiku serve --model news=runs/news"
 )]
@@ -38,6 +41,8 @@ enum Command {
     Eval(eval_cmd::EvalArgs),
     /// Label texts with a fine-tuned classifier (arguments, a file, or standard input).
     Predict(predict_cmd::PredictArgs),
+    /// Fold a LoRA adapter into its base model's weights: a plain model folder, as fast as the base.
+    Merge(merge_cmd::MergeArgs),
     /// Measure training-step and inference speed (optionally against a PyTorch reference).
     Bench(bench_cmd::BenchArgs),
     /// Serve classifiers and encoders over HTTP (classify, embed, OpenAI-compatible embeddings).
@@ -53,6 +58,7 @@ fn main() {
         Command::Train(a) => train_cmd::run(a),
         Command::Eval(a) => eval_cmd::run(a),
         Command::Predict(a) => predict_cmd::run(a),
+        Command::Merge(a) => merge_cmd::run(a),
         Command::Bench(a) => bench_cmd::run(a),
         Command::Serve(a) => serve_cmd::run(a),
     };

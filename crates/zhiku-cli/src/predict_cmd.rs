@@ -11,9 +11,14 @@ use zhiku_train::Predictor;
 Output: one line per text, `LABEL<TAB>SCORE`, or with --json one JSON object per line:\n\
 {\"text\": ..., \"labels\": [...], \"scores\": [{\"label\": ..., \"score\": ...}, ...]}")]
 pub struct PredictArgs {
-    /// A fine-tuned classifier folder.
+    /// A fine-tuned classifier folder or adapter folder (from `zhiku train`, or any
+    /// BertForSequenceClassification folder). Repeat it for an ensemble: the models'
+    /// probabilities are averaged (they must predict the same labels).
+    #[arg(long, required = true)]
+    model: Vec<PathBuf>,
+    /// Base model folder for adapter folders, instead of the one their adapter_config.json names.
     #[arg(long)]
-    model: PathBuf,
+    base: Option<PathBuf>,
     /// Texts to label.
     texts: Vec<String>,
     /// Read texts from a file: .csv/.tsv/.jsonl (the --text-column), or any other file as one text per line.
@@ -53,7 +58,7 @@ pub fn run(a: PredictArgs) -> Result<i32> {
         bail!("no texts to label: pass them as arguments, with --file, or on standard input")
     }
     let device = zhiku_models::default_device();
-    let mut predictor = Predictor::open(&a.model, &device)?;
+    let mut predictor = Predictor::open_ensemble(&a.model, a.base.as_deref(), &device)?;
     predictor.batch_size = a.batch_size;
     let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
     let pair_refs: Option<Vec<&str>> = pairs.as_ref().map(|p| p.iter().map(|s| s.as_str()).collect());

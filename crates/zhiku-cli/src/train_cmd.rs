@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use crate::columns::{LabelColumnArgs, TextColumnArgs};
+use zhiku_models::PeftConfig;
 use zhiku_train::trainer::ClassWeights;
 use zhiku_train::{DataConfig, StopReason, TaskData, TrainConfig, TrainEvent, Trainer};
 
@@ -53,9 +54,9 @@ pub struct TrainArgs {
     /// Micro-batches per optimizer step (effective batch = batch-size x grad-accum).
     #[arg(long, default_value_t = 1)]
     grad_accum: usize,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = 5e-5)]
-    lr: f64,
+    /// Peak learning rate [default: 5e-5 for full fine-tuning, 5e-4 for LoRA, 1e-3 for adapters, 1e-2 for prefix tuning].
+    #[arg(long)]
+    lr: Option<f64>,
     /// Tokens per text (longer texts are truncated; batches are padded only to their longest text).
     #[arg(long, default_value_t = 128)]
     max_length: usize,
@@ -100,6 +101,8 @@ pub struct TrainArgs {
     /// Held-out test share when neither --dev nor --test is given.
     #[arg(long, default_value_t = 0.1)]
     test_fraction: f64,
+    #[command(flatten)]
+    peft: PeftArgs,
     /// Print the final summary as one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -108,7 +111,68 @@ pub struct TrainArgs {
     quiet: bool,
 }
 
+/// Parameter-efficient fine-tuning: train a small module on a frozen base encoder.
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Parameter-efficient tuning")]
+pub struct PeftArgs {
+    /// Method: none (full fine-tuning), lora, adapter (Houlsby bottleneck adapters) or prefix
+    /// (learned attention prefixes). With a method, the base stays frozen and OUTPUT is an
+    /// adapter folder (adapter_model.safetensors with the module and the head, adapter_config.json
+    /// naming the base); `zhiku merge` turns a LoRA adapter into a plain model folder.
+    #[arg(long, default_value = "none")]
+    peft: String,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8)]
+    lora_r: usize,
+    /// LoRA scaling numerator: the update is (alpha / r) · B A x.
+    #[arg(long, default_value_t = 16.0)]
+    lora_alpha: f64,
+    /// Dropout on LoRA's input.
+    #[arg(long, default_value_t = 0.1)]
+    lora_dropout: f64,
+    /// Linear layers that get LoRA, comma-separated, matched as name suffixes: query, key, value,
+    /// attention.output.dense, intermediate.dense, output.dense, dense (all dense layers), all.
+    #[arg(long, default_value = "query,value")]
+    lora_targets: String,
+    /// Bottleneck width of each adapter.
+    #[arg(long, default_value_t = 64)]
+    adapter_size: usize,
+    /// Learned key/value vectors per layer for prefix tuning.
+    #[arg(long, default_value_t = 16)]
+    prefix_length: usize,
+}
+
+impl PeftArgs {
+    pub fn config(&self) -> Result<Option<PeftConfig>> {
+        let c = match self.peft.as_str() {
+            "none" | "full" => return Ok(None),
+            "lora" => PeftConfig::Lora {
+                r: self.lora_r,
+                alpha: self.lora_alpha,
+                dropout: self.lora_dropout,
+                targets: self.lora_targets.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect(),
+            },
+            "adapter" => PeftConfig::Adapter { size: self.adapter_size },
+            "prefix" => PeftConfig::Prefix { length: self.prefix_length },
+            other => bail!("unknown --peft {other:?}: expected none, lora, adapter or prefix"),
+        };
+        c.validate()?;
+        Ok(Some(c))
+    }
+}
+
+/// Each method's usual learning rate when --lr is not given.
+fn default_lr(peft: Option<&PeftConfig>) -> f64 {
+    match peft {
+        None => 5e-5,
+        Some(PeftConfig::Lora { .. }) => 5e-4,
+        Some(PeftConfig::Adapter { .. }) => 1e-3,
+        Some(PeftConfig::Prefix { .. }) => 1e-2,
+    }
+}
+
 pub fn run(a: TrainArgs) -> Result<i32> {
+    let peft = a.peft.config()?;
     let mut data = DataConfig::new(&a.train);
     data.dev = a.dev.clone();
     data.test = a.test.clone();
@@ -136,7 +200,7 @@ pub fn run(a: TrainArgs) -> Result<i32> {
         epochs: a.epochs,
         batch_size: a.batch_size,
         grad_accum: a.grad_accum,
-        lr: a.lr,
+        lr: a.lr.unwrap_or_else(|| default_lr(peft.as_ref())),
         max_length: a.max_length,
         seed: a.seed,
         weight_decay: a.weight_decay,
@@ -151,6 +215,7 @@ pub fn run(a: TrainArgs) -> Result<i32> {
         eval_steps: a.eval_steps,
         max_steps: a.max_steps,
         eval_batch_size: 64,
+        peft,
     };
     let device = zhiku_models::default_device();
     let mut trainer = Trainer::new(&a.model, task, &a.output, config, device)?;
@@ -172,13 +237,15 @@ pub fn run(a: TrainArgs) -> Result<i32> {
     let quiet = a.quiet;
     let mut last_line = std::time::Instant::now();
     let mut on_event = |ev: TrainEvent| match ev {
-        TrainEvent::Started { total_steps, done_steps, train_examples, dev_examples, labels, trainable } => {
+        TrainEvent::Started { total_steps, done_steps, train_examples, dev_examples, labels, trainable, total } => {
             if !quiet {
                 eprintln!(
-                    "training on {train_examples} examples ({dev_examples} dev), {} labels: {}; {:.1}M trainable parameters; {total_steps} steps",
+                    "training on {train_examples} examples ({dev_examples} dev), {} labels: {}; {:.2}M of {:.1}M parameters trainable ({:.2}%); {total_steps} steps",
                     labels.len(),
                     preview(labels),
-                    trainable as f64 / 1e6
+                    trainable as f64 / 1e6,
+                    total as f64 / 1e6,
+                    100.0 * trainable as f64 / total.max(1) as f64
                 );
             }
             if show_bar {

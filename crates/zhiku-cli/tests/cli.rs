@@ -178,3 +178,74 @@ fn ctrl_c_checkpoints_and_resume_matches_an_uninterrupted_run() {
         assert!(same, "{name}: resumed model differs from the uninterrupted run (interrupted at step {stopped_at})");
     }
 }
+
+fn predict_json(args: &[&str]) -> Vec<serde_json::Value> {
+    let o = run(args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn peft_methods_train_small_adapters_that_predict_merge_and_ensemble() {
+    let f = Fixture::new();
+    let full_size = {
+        let o = run(&args(&f.train_args("full")));
+        assert!(o.status.success(), "{}", stderr(&o));
+        std::fs::metadata(f.p("full/model.safetensors")).unwrap().len()
+    };
+    for (method, extra) in [("lora", vec!["--lora-r", "4", "--lora-targets", "query,value,dense"]), ("adapter", vec!["--adapter-size", "8"]), ("prefix", vec!["--prefix-length", "4"])] {
+        let out = format!("{method}-out");
+        let mut a = f.train_args(&out);
+        // Mean pooling: the tiny random encoder's [CLS] state barely depends on the input.
+        a.extend(["--peft", method, "--json", "--pooling", "mean"].iter().map(|s| s.to_string()));
+        a.extend(extra.iter().map(|s| s.to_string()));
+        let o = run(&args(&a));
+        assert!(o.status.success(), "{method}: {}", stderr(&o));
+        let adapter = f.p(&format!("{out}/adapter_model.safetensors"));
+        assert!(adapter.is_file() && !f.p(&format!("{out}/model.safetensors")).exists(), "{method}: adapter-only output");
+        let size = std::fs::metadata(&adapter).unwrap().len();
+        assert!(size < full_size / 2, "{method}: adapter {size} bytes vs full model {full_size}");
+        // The saved head is the trained one: the adapter predicts the training labels.
+        let o = run(&["eval", "--model", &f.s(&out), "--data", &f.s("dev.jsonl"), "--json"]);
+        assert!(o.status.success(), "{method}: {}", stderr(&o));
+        let m: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(m["accuracy"].as_f64().unwrap() >= 0.9, "{method}: {m}");
+    }
+    // LoRA merges into a plain folder with the same predictions; the others refuse.
+    let o = run(&["merge", "--adapter", &f.s("lora-out"), "--output", &f.s("merged")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(f.p("merged/model.safetensors").is_file() && !f.p("merged/adapter_config.json").exists());
+    let texts = ["apple lemon grape", "truck bus boat", "mango car"];
+    let mut p = vec!["predict", "--json", "--top-k", "2", "--model"];
+    let lora = f.s("lora-out");
+    let merged = f.s("merged");
+    let (a, b) = (predict_json(&[&p[..], &[&lora], &texts].concat()), predict_json(&[&p[..], &[&merged], &texts].concat()));
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x["labels"], y["labels"]);
+        let d = (x["scores"][0]["score"].as_f64().unwrap() - y["scores"][0]["score"].as_f64().unwrap()).abs();
+        assert!(d < 1e-5, "merged differs by {d}");
+    }
+    let o = run(&["merge", "--adapter", &f.s("adapter-out"), "--output", &f.s("nope")]);
+    assert!(!o.status.success() && stderr(&o).contains("only LoRA") && !f.p("nope").exists(), "{}", stderr(&o));
+
+    // An ensemble averages its members' probabilities.
+    let prefix = f.s("prefix-out");
+    p.truncate(4);
+    let single = |m: &str| predict_json(&[&p[..], &["--model", m], &texts[..1]].concat());
+    let ens = predict_json(&[&p[..], &["--model", &lora, "--model", &prefix], &texts[..1]].concat());
+    let score = |v: &[serde_json::Value], label: &str| {
+        v[0]["scores"].as_array().unwrap().iter().find(|s| s["label"] == label).map_or(0.0, |s| s["score"].as_f64().unwrap())
+    };
+    let (sl, sp) = (single(&lora), single(&prefix));
+    for label in ["fruit", "vehicle"] {
+        let want = (score(&sl, label) + score(&sp, label)) / 2.0;
+        assert!((score(&ens, label) - want).abs() < 1e-5, "{label}: ensemble {} vs mean {want}", score(&ens, label));
+    }
+
+    // A moved base is named in the error, and --base finds it.
+    std::fs::rename(f.p("model"), f.p("moved")).unwrap();
+    let o = run(&["predict", "--model", &lora, "apple"]);
+    assert!(!o.status.success() && stderr(&o).contains("--base"), "{}", stderr(&o));
+    let o = run(&["predict", "--model", &lora, "--base", &f.s("moved"), "apple"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

@@ -254,6 +254,30 @@ fn admin_loads_and_unloads_models_while_serving() {
     assert_eq!(srv.json("POST", "/v1/classify", None, &json!({"model": "cls", "text": "apple"})).0, 200);
 }
 
+#[test]
+fn lora_adapters_load_on_one_base_and_are_chosen_per_call() {
+    let dir = models_dir();
+    let folder = ModelFolder::open(dir.path().join("encoder")).unwrap();
+    let peft = zhiku_models::PeftConfig::Lora { r: 2, alpha: 4.0, dropout: 0.0, targets: vec!["query".into(), "value".into()] };
+    for (i, name) in ["task-a", "task-b"].iter().enumerate() {
+        let head = ClassifierConfig { labels: vec!["fruit".into(), "vehicle".into()], pooling: Pooling::Mean, problem_type: ProblemType::SingleLabel, thresholds: None, text_pairs: false };
+        let m = SequenceClassifier::from_folder_peft(&folder, Some(head), 10 + i as u64, &candle_core::Device::Cpu, Some(&peft)).unwrap();
+        m.save_adapter(&dir.path().join(name), &folder, &folder.tokenizer(32).unwrap()).unwrap();
+    }
+    let srv = Server::start(&["--model", &model_arg(dir.path(), "a", "task-a")], &[]);
+    let (s, v) = srv.json("POST", "/v1/admin/models", None, &json!({"name": "b", "path": dir.path().join("task-b")}));
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["kind"], "classifier");
+    let score = |model: &str| {
+        let (s, v) = srv.json("POST", "/v1/classify", None, &json!({"model": model, "text": "apple car", "top_k": 2}));
+        assert_eq!(s, 200, "{v}");
+        v["results"][0]["scores"].as_array().unwrap().iter().find(|x| x["label"] == "fruit").unwrap()["score"].as_f64().unwrap()
+    };
+    let (a, b) = (score("a"), score("b"));
+    assert!((a - b).abs() > 1e-4, "each name must use its own adapter ({a} vs {b})");
+    assert_eq!(score("a"), a, "and keep using it");
+}
+
 /// POSTs `body` on a fresh connection; the status, or why there was none.
 fn post(addr: &str, path: &str, body: &[u8]) -> Result<u16, String> {
     let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;

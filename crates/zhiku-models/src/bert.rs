@@ -3,6 +3,7 @@
 use crate::config::{Activation, BertConfig};
 use crate::layers::{activate, additive_mask, maybe_dropout, DropoutRng, LayerNorm, Linear};
 use crate::params::{Init, WeightSource};
+use crate::peft::{load_linear, Bottleneck, PeftConfig, Prefix};
 use anyhow::Result;
 use candle_core::{Tensor, D};
 
@@ -30,6 +31,9 @@ struct FeedForward {
 struct Layer {
     attention: SelfAttention,
     ffn: FeedForward,
+    /// Bottleneck adapters after the attention output and after the feed-forward output.
+    adapters: Option<(Bottleneck, Bottleneck)>,
+    prefix: Option<Prefix>,
 }
 
 /// The encoder: embeddings, `num_hidden_layers` transformer layers and (optionally) the pooler.
@@ -47,6 +51,11 @@ pub const ENCODER_PREFIX: &str = "bert";
 impl BertModel {
     /// Builds the encoder from `ws` under `prefix` (usually [`ENCODER_PREFIX`]).
     pub fn load(ws: &mut WeightSource, config: &BertConfig, prefix: &str, with_pooler: bool) -> Result<Self> {
+        Self::load_with_peft(ws, config, prefix, with_pooler, None)
+    }
+
+    /// Like [`Self::load`], with the modules of a parameter-efficient method added.
+    pub fn load_with_peft(ws: &mut WeightSource, config: &BertConfig, prefix: &str, with_pooler: bool, peft: Option<&PeftConfig>) -> Result<Self> {
         let h = config.hidden_size;
         let std = config.initializer_range;
         let eps = config.layer_norm_eps;
@@ -60,20 +69,32 @@ impl BertModel {
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             let l = |s: &str| format!("{prefix}.encoder.layer.{i}.{s}");
-            layers.push(Layer {
-                attention: SelfAttention {
-                    query: Linear::load(ws, &l("attention.self.query"), h, h, std)?,
-                    key: Linear::load(ws, &l("attention.self.key"), h, h, std)?,
-                    value: Linear::load(ws, &l("attention.self.value"), h, h, std)?,
-                    output: Linear::load(ws, &l("attention.output.dense"), h, h, std)?,
-                    norm: LayerNorm::load(ws, &l("attention.output.LayerNorm"), h, eps)?,
-                },
-                ffn: FeedForward {
-                    intermediate: Linear::load(ws, &l("intermediate.dense"), h, config.intermediate_size, std)?,
-                    output: Linear::load(ws, &l("output.dense"), config.intermediate_size, h, std)?,
-                    norm: LayerNorm::load(ws, &l("output.LayerNorm"), h, eps)?,
-                },
-            });
+            let lin = |ws: &mut WeightSource, name: &str, i: usize, o: usize| load_linear(ws, &l(name), name, i, o, std, peft);
+            let attention = SelfAttention {
+                query: lin(ws, "attention.self.query", h, h)?,
+                key: lin(ws, "attention.self.key", h, h)?,
+                value: lin(ws, "attention.self.value", h, h)?,
+                output: lin(ws, "attention.output.dense", h, h)?,
+                norm: LayerNorm::load(ws, &l("attention.output.LayerNorm"), h, eps)?,
+            };
+            let ffn = FeedForward {
+                intermediate: lin(ws, "intermediate.dense", h, config.intermediate_size)?,
+                output: lin(ws, "output.dense", config.intermediate_size, h)?,
+                norm: LayerNorm::load(ws, &l("output.LayerNorm"), h, eps)?,
+            };
+            let layer_prefix = format!("{prefix}.encoder.layer.{i}");
+            let adapters = match peft {
+                Some(PeftConfig::Adapter { size }) => Some((
+                    Bottleneck::load(ws, &l("attention.output"), h, *size, config.activation()?)?,
+                    Bottleneck::load(ws, &l("output"), h, *size, config.activation()?)?,
+                )),
+                _ => None,
+            };
+            let prefix_kv = match peft {
+                Some(PeftConfig::Prefix { length }) => Some(Prefix::load(ws, &layer_prefix, *length, h, std)?),
+                _ => None,
+            };
+            layers.push(Layer { attention, ffn, adapters, prefix: prefix_kv });
         }
         let pooler = if with_pooler { Some(Linear::load(ws, &p("pooler.dense"), h, h, std)?) } else { None };
         Ok(Self { config: config.clone(), embeddings, layers, pooler, activation: config.activation()? })
@@ -113,28 +134,46 @@ impl BertModel {
         let heads = cfg.num_attention_heads;
         let d = cfg.head_dim();
         let a = &layer.attention;
-        let ctx = if crate::kernels::fused_ok(x) {
+        let (q, k, v) = (a.query.forward_t(x, rng)?, a.key.forward_t(x, rng)?, a.value.forward_t(x, rng)?);
+        let ctx = if crate::kernels::fused_ok(x) && layer.prefix.is_none() {
             let p = cfg.attention_probs_dropout_prob;
             let dropout = match rng {
                 Some(r) if p > 0.0 => Some((p as f32, r.next_seed())),
                 _ => None,
             };
-            crate::attention::fused_attention(&a.query.forward(x)?, &a.key.forward(x)?, &a.value.forward(x)?, heads, mask_values, dropout)?
+            crate::attention::fused_attention(&q, &k, &v, heads, mask_values, dropout)?
         } else {
-            let split = |t: Tensor| -> Result<Tensor> { Ok(t.reshape((b, l, heads, d))?.transpose(1, 2)?.contiguous()?) };
-            let q = split((a.query.forward(x)? * (1.0 / (d as f64).sqrt()))?)?;
-            let k = split(a.key.forward(x)?)?;
-            let v = split(a.value.forward(x)?)?;
+            // Prefix tuning prepends learned keys and values that every token may attend to.
+            let (k, v, mask) = match &layer.prefix {
+                Some(p) => {
+                    let open = Tensor::zeros((b, p.len()), mask.dtype(), mask.device())?;
+                    (p.prepend(&p.key, &k)?, p.prepend(&p.value, &v)?, Tensor::cat(&[&open, mask], 1)?)
+                }
+                None => (k, v, mask.clone()),
+            };
+            let split = |t: Tensor| -> Result<Tensor> {
+                let len = t.dim(1)?;
+                Ok(t.reshape((b, len, heads, d))?.transpose(1, 2)?.contiguous()?)
+            };
+            let q = split((q * (1.0 / (d as f64).sqrt()))?)?;
+            let k = split(k)?;
+            let v = split(v)?;
             let scores = q.matmul(&k.t()?)?;
-            let probs = crate::kernels::masked_softmax(&scores, mask)?;
+            let probs = crate::kernels::masked_softmax(&scores, &mask)?;
             let probs = maybe_dropout(&probs, cfg.attention_probs_dropout_prob, rng)?;
             probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))?
         };
-        let attn = maybe_dropout(&a.output.forward(&ctx)?, cfg.hidden_dropout_prob, rng)?;
+        let mut attn = maybe_dropout(&a.output.forward_t(&ctx, rng)?, cfg.hidden_dropout_prob, rng)?;
+        if let Some((after_attention, _)) = &layer.adapters {
+            attn = after_attention.forward(&attn)?;
+        }
         let x = a.norm.forward(&attn.add(x)?)?;
         let f = &layer.ffn;
-        let inter = activate(&f.intermediate.forward(&x)?, self.activation)?;
-        let out = maybe_dropout(&f.output.forward(&inter)?, cfg.hidden_dropout_prob, rng)?;
+        let inter = activate(&f.intermediate.forward_t(&x, rng)?, self.activation)?;
+        let mut out = maybe_dropout(&f.output.forward_t(&inter, rng)?, cfg.hidden_dropout_prob, rng)?;
+        if let Some((_, after_ffn)) = &layer.adapters {
+            out = after_ffn.forward(&out)?;
+        }
         f.norm.forward(&out.add(&x)?)
     }
 

@@ -7,6 +7,7 @@ use crate::config::BertConfig;
 use crate::folder::ModelFolder;
 use crate::layers::{maybe_dropout, DropoutRng, Linear};
 use crate::params::{Params, WeightSource};
+use crate::peft::{adapter_config_json, AdapterFolder, PeftConfig, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use crate::tokenizer::{EncodedBatch, TextTokenizer};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -126,7 +127,13 @@ pub struct SequenceClassifier {
     pub encoder: BertModel,
     pub head: Linear,
     pub config: ClassifierConfig,
+    /// The trainable parameters (all of them, or under parameter-efficient tuning only the
+    /// added modules and the head; none when built for inference).
     pub params: Params,
+    /// The parameters held as constants.
+    pub fixed: HashMap<String, Tensor>,
+    /// The parameter-efficient method added to the encoder, if any.
+    pub peft: Option<PeftConfig>,
     head_dropout: f64,
     /// Names of parameters that were randomly initialised (not in the checkpoint).
     pub initialised: Vec<String>,
@@ -142,11 +149,13 @@ impl SequenceClassifier {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
-        Self::build_with(bert, weights, config, seed, device, dtype, false)
+        Self::build_with(bert, weights, config, seed, device, dtype, false, None)
     }
 
+    /// The general constructor: `frozen` builds for inference (no trainable parameters), `peft`
+    /// adds a parameter-efficient method and trains only its modules and the head.
     #[allow(clippy::too_many_arguments)]
-    fn build_with(
+    pub fn build_with(
         bert: &BertConfig,
         weights: HashMap<String, Tensor>,
         config: ClassifierConfig,
@@ -154,6 +163,7 @@ impl SequenceClassifier {
         device: &Device,
         dtype: DType,
         frozen: bool,
+        peft: Option<&PeftConfig>,
     ) -> Result<Self> {
         let n = config.labels.len();
         if n == 0 {
@@ -168,25 +178,66 @@ impl SequenceClassifier {
         let mut ws = WeightSource::new(weights, seed, device, dtype);
         if frozen {
             ws = ws.freeze();
+        } else if let Some(p) = peft {
+            let p = p.clone();
+            ws = ws.train_only(move |name| p.is_trainable(name));
         }
-        let encoder = BertModel::load(&mut ws, bert, ENCODER_PREFIX, config.pooling == Pooling::Pooler)?;
+        if let Some(p) = peft {
+            p.validate()?;
+        }
+        let encoder = BertModel::load_with_peft(&mut ws, bert, ENCODER_PREFIX, config.pooling == Pooling::Pooler, peft)?;
         let head = Linear::load(&mut ws, "classifier", bert.hidden_size, n, bert.initializer_range)?;
         let head_dropout = bert.classifier_dropout.unwrap_or(bert.hidden_dropout_prob);
-        Ok(Self { encoder, head, config, params: ws.params, head_dropout, initialised: ws.initialised })
+        Ok(Self { encoder, head, config, params: ws.params, fixed: ws.fixed, peft: peft.cloned(), head_dropout, initialised: ws.initialised })
+    }
+
+    /// Every parameter's current value by name, trainable or not.
+    pub fn all_tensors(&self) -> HashMap<String, Tensor> {
+        let mut all = self.fixed.clone();
+        all.extend(self.params.tensors());
+        all
+    }
+
+    /// Opens an adapter folder on `base_weights` (the base model's tensors, shared: they are not
+    /// copied, so many adapters can sit on one base in memory), for inference.
+    pub fn from_adapter(adapter: &AdapterFolder, base_weights: &HashMap<String, Tensor>, device: &Device) -> Result<Self> {
+        let own = adapter.load_weights(device)?;
+        let own_names: Vec<String> = own.keys().cloned().collect();
+        let head_folder = BertConfig::from_file(&adapter.dir.join("config.json"))?;
+        let Some(config) = ClassifierConfig::from_raw(&head_folder.raw)? else {
+            bail!("{}: config.json names no classification head", adapter.dir.display())
+        };
+        let base = BertConfig::from_file(&adapter.base_dir.join("config.json"))?;
+        let mut weights = base_weights.clone();
+        weights.extend(own);
+        let model = Self::build_with(&base, weights, config, 0, device, DType::F32, true, Some(&adapter.peft))?;
+        if let Some(missing) = model.initialised.first() {
+            bail!("adapter {} lacks the tensor {missing} that its configuration implies", adapter.dir.display())
+        }
+        let all = model.all_tensors();
+        if let Some(stray) = own_names.iter().find(|n| !all.contains_key(*n)) {
+            bail!("adapter {} holds the tensor {stray}, which its configuration does not use", adapter.dir.display())
+        }
+        Ok(model)
     }
 
     /// Opens a folder: a fine-tuned classifier (labels from its config), or a base encoder with a
     /// new head for `labels`.
     pub fn from_folder(folder: &ModelFolder, new_head: Option<ClassifierConfig>, seed: u64, device: &Device) -> Result<Self> {
+        Self::from_folder_peft(folder, new_head, seed, device, None)
+    }
+
+    /// For training with a parameter-efficient method on the base encoder in `folder`.
+    pub fn from_folder_peft(folder: &ModelFolder, new_head: Option<ClassifierConfig>, seed: u64, device: &Device, peft: Option<&PeftConfig>) -> Result<Self> {
         let config = head_config(folder, new_head)?;
         let weights = folder.load_weights(device)?;
-        Self::build(&folder.config, weights, config, seed, device, DType::F32)
+        Self::build_with(&folder.config, weights, config, seed, device, DType::F32, false, peft)
     }
 
     /// Like [`Self::from_folder`], with weights outside autograd: for prediction and evaluation.
     pub fn for_inference(folder: &ModelFolder, new_head: Option<ClassifierConfig>, device: &Device) -> Result<Self> {
         let config = head_config(folder, new_head)?;
-        Self::build_with(&folder.config, folder.load_weights(device)?, config, 0, device, DType::F32, true)
+        Self::build_with(&folder.config, folder.load_weights(device)?, config, 0, device, DType::F32, true, None)
     }
 
     /// Pooled sentence vectors `[batch, hidden]` (before head dropout).
@@ -215,7 +266,33 @@ impl SequenceClassifier {
     /// `label2id`), `model.safetensors` with transformers' names, and `tokenizer.json`. Each file
     /// is written under a temporary name and renamed, so a crash never leaves a torn file.
     pub fn save(&self, dir: &Path, base: &BertConfig, tokenizer: &TextTokenizer) -> Result<()> {
+        let mut tensors = self.all_tensors();
+        if let Some(peft) = &self.peft {
+            // A plain folder cannot hold the added modules; LoRA folds into the weights.
+            crate::peft::merge_lora(&mut tensors, peft)?;
+        }
+        save_full(dir, &tensors, &self.head_config_json(base, tokenizer), tokenizer)
+    }
+
+    /// Writes an adapter folder: `adapter_model.safetensors` with only the trained tensors (the
+    /// added modules and the head), `adapter_config.json` naming the base folder, `config.json`
+    /// with the head's labels and `tokenizer.json`.
+    pub fn save_adapter(&self, dir: &Path, base: &ModelFolder, tokenizer: &TextTokenizer) -> Result<()> {
+        let Some(peft) = &self.peft else { bail!("this model has no adapter to save") };
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let own: HashMap<String, Tensor> = self.all_tensors().into_iter().filter(|(n, _)| peft.is_trainable(n)).collect();
+        let raw = self.head_config_json(&base.config, tokenizer);
+        write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&raw)?.as_bytes())?;
+        write_atomic(&dir.join(ADAPTER_CONFIG), serde_json::to_string_pretty(&adapter_config_json(peft, &base.dir))?.as_bytes())?;
+        let tmp = dir.join(format!(".{ADAPTER_WEIGHTS}.tmp"));
+        candle_core::safetensors::save(&own, &tmp)?;
+        std::fs::rename(&tmp, dir.join(ADAPTER_WEIGHTS))?;
+        tokenizer.save(dir)?;
+        Ok(())
+    }
+
+    /// `config.json` of a saved classifier: the encoder's settings plus the head's.
+    fn head_config_json(&self, base: &BertConfig, tokenizer: &TextTokenizer) -> Value {
         let mut raw = base.raw.clone();
         let labels = &self.config.labels;
         raw.insert("architectures".into(), json!(["BertForSequenceClassification"]));
@@ -231,16 +308,24 @@ impl SequenceClassifier {
             Some(t) => raw.insert("zhiku_thresholds".into(), json!(t)),
             None => raw.remove("zhiku_thresholds"),
         };
-        write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&Value::Object(raw))?.as_bytes())?;
-        let tmp = dir.join(".model.safetensors.tmp");
-        candle_core::safetensors::save(&self.params.tensors(), &tmp)?;
-        std::fs::rename(&tmp, dir.join("model.safetensors"))?;
-        tokenizer.save(dir)?;
-        // A pytorch_model.bin from an earlier save would shadow nothing (safetensors wins) but
-        // would confuse people; the folder holds exactly one weights file.
-        let _ = std::fs::remove_file(dir.join("pytorch_model.bin"));
-        Ok(())
+        Value::Object(raw)
     }
+}
+
+/// Writes a plain Hugging Face folder from a full set of tensors.
+pub fn save_full(dir: &Path, tensors: &HashMap<String, Tensor>, config: &Value, tokenizer: &TextTokenizer) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(config)?.as_bytes())?;
+    let tmp = dir.join(".model.safetensors.tmp");
+    candle_core::safetensors::save(tensors, &tmp)?;
+    std::fs::rename(&tmp, dir.join("model.safetensors"))?;
+    tokenizer.save(dir)?;
+    // A pytorch_model.bin from an earlier save would shadow nothing (safetensors wins) but
+    // would confuse people; the folder holds exactly one weights file. Likewise an adapter.
+    let _ = std::fs::remove_file(dir.join("pytorch_model.bin"));
+    let _ = std::fs::remove_file(dir.join(ADAPTER_CONFIG));
+    let _ = std::fs::remove_file(dir.join(ADAPTER_WEIGHTS));
+    Ok(())
 }
 
 /// The head to build: the one asked for, else the one saved in the folder's `config.json`.

@@ -11,21 +11,35 @@ use candle_core::{DType, Device, Tensor, D};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// `y = x W^T + b`, with transformers' `[out, in]` weight layout.
+/// `y = x W^T + b`, with transformers' `[out, in]` weight layout, plus an optional LoRA update.
 #[derive(Clone)]
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    pub lora: Option<crate::peft::Lora>,
 }
 
 impl Linear {
     pub fn load(ws: &mut WeightSource, prefix: &str, in_dim: usize, out_dim: usize, std: f64) -> Result<Self> {
         let weight = ws.get(&format!("{prefix}.weight"), (out_dim, in_dim), Init::Normal(std))?;
         let bias = ws.get(&format!("{prefix}.bias"), out_dim, Init::Zeros)?;
-        Ok(Self { weight, bias: Some(bias) })
+        Ok(Self { weight, bias: Some(bias), lora: None })
+    }
+
+    /// The layer in training or inference mode: `rng` drives LoRA's dropout when training.
+    pub fn forward_t(&self, x: &Tensor, rng: &mut Option<&mut DropoutRng>) -> Result<Tensor> {
+        let y = self.forward_base(x)?;
+        match &self.lora {
+            Some(lora) => Ok(y.add(&lora.delta(x, rng)?)?),
+            None => Ok(y),
+        }
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_t(x, &mut None)
+    }
+
+    fn forward_base(&self, x: &Tensor) -> Result<Tensor> {
         if let (true, Some(b)) = (crate::kernels::fused_ok(x), &self.bias) {
             return Ok(crate::linear::linear(x, &self.weight, b)?);
         }

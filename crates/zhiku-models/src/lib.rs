@@ -15,6 +15,7 @@ pub mod kernels;
 pub mod layers;
 pub mod linear;
 pub mod params;
+pub mod peft;
 pub mod testing;
 pub mod text_model;
 pub mod tokenizer;
@@ -25,7 +26,8 @@ pub use config::BertConfig;
 pub use folder::{ModelFolder, WeightsFile};
 pub use layers::DropoutRng;
 pub use params::{Params, WeightSource};
-pub use text_model::{EmbeddingPooling, TextModel};
+pub use peft::{AdapterFolder, PeftConfig};
+pub use text_model::{BaseCache, EmbeddingPooling, TextModel};
 pub use tokenizer::{EncodedBatch, TextTokenizer, TokenizedText};
 
 /// The device the engine runs on: the first CUDA GPU when built with `--features cuda` and one

@@ -55,7 +55,7 @@ impl CustomOp3 for LinearOp {
         Ok((CpuStorage::F32(y), Shape::from(dims)))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let (out_dim, in_dim) = w.dims2()?;
         let rows = x.elem_count() / in_dim;
@@ -66,30 +66,44 @@ impl CustomOp3 for LinearOp {
             candle_core::bail!("fused linear backward expects CPU tensors")
         };
         let (xs, ws, dy) = (f32s(sx, lx)?, f32s(sw, lw)?, f32s(sg, lg)?);
-        let mut dx = vec![0f32; rows * in_dim];
-        mm(rows, in_dim, out_dim, &mut dx, false, dy, out_dim, 1, ws, in_dim, 1);
-        let mut dw = vec![0f32; out_dim * in_dim];
-        // dW = dyᵀ · x ; dyᵀ[o, r] = dy[r, o] → row stride 1, column stride out_dim.
-        mm(out_dim, in_dim, rows, &mut dw, false, dy, 1, out_dim, xs, in_dim, 1);
-        let db = dy
-            .par_chunks(out_dim * 256)
-            .map(|c| {
-                let mut acc = vec![0f32; out_dim];
-                for row in c.chunks_exact(out_dim) {
-                    acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
-                }
-                acc
-            })
-            .reduce(|| vec![0f32; out_dim], |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            });
         let dev = candle_core::Device::Cpu;
-        Ok((
-            Some(Tensor::from_vec(dx, x.shape(), &dev)?),
-            Some(Tensor::from_vec(dw, (out_dim, in_dim), &dev)?),
-            Some(Tensor::from_vec(db, out_dim, &dev)?),
-        ))
+        // Gradients nobody will read are not computed: a frozen weight (parameter-efficient
+        // tuning) skips the dW product, a constant input (the first layer over frozen
+        // embeddings) skips dx.
+        let dx = if x.track_op() {
+            let mut dx = vec![0f32; rows * in_dim];
+            mm(rows, in_dim, out_dim, &mut dx, false, dy, out_dim, 1, ws, in_dim, 1);
+            Some(Tensor::from_vec(dx, x.shape(), &dev)?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            let mut dw = vec![0f32; out_dim * in_dim];
+            // dW = dyᵀ · x ; dyᵀ[o, r] = dy[r, o] → row stride 1, column stride out_dim.
+            mm(out_dim, in_dim, rows, &mut dw, false, dy, 1, out_dim, xs, in_dim, 1);
+            Some(Tensor::from_vec(dw, (out_dim, in_dim), &dev)?)
+        } else {
+            None
+        };
+        let db = if b.track_op() {
+            let db = dy
+                .par_chunks(out_dim * 256)
+                .map(|c| {
+                    let mut acc = vec![0f32; out_dim];
+                    for row in c.chunks_exact(out_dim) {
+                        acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+                    }
+                    acc
+                })
+                .reduce(|| vec![0f32; out_dim], |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                    a
+                });
+            Some(Tensor::from_vec(db, out_dim, &dev)?)
+        } else {
+            None
+        };
+        Ok((dx, dw, db))
     }
 }
 

@@ -66,28 +66,44 @@ impl Params {
 #[derive(Debug, Clone, Copy)]
 pub enum Init {
     Normal(f64),
+    /// Uniform on `[-bound, bound]` (PEFT's Kaiming-uniform init of LoRA's A matrix).
+    Uniform(f64),
     Zeros,
     Ones,
 }
 
+/// Decides by name whether a parameter is trained.
+type TrainableRule = Box<dyn Fn(&str) -> bool>;
+
 /// Hands out parameters by name while a model is built: the value from a checkpoint when it has
 /// one, otherwise a seeded random initialisation (recorded in [`WeightSource::initialised`]).
-/// Every parameter it hands out becomes a trainable [`Var`] in [`WeightSource::params`].
+/// A parameter it hands out becomes a trainable [`Var`] in [`WeightSource::params`], unless the
+/// source is frozen or the parameter is not trainable (parameter-efficient tuning); those stay
+/// plain tensors in [`WeightSource::fixed`], outside autograd and never copied, so several
+/// models built from one set of base tensors share their memory.
 pub struct WeightSource {
     loaded: HashMap<String, Tensor>,
     pub params: Params,
+    pub fixed: HashMap<String, Tensor>,
     pub initialised: Vec<String>,
     rng: ChaCha8Rng,
     device: Device,
     dtype: DType,
     frozen: bool,
+    trainable: Option<TrainableRule>,
 }
 
 impl WeightSource {
-    /// Hand out weights detached from autograd (inference: no graph is recorded, activations
-    /// are freed as soon as the next layer has used them). The [`Params`] still hold them.
+    /// Hand out every weight as a constant (inference: no graph is recorded, activations are
+    /// freed as soon as the next layer has used them).
     pub fn freeze(mut self) -> Self {
         self.frozen = true;
+        self
+    }
+
+    /// Only parameters whose name passes `rule` are trainable; the rest are constants.
+    pub fn train_only(mut self, rule: impl Fn(&str) -> bool + 'static) -> Self {
+        self.trainable = Some(Box::new(rule));
         self
     }
 
@@ -95,11 +111,13 @@ impl WeightSource {
         Self {
             loaded,
             params: Params::default(),
+            fixed: HashMap::new(),
             initialised: Vec::new(),
             rng: ChaCha8Rng::seed_from_u64(seed),
             device: device.clone(),
             dtype,
             frozen: false,
+            trainable: None,
         }
     }
 
@@ -135,8 +153,12 @@ impl WeightSource {
                 self.init_tensor(&shape, init)?
             }
         };
+        if self.frozen || self.trainable.as_ref().is_some_and(|rule| !rule(name)) {
+            self.fixed.insert(name.to_string(), tensor.clone());
+            return Ok(tensor);
+        }
         let var = Var::from_tensor(&tensor)?;
-        let t = if self.frozen { var.as_tensor().detach() } else { var.as_tensor().clone() };
+        let t = var.as_tensor().clone();
         self.params.insert(name, var);
         Ok(t)
     }
@@ -149,6 +171,10 @@ impl WeightSource {
             Init::Normal(std) => {
                 use rand_distr_normal::sample_normal;
                 (0..n).map(|_| sample_normal(&mut self.rng) * std as f32).collect()
+            }
+            Init::Uniform(bound) => {
+                use rand::Rng;
+                (0..n).map(|_| ((self.rng.random::<f64>() * 2.0 - 1.0) * bound) as f32).collect()
             }
         };
         Ok(Tensor::from_vec(values, shape.clone(), &Device::Cpu)?.to_dtype(self.dtype)?.to_device(&self.device)?)

@@ -7,9 +7,41 @@ use crate::classifier::{ClassifierConfig, ProblemType, SequenceClassifier};
 use crate::folder::ModelFolder;
 use crate::params::WeightSource;
 use crate::tokenizer::{TextTokenizer, TokenizedText};
+use crate::peft::{is_adapter_folder, AdapterFolder};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Base-model tensors already in memory, by folder, so that adapters on the same base share it
+/// (a tensor clone shares its storage).
+#[derive(Default)]
+pub struct BaseCache {
+    loaded: Mutex<HashMap<PathBuf, HashMap<String, Tensor>>>,
+}
+
+impl BaseCache {
+    fn weights(&self, folder: &ModelFolder, device: &Device) -> Result<HashMap<String, Tensor>> {
+        let key = std::fs::canonicalize(&folder.dir).unwrap_or_else(|_| folder.dir.clone());
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = loaded.get(&key) {
+            return Ok(w.clone());
+        }
+        let w = folder.load_weights(device)?;
+        loaded.insert(key, w.clone());
+        Ok(w)
+    }
+
+    /// How many base models are held.
+    pub fn len(&self) -> usize {
+        self.loaded.lock().map(|l| l.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 /// How token states become one sentence vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +68,26 @@ impl TextModel {
     /// otherwise a plain encoder. Sentence-transformers' `1_Pooling/config.json` picks the pooling
     /// (mean when absent).
     pub fn open(dir: &Path, device: &Device) -> Result<Self> {
+        Self::open_shared(dir, device, &BaseCache::default(), None)
+    }
+
+    /// Like [`Self::open`]; an adapter folder (LoRA, bottleneck adapters, prefix tuning) is put
+    /// on its base model (`base`, else the folder its `adapter_config.json` names), which is
+    /// taken from `bases` when already there.
+    pub fn open_shared(dir: &Path, device: &Device, bases: &BaseCache, base: Option<&Path>) -> Result<Self> {
+        if is_adapter_folder(dir) {
+            let adapter = AdapterFolder::open(dir, base)?;
+            let base = ModelFolder::open(&adapter.base_dir)?;
+            let model = SequenceClassifier::from_adapter(&adapter, &bases.weights(&base, device)?, device)?;
+            let max_length = crate::config::BertConfig::from_file(&dir.join("config.json"))
+                .ok()
+                .and_then(|c| c.raw.get("zhiku_max_length").and_then(|v| v.as_u64()))
+                .map_or(512, |v| v as usize)
+                .min(base.config.max_position_embeddings);
+            let tokenizer = TextTokenizer::from_folder(dir, max_length)?;
+            let hidden_size = base.config.hidden_size;
+            return Ok(Self { net: Net::Classifier(model), tokenizer, pooling: read_pooling(&base.dir), device: device.clone(), hidden_size });
+        }
         let folder = ModelFolder::open(dir)?;
         let tokenizer = folder.tokenizer(folder.inference_max_length())?;
         let net = if ClassifierConfig::from_raw(folder.raw_config())?.is_some() {

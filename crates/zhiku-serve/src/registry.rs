@@ -6,7 +6,7 @@ use anyhow::Result;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use zhiku_models::TextModel;
+use zhiku_models::{BaseCache, TextModel};
 
 pub struct LoadedModel {
     pub name: String,
@@ -19,17 +19,20 @@ pub struct Registry {
     models: RwLock<BTreeMap<String, Arc<LoadedModel>>>,
     batch: BatchConfig,
     metrics: Arc<Metrics>,
+    /// Base models under adapters: many adapters on one base hold it in memory once.
+    bases: BaseCache,
 }
 
 impl Registry {
     pub fn new(batch: BatchConfig, metrics: Arc<Metrics>) -> Self {
-        Self { models: RwLock::new(BTreeMap::new()), batch, metrics }
+        Self { models: RwLock::new(BTreeMap::new()), batch, metrics, bases: BaseCache::default() }
     }
 
-    /// Loads `dir` under `name` (replacing a model of that name once loaded); blocking.
+    /// Loads `dir` (a model folder, or an adapter folder on the base it names) under `name`,
+    /// replacing a model of that name once loaded; blocking.
     pub fn load(&self, name: &str, dir: &Path) -> Result<Arc<LoadedModel>> {
         let device = zhiku_models::default_device();
-        let model = Arc::new(TextModel::open(dir, &device)?);
+        let model = Arc::new(TextModel::open_shared(dir, &device, &self.bases, None)?);
         let batcher = Batcher::start(name.to_string(), model.clone(), self.batch, self.metrics.clone());
         let loaded = Arc::new(LoadedModel { name: name.to_string(), path: dir.to_path_buf(), model, batcher });
         self.models.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), loaded.clone());

@@ -3,8 +3,8 @@
 use anyhow::{bail, Result};
 use candle_core::Device;
 use serde::Serialize;
-use std::path::Path;
-use zhiku_models::{ClassifierConfig, TextModel, TokenizedText};
+use std::path::{Path, PathBuf};
+use zhiku_models::{BaseCache, ClassifierConfig, TextModel, TokenizedText};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LabelScore {
@@ -20,23 +20,57 @@ pub struct Prediction {
     pub scores: Vec<LabelScore>,
 }
 
+/// One classifier, or an ensemble whose members' probabilities are averaged.
 pub struct Predictor {
-    pub model: TextModel,
+    /// The members, with the position of each of the first member's labels in their own output.
+    members: Vec<(TextModel, Vec<usize>)>,
     config: ClassifierConfig,
     pub batch_size: usize,
 }
 
 impl Predictor {
+    /// A classifier folder or an adapter folder (on the base it names).
     pub fn open(dir: &Path, device: &Device) -> Result<Self> {
-        let model = TextModel::open(dir, device)?;
-        let Some(config) = model.classifier_config().cloned() else {
-            bail!(
-                "{} is a base encoder without a classification head; train one first with `zhiku train --model {}`",
-                dir.display(),
-                dir.display()
-            )
-        };
-        Ok(Self { model, config, batch_size: 32 })
+        Self::open_ensemble(&[dir.to_path_buf()], None, device)
+    }
+
+    /// An ensemble of classifiers over the same labels (in any order); `base` overrides the base
+    /// model of adapter folders. Adapters on one base share it in memory.
+    pub fn open_ensemble(dirs: &[PathBuf], base: Option<&Path>, device: &Device) -> Result<Self> {
+        let bases = BaseCache::default();
+        let mut members = Vec::new();
+        let mut config: Option<ClassifierConfig> = None;
+        for dir in dirs {
+            let model = TextModel::open_shared(dir, device, &bases, base)?;
+            let Some(own) = model.classifier_config().cloned() else {
+                bail!(
+                    "{} is a base encoder without a classification head; train one first with `zhiku train --model {}`",
+                    dir.display(),
+                    dir.display()
+                )
+            };
+            let first = config.get_or_insert_with(|| own.clone());
+            let mut mine = own.labels.clone();
+            mine.sort();
+            let mut theirs = first.labels.clone();
+            theirs.sort();
+            if mine != theirs || own.problem_type != first.problem_type || own.text_pairs != first.text_pairs {
+                bail!("{} predicts other labels or another kind of task than {}; an ensemble needs the same labels", dir.display(), dirs[0].display())
+            }
+            let order = first.labels.iter().map(|l| own.labels.iter().position(|m| m == l).expect("same label sets")).collect();
+            members.push((model, order));
+        }
+        let Some(config) = config else { bail!("no model given") };
+        Ok(Self { members, config, batch_size: 32 })
+    }
+
+    /// The first (or only) member.
+    pub fn model(&self) -> &TextModel {
+        &self.members[0].0
+    }
+
+    pub fn ensemble_size(&self) -> usize {
+        self.members.len()
     }
 
     /// The head's labels, decision rule and thresholds.
@@ -53,15 +87,22 @@ impl Predictor {
         if self.config.text_pairs && pairs.is_none() {
             bail!("this model was trained on text pairs; give the second text too")
         }
-        let items = self.model.tokenizer.encode_many(texts, pairs)?;
-        // Length-sorted batches waste little compute on padding.
-        let mut order: Vec<usize> = (0..items.len()).collect();
-        order.sort_by_key(|&i| items[i].ids.len());
-        let mut out = vec![Vec::new(); items.len()];
-        for idx in order.chunks(self.batch_size.max(1)) {
-            let batch: Vec<&TokenizedText> = idx.iter().map(|&i| &items[i]).collect();
-            for (row, &i) in self.model.classify(&batch)?.into_iter().zip(idx) {
-                out[i] = row;
+        let k = self.config.labels.len();
+        let mut out = vec![vec![0f32; k]; texts.len()];
+        let share = 1.0 / self.members.len() as f32;
+        for (model, order_of_labels) in &self.members {
+            // Members may tokenise differently (other base models), so each tokenises for itself.
+            let items = model.tokenizer.encode_many(texts, pairs)?;
+            // Length-sorted batches waste little compute on padding.
+            let mut order: Vec<usize> = (0..items.len()).collect();
+            order.sort_by_key(|&i| items[i].ids.len());
+            for idx in order.chunks(self.batch_size.max(1)) {
+                let batch: Vec<&TokenizedText> = idx.iter().map(|&i| &items[i]).collect();
+                for (row, &i) in model.classify(&batch)?.into_iter().zip(idx) {
+                    for (acc, &j) in out[i].iter_mut().zip(order_of_labels) {
+                        *acc += share * row[j];
+                    }
+                }
             }
         }
         Ok(out)

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use zhiku_data::Dataset;
-use zhiku_models::{ClassifierConfig, DropoutRng, ModelFolder, Pooling, ProblemType, SequenceClassifier, TextTokenizer, TokenizedText};
+use zhiku_models::{AdapterFolder, ClassifierConfig, DropoutRng, ModelFolder, PeftConfig, Pooling, ProblemType, SequenceClassifier, TextTokenizer, TokenizedText};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub enum ClassWeights {
@@ -57,6 +57,10 @@ pub struct TrainConfig {
     /// Stop after this many optimizer steps in total (for quick runs and benchmarks).
     pub max_steps: Option<u64>,
     pub eval_batch_size: usize,
+    /// A parameter-efficient method (LoRA, bottleneck adapters, prefix tuning): only its modules
+    /// and the head train, and the output is an adapter folder on the base model.
+    #[serde(default)]
+    pub peft: Option<PeftConfig>,
 }
 
 impl Default for TrainConfig {
@@ -80,6 +84,7 @@ impl Default for TrainConfig {
             eval_steps: None,
             max_steps: None,
             eval_batch_size: 64,
+            peft: None,
         }
     }
 }
@@ -122,7 +127,8 @@ pub struct EvalRecord {
 }
 
 pub enum TrainEvent<'a> {
-    Started { total_steps: u64, done_steps: u64, train_examples: usize, dev_examples: usize, labels: &'a [String], trainable: usize },
+    /// `trainable` of `total` parameters are trained.
+    Started { total_steps: u64, done_steps: u64, train_examples: usize, dev_examples: usize, labels: &'a [String], trainable: usize, total: usize },
     Step(&'a StepRecord),
     Eval(&'a EvalRecord, bool),
     Checkpoint(&'a Path),
@@ -192,6 +198,9 @@ impl Trainer {
         if !valid.contains(&config.metric.as_str()) {
             bail!("--metric {:?} is not available here; choose one of {}", config.metric, valid.join(", "))
         }
+        if let Some(p) = &config.peft {
+            p.validate()?;
+        }
         let max_pos = model_folder.config.max_position_embeddings;
         if config.max_length > max_pos {
             bail!("--max-length {} exceeds the model's limit of {max_pos} positions", config.max_length)
@@ -243,7 +252,7 @@ impl Trainer {
             thresholds: None,
             text_pairs: self.data.train.examples[0].pair.is_some(),
         };
-        let mut model = SequenceClassifier::from_folder(&self.model_folder, Some(head), cfg.seed, &self.device)?;
+        let mut model = SequenceClassifier::from_folder_peft(&self.model_folder, Some(head), cfg.seed, &self.device, cfg.peft.as_ref())?;
         let tok = self.model_folder.tokenizer(cfg.max_length)?;
         let mut opt = AdamW::new(&model.params, AdamWConfig { weight_decay: cfg.weight_decay, ..Default::default() })?;
 
@@ -288,6 +297,7 @@ impl Trainer {
             dev_examples: dev.items.len(),
             labels: &labels,
             trainable: model.params.num_elements(),
+            total: model.params.num_elements() + model.fixed.values().map(|t| t.elem_count()).sum::<usize>(),
         });
 
         let mut log = std::fs::OpenOptions::new().create(true).append(true).open(out.join("train_log.jsonl"))?;
@@ -465,7 +475,11 @@ impl Trainer {
             state.best_step = state.global_step;
             state.evals_without_improvement = 0;
             model.config.thresholds = eval.thresholds.clone();
-            model.save(&self.output, &self.model_folder.config, tok)?;
+            if model.peft.is_some() {
+                model.save_adapter(&self.output, &self.model_folder, tok)?;
+            } else {
+                model.save(&self.output, &self.model_folder.config, tok)?;
+            }
         } else {
             state.evals_without_improvement += 1;
         }
@@ -476,8 +490,12 @@ impl Trainer {
     fn finish(&self, stop: StopReason, state: TrainerState, tok: &TextTokenizer, multi: bool, started: Instant, on_event: &mut dyn FnMut(TrainEvent)) -> Result<TrainSummary> {
         // The output folder now holds the best model: evaluate exactly what was saved.
         on_event(TrainEvent::Message(format!("best dev {} {:.4} at step {}", self.config.metric, state.best_metric.unwrap_or(f64::NAN), state.best_step)));
-        let best_folder = ModelFolder::open(&self.output)?;
-        let best = SequenceClassifier::for_inference(&best_folder, None, &self.device)?;
+        let best = if self.config.peft.is_some() {
+            let adapter = AdapterFolder::open(&self.output, Some(&self.model_folder.dir))?;
+            SequenceClassifier::from_adapter(&adapter, &self.model_folder.load_weights(&self.device)?, &self.device)?
+        } else {
+            SequenceClassifier::for_inference(&ModelFolder::open(&self.output)?, None, &self.device)?
+        };
         let dev = evaluate(&best, tok, &self.encode(tok, &self.data.dev)?, multi, self.config.eval_batch_size, &self.device, None)?;
         let test = match &self.data.test {
             Some(t) => Some(evaluate(&best, tok, &self.encode(tok, t)?, multi, self.config.eval_batch_size, &self.device, None)?),
