@@ -154,6 +154,9 @@ pub struct TrainSummary {
     pub test: Option<serde_json::Value>,
     pub output: PathBuf,
     pub seconds: f64,
+    /// Parameters trained, of all the model's parameters.
+    pub trainable_params: usize,
+    pub total_params: usize,
 }
 
 /// Tokenised examples with label ids, tokenised once per run.
@@ -290,14 +293,15 @@ impl Trainer {
         }
         let warmup = (cfg.warmup_ratio * total_steps as f64).ceil() as u64;
         let schedule = LrSchedule { kind: ScheduleKind::parse(&cfg.schedule).unwrap(), base_lr: cfg.lr, warmup_steps: warmup, total_steps };
+        let params = (model.params.num_elements(), model.params.num_elements() + model.fixed.values().map(|t| t.elem_count()).sum::<usize>());
         on_event(TrainEvent::Started {
             total_steps,
             done_steps: state.global_step,
             train_examples: n,
             dev_examples: dev.items.len(),
             labels: &labels,
-            trainable: model.params.num_elements(),
-            total: model.params.num_elements() + model.fixed.values().map(|t| t.elem_count()).sum::<usize>(),
+            trainable: params.0,
+            total: params.1,
         });
 
         let mut log = std::fs::OpenOptions::new().create(true).append(true).open(out.join("train_log.jsonl"))?;
@@ -374,6 +378,8 @@ impl Trainer {
                         test: None,
                         output: out,
                         seconds: started.elapsed().as_secs_f64(),
+                        trainable_params: params.0,
+                        total_params: params.1,
                     });
                 }
                 if last_step || stop != StopReason::Finished {
@@ -384,7 +390,7 @@ impl Trainer {
                 }
             }
         }
-        self.finish(stop, state, &tok, multi, started, on_event)
+        self.finish(stop, state, &tok, multi, started, params, on_event)
     }
 
     /// Forward and backward over the micro-batches of one optimizer step, with the loss divided
@@ -487,7 +493,8 @@ impl Trainer {
         Ok(better)
     }
 
-    fn finish(&self, stop: StopReason, state: TrainerState, tok: &TextTokenizer, multi: bool, started: Instant, on_event: &mut dyn FnMut(TrainEvent)) -> Result<TrainSummary> {
+    #[allow(clippy::too_many_arguments)]
+    fn finish(&self, stop: StopReason, state: TrainerState, tok: &TextTokenizer, multi: bool, started: Instant, params: (usize, usize), on_event: &mut dyn FnMut(TrainEvent)) -> Result<TrainSummary> {
         // The output folder now holds the best model: evaluate exactly what was saved.
         on_event(TrainEvent::Message(format!("best dev {} {:.4} at step {}", self.config.metric, state.best_metric.unwrap_or(f64::NAN), state.best_step)));
         let best = if self.config.peft.is_some() {
@@ -511,6 +518,8 @@ impl Trainer {
             test: test.as_ref().map(|t| t.report.clone()),
             output: self.output.clone(),
             seconds: started.elapsed().as_secs_f64(),
+            trainable_params: params.0,
+            total_params: params.1,
         };
         let metrics = serde_json::json!({
             "summary": &summary,
