@@ -77,6 +77,18 @@ pub struct TrainArgs {
     /// Label smoothing for single-label cross-entropy.
     #[arg(long, default_value_t = 0.0)]
     label_smoothing: f64,
+    /// Hidden and attention dropout probability (default: the model's config.json, usually 0.1).
+    #[arg(long)]
+    dropout: Option<f64>,
+    /// FGM adversarial training: also learn from the loss after a step of this size on the word
+    /// embeddings along their gradient (typical: 0.5-1.0; full fine-tuning only). Costs a second
+    /// forward and backward pass per batch.
+    #[arg(long)]
+    fgm_epsilon: Option<f64>,
+    /// R-Drop: run each batch twice with different dropout masks and add this weight times the
+    /// symmetric KL between the two predictions (typical: 0.5-5). Costs a second pass per batch.
+    #[arg(long, default_value_t = 0.0)]
+    rdrop_alpha: f64,
     /// Class weights for the loss: "balanced" (inverse frequency) or one number per label, comma-separated, in label order.
     #[arg(long)]
     class_weights: Option<String>,
@@ -216,6 +228,9 @@ pub fn run(a: TrainArgs) -> Result<i32> {
         max_steps: a.max_steps,
         eval_batch_size: 64,
         peft,
+        fgm_epsilon: a.fgm_epsilon,
+        rdrop_alpha: a.rdrop_alpha,
+        dropout: a.dropout,
     };
     let device = zhiku_models::default_device();
     let mut trainer = Trainer::new(&a.model, task, &a.output, config, device)?;

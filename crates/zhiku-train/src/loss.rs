@@ -40,6 +40,18 @@ pub fn bce_with_logits_sum(logits: &Tensor, targets: &Tensor) -> Result<(Tensor,
     Ok((loss, logits.elem_count() as f64))
 }
 
+/// R-Drop's consistency term, summed over the batch: `KL(p‖q) + KL(q‖p)` between the
+/// predictions of two passes, which for distributions is `Σ (p − q)(log p − log q)` and for
+/// per-label Bernoulli predictions reduces to `Σ (σ(x) − σ(y))(x − y)` over logits.
+pub fn symmetric_kl_sum(a: &Tensor, b: &Tensor, multi_label: bool) -> Result<Tensor> {
+    if multi_label {
+        let sig = |x: &Tensor| -> Result<Tensor> { Ok((x.neg()?.exp()? + 1.0)?.recip()?) };
+        return Ok((sig(a)? - sig(b)?)?.mul(&(a - b)?)?.sum_all()?);
+    }
+    let (la, lb) = (candle_nn::ops::log_softmax(a, D::Minus1)?, candle_nn::ops::log_softmax(b, D::Minus1)?);
+    Ok((la.exp()? - lb.exp()?)?.mul(&(la - lb)?)?.sum_all()?)
+}
+
 /// Multi-hot targets `[n, num_labels]`.
 pub fn multi_hot(label_ids: &[Vec<u32>], num_labels: usize, device: &candle_core::Device) -> Result<Tensor> {
     let mut v = vec![0f32; label_ids.len() * num_labels];
@@ -79,6 +91,29 @@ mod tests {
         let want = 2.0 * (lse([1.0, 2.0, 0.5]) - 2.0) + 0.5 * (lse([0.1, -1.0, 3.0]) - 3.0);
         assert!((wl.to_scalar::<f32>().unwrap() - want).abs() < 1e-5);
         assert_eq!(wn, 2.5);
+    }
+
+    #[test]
+    fn symmetric_kl_matches_its_definition() {
+        let dev = Device::Cpu;
+        let a = Tensor::new(&[[1.0f32, 2.0, 0.5], [0.1, -1.0, 3.0]], &dev).unwrap();
+        let b = Tensor::new(&[[0.0f32, 2.5, 0.5], [1.0, -1.0, 2.0]], &dev).unwrap();
+        let softmax = |r: [f32; 3]| {
+            let s: f32 = r.iter().map(|x| x.exp()).sum();
+            r.map(|x| x.exp() / s)
+        };
+        let kl = |p: [f32; 3], q: [f32; 3]| p.iter().zip(&q).map(|(p, q)| p * (p / q).ln()).sum::<f32>();
+        let rows = [([1.0, 2.0, 0.5], [0.0, 2.5, 0.5]), ([0.1, -1.0, 3.0], [1.0, -1.0, 2.0])];
+        let want: f32 = rows.iter().map(|&(x, y)| kl(softmax(x), softmax(y)) + kl(softmax(y), softmax(x))).sum();
+        let got = symmetric_kl_sum(&a, &b, false).unwrap().to_scalar::<f32>().unwrap();
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+        assert!(symmetric_kl_sum(&a, &a, false).unwrap().to_scalar::<f32>().unwrap().abs() < 1e-7);
+        // Per-label Bernoulli KL in both directions.
+        let sig = |x: f32| 1.0 / (1.0 + (-x).exp());
+        let bkl = |p: f32, q: f32| p * (p / q).ln() + (1.0 - p) * ((1.0 - p) / (1.0 - q)).ln();
+        let want: f32 = [1.0f32, 2.0, 0.5, 0.1, -1.0, 3.0].iter().zip([0.0f32, 2.5, 0.5, 1.0, -1.0, 2.0]).map(|(&x, y)| bkl(sig(x), sig(y)) + bkl(sig(y), sig(x))).sum();
+        let got = symmetric_kl_sum(&a, &b, true).unwrap().to_scalar::<f32>().unwrap();
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The training loop.
 
 use crate::checkpoint;
-use crate::loss::{bce_with_logits_sum, cross_entropy_sum, multi_hot};
+use crate::loss::{bce_with_logits_sum, cross_entropy_sum, multi_hot, symmetric_kl_sum};
 use crate::metrics::{tune_thresholds, ClassificationReport, MultiLabelReport};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::report;
@@ -61,6 +61,15 @@ pub struct TrainConfig {
     /// and the head train, and the output is an adapter folder on the base model.
     #[serde(default)]
     pub peft: Option<PeftConfig>,
+    /// FGM adversarial training: size of the step on the word embeddings (None: off).
+    #[serde(default)]
+    pub fgm_epsilon: Option<f64>,
+    /// R-Drop: weight of the symmetric KL between two dropout passes (0: off).
+    #[serde(default)]
+    pub rdrop_alpha: f64,
+    /// Overrides the encoder's hidden and attention dropout probabilities.
+    #[serde(default)]
+    pub dropout: Option<f64>,
 }
 
 impl Default for TrainConfig {
@@ -85,6 +94,9 @@ impl Default for TrainConfig {
             max_steps: None,
             eval_batch_size: 64,
             peft: None,
+            fgm_epsilon: None,
+            rdrop_alpha: 0.0,
+            dropout: None,
         }
     }
 }
@@ -203,6 +215,23 @@ impl Trainer {
         }
         if let Some(p) = &config.peft {
             p.validate()?;
+            if config.fgm_epsilon.is_some() {
+                bail!("--fgm-epsilon perturbs the word embeddings along their gradient, which a frozen base (--peft {}) does not compute; use it with full fine-tuning", p.method())
+            }
+        }
+        if config.fgm_epsilon.is_some_and(|e| !(e > 0.0 && e.is_finite())) {
+            bail!("--fgm-epsilon must be a positive number")
+        }
+        if !(config.rdrop_alpha >= 0.0 && config.rdrop_alpha.is_finite()) {
+            bail!("--rdrop-alpha must be 0 or more")
+        }
+        let mut model_folder = model_folder;
+        if let Some(p) = config.dropout {
+            if !(0.0..1.0).contains(&p) {
+                bail!("--dropout must be in [0, 1)")
+            }
+            model_folder.config.hidden_dropout_prob = p;
+            model_folder.config.attention_probs_dropout_prob = p;
         }
         let max_pos = model_folder.config.max_position_embeddings;
         if config.max_length > max_pos {
@@ -419,33 +448,54 @@ impl Trainer {
             .sum();
         let mut loss_total = 0.0;
         let mut acc: Option<GradStore> = None;
+        let cfg = &self.config;
         for (m, idx) in group.iter().enumerate() {
             let items: Vec<&TokenizedText> = idx.iter().map(|&i| &data.items[i]).collect();
             let batch = tok.pad_batch(&items, &self.device)?;
-            let mut rng = DropoutRng::for_step(self.config.seed, step, m as u64);
-            let logits = model.forward(&batch, Some(&mut rng))?;
-            let (loss_sum, _) = if multi {
-                let ids: Vec<Vec<u32>> = idx.iter().map(|&i| data.labels[i].clone()).collect();
-                bce_with_logits_sum(&logits, &multi_hot(&ids, k, &self.device)?)?
-            } else {
-                let y: Vec<u32> = idx.iter().map(|&i| data.labels[i][0]).collect();
-                cross_entropy_sum(&logits, &y, class_weights, self.config.label_smoothing)?
+            let task_loss = |logits: &Tensor| -> Result<Tensor> {
+                Ok(if multi {
+                    let ids: Vec<Vec<u32>> = idx.iter().map(|&i| data.labels[i].clone()).collect();
+                    bce_with_logits_sum(logits, &multi_hot(&ids, k, &self.device)?)?.0
+                } else {
+                    let y: Vec<u32> = idx.iter().map(|&i| data.labels[i][0]).collect();
+                    cross_entropy_sum(logits, &y, class_weights, cfg.label_smoothing)?.0
+                })
             };
+            // Each forward pass of a micro-batch draws its own dropout masks from a stream
+            // seeded by (run seed, step, micro-batch, pass), so every step can be replayed.
+            let pass_rng = |pass: u64| DropoutRng::for_step(cfg.seed, step, m as u64 | (pass << 32));
+            let logits = model.forward(&batch, Some(&mut pass_rng(0)))?;
+            let mut loss_sum = task_loss(&logits)?;
+            if cfg.rdrop_alpha > 0.0 {
+                // R-Drop: a second pass with other dropout masks; both pay the task loss and the
+                // symmetric KL between their predictions pulls them together.
+                let second = model.forward(&batch, Some(&mut pass_rng(1)))?;
+                let kl = symmetric_kl_sum(&logits, &second, multi)?;
+                loss_sum = (((loss_sum + task_loss(&second)?)? * 0.5)? + (kl * (cfg.rdrop_alpha * 0.5))?)?;
+            }
             let loss = (loss_sum / total_norm)?;
             loss_total += loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-            let grads = loss.backward()?;
+            let mut grads = loss.backward()?;
+            if let Some(epsilon) = cfg.fgm_epsilon {
+                // FGM: step the word embeddings by ε along their normalised gradient, and learn
+                // from the loss there too.
+                let Some(word) = model.params.get(WORD_EMBEDDINGS) else { bail!("--fgm-epsilon needs trainable word embeddings") };
+                if let Some(g) = grads.get(word) {
+                    let norm = g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?.sqrt();
+                    if norm > 0.0 && norm.is_finite() {
+                        let clean = word.as_tensor().copy()?;
+                        word.set(&(&clean + (g * (epsilon / norm))?)?)?;
+                        let adversarial = model.forward(&batch, Some(&mut pass_rng(2)));
+                        let adversarial_grads = adversarial.and_then(|l| Ok((task_loss(&l)? / total_norm)?.backward()?));
+                        word.set(&clean)?;
+                        add_grads(&mut grads, &adversarial_grads?, model)?;
+                    }
+                }
+            }
             acc = Some(match acc {
                 None => grads,
                 Some(mut a) => {
-                    for (_, var) in model.params.iter() {
-                        if let Some(g) = grads.get(var) {
-                            let sum = match a.get(var) {
-                                Some(prev) => (prev + g)?,
-                                None => g.clone(),
-                            };
-                            a.insert(var, sum);
-                        }
-                    }
+                    add_grads(&mut a, &grads, model)?;
                     a
                 }
             });
@@ -600,6 +650,23 @@ fn evaluate(
             thresholds: None,
         })
     }
+}
+
+/// The word-embedding table, which FGM perturbs.
+const WORD_EMBEDDINGS: &str = "bert.embeddings.word_embeddings.weight";
+
+/// `into += from` for every trainable parameter.
+fn add_grads(into: &mut GradStore, from: &GradStore, model: &SequenceClassifier) -> Result<()> {
+    for (_, var) in model.params.iter() {
+        if let Some(g) = from.get(var) {
+            let sum = match into.get(var) {
+                Some(prev) => (prev + g)?,
+                None => g.clone(),
+            };
+            into.insert(var, sum);
+        }
+    }
+    Ok(())
 }
 
 pub fn argmax(v: &[f32]) -> usize {

@@ -176,3 +176,47 @@ fn multi_label_tunes_thresholds() {
     assert_eq!(pred[0].labels, vec!["fruit", "vehicle"]);
 }
 
+
+fn params_after(dir: &Path, data: &DataConfig, out: &str, cfg: TrainConfig) -> HashMap<String, Tensor> {
+    train(dir, data, out, cfg, None, false);
+    zhiku_train::checkpoint::load(&dir.join(out).join("checkpoint"), &Device::Cpu).unwrap().params
+}
+
+#[test]
+fn r_drop_without_dropout_is_plain_training_and_with_dropout_changes_it() {
+    // Without dropout both passes agree: the KL term is 0 and the mean of two equal losses is
+    // the plain loss, so the run must be the plain run.
+    let (dir, data) = setup(0.0);
+    let base = TrainConfig { max_steps: Some(3), ..quick() };
+    let plain = params_after(dir.path(), &data, "plain", base.clone());
+    let rdrop = params_after(dir.path(), &data, "rdrop", TrainConfig { rdrop_alpha: 2.0, ..base.clone() });
+    assert!(max_diff(&plain, &rdrop) < 1e-6);
+    let (dir, data) = setup(0.1);
+    let plain = params_after(dir.path(), &data, "plain", base.clone());
+    let rdrop = params_after(dir.path(), &data, "rdrop", TrainConfig { rdrop_alpha: 2.0, ..base.clone() });
+    assert!(max_diff(&plain, &rdrop) > 1e-4, "R-Drop had no effect");
+    let s = train(dir.path(), &data, "rdrop-full", TrainConfig { rdrop_alpha: 1.0, epochs: 6, ..quick() }, None, false);
+    assert!(s.dev.as_ref().unwrap()["accuracy"].as_f64().unwrap() >= 0.9);
+}
+
+#[test]
+fn fgm_changes_the_update_and_restores_the_embeddings() {
+    let (dir, data) = setup(0.0);
+    let base = TrainConfig { max_steps: Some(3), ..quick() };
+    let plain = params_after(dir.path(), &data, "plain", base.clone());
+    let fgm = params_after(dir.path(), &data, "fgm", TrainConfig { fgm_epsilon: Some(1.0), ..base.clone() });
+    assert!(max_diff(&plain, &fgm) > 1e-4, "FGM had no effect");
+    // With a vanishing learning rate nothing may move: a perturbation left in the embeddings
+    // after the adversarial pass would show as a change of about epsilon.
+    let still = TrainConfig { lr: 1e-12, fgm_epsilon: Some(1.0), ..base.clone() };
+    let before = zhiku_train::trainer::load_model_tensors(&dir.path().join("model")).unwrap();
+    let after = params_after(dir.path(), &data, "fgm-still", still);
+    let word = "bert.embeddings.word_embeddings.weight";
+    let d = (&before[word] - &after[word]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    assert!(d < 1e-6, "FGM left the embeddings perturbed by {d}");
+    // A frozen base has no embedding gradient: refused up front.
+    let task = TaskData::load(&data).unwrap();
+    let peft = Some(zhiku_models::PeftConfig::Prefix { length: 2 });
+    let e = Trainer::new(&dir.path().join("model"), task, &dir.path().join("x"), TrainConfig { fgm_epsilon: Some(1.0), peft, ..base }, Device::Cpu).err().unwrap();
+    assert!(e.to_string().contains("--fgm-epsilon"), "{e}");
+}
