@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use crate::columns::{LabelColumnArgs, TextColumnArgs};
+use zhiku_data::augment::{AugmentConfig, AugmentOp};
 use zhiku_models::PeftConfig;
 use zhiku_train::trainer::ClassWeights;
 use zhiku_train::{DataConfig, StopReason, TaskData, TrainConfig, TrainEvent, Trainer};
@@ -113,6 +114,16 @@ pub struct TrainArgs {
     /// Held-out test share when neither --dev nor --test is given.
     #[arg(long, default_value_t = 0.1)]
     test_fraction: f64,
+    /// Add N augmented copies of each training example (EDA: synonym replacement from WordNet
+    /// for English and Tongyici Cilin for Chinese, random insertion, swap and deletion).
+    #[arg(long, default_value_t = 0, help_heading = "Augmentation")]
+    augment: usize,
+    /// Operations the copies use, one chosen at random per copy: synonym, insert, swap, delete.
+    #[arg(long, default_value = "synonym,insert,swap,delete", help_heading = "Augmentation")]
+    augment_ops: String,
+    /// Share of a text's words each operation changes.
+    #[arg(long, default_value_t = 0.1, help_heading = "Augmentation")]
+    augment_rate: f64,
     #[command(flatten)]
     peft: PeftArgs,
     /// Print the final summary as one JSON object on stdout.
@@ -194,6 +205,17 @@ pub fn run(a: TrainArgs) -> Result<i32> {
     data.test_fraction = a.test_fraction;
     data.split_seed = a.seed;
     data.multi_label = a.multi_label;
+    if a.augment > 0 {
+        let ops = a
+            .augment_ops
+            .split(',')
+            .map(|o| AugmentOp::parse(o.trim()).with_context(|| format!("--augment-ops: unknown operation {o:?}; expected synonym, insert, swap or delete")))
+            .collect::<Result<Vec<_>>>()?;
+        if !(a.augment_rate > 0.0 && a.augment_rate < 1.0) {
+            bail!("--augment-rate must be between 0 and 1")
+        }
+        data.augment = Some(AugmentConfig { copies: a.augment, ops, rate: a.augment_rate, seed: a.seed });
+    }
     if !(0.0..0.9).contains(&(a.dev_fraction + a.test_fraction)) {
         bail!("--dev-fraction plus --test-fraction must be below 0.9")
     }

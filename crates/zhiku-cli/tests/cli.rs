@@ -249,3 +249,24 @@ fn peft_methods_train_small_adapters_that_predict_merge_and_ensemble() {
     let o = run(&["predict", "--model", &lora, "--base", &f.s("moved"), "apple"]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+#[test]
+fn augmentation_adds_copies_and_rejects_unknown_operations() {
+    let f = Fixture::new();
+    let mut a = f.train_args("aug");
+    a.extend(["--augment", "2", "--augment-ops", "swap,delete", "--augment-rate", "0.3"].iter().map(|s| s.to_string()));
+    let epochs = a.iter().position(|s| s == "--epochs").unwrap();
+    a[epochs + 1] = "1".into();
+    let o = run(&args(&a));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(f.p("aug/metrics.json")).unwrap()).unwrap();
+    let n = m["augmented_examples"].as_u64().unwrap();
+    assert!(n > 48 && n <= 96, "2 copies of 48 examples, less exact repeats: {n}");
+    let split = std::fs::read_to_string(f.p("train.jsonl")).unwrap();
+    assert_eq!(split.lines().count(), 48, "the training file is not touched");
+
+    let mut a = f.train_args("bad");
+    a.extend(["--augment", "1", "--augment-ops", "shuffle"].iter().map(|s| s.to_string()));
+    let o = run(&args(&a));
+    assert!(!o.status.success() && stderr(&o).contains("shuffle") && !f.p("bad").exists(), "{}", stderr(&o));
+}

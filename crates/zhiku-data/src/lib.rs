@@ -4,6 +4,7 @@
 //! problem is reported as a [`DataError`] naming the file and, where it applies, the line, so
 //! a person can open the file and fix it. Nothing here panics on user input.
 
+pub mod augment;
 mod error;
 mod read;
 mod split;

@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
+use zhiku_data::augment::{augment_examples, AugmentConfig};
 use zhiku_data::{read_file, stratified_split, write_jsonl, Columns, Dataset, Format, LabelSet};
 
 #[derive(Debug, Clone)]
@@ -17,6 +18,8 @@ pub struct DataConfig {
     pub split_seed: u64,
     /// Force multi-label training (otherwise inferred: a label list or separator in the data).
     pub multi_label: bool,
+    /// Augmented copies of the training examples (after the split: dev and test stay real).
+    pub augment: Option<AugmentConfig>,
 }
 
 impl DataConfig {
@@ -31,6 +34,7 @@ impl DataConfig {
             test_fraction: 0.1,
             split_seed: 42,
             multi_label: false,
+            augment: None,
         }
     }
 }
@@ -44,6 +48,8 @@ pub struct TaskData {
     /// Which parts were carved out of the train file (and should be saved for the record).
     pub made_dev: bool,
     pub made_test: bool,
+    /// Augmented copies of train examples, trained on alongside them.
+    pub augmented: Vec<zhiku_data::Example>,
 }
 
 impl TaskData {
@@ -90,7 +96,15 @@ impl TaskData {
         if let Some(t) = &test {
             labels.check(t)?;
         }
-        Ok(Self { train, dev, test, labels, multi_label, made_dev, made_test })
+        let augmented = cfg.augment.as_ref().map(|a| augment_examples(&train.examples, a)).unwrap_or_default();
+        Ok(Self { train, dev, test, labels, multi_label, made_dev, made_test, augmented })
+    }
+
+    /// What the model trains on: the train examples and their augmented copies.
+    pub fn training_set(&self) -> Dataset {
+        let mut examples = self.train.examples.clone();
+        examples.extend(self.augmented.iter().cloned());
+        Dataset { path: self.train.path.clone(), examples }
     }
 
     /// Saves the parts that were split off the train file as `splits/{train,dev,test}.jsonl`.

@@ -252,10 +252,11 @@ impl Trainer {
     fn fingerprint(&self) -> String {
         let d = &self.data;
         format!(
-            "model={} train={}:{} dev={}:{} labels={}",
+            "model={} train={}:{}+{} dev={}:{} labels={}",
             self.model_folder.dir.display(),
             d.train.path.display(),
             d.train.len(),
+            d.augmented.len(),
             d.dev.path.display(),
             d.dev.len(),
             d.labels.names().join("|")
@@ -306,7 +307,7 @@ impl Trainer {
         std::fs::create_dir_all(&out).with_context(|| format!("cannot create output folder {}", out.display()))?;
         self.data.save_splits(&out.join("splits"))?;
 
-        let train = self.encode(&tok, &self.data.train)?;
+        let train = self.encode(&tok, &self.data.training_set())?;
         let dev = self.encode(&tok, &self.data.dev)?;
         let class_weights: Option<Vec<f32>> = match &cfg.class_weights {
             ClassWeights::None => None,
@@ -576,6 +577,7 @@ impl Trainer {
             "config": &self.config,
             "labels": self.data.labels.names(),
             "train_examples": self.data.train.len(),
+            "augmented_examples": self.data.augmented.len(),
             "dev_examples": self.data.dev.len(),
             "test_examples": self.data.test.as_ref().map(|t| t.len()),
         });
