@@ -1,5 +1,6 @@
 //! `zhiku`: fine-tune, evaluate and run text classifiers from one binary.
 
+mod average_cmd;
 mod bench_cmd;
 mod columns;
 mod eval_cmd;
@@ -43,6 +44,8 @@ enum Command {
     Predict(predict_cmd::PredictArgs),
     /// Fold a LoRA adapter into its base model's weights: a plain model folder, as fast as the base.
     Merge(merge_cmd::MergeArgs),
+    /// Average the weights of several checkpoints of one model (e.g. the last epochs of a run).
+    Average(average_cmd::AverageArgs),
     /// Measure training-step and inference speed (optionally against a PyTorch reference).
     Bench(bench_cmd::BenchArgs),
     /// Serve classifiers and encoders over HTTP (classify, embed, OpenAI-compatible embeddings).
@@ -59,6 +62,7 @@ fn main() {
         Command::Eval(a) => eval_cmd::run(a),
         Command::Predict(a) => predict_cmd::run(a),
         Command::Merge(a) => merge_cmd::run(a),
+        Command::Average(a) => average_cmd::run(a),
         Command::Bench(a) => bench_cmd::run(a),
         Command::Serve(a) => serve_cmd::run(a),
     };

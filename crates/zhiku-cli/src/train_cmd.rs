@@ -108,6 +108,9 @@ pub struct TrainArgs {
     /// Stop after N optimizer steps.
     #[arg(long)]
     max_steps: Option<u64>,
+    /// Also save the model after every epoch as OUTPUT/epoch-N (average them with `zhiku average`).
+    #[arg(long)]
+    save_every_epoch: bool,
     /// Held-out dev share when --dev is not given.
     #[arg(long, default_value_t = 0.1)]
     dev_fraction: f64,
@@ -253,6 +256,7 @@ pub fn run(a: TrainArgs) -> Result<i32> {
         fgm_epsilon: a.fgm_epsilon,
         rdrop_alpha: a.rdrop_alpha,
         dropout: a.dropout,
+        save_every_epoch: a.save_every_epoch,
     };
     let device = zhiku_models::default_device();
     let mut trainer = Trainer::new(&a.model, task, &a.output, config, device)?;

@@ -270,3 +270,28 @@ fn augmentation_adds_copies_and_rejects_unknown_operations() {
     let o = run(&args(&a));
     assert!(!o.status.success() && stderr(&o).contains("shuffle") && !f.p("bad").exists(), "{}", stderr(&o));
 }
+
+#[test]
+fn epoch_checkpoints_average_into_a_working_model() {
+    let f = Fixture::new();
+    let mut a = f.train_args("run");
+    a.push("--save-every-epoch".into());
+    let o = run(&args(&a));
+    assert!(o.status.success(), "{}", stderr(&o));
+    for e in 1..=4 {
+        assert!(f.p(&format!("run/epoch-{e}/model.safetensors")).is_file(), "epoch {e}");
+    }
+    let o = run(&["average", "--model", &f.s("run/epoch-3"), "--model", &f.s("run/epoch-4"), "--output", &f.s("avg")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let load = |d: &str| zhiku_train::trainer::load_model_tensors(&f.p(d)).unwrap();
+    let (x, y, m) = (load("run/epoch-3"), load("run/epoch-4"), load("avg"));
+    let name = "bert.encoder.layer.0.attention.self.query.weight";
+    let want = ((&x[name] + &y[name]).unwrap() / 2.0).unwrap();
+    let d = (&m[name] - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    assert!(d < 1e-6, "{d}");
+    let o = run(&["eval", "--model", &f.s("avg"), "--data", &f.s("dev.jsonl"), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Folders that do not match are refused, and nothing is written.
+    let o = run(&["average", "--model", &f.s("run/epoch-3"), "--model", &f.s("model"), "--output", &f.s("bad")]);
+    assert!(!o.status.success() && !f.p("bad").exists(), "{}", stderr(&o));
+}

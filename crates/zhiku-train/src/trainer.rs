@@ -70,6 +70,10 @@ pub struct TrainConfig {
     /// Overrides the encoder's hidden and attention dropout probabilities.
     #[serde(default)]
     pub dropout: Option<f64>,
+    /// Also save the model at the end of every epoch, as `epoch-N/` in the output folder (for
+    /// checkpoint averaging with `zhiku average`).
+    #[serde(default)]
+    pub save_every_epoch: bool,
 }
 
 impl Default for TrainConfig {
@@ -97,6 +101,7 @@ impl Default for TrainConfig {
             fgm_epsilon: None,
             rdrop_alpha: 0.0,
             dropout: None,
+            save_every_epoch: false,
         }
     }
 }
@@ -391,6 +396,14 @@ impl Trainer {
                 if end_of_epoch {
                     state.epoch += 1;
                     state.step_in_epoch = 0;
+                    if cfg.save_every_epoch {
+                        let dir = out.join(format!("epoch-{}", state.epoch));
+                        if model.peft.is_some() {
+                            model.save_adapter(&dir, &self.model_folder, &tok)?;
+                        } else {
+                            model.save(&dir, &self.model_folder.config, &tok)?;
+                        }
+                    }
                 }
                 let interrupted = self.interrupt.load(Ordering::SeqCst) || self.stop_after.is_some_and(|s| state.global_step >= s);
                 if interrupted || end_of_epoch || last_step || stop != StopReason::Finished {
