@@ -129,6 +129,18 @@ pub struct TrainArgs {
     augment_rate: f64,
     #[command(flatten)]
     peft: PeftArgs,
+    /// Few-shot training the SetFit way: contrastive fine-tuning of the sentence encoder on pairs
+    /// of training texts (same label vs different labels), then a logistic-regression head on
+    /// mean-pooled embeddings. For a handful of examples per class and a sentence-embedding model.
+    /// Uses --batch-size (pairs per step), --lr [default 2e-5], --max-length and --seed.
+    #[arg(long, help_heading = "Few-shot (SetFit)")]
+    setfit: bool,
+    /// SetFit: pair-sampling rounds (each draws one positive and one negative pair per example).
+    #[arg(long, default_value_t = 20, help_heading = "Few-shot (SetFit)")]
+    setfit_iterations: usize,
+    /// SetFit: epochs over the pairs.
+    #[arg(long, default_value_t = 1, help_heading = "Few-shot (SetFit)")]
+    setfit_epochs: usize,
     /// Print the final summary as one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -259,6 +271,9 @@ pub fn run(a: TrainArgs) -> Result<i32> {
         save_every_epoch: a.save_every_epoch,
     };
     let device = zhiku_models::default_device();
+    if a.setfit {
+        return run_setfit(&a, task, device);
+    }
     let mut trainer = Trainer::new(&a.model, task, &a.output, config, device)?;
     prepare_output(&a)?;
 
@@ -343,6 +358,45 @@ pub fn run(a: TrainArgs) -> Result<i32> {
             }
         }
         println!("report: {}", a.output.join("report.md").display());
+    }
+    Ok(0)
+}
+
+fn run_setfit(a: &TrainArgs, task: TaskData, device: candle_core::Device) -> Result<i32> {
+    if a.peft.config()?.is_some() || a.resume {
+        bail!("--setfit trains the whole encoder and cannot resume; leave out --peft and --resume")
+    }
+    if a.setfit_iterations == 0 || a.setfit_epochs == 0 {
+        bail!("--setfit-iterations and --setfit-epochs must be at least 1")
+    }
+    let cfg = zhiku_train::setfit::SetFitConfig {
+        iterations: a.setfit_iterations,
+        epochs: a.setfit_epochs,
+        batch_size: a.batch_size,
+        lr: a.lr.unwrap_or(2e-5),
+        max_length: a.max_length,
+        seed: a.seed,
+        c: 1.0,
+    };
+    prepare_output(a)?;
+    let show_bar = !a.quiet && crate::util::stderr_is_terminal();
+    let bar = if show_bar { ProgressBar::new(0) } else { ProgressBar::hidden() };
+    bar.set_style(ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} pair steps [{elapsed_precise}<{eta_precise}] {msg}").unwrap());
+    let summary = zhiku_train::setfit::train(&a.model, &task, &a.output, &cfg, &device, &mut |step, total, loss| {
+        bar.set_length(total);
+        bar.set_position(step);
+        bar.set_message(format!("loss {loss:.4}"));
+    })?;
+    bar.finish_and_clear();
+    if a.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        println!("SetFit model saved to {} ({} pair steps, {:.0} s)", a.output.display(), summary.steps, summary.seconds);
+        for (name, part) in [("dev", &summary.dev), ("test", &summary.test)] {
+            if let Some(r) = part {
+                println!("{name}: accuracy {:.4} macro-F1 {:.4}", r["accuracy"].as_f64().unwrap_or(f64::NAN), r["macro_f1"].as_f64().unwrap_or(f64::NAN));
+            }
+        }
     }
     Ok(0)
 }

@@ -295,3 +295,22 @@ fn epoch_checkpoints_average_into_a_working_model() {
     let o = run(&["average", "--model", &f.s("run/epoch-3"), "--model", &f.s("model"), "--output", &f.s("bad")]);
     assert!(!o.status.success() && !f.p("bad").exists(), "{}", stderr(&o));
 }
+
+#[test]
+fn setfit_trains_a_plain_classifier_folder() {
+    let f = Fixture::new();
+    let mut a = f.train_args("setfit");
+    a.extend(["--setfit", "--setfit-iterations", "4", "--json"].iter().map(|s| s.to_string()));
+    let lr = a.iter().position(|s| s == "--lr").unwrap();
+    a[lr + 1] = "1e-3".into();
+    let o = run(&args(&a));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["steps"], 2 * 4 * 48 / 8, "2 pairs per example and round, 8 pairs a step");
+    assert!(summary["dev"]["accuracy"].as_f64().unwrap() >= 0.9, "{summary}");
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(f.p("setfit/config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["zhiku_pooling"], "mean");
+    let o = run(&["predict", "--model", &f.s("setfit"), "apple lemon grape", "truck bus boat"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && out.starts_with("fruit") && out.lines().nth(1).unwrap().starts_with("vehicle"), "{out}");
+}

@@ -13,6 +13,7 @@ pub mod optim;
 pub mod predict;
 pub mod report;
 pub mod schedule;
+pub mod setfit;
 pub mod task;
 pub mod trainer;
 
