@@ -33,6 +33,9 @@ pub struct BenchArgs {
     /// Skip the inference measurement.
     #[arg(long)]
     no_infer: bool,
+    /// Also measure int8 inference (quantised linear layers) in the same run, with its speed-up.
+    #[arg(long)]
+    int8: bool,
     /// A reference benchmark command to run in the same session (see below).
     #[arg(long)]
     reference: Option<String>,
@@ -48,7 +51,8 @@ pub fn run(a: BenchArgs) -> Result<i32> {
     let device = zhiku_models::default_device();
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     eprintln!("model {} ({} layers, hidden {}), device {:?}, {threads} threads", a.model.display(), folder.config.num_hidden_layers, folder.config.hidden_size, device);
-    let infer = if a.no_infer { None } else { Some(bench::inference(&folder, a.infer_batch, a.seq, a.batches, &device)?) };
+    let infer = if a.no_infer { None } else { Some(bench::inference(&folder, a.infer_batch, a.seq, a.batches, &device, false)?) };
+    let infer_int8 = if a.int8 && !a.no_infer { Some(bench::inference(&folder, a.infer_batch, a.seq, a.batches, &device, true)?) } else { None };
     let train = if a.no_train { None } else { Some(bench::train_step(&folder, a.train_batch, a.seq, a.steps, &device)?) };
     let peak_rss = bench::peak_rss_mib();
     let ceiling = bench::gemm_ceiling(&device)?;
@@ -56,12 +60,15 @@ pub fn run(a: BenchArgs) -> Result<i32> {
         Some(cmd) => Some(run_reference(cmd)?),
         None => None,
     };
-    let mut result = json!({"zhiku": {"train": train, "infer": infer, "peak_rss_mib": peak_rss, "gemm_2048_gflops": ceiling}, "reference": reference});
+    let mut result = json!({"zhiku": {"train": train, "infer": infer, "infer_int8": infer_int8, "peak_rss_mib": peak_rss, "gemm_2048_gflops": ceiling}, "reference": reference});
     if let (Some(t), Some(r)) = (&train, reference.as_ref().and_then(|r| r.get("train_s_per_step")).and_then(|v| v.as_f64())) {
         result["train_speedup"] = json!(r / t.median_s);
     }
     if let (Some(i), Some(r)) = (&infer, reference.as_ref().and_then(|r| r.get("infer_seq_per_s")).and_then(|v| v.as_f64())) {
         result["infer_speedup"] = json!(i.seq_per_s / r);
+    }
+    if let (Some(f), Some(q)) = (&infer, &infer_int8) {
+        result["int8_speedup"] = json!(q.seq_per_s / f.seq_per_s);
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
@@ -72,6 +79,9 @@ pub fn run(a: BenchArgs) -> Result<i32> {
             "inference  {}x{}: {:>7.1} seq/s   {:.2} GFLOP/seq  {:>6.1} GFLOP/s ({:.0}% of {:.0} peak)",
             i.batch, i.seq, i.seq_per_s, i.gflop_per_seq, i.gflops, 100.0 * i.gflops / a.peak_gflops, a.peak_gflops
         );
+    }
+    if let (Some(f), Some(q)) = (&infer, &infer_int8) {
+        println!("inference  {}x{} int8: {:>7.1} seq/s   {:.2}x the f32 speed (same run)", q.batch, q.seq, q.seq_per_s, q.seq_per_s / f.seq_per_s);
     }
     if let Some(t) = &train {
         println!(

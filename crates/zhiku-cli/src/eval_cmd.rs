@@ -18,6 +18,10 @@ pub struct EvalArgs {
     /// Base model folder for adapter folders, instead of the one their adapter_config.json names.
     #[arg(long)]
     base: Option<PathBuf>,
+    /// Int8 inference: the encoder's linear layers run with 8-bit weights and 7-bit
+    /// activations (faster on the CPU, slightly different scores).
+    #[arg(long)]
+    int8: bool,
     /// Labelled data (.csv, .tsv or .jsonl).
     #[arg(long)]
     data: PathBuf,
@@ -36,6 +40,9 @@ pub fn run(a: EvalArgs) -> Result<i32> {
     let data = read_file(&a.data, &a.text.columns(Some(&a.label)), a.text.format()?, true)?;
     let device = zhiku_models::default_device();
     let mut predictor = Predictor::open_ensemble(&a.model, a.base.as_deref(), &device)?;
+    if a.int8 {
+        predictor.quantize_int8()?;
+    }
     predictor.batch_size = a.batch_size;
     let labels = LabelSet::new(predictor.labels().to_vec());
     labels.check(&data)?;

@@ -19,6 +19,10 @@ pub struct PredictArgs {
     /// Base model folder for adapter folders, instead of the one their adapter_config.json names.
     #[arg(long)]
     base: Option<PathBuf>,
+    /// Int8 inference: the encoder's linear layers run with 8-bit weights and 7-bit
+    /// activations (faster on the CPU, slightly different scores).
+    #[arg(long)]
+    int8: bool,
     /// Texts to label.
     texts: Vec<String>,
     /// Read texts from a file: .csv/.tsv/.jsonl (the --text-column), or any other file as one text per line.
@@ -59,6 +63,9 @@ pub fn run(a: PredictArgs) -> Result<i32> {
     }
     let device = zhiku_models::default_device();
     let mut predictor = Predictor::open_ensemble(&a.model, a.base.as_deref(), &device)?;
+    if a.int8 {
+        predictor.quantize_int8()?;
+    }
     predictor.batch_size = a.batch_size;
     let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
     let pair_refs: Option<Vec<&str>> = pairs.as_ref().map(|p| p.iter().map(|s| s.as_str()).collect());

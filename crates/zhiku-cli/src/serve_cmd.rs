@@ -20,6 +20,10 @@ pub struct ServeArgs {
     /// or an encoder folder (embeddings only).
     #[arg(long = "model", value_name = "NAME=DIR", required = true)]
     models: Vec<String>,
+    /// Run the named model with int8 linear layers (repeat for several): faster on the CPU,
+    /// scores change slightly (see the README for measured accuracy).
+    #[arg(long = "int8", value_name = "NAME")]
+    int8: Vec<String>,
     /// Address to listen on; a non-loopback one needs API keys (or --allow-unauthenticated).
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
@@ -74,6 +78,14 @@ pub fn run(a: ServeArgs) -> Result<i32> {
         other => bail!("--long-text {other:?}: expected truncate or reject"),
     };
     zhiku_serve::run(ServeConfig {
+        int8: {
+            for n in &a.int8 {
+                if !models.iter().any(|(m, _)| m == n) {
+                    bail!("--int8 {n:?}: no --model of that name")
+                }
+            }
+            a.int8.clone()
+        },
         models,
         host: a.host,
         port: a.port,

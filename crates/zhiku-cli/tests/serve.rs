@@ -276,6 +276,28 @@ fn lora_adapters_load_on_one_base_and_are_chosen_per_call() {
     let (a, b) = (score("a"), score("b"));
     assert!((a - b).abs() > 1e-4, "each name must use its own adapter ({a} vs {b})");
     assert_eq!(score("a"), a, "and keep using it");
+
+    // The same adapter with int8 linear layers, chosen per model: close, not identical.
+    let (s, v) = srv.json("POST", "/v1/admin/models", None, &json!({"name": "a8", "path": dir.path().join("task-a"), "int8": true}));
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["int8"], true);
+    let a8 = score("a8");
+    assert!((a8 - a).abs() < 0.02 && a8 != a, "int8 {a8} vs f32 {a}");
+    let (_, list) = srv.json("GET", "/v1/models", None, &Value::Null);
+    let flag = |id: &str| list["data"].as_array().unwrap().iter().find(|m| m["id"] == id).unwrap()["int8"].clone();
+    assert_eq!((flag("a"), flag("a8")), (json!(false), json!(true)));
+}
+
+#[test]
+fn int8_is_chosen_per_model_at_start() {
+    let dir = models_dir();
+    let srv = Server::start(&["--model", &model_arg(dir.path(), "cls", "classifier"), "--model", &model_arg(dir.path(), "cls8", "classifier"), "--int8", "cls8"], &[]);
+    let (_, list) = srv.json("GET", "/v1/models", None, &Value::Null);
+    let flags: Vec<(String, bool)> = list["data"].as_array().unwrap().iter().map(|m| (m["id"].as_str().unwrap().to_string(), m["int8"].as_bool().unwrap())).collect();
+    assert_eq!(flags, vec![("cls".to_string(), false), ("cls8".to_string(), true)]);
+    assert_eq!(srv.json("POST", "/v1/classify", None, &json!({"model": "cls8", "text": "apple"})).0, 200);
+    let o = Command::new(env!("CARGO_BIN_EXE_zhiku")).args(["serve", "--model", &model_arg(dir.path(), "cls", "classifier"), "--int8", "other"]).output().unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("other"));
 }
 
 /// POSTs `body` on a fresh connection; the status, or why there was none.

@@ -177,6 +177,24 @@ impl BertModel {
         f.norm.forward(&out.add(&x)?)
     }
 
+    /// Switches the encoder layers' linear layers (attention projections and feed-forward) to
+    /// int8 weights for inference; returns how many. Requires f32 weights on the CPU.
+    pub fn quantize_int8(&mut self) -> Result<usize> {
+        let mut n = 0;
+        for layer in &mut self.layers {
+            let a = &mut layer.attention;
+            let f = &mut layer.ffn;
+            for lin in [&mut a.query, &mut a.key, &mut a.value, &mut a.output, &mut f.intermediate, &mut f.output] {
+                if !(lin.weight.device().is_cpu() && lin.weight.dtype() == candle_core::DType::F32) {
+                    anyhow::bail!("int8 inference runs on the CPU with f32 weights")
+                }
+                lin.quantize_int8()?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// transformers' pooler: `tanh(dense(hidden[:, 0]))`.
     pub fn pool(&self, hidden: &Tensor) -> Result<Tensor> {
         let cls = hidden.narrow(1, 0, 1)?.squeeze(1)?;

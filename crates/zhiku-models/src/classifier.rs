@@ -191,6 +191,18 @@ impl SequenceClassifier {
         Ok(Self { encoder, head, config, params: ws.params, fixed: ws.fixed, peft: peft.cloned(), head_dropout, initialised: ws.initialised })
     }
 
+    /// Int8 weights for the encoder's linear layers (inference only); the f32 copies are
+    /// released. Returns how many layers changed.
+    pub fn quantize_int8(&mut self) -> Result<usize> {
+        if !self.params.is_empty() {
+            bail!("int8 is for inference: build the model with for_inference or from_adapter")
+        }
+        let n = self.encoder.quantize_int8()?;
+        let linears = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"];
+        self.fixed.retain(|name, _| !(name.starts_with("bert.encoder.layer.") && name.ends_with(".weight") && linears.iter().any(|l| name.ends_with(&format!("{l}.weight")))));
+        Ok(n)
+    }
+
     /// Every parameter's current value by name, trainable or not.
     pub fn all_tensors(&self) -> HashMap<String, Tensor> {
         let mut all = self.fixed.clone();

@@ -17,13 +17,15 @@ pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
     pub lora: Option<crate::peft::Lora>,
+    /// Int8 weights for inference; when set, `weight` is no longer used (and may be empty).
+    pub int8: Option<std::sync::Arc<crate::quant::QuantLinear>>,
 }
 
 impl Linear {
     pub fn load(ws: &mut WeightSource, prefix: &str, in_dim: usize, out_dim: usize, std: f64) -> Result<Self> {
         let weight = ws.get(&format!("{prefix}.weight"), (out_dim, in_dim), Init::Normal(std))?;
         let bias = ws.get(&format!("{prefix}.bias"), out_dim, Init::Zeros)?;
-        Ok(Self { weight, bias: Some(bias), lora: None })
+        Ok(Self { weight, bias: Some(bias), lora: None, int8: None })
     }
 
     /// The layer in training or inference mode: `rng` drives LoRA's dropout when training.
@@ -39,7 +41,19 @@ impl Linear {
         self.forward_t(x, &mut None)
     }
 
+    /// Switches the layer to int8 weights (inference only: the int8 path has no backward) and
+    /// releases its f32 weight.
+    pub fn quantize_int8(&mut self) -> Result<()> {
+        let q = crate::quant::QuantLinear::new(&self.weight, self.bias.as_ref())?;
+        self.int8 = Some(std::sync::Arc::new(q));
+        self.weight = Tensor::zeros(0, self.weight.dtype(), self.weight.device())?;
+        Ok(())
+    }
+
     fn forward_base(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(q) = &self.int8 {
+            return Ok(q.forward(x)?);
+        }
         if let (true, Some(b)) = (crate::kernels::fused_ok(x), &self.bias) {
             return Ok(crate::linear::linear(x, &self.weight, b)?);
         }

@@ -16,6 +16,7 @@ pub mod layers;
 pub mod linear;
 pub mod params;
 pub mod peft;
+pub mod quant;
 pub mod testing;
 pub mod text_model;
 pub mod tokenizer;

@@ -167,7 +167,7 @@ impl Bottleneck {
         let down = Linear::load(ws, &format!("{prefix}.adapter.down"), hidden, size, 1e-2)?;
         let weight = ws.get(&format!("{prefix}.adapter.up.weight"), (hidden, size), Init::Zeros)?;
         let bias = ws.get(&format!("{prefix}.adapter.up.bias"), hidden, Init::Zeros)?;
-        Ok(Self { down, up: Linear { weight, bias: Some(bias), lora: None }, activation })
+        Ok(Self { down, up: Linear { weight, bias: Some(bias), lora: None, int8: None }, activation })
     }
 
     pub fn forward(&self, h: &Tensor) -> Result<Tensor> {

@@ -163,6 +163,7 @@ fn model_info(m: &LoadedModel) -> Value {
         "id": m.name, "object": "model", "owned_by": "zhiku", "kind": kind,
         "labels": m.model.labels(), "dimensions": m.model.dimensions(), "max_length": m.model.max_length(),
         "text_pairs": m.model.classifier_config().is_some_and(|c| c.text_pairs),
+        "int8": m.int8,
     })
 }
 
@@ -355,6 +356,8 @@ async fn openai_embeddings(State(state): State<Arc<AppState>>, body: Result<Byte
 struct LoadRequest {
     name: String,
     path: String,
+    #[serde(default)]
+    int8: bool,
 }
 
 async fn admin_load(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> AppResult<Response> {
@@ -363,7 +366,7 @@ async fn admin_load(State(state): State<Arc<AppState>>, body: Result<Bytes, Byte
         return Err(ApiError::bad("model names are 1-64 characters of letters, digits, '.', '_' and '-'"));
     }
     let st = state.clone();
-    let loaded = tokio::task::spawn_blocking(move || st.registry.load(&req.name, std::path::Path::new(&req.path)))
+    let loaded = tokio::task::spawn_blocking(move || st.registry.load(&req.name, std::path::Path::new(&req.path), req.int8))
         .await
         .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "loading failed"))?
         .map_err(|e| ApiError::bad(format!("cannot load the model: {e:#}")))?;

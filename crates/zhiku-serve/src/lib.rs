@@ -35,6 +35,8 @@ pub enum LongText {
 pub struct ServeConfig {
     /// `(name, folder)` pairs to load at start.
     pub models: Vec<(String, PathBuf)>,
+    /// Names of the models to run with int8 linear layers.
+    pub int8: Vec<String>,
     pub host: IpAddr,
     pub port: u16,
     pub api_keys_file: Option<PathBuf>,
@@ -72,7 +74,7 @@ pub fn run(config: ServeConfig) -> Result<()> {
     let metrics = Arc::new(metrics::Metrics::new());
     let registry = registry::Registry::new(config.batch, metrics.clone());
     for (name, dir) in &config.models {
-        registry.load(name, dir).with_context(|| format!("cannot load model {name:?} from {}", dir.display()))?;
+        registry.load(name, dir, config.int8.contains(name)).with_context(|| format!("cannot load model {name:?} from {}", dir.display()))?;
         eprintln!("zhiku serve: loaded {name} from {}", dir.display());
     }
     let state = Arc::new(AppState { registry, keys, metrics, config: config.clone() });

@@ -50,9 +50,10 @@ pub fn document() -> Value {
                     "usage": {"type": "object", "properties": {"prompt_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}}}}},
                 "Model": {"type": "object", "properties": {"id": {"type": "string"}, "object": {"const": "model"},
                     "kind": {"type": "string", "enum": ["classifier", "encoder"]}, "labels": {"type": ["array", "null"], "items": {"type": "string"}},
-                    "dimensions": {"type": "integer"}, "max_length": {"type": "integer"}, "text_pairs": {"type": "boolean"}}},
+                    "dimensions": {"type": "integer"}, "max_length": {"type": "integer"}, "text_pairs": {"type": "boolean"}, "int8": {"type": "boolean"}}},
                 "ModelList": {"type": "object", "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}}}},
                 "LoadRequest": {"type": "object", "additionalProperties": false, "required": ["name", "path"], "properties": {
+                    "int8": {"type": "boolean", "default": false, "description": "run the encoder with int8 linear layers"},
                     "name": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}, "path": {"type": "string", "description": "A model folder on the server"}}}
             }
         },

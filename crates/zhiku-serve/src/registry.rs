@@ -11,6 +11,8 @@ use zhiku_models::{BaseCache, TextModel};
 pub struct LoadedModel {
     pub name: String,
     pub path: PathBuf,
+    /// Whether the encoder runs with int8 weights.
+    pub int8: bool,
     pub model: Arc<TextModel>,
     pub batcher: Batcher,
 }
@@ -28,13 +30,18 @@ impl Registry {
         Self { models: RwLock::new(BTreeMap::new()), batch, metrics, bases: BaseCache::default() }
     }
 
-    /// Loads `dir` (a model folder, or an adapter folder on the base it names) under `name`,
+    /// Loads `dir` (a model folder, or an adapter folder on the base it names) under `name`, with
+    /// int8 linear layers when `int8`,
     /// replacing a model of that name once loaded; blocking.
-    pub fn load(&self, name: &str, dir: &Path) -> Result<Arc<LoadedModel>> {
+    pub fn load(&self, name: &str, dir: &Path, int8: bool) -> Result<Arc<LoadedModel>> {
         let device = zhiku_models::default_device();
-        let model = Arc::new(TextModel::open_shared(dir, &device, &self.bases, None)?);
+        let mut model = TextModel::open_shared(dir, &device, &self.bases, None)?;
+        if int8 {
+            model.quantize_int8()?;
+        }
+        let model = Arc::new(model);
         let batcher = Batcher::start(name.to_string(), model.clone(), self.batch, self.metrics.clone());
-        let loaded = Arc::new(LoadedModel { name: name.to_string(), path: dir.to_path_buf(), model, batcher });
+        let loaded = Arc::new(LoadedModel { name: name.to_string(), path: dir.to_path_buf(), int8, model, batcher });
         self.models.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), loaded.clone());
         Ok(loaded)
     }

@@ -94,8 +94,12 @@ pub fn train_step(folder: &ModelFolder, batch: usize, seq: usize, steps: usize, 
     Ok(TrainBench { batch, seq, steps, median_s: med, forward_s: median(fwd), backward_s: median(bwd), optimizer_s: median(upd), gflop_per_step: gflop, gflops: gflop / med })
 }
 
-pub fn inference(folder: &ModelFolder, batch: usize, seq: usize, batches: usize, device: &Device) -> Result<InferBench> {
-    let model = SequenceClassifier::for_inference(folder, Some(head()), device)?;
+/// Inference throughput; `int8` quantises the encoder's linear layers first.
+pub fn inference(folder: &ModelFolder, batch: usize, seq: usize, batches: usize, device: &Device, int8: bool) -> Result<InferBench> {
+    let mut model = SequenceClassifier::for_inference(folder, Some(head()), device)?;
+    if int8 {
+        model.quantize_int8()?;
+    }
     let data = synthetic_batch(&folder.config, batch, seq, device, 2)?;
     model.forward(&data, None)?.to_dtype(candle_core::DType::F32)?.sum_all()?.to_scalar::<f32>()?;
     let t0 = Instant::now();

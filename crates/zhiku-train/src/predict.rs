@@ -64,6 +64,14 @@ impl Predictor {
         Ok(Self { members, config, batch_size: 32 })
     }
 
+    /// Int8 inference for every member (see `zhiku_models::quant`).
+    pub fn quantize_int8(&mut self) -> Result<()> {
+        for (m, _) in &mut self.members {
+            m.quantize_int8()?;
+        }
+        Ok(())
+    }
+
     /// The first (or only) member.
     pub fn model(&self) -> &TextModel {
         &self.members[0].0
