@@ -5,6 +5,7 @@
 # Writes bench/results/load.json and prints the table with zhiku / Python ratios.
 #   MODEL=runs/quality-bbc PYTHON=/path/to/python bench/load.sh      (DURATION=10 seconds per cell)
 # The model is any classifier folder written by `zhiku train` (bench/quality.sh bbc makes one).
+# ZHIKU_SERVE_FLAGS adds flags to zhiku serve, e.g. ZHIKU_SERVE_FLAGS="--int8 bench" for the int8 encoder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
@@ -43,7 +44,7 @@ run_server() { # name port
   done
 }
 
-target/release/zhiku serve --model bench="$MODEL" --port $ZPORT 2>"$tmp/zhiku.log" &
+target/release/zhiku serve --model bench="$MODEL" ${ZHIKU_SERVE_FLAGS:-} --port $ZPORT 2>"$tmp/zhiku.log" &
 zpid=$!
 wait_up $ZPORT
 run_server zhiku $ZPORT
