@@ -117,6 +117,12 @@ pub struct TrainArgs {
     /// Held-out test share when neither --dev nor --test is given.
     #[arg(long, default_value_t = 0.1)]
     test_fraction: f64,
+    /// Print the final summary as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
     /// Add N augmented copies of each training example (EDA: synonym replacement from WordNet
     /// for English and Tongyici Cilin for Chinese, random insertion, swap and deletion).
     #[arg(long, default_value_t = 0, help_heading = "Augmentation")]
@@ -141,12 +147,6 @@ pub struct TrainArgs {
     /// SetFit: epochs over the pairs.
     #[arg(long, default_value_t = 1, help_heading = "Few-shot (SetFit)")]
     setfit_epochs: usize,
-    /// Print the final summary as one JSON object on stdout.
-    #[arg(long)]
-    json: bool,
-    /// No progress bar.
-    #[arg(long, short)]
-    quiet: bool,
 }
 
 /// Parameter-efficient fine-tuning: train a small module on a frozen base encoder.
