@@ -220,3 +220,19 @@ fn fgm_changes_the_update_and_restores_the_embeddings() {
     let e = Trainer::new(&dir.path().join("model"), task, &dir.path().join("x"), TrainConfig { fgm_epsilon: Some(1.0), peft, ..base }, Device::Cpu).err().unwrap();
     assert!(e.to_string().contains("--fgm-epsilon"), "{e}");
 }
+
+#[test]
+fn interrupted_lora_run_resumes_to_the_same_adapter() {
+    let (dir, data) = setup(0.1);
+    let peft = Some(zhiku_models::PeftConfig::Lora { r: 2, alpha: 4.0, dropout: 0.1, targets: vec!["query".into(), "value".into()] });
+    let cfg = TrainConfig { peft, pooling: "mean".into(), ..quick() };
+    let full = train(dir.path(), &data, "full", cfg.clone(), None, false);
+    let cut = train(dir.path(), &data, "cut", cfg.clone(), Some(3), false);
+    assert_eq!(cut.stop, StopReason::Interrupted);
+    let ck = zhiku_train::checkpoint::load(&dir.path().join("cut/checkpoint"), &Device::Cpu).unwrap();
+    assert!(ck.params.keys().all(|k| k.contains("lora_") || k.starts_with("classifier.")), "the checkpoint holds only what trains");
+    let resumed = train(dir.path(), &data, "cut", cfg, None, true);
+    assert_eq!(resumed.steps, full.steps);
+    let load = |d: &str| candle_core::safetensors::load(dir.path().join(d).join("adapter_model.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(max_diff(&load("full"), &load("cut")), 0.0, "resumed adapter differs from the uninterrupted one");
+}
