@@ -215,8 +215,7 @@ impl SequenceClassifier {
     pub fn from_adapter(adapter: &AdapterFolder, base_weights: &HashMap<String, Tensor>, device: &Device) -> Result<Self> {
         let own = adapter.load_weights(device)?;
         let own_names: Vec<String> = own.keys().cloned().collect();
-        let head_folder = BertConfig::from_file(&adapter.dir.join("config.json"))?;
-        let Some(config) = ClassifierConfig::from_raw(&head_folder.raw)? else {
+        let Some(config) = ClassifierConfig::from_raw(&adapter.head_raw_config(device)?)? else {
             bail!("{}: config.json names no classification head", adapter.dir.display())
         };
         let base = BertConfig::from_file(&adapter.base_dir.join("config.json"))?;
@@ -292,7 +291,9 @@ impl SequenceClassifier {
     pub fn save_adapter(&self, dir: &Path, base: &ModelFolder, tokenizer: &TextTokenizer) -> Result<()> {
         let Some(peft) = &self.peft else { bail!("this model has no adapter to save") };
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let own: HashMap<String, Tensor> = self.all_tensors().into_iter().filter(|(n, _)| peft.is_trainable(n)).collect();
+        // PEFT's names (`base_model.model.` + ours), so Python PEFT can load the adapter too.
+        let own: HashMap<String, Tensor> =
+            self.all_tensors().into_iter().filter(|(n, _)| peft.is_trainable(n)).map(|(n, t)| (format!("{}{n}", crate::peft::PEFT_PREFIX), t)).collect();
         let raw = self.head_config_json(&base.config, tokenizer);
         write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&raw)?.as_bytes())?;
         write_atomic(&dir.join(ADAPTER_CONFIG), serde_json::to_string_pretty(&adapter_config_json(peft, &base.dir))?.as_bytes())?;

@@ -250,8 +250,10 @@ impl AdapterFolder {
         let path = dir.join(ADAPTER_CONFIG);
         let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let v: Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
-        let peft: PeftConfig = serde_json::from_value(v.get("zhiku_peft").cloned().unwrap_or(Value::Null))
-            .with_context(|| format!("{}: no valid \"zhiku_peft\" entry (was this adapter written by zhiku?)", path.display()))?;
+        let peft = match v.get("zhiku_peft") {
+            Some(z) => serde_json::from_value(z.clone()).with_context(|| format!("{}: invalid \"zhiku_peft\" entry", path.display()))?,
+            None => from_peft_library(&v).with_context(|| format!("{}", path.display()))?,
+        };
         peft.validate().with_context(|| format!("{}", path.display()))?;
         let base_dir = match base {
             Some(b) => b.to_path_buf(),
@@ -277,11 +279,66 @@ impl AdapterFolder {
         Ok(Self { dir: dir.to_path_buf(), peft, base_dir })
     }
 
-    /// The adapter's own tensors (added modules and task head).
+    /// The adapter's own tensors (added modules and task head), under zhiku's names (PEFT's
+    /// `base_model.model.` prefix removed).
     pub fn load_weights(&self, device: &candle_core::Device) -> Result<HashMap<String, Tensor>> {
         let p = self.dir.join(ADAPTER_WEIGHTS);
-        candle_core::safetensors::load(&p, device).with_context(|| format!("cannot read adapter weights {}", p.display()))
+        let raw = candle_core::safetensors::load(&p, device).with_context(|| format!("cannot read adapter weights {}", p.display()))?;
+        Ok(raw.into_iter().map(|(k, v)| (k.strip_prefix(PEFT_PREFIX).map(str::to_string).unwrap_or(k), v)).collect())
     }
+
+    /// The head's settings: from the folder's `config.json` when zhiku wrote it, else (an adapter
+    /// trained with Python PEFT) as many `LABEL_i` labels as the saved classifier has rows, on
+    /// transformers' pooler head.
+    pub fn head_raw_config(&self, device: &candle_core::Device) -> Result<serde_json::Map<String, Value>> {
+        let path = self.dir.join("config.json");
+        if path.is_file() {
+            let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?)
+                .with_context(|| format!("{}: not valid JSON", path.display()))?;
+            return v.as_object().cloned().with_context(|| format!("{}: not a JSON object", path.display()));
+        }
+        let weights = self.load_weights(device)?;
+        let Some(head) = weights.get("classifier.weight") else {
+            bail!("adapter {} has neither a config.json with labels nor a saved classifier (PEFT: task_type SEQ_CLS saves it)", self.dir.display())
+        };
+        let n = head.dim(0)?;
+        let mut raw = serde_json::Map::new();
+        raw.insert("architectures".into(), json!(["BertForSequenceClassification"]));
+        raw.insert("id2label".into(), Value::Object((0..n).map(|i| (i.to_string(), json!(format!("LABEL_{i}")))).collect()));
+        Ok(raw)
+    }
+}
+
+/// The key prefix PEFT gives every tensor of an adapter (`base_model.model.bert...`).
+pub const PEFT_PREFIX: &str = "base_model.model.";
+
+/// A LoRA adapter written by Python PEFT (`adapter_config.json` with `peft_type: LORA`).
+fn from_peft_library(v: &Value) -> Result<PeftConfig> {
+    let kind = v.get("peft_type").and_then(|t| t.as_str()).unwrap_or_default();
+    if kind != "LORA" {
+        bail!("peft_type {kind:?} is not supported: zhiku reads its own adapters and PEFT's LORA adapters")
+    }
+    let targets = match v.get("target_modules") {
+        Some(Value::Array(a)) => a.iter().filter_map(|t| t.as_str().map(str::to_string)).collect(),
+        Some(Value::String(s)) => bail!("target_modules as a regular expression ({s:?}) is not supported; list the modules"),
+        _ => bail!("no target_modules"),
+    };
+    for unsupported in ["use_dora", "use_rslora"] {
+        if v.get(unsupported).and_then(|x| x.as_bool()) == Some(true) {
+            bail!("{unsupported} adapters are not supported")
+        }
+    }
+    if v.get("bias").and_then(|b| b.as_str()).is_some_and(|b| b != "none") {
+        bail!("LoRA adapters that train biases (bias != \"none\") are not supported")
+    }
+    let c = PeftConfig::Lora {
+        r: v.get("r").and_then(|x| x.as_u64()).context("no r")? as usize,
+        alpha: v.get("lora_alpha").and_then(|x| x.as_f64()).context("no lora_alpha")?,
+        dropout: v.get("lora_dropout").and_then(|x| x.as_f64()).unwrap_or(0.0),
+        targets,
+    };
+    c.validate()?;
+    Ok(c)
 }
 
 /// Folds every LoRA pair in `tensors` into its base weight (`W + scale · B A`) and drops the

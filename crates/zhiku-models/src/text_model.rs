@@ -84,7 +84,9 @@ impl TextModel {
                 .and_then(|c| c.raw.get("zhiku_max_length").and_then(|v| v.as_u64()))
                 .map_or(512, |v| v as usize)
                 .min(base.config.max_position_embeddings);
-            let tokenizer = TextTokenizer::from_folder(dir, max_length)?;
+            // zhiku's adapters carry the tokenizer; Python PEFT's use the base's.
+            let has_tokenizer = dir.join("tokenizer.json").is_file() || dir.join("vocab.txt").is_file();
+            let tokenizer = TextTokenizer::from_folder(if has_tokenizer { dir } else { &base.dir }, max_length)?;
             let hidden_size = base.config.hidden_size;
             return Ok(Self { net: Net::Classifier(model), tokenizer, pooling: read_pooling(&base.dir), device: device.clone(), hidden_size });
         }

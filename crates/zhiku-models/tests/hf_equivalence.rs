@@ -75,3 +75,23 @@ fn bare_vocab_txt_tokenizes_like_tokenizer_json() {
         assert_eq!(from_vocab.tokens(text).unwrap(), from_json.tokens(text).unwrap());
     }
 }
+
+/// A LoRA adapter written by Python PEFT loads on its base and gives PEFT's logits.
+#[test]
+fn peft_lora_adapter_matches_python_peft() {
+    let device = Device::Cpu;
+    let dir = workspace_root().join("tests/fixtures/peft-lora-minilm");
+    let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let texts: Vec<&str> = expected["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    let want: Vec<Vec<f32>> = serde_json::from_value(expected["logits"].clone()).unwrap();
+    let base = model_dir("all-MiniLM-L6-v2");
+    let adapter = zhiku_models::AdapterFolder::open(&dir, Some(&base)).unwrap();
+    assert!(matches!(&adapter.peft, zhiku_models::PeftConfig::Lora { r: 4, .. }));
+    let folder = ModelFolder::open(&base).unwrap();
+    let model = SequenceClassifier::from_adapter(&adapter, &folder.load_weights(&device).unwrap(), &device).unwrap();
+    assert_eq!(model.config.labels, ["LABEL_0", "LABEL_1", "LABEL_2"]);
+    let batch = folder.tokenizer(128).unwrap().encode_batch(&texts, None, &device).unwrap();
+    let got: Vec<Vec<f32>> = model.forward(&batch, None).unwrap().to_vec2().unwrap();
+    let d = got.iter().flatten().zip(want.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(d < 1e-4, "logits differ from PEFT's by {d}");
+}
