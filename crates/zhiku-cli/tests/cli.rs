@@ -120,6 +120,11 @@ fn bad_input_is_reported_without_side_effects() {
         (vec!["--train".into(), f.s("latin1.csv")], "latin1.csv:3: not valid UTF-8"),
         (vec!["--train".into(), f.s("train.jsonl"), "--dev".into(), f.s("unseen.jsonl")], "unseen.jsonl:2: label \"boats\" does not occur"),
         (vec!["--train".into(), f.s("train.jsonl"), "--text-column".into(), "body".into()], "train.jsonl:1: no column \"body\""),
+        (vec!["--train".into(), f.s("train.jsonl"), "--peft".into(), "lora".into(), "--lora-targets".into(), "qkv".into()], "\"qkv\" matches no linear layer"),
+        (vec!["--train".into(), f.s("train.jsonl"), "--peft".into(), "ia3".into()], "unknown --peft \"ia3\""),
+        (vec!["--train".into(), f.s("train.jsonl"), "--peft".into(), "prefix".into(), "--fgm-epsilon".into(), "1".into()], "--fgm-epsilon perturbs the word embeddings"),
+        (vec!["--train".into(), f.s("train.jsonl"), "--rdrop-alpha=-1".into()], "--rdrop-alpha must be 0 or more"),
+        (vec!["--train".into(), f.s("train.jsonl"), "--dropout".into(), "1.5".into()], "--dropout must be in [0, 1)"),
     ];
     for (extra, want) in cases {
         let out = f.s("never");
