@@ -281,6 +281,8 @@ fn lora_adapters_load_on_one_base_and_are_chosen_per_call() {
     let (s, v) = srv.json("POST", "/v1/admin/models", None, &json!({"name": "a8", "path": dir.path().join("task-a"), "int8": true}));
     assert_eq!(s, 201, "{v}");
     assert_eq!(v["int8"], true);
+    assert_eq!(v["adapter"]["method"], "lora");
+    assert!(v["adapter"]["base"].as_str().unwrap().ends_with("encoder"), "{v}");
     let a8 = score("a8");
     assert!((a8 - a).abs() < 0.02 && a8 != a, "int8 {a8} vs f32 {a}");
     let (_, list) = srv.json("GET", "/v1/models", None, &Value::Null);

@@ -61,6 +61,8 @@ pub struct TextModel {
     pub pooling: EmbeddingPooling,
     device: Device,
     hidden_size: usize,
+    /// For an adapter folder: its method and the base model folder it runs on.
+    pub adapter: Option<(&'static str, PathBuf)>,
 }
 
 impl TextModel {
@@ -88,7 +90,8 @@ impl TextModel {
             let has_tokenizer = dir.join("tokenizer.json").is_file() || dir.join("vocab.txt").is_file();
             let tokenizer = TextTokenizer::from_folder(if has_tokenizer { dir } else { &base.dir }, max_length)?;
             let hidden_size = base.config.hidden_size;
-            return Ok(Self { net: Net::Classifier(model), tokenizer, pooling: read_pooling(&base.dir), device: device.clone(), hidden_size });
+            let about = (adapter.peft.method(), adapter.base_dir.clone());
+            return Ok(Self { net: Net::Classifier(model), tokenizer, pooling: read_pooling(&base.dir), device: device.clone(), hidden_size, adapter: Some(about) });
         }
         let folder = ModelFolder::open(dir)?;
         let tokenizer = folder.tokenizer(folder.inference_max_length())?;
@@ -102,7 +105,7 @@ impl TextModel {
             }
             Net::Encoder(encoder)
         };
-        Ok(Self { net, tokenizer, pooling: read_pooling(dir), device: device.clone(), hidden_size: folder.config.hidden_size })
+        Ok(Self { net, tokenizer, pooling: read_pooling(dir), device: device.clone(), hidden_size: folder.config.hidden_size, adapter: None })
     }
 
     /// Int8 weights for the encoder's linear layers (about 1/4 of their memory; see

@@ -164,6 +164,7 @@ fn model_info(m: &LoadedModel) -> Value {
         "labels": m.model.labels(), "dimensions": m.model.dimensions(), "max_length": m.model.max_length(),
         "text_pairs": m.model.classifier_config().is_some_and(|c| c.text_pairs),
         "int8": m.int8,
+        "adapter": m.model.adapter.as_ref().map(|(method, base)| json!({"method": method, "base": base.display().to_string()})),
     })
 }
 

@@ -50,7 +50,9 @@ pub fn document() -> Value {
                     "usage": {"type": "object", "properties": {"prompt_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}}}}},
                 "Model": {"type": "object", "properties": {"id": {"type": "string"}, "object": {"const": "model"},
                     "kind": {"type": "string", "enum": ["classifier", "encoder"]}, "labels": {"type": ["array", "null"], "items": {"type": "string"}},
-                    "dimensions": {"type": "integer"}, "max_length": {"type": "integer"}, "text_pairs": {"type": "boolean"}, "int8": {"type": "boolean"}}},
+                    "dimensions": {"type": "integer"}, "max_length": {"type": "integer"}, "text_pairs": {"type": "boolean"}, "int8": {"type": "boolean"},
+                    "adapter": {"type": ["object", "null"], "description": "for an adapter: its method (lora, adapter, prefix) and base model folder",
+                        "properties": {"method": {"type": "string"}, "base": {"type": "string"}}}}},
                 "ModelList": {"type": "object", "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}}}},
                 "LoadRequest": {"type": "object", "additionalProperties": false, "required": ["name", "path"], "properties": {
                     "int8": {"type": "boolean", "default": false, "description": "run the encoder with int8 linear layers"},
