@@ -1,9 +1,8 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
-use zhiku_models::classifier::save_full;
-use zhiku_models::peft::{is_adapter_folder, merge_lora};
-use zhiku_models::{AdapterFolder, ModelFolder, SequenceClassifier, TextTokenizer};
+use zhiku_models::peft::is_adapter_folder;
+use zhiku_models::{AdapterFolder, ModelFolder, SequenceClassifier};
 
 #[derive(Args, Debug)]
 #[command(after_help = "The output is an ordinary Hugging Face folder (config.json, model.safetensors, tokenizer.json)\n\
@@ -35,21 +34,16 @@ pub fn run(a: MergeArgs) -> Result<i32> {
     let adapter = AdapterFolder::open(&a.adapter, a.base.as_deref())?;
     let base = ModelFolder::open(&adapter.base_dir)?;
     let model = SequenceClassifier::from_adapter(&adapter, &base.load_weights(&device)?, &device)?;
-    let mut tensors = model.all_tensors();
-    let layers = merge_lora(&mut tensors, &adapter.peft)?;
-    let config_path = a.adapter.join("config.json");
-    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}", config_path.display()))?)
-        .with_context(|| format!("{}: not valid JSON", config_path.display()))?;
-    let max_length = config.get("zhiku_max_length").and_then(|v| v.as_u64()).unwrap_or(512) as usize;
-    let tokenizer = TextTokenizer::from_folder(&a.adapter, max_length)?;
-    // Written beside the target and renamed, so a failure leaves no half-merged folder.
+    let tokenizer = adapter.tokenizer(&base)?;
+    // Written beside the target and renamed, so a failure leaves no half-merged folder. Saving a
+    // model with an adapter as a plain folder folds LoRA into the weights (and refuses others).
     let tmp = a.output.with_file_name(format!(".{}.merging", a.output.file_name().and_then(|n| n.to_str()).unwrap_or("merged")));
     let _ = std::fs::remove_dir_all(&tmp);
-    save_full(&tmp, &tensors, &config, &tokenizer)?;
+    model.save(&tmp, &base.config, &tokenizer)?;
     if a.output.exists() {
         std::fs::remove_dir_all(&a.output).with_context(|| format!("cannot replace {}", a.output.display()))?;
     }
     std::fs::rename(&tmp, &a.output).with_context(|| format!("cannot write {}", a.output.display()))?;
-    println!("merged LoRA into {layers} layers of {}: {}", base.dir.display(), a.output.display());
+    println!("merged the LoRA adapter into {}: {}", base.dir.display(), a.output.display());
     Ok(0)
 }

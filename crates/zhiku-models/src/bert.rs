@@ -68,7 +68,8 @@ impl BertModel {
         };
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
-            let l = |s: &str| format!("{prefix}.encoder.layer.{i}.{s}");
+            let layer_prefix = format!("{prefix}.encoder.layer.{i}");
+            let l = |s: &str| format!("{layer_prefix}.{s}");
             let lin = |ws: &mut WeightSource, name: &str, i: usize, o: usize| load_linear(ws, &l(name), name, i, o, std, peft);
             let attention = SelfAttention {
                 query: lin(ws, "attention.self.query", h, h)?,
@@ -82,7 +83,6 @@ impl BertModel {
                 output: lin(ws, "output.dense", config.intermediate_size, h)?,
                 norm: LayerNorm::load(ws, &l("output.LayerNorm"), h, eps)?,
             };
-            let layer_prefix = format!("{prefix}.encoder.layer.{i}");
             let adapters = match peft {
                 Some(PeftConfig::Adapter { size }) => Some((
                     Bottleneck::load(ws, &l("attention.output"), h, *size, config.activation()?)?,

@@ -198,8 +198,8 @@ impl SequenceClassifier {
             bail!("int8 is for inference: build the model with for_inference or from_adapter")
         }
         let n = self.encoder.quantize_int8()?;
-        let linears = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"];
-        self.fixed.retain(|name, _| !(name.starts_with("bert.encoder.layer.") && name.ends_with(".weight") && linears.iter().any(|l| name.ends_with(&format!("{l}.weight")))));
+        let quantised = |name: &str| name.starts_with("bert.encoder.layer.") && crate::peft::LINEAR_NAMES.iter().any(|l| name.ends_with(&format!("{l}.weight")));
+        self.fixed.retain(|name, _| !quantised(name));
         Ok(n)
     }
 
@@ -215,7 +215,7 @@ impl SequenceClassifier {
     pub fn from_adapter(adapter: &AdapterFolder, base_weights: &HashMap<String, Tensor>, device: &Device) -> Result<Self> {
         let own = adapter.load_weights(device)?;
         let own_names: Vec<String> = own.keys().cloned().collect();
-        let Some(config) = ClassifierConfig::from_raw(&adapter.head_raw_config(device)?)? else {
+        let Some(config) = ClassifierConfig::from_raw(&adapter.head_raw_config(&own)?)? else {
             bail!("{}: config.json names no classification head", adapter.dir.display())
         };
         let base = BertConfig::from_file(&adapter.base_dir.join("config.json"))?;

@@ -287,17 +287,25 @@ impl AdapterFolder {
         Ok(raw.into_iter().map(|(k, v)| (k.strip_prefix(PEFT_PREFIX).map(str::to_string).unwrap_or(k), v)).collect())
     }
 
-    /// The head's settings: from the folder's `config.json` when zhiku wrote it, else (an adapter
-    /// trained with Python PEFT) as many `LABEL_i` labels as the saved classifier has rows, on
-    /// transformers' pooler head.
-    pub fn head_raw_config(&self, device: &candle_core::Device) -> Result<serde_json::Map<String, Value>> {
+    /// The folder's own `config.json` (zhiku writes one with the head's labels; Python PEFT
+    /// does not).
+    fn own_config(&self) -> Result<Option<serde_json::Map<String, Value>>> {
         let path = self.dir.join("config.json");
-        if path.is_file() {
-            let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?)
-                .with_context(|| format!("{}: not valid JSON", path.display()))?;
-            return v.as_object().cloned().with_context(|| format!("{}: not a JSON object", path.display()));
+        if !path.is_file() {
+            return Ok(None);
         }
-        let weights = self.load_weights(device)?;
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?)
+            .with_context(|| format!("{}: not valid JSON", path.display()))?;
+        v.as_object().cloned().map(Some).with_context(|| format!("{}: not a JSON object", path.display()))
+    }
+
+    /// The head's settings: from the folder's `config.json` when zhiku wrote it, else (an adapter
+    /// trained with Python PEFT) as many `LABEL_i` labels as the saved classifier in `weights`
+    /// (from [`Self::load_weights`]) has rows, on transformers' pooler head.
+    pub fn head_raw_config(&self, weights: &HashMap<String, Tensor>) -> Result<serde_json::Map<String, Value>> {
+        if let Some(raw) = self.own_config()? {
+            return Ok(raw);
+        }
         let Some(head) = weights.get("classifier.weight") else {
             bail!("adapter {} has neither a config.json with labels nor a saved classifier (PEFT: task_type SEQ_CLS saves it)", self.dir.display())
         };
@@ -306,6 +314,16 @@ impl AdapterFolder {
         raw.insert("architectures".into(), json!(["BertForSequenceClassification"]));
         raw.insert("id2label".into(), Value::Object((0..n).map(|i| (i.to_string(), json!(format!("LABEL_{i}")))).collect()));
         Ok(raw)
+    }
+
+    /// The tokenizer to run the adapter with: its own (zhiku's adapters carry one) or else the
+    /// base's, limited to the length it was trained with (512 when unknown) and to `base`'s
+    /// position table.
+    pub fn tokenizer(&self, base: &crate::folder::ModelFolder) -> Result<crate::tokenizer::TextTokenizer> {
+        let trained = self.own_config()?.and_then(|c| c.get("zhiku_max_length").and_then(|v| v.as_u64()));
+        let max_length = trained.map_or(512, |v| v as usize).min(base.config.max_position_embeddings);
+        let has_own = self.dir.join("tokenizer.json").is_file() || self.dir.join("vocab.txt").is_file();
+        crate::tokenizer::TextTokenizer::from_folder(if has_own { &self.dir } else { &base.dir }, max_length)
     }
 }
 

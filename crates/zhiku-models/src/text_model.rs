@@ -32,15 +32,6 @@ impl BaseCache {
         loaded.insert(key, w.clone());
         Ok(w)
     }
-
-    /// How many base models are held.
-    pub fn len(&self) -> usize {
-        self.loaded.lock().map(|l| l.len()).unwrap_or(0)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// How token states become one sentence vector.
@@ -81,14 +72,7 @@ impl TextModel {
             let adapter = AdapterFolder::open(dir, base)?;
             let base = ModelFolder::open(&adapter.base_dir)?;
             let model = SequenceClassifier::from_adapter(&adapter, &bases.weights(&base, device)?, device)?;
-            let max_length = crate::config::BertConfig::from_file(&dir.join("config.json"))
-                .ok()
-                .and_then(|c| c.raw.get("zhiku_max_length").and_then(|v| v.as_u64()))
-                .map_or(512, |v| v as usize)
-                .min(base.config.max_position_embeddings);
-            // zhiku's adapters carry the tokenizer; Python PEFT's use the base's.
-            let has_tokenizer = dir.join("tokenizer.json").is_file() || dir.join("vocab.txt").is_file();
-            let tokenizer = TextTokenizer::from_folder(if has_tokenizer { dir } else { &base.dir }, max_length)?;
+            let tokenizer = adapter.tokenizer(&base)?;
             let hidden_size = base.config.hidden_size;
             let about = (adapter.peft.method(), adapter.base_dir.clone());
             return Ok(Self { net: Net::Classifier(model), tokenizer, pooling: read_pooling(&base.dir), device: device.clone(), hidden_size, adapter: Some(about) });

@@ -72,15 +72,6 @@ impl Predictor {
         Ok(())
     }
 
-    /// The first (or only) member.
-    pub fn model(&self) -> &TextModel {
-        &self.members[0].0
-    }
-
-    pub fn ensemble_size(&self) -> usize {
-        self.members.len()
-    }
-
     /// The head's labels, decision rule and thresholds.
     pub fn config(&self) -> &ClassifierConfig {
         &self.config
