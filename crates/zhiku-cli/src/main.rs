@@ -56,6 +56,7 @@ fn main() {
     // Freed memory stays with the process: training re-allocates the same large buffers every
     // step, and returning them to the kernel costs page faults and zeroing each time.
     configure_allocator();
+    configure_threads();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(a) => train_cmd::run(a),
@@ -75,6 +76,17 @@ fn main() {
             }
             std::process::exit(1);
         }
+    }
+}
+
+/// candle runs its element-wise ops on a pool of its own, one caller at a time (a lock). The
+/// engine's parallelism is one data-parallel shard per core (`zhiku_models::shard`) plus its own
+/// kernels on rayon, so candle's pool would only make the shards queue for its lock and spin;
+/// candle ops then run on the calling thread. `CANDLE_NUM_THREADS` still overrides.
+fn configure_threads() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // Called once at start-up before other threads exist.
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
 }
 

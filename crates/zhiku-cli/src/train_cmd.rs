@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use crate::columns::{LabelColumnArgs, TextColumnArgs};
 use zhiku_data::augment::{AugmentConfig, AugmentOp};
-use zhiku_models::PeftConfig;
+use zhiku_models::{PeftConfig, Precision};
 use zhiku_train::trainer::ClassWeights;
 use zhiku_train::{DataConfig, StopReason, TaskData, TrainConfig, TrainEvent, Trainer};
 
@@ -111,6 +111,11 @@ pub struct TrainArgs {
     /// Also save the model after every epoch as OUTPUT/epoch-N (average them with `zhiku average`).
     #[arg(long)]
     save_every_epoch: bool,
+    /// Mixed precision: fp32, bf16 or fp16 activations over f32 master weights (fp16 adds dynamic
+    /// loss scaling; steps whose gradients overflow are skipped). For GPUs (--features cuda): on
+    /// the CPU, fp32 is the fastest.
+    #[arg(long, default_value = "fp32")]
+    precision: Precision,
     /// Held-out dev share when --dev is not given.
     #[arg(long, default_value_t = 0.1)]
     dev_fraction: f64,
@@ -269,8 +274,12 @@ pub fn run(a: TrainArgs) -> Result<i32> {
         rdrop_alpha: a.rdrop_alpha,
         dropout: a.dropout,
         save_every_epoch: a.save_every_epoch,
+        precision: a.precision,
     };
     let device = zhiku_models::default_device();
+    if a.precision != Precision::Fp32 && device.is_cpu() && !a.quiet {
+        eprintln!("note: --precision {} on the CPU uses candle's generic half-precision kernels, which are slower than fp32; mixed precision is meant for GPUs", a.precision);
+    }
     if a.setfit {
         return run_setfit(&a, task, device);
     }

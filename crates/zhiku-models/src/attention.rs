@@ -80,11 +80,10 @@ impl CustomOp3 for FusedAttention {
         let h = self.heads;
         let d = hd / h;
         let mut out = vec![0f32; b * s * hd];
-        let mut probs = vec![0f32; b * h * s * s];
         let out_ptr = SendPtr(out.as_mut_ptr());
         let threshold = self.dropout.map(|(p, _)| (p as f64 * u32::MAX as f64) as u32);
         let keep_scale = self.dropout.map_or(1.0, |(p, _)| 1.0 / (1.0 - p));
-        probs.par_chunks_mut(s * s).enumerate().for_each(|(task, p)| {
+        let one_head = |task: usize, p: &mut [f32]| {
             let (bi, hi) = (task / h, task % h);
             let base = bi * s * hd + hi * d;
             let mask = &self.mask[bi * s..(bi + 1) * s];
@@ -111,9 +110,14 @@ impl CustomOp3 for FusedAttention {
                 // O = P V, written into the context rows of this head.
                 mm(s, d, s, out_ptr.at(base), hd as isize, false, pv.as_ptr(), s as isize, 1, v.as_ptr().add(base), hd as isize, 1);
             }
-        });
+        };
         if self.keep_for_backward {
+            let mut probs = vec![0f32; b * h * s * s];
+            probs.par_chunks_mut(s * s).enumerate().for_each(|(task, p)| one_head(task, p));
             *self.probs.lock().unwrap() = Some(probs);
+        } else {
+            // Inference: one reusable score buffer per thread instead of all heads' probabilities.
+            (0..b * h).into_par_iter().for_each_init(|| vec![0f32; s * s], |p, task| one_head(task, p));
         }
         Ok((CpuStorage::F32(out), lq.shape().clone()))
     }

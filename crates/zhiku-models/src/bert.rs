@@ -5,7 +5,7 @@ use crate::layers::{activate, additive_mask, maybe_dropout, DropoutRng, LayerNor
 use crate::params::{Init, WeightSource};
 use crate::peft::{load_linear, Bottleneck, PeftConfig, Prefix};
 use anyhow::Result;
-use candle_core::{Tensor, D};
+use candle_core::{DType, Tensor, D};
 
 struct Embeddings {
     word: Tensor,
@@ -43,6 +43,8 @@ pub struct BertModel {
     layers: Vec<Layer>,
     pooler: Option<Linear>,
     activation: Activation,
+    /// Mixed precision: the type activations are computed in (`None`: the weights' type).
+    compute: Option<DType>,
 }
 
 /// Name prefix of encoder weights inside a task model (`bert.encoder.layer.0...`).
@@ -97,11 +99,28 @@ impl BertModel {
             layers.push(Layer { attention, ffn, adapters, prefix: prefix_kv });
         }
         let pooler = if with_pooler { Some(Linear::load(ws, &p("pooler.dense"), h, h, std)?) } else { None };
-        Ok(Self { config: config.clone(), embeddings, layers, pooler, activation: config.activation()? })
+        Ok(Self { config: config.clone(), embeddings, layers, pooler, activation: config.activation()?, compute: None })
     }
 
     /// Last hidden states `[batch, seq, hidden]`. `rng` is `Some` in training mode (dropout on).
-    pub fn forward(
+    /// In inference mode on the CPU the batch is cut into one shard per core, run concurrently
+    /// (see [`crate::shard`]); training shards at the loss instead, so that each shard's backward
+    /// pass runs on its own core too.
+    pub fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor, attention_mask: &Tensor, rng: Option<&mut DropoutRng>) -> Result<Tensor> {
+        let rows = input_ids.dim(0)?;
+        let shards = if rng.is_none() { crate::shard::shard_count(rows, input_ids.device()) } else { 1 };
+        if shards <= 1 {
+            return self.forward_rows(input_ids, token_type_ids, attention_mask, rng);
+        }
+        let ranges = crate::shard::split_rows(rows, shards);
+        let parts = crate::shard::run(shards, |i| {
+            let (start, len) = (ranges[i].start, ranges[i].len());
+            self.forward_rows(&input_ids.narrow(0, start, len)?, &token_type_ids.narrow(0, start, len)?, &attention_mask.narrow(0, start, len)?, None)
+        })?;
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+
+    fn forward_rows(
         &self,
         input_ids: &Tensor,
         token_type_ids: &Tensor,
@@ -119,8 +138,13 @@ impl BertModel {
         let positions = e.position.narrow(0, 0, seq)?;
         let x = words.add(&types)?.broadcast_add(&positions)?;
         let x = e.norm.forward(&x)?;
-        let mut x = maybe_dropout(&x, cfg.hidden_dropout_prob, &mut rng)?;
+        // The additive mask and the attention softmax stay in the weights' precision.
         let mask = additive_mask(attention_mask, x.dtype())?;
+        let x = match self.compute {
+            Some(dtype) => x.to_dtype(dtype)?,
+            None => x,
+        };
+        let mut x = maybe_dropout(&x, cfg.hidden_dropout_prob, &mut rng)?;
         let mask_values: Vec<f32> = if crate::kernels::fused_ok(&x) { mask.flatten_all()?.to_vec1()? } else { Vec::new() };
         for layer in &self.layers {
             x = self.layer_forward(layer, &x, &mask, &mask_values, &mut rng)?;
@@ -138,7 +162,7 @@ impl BertModel {
         let ctx = if crate::kernels::fused_ok(x) && layer.prefix.is_none() {
             let p = cfg.attention_probs_dropout_prob;
             let dropout = match rng {
-                Some(r) if p > 0.0 => Some((p as f32, r.next_seed())),
+                Some(r) if p > 0.0 => Some((p as f32, r.next_seed(heads * l * l))),
                 _ => None,
             };
             crate::attention::fused_attention(&q, &k, &v, heads, mask_values, dropout)?
@@ -159,7 +183,11 @@ impl BertModel {
             let k = split(k)?;
             let v = split(v)?;
             let scores = q.matmul(&k.t()?)?;
-            let probs = crate::kernels::masked_softmax(&scores, &mask)?;
+            let probs = if scores.dtype() == mask.dtype() {
+                crate::kernels::masked_softmax(&scores, &mask)?
+            } else {
+                crate::kernels::masked_softmax(&scores.to_dtype(mask.dtype())?, &mask)?.to_dtype(scores.dtype())?
+            };
             let probs = maybe_dropout(&probs, cfg.attention_probs_dropout_prob, rng)?;
             probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))?
         };
@@ -175,6 +203,12 @@ impl BertModel {
             out = after_ffn.forward(&out)?;
         }
         f.norm.forward(&out.add(&x)?)
+    }
+
+    /// Mixed precision: compute activations in `dtype` (bf16 or f16) over the weights as they
+    /// are (f32 masters); `None` computes in the weights' type.
+    pub fn set_compute_dtype(&mut self, dtype: Option<DType>) {
+        self.compute = dtype;
     }
 
     /// Switches the encoder layers' linear layers (attention projections and feed-forward) to

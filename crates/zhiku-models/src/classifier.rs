@@ -254,11 +254,12 @@ impl SequenceClassifier {
     /// Pooled sentence vectors `[batch, hidden]` (before head dropout).
     pub fn embed(&self, batch: &EncodedBatch, rng: Option<&mut DropoutRng>) -> Result<Tensor> {
         let hidden = self.encoder.forward(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask, rng)?;
-        match self.config.pooling {
-            Pooling::Pooler => self.encoder.pool(&hidden),
-            Pooling::Cls => cls_pool(&hidden),
-            Pooling::Mean => mean_pool(&hidden, &batch.attention_mask),
-        }
+        let pooled = match self.config.pooling {
+            Pooling::Pooler => self.encoder.pool(&hidden)?,
+            Pooling::Cls => cls_pool(&hidden)?,
+            Pooling::Mean => mean_pool(&hidden, &batch.attention_mask)?,
+        };
+        crate::layers::as_dtype(&pooled, self.head.weight.dtype())
     }
 
     /// Logits `[batch, num_labels]`; `rng` is `Some` in training mode.
@@ -270,7 +271,14 @@ impl SequenceClassifier {
             Pooling::Mean => mean_pool(&hidden, &batch.attention_mask)?,
         };
         let pooled = maybe_dropout(&pooled, self.head_dropout, &mut rng)?;
-        self.head.forward(&pooled)
+        // Logits in the weights' precision (f32 under mixed precision), for the loss.
+        crate::layers::as_dtype(&self.head.forward(&pooled)?, self.head.weight.dtype())
+    }
+
+    /// Mixed precision (see [`crate::precision`]): activations in bf16 or fp16 over the f32
+    /// weights; the logits come back in f32.
+    pub fn set_precision(&mut self, precision: crate::Precision) {
+        self.encoder.set_compute_dtype(precision.compute_dtype());
     }
 
     /// Writes a Hugging Face folder: `config.json` (`BertForSequenceClassification`, `id2label`,

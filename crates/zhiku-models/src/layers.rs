@@ -54,15 +54,17 @@ impl Linear {
         if let Some(q) = &self.int8 {
             return Ok(q.forward(x)?);
         }
-        if let (true, Some(b)) = (crate::kernels::fused_ok(x), &self.bias) {
+        if let (true, Some(b), true) = (crate::kernels::fused_ok(x), &self.bias, self.weight.dtype() == x.dtype()) {
             return Ok(crate::linear::linear(x, &self.weight, b)?);
         }
         let dims = x.dims().to_vec();
         let in_dim = *dims.last().expect("linear input has a last dim");
         let rows: usize = dims[..dims.len() - 1].iter().product();
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        // Mixed precision: the f32 master weight is cast to the activations' type (a
+        // differentiable cast, so its gradient returns in f32).
+        let y = x.reshape((rows, in_dim))?.matmul(&as_dtype(&self.weight, x.dtype())?.t()?)?;
         let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
+            Some(b) => y.broadcast_add(&as_dtype(b, x.dtype())?)?,
             None => y,
         };
         let mut out_dims = dims;
@@ -87,8 +89,18 @@ impl LayerNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.dtype() != self.weight.dtype() {
+            // Mixed precision: normalise in the weights' (f32) precision.
+            let y = crate::kernels::layer_norm(&x.to_dtype(self.weight.dtype())?, &self.weight, &self.bias, self.eps)?;
+            return Ok(y.to_dtype(x.dtype())?);
+        }
         crate::kernels::layer_norm(x, &self.weight, &self.bias, self.eps)
     }
+}
+
+/// `t` in `dtype` (a differentiable cast; no copy when it already is).
+pub fn as_dtype(t: &Tensor, dtype: DType) -> Result<Tensor> {
+    Ok(if t.dtype() == dtype { t.clone() } else { t.to_dtype(dtype)? })
 }
 
 /// LayerNorm composed from differentiable candle ops (the reference for the fused kernel, and
@@ -119,13 +131,23 @@ pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
 
 /// The randomness of one forward pass in training mode: a seeded stream of dropout masks.
 /// Seeding it from (run seed, step) makes every step reproducible, also after `--resume`.
+/// Masks are counter-based and indexed by position in the whole batch: a pass over rows
+/// `first_row..` of a batch ([`Self::for_rows`]) draws exactly those rows' part of the masks a
+/// pass over the whole batch would, so data-parallel shards train like one batch.
 pub struct DropoutRng {
     rng: ChaCha8Rng,
+    first_row: u64,
 }
 
 impl DropoutRng {
     pub fn new(seed: u64) -> Self {
-        Self { rng: ChaCha8Rng::seed_from_u64(seed) }
+        Self { rng: ChaCha8Rng::seed_from_u64(seed), first_row: 0 }
+    }
+
+    /// The same stream, for a pass over the rows of a batch that start at `first_row`.
+    pub fn for_rows(mut self, first_row: usize) -> Self {
+        self.first_row = first_row as u64;
+        self
     }
 
     /// Seed for one micro-batch of one optimizer step of a run.
@@ -137,9 +159,10 @@ impl DropoutRng {
         Self::new(mixed)
     }
 
-    /// A fresh seed from this stream (for kernels that generate their own masks).
-    pub fn next_seed(&mut self) -> u64 {
-        self.rng.random::<u64>()
+    /// A fresh seed from this stream for a kernel that generates its own counter-based mask
+    /// with `per_row` mask elements per batch row (offset to this pass's first row).
+    pub fn next_seed(&mut self, per_row: usize) -> u64 {
+        self.rng.random::<u64>().wrapping_add(self.first_row.wrapping_mul(per_row as u64))
     }
 
     /// Inverted dropout: zero each element with probability `p`, scale survivors by 1/(1-p).
@@ -148,7 +171,8 @@ impl DropoutRng {
             return Ok(x.clone());
         }
         // One draw from the seeded stream seeds a counter-based generator for this mask.
-        let mask = crate::kernels::dropout_mask(x.elem_count(), p, self.rng.random::<u64>());
+        let per_row = x.elem_count() / x.dim(0)?.max(1);
+        let mask = crate::kernels::dropout_mask(x.elem_count(), p, self.next_seed(per_row));
         let mask = Tensor::from_vec(mask, x.shape(), &Device::Cpu)?.to_dtype(x.dtype())?.to_device(x.device())?;
         crate::kernels::apply_mask(x, &mask)
     }

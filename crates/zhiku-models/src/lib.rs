@@ -16,7 +16,9 @@ pub mod layers;
 pub mod linear;
 pub mod params;
 pub mod peft;
+pub mod precision;
 pub mod quant;
+pub mod shard;
 pub mod testing;
 pub mod text_model;
 pub mod tokenizer;
@@ -28,6 +30,7 @@ pub use folder::{ModelFolder, WeightsFile};
 pub use layers::DropoutRng;
 pub use params::{Params, WeightSource};
 pub use peft::{AdapterFolder, PeftConfig};
+pub use precision::Precision;
 pub use text_model::{BaseCache, EmbeddingPooling, TextModel};
 pub use tokenizer::{EncodedBatch, TextTokenizer, TokenizedText};
 

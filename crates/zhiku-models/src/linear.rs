@@ -46,8 +46,11 @@ impl CustomOp3 for LinearOp {
         let (x, w, b) = (f32s(sx, lx)?, f32s(sw, lw)?, f32s(sb, lb)?);
         let (out_dim, in_dim) = lw.shape().dims2()?;
         let rows = x.len() / in_dim;
-        let mut y = vec![0f32; rows * out_dim];
-        y.par_chunks_mut(out_dim * 64).for_each(|c| c.chunks_exact_mut(out_dim).for_each(|r| r.copy_from_slice(b)));
+        // The bias, row by row, is the product's starting value.
+        let mut y = Vec::with_capacity(rows * out_dim);
+        for _ in 0..rows {
+            y.extend_from_slice(b);
+        }
         // y += x · Wᵀ ; Wᵀ[i, o] = W[o, i] → row stride 1, column stride in_dim.
         mm(rows, out_dim, in_dim, &mut y, true, x, in_dim, 1, w, 1, in_dim);
         let mut dims = lx.shape().dims().to_vec();

@@ -134,8 +134,9 @@ impl Lora {
         let dims = x.dims().to_vec();
         let in_dim = *dims.last().expect("LoRA input has a last dim");
         let rows: usize = dims[..dims.len() - 1].iter().product();
-        let low = x.reshape((rows, in_dim))?.matmul(&self.a.t()?)?;
-        let y = (low.matmul(&self.b.t()?)? * self.scale)?;
+        let (a, b) = (crate::layers::as_dtype(&self.a, x.dtype())?, crate::layers::as_dtype(&self.b, x.dtype())?);
+        let low = x.reshape((rows, in_dim))?.matmul(&a.t()?)?;
+        let y = (low.matmul(&b.t()?)? * self.scale)?;
         let mut out = dims;
         *out.last_mut().unwrap() = self.b.dim(0)?;
         Ok(y.reshape(out)?)
@@ -193,7 +194,7 @@ impl Prefix {
     /// `[prefix; t]` along the sequence for a batch of projections `t: [batch, seq, hidden]`.
     pub fn prepend(&self, which: &Tensor, t: &Tensor) -> Result<Tensor> {
         let (b, _, h) = t.dims3()?;
-        let p = which.unsqueeze(0)?.broadcast_as((b, which.dim(0)?, h))?;
+        let p = crate::layers::as_dtype(which, t.dtype())?.unsqueeze(0)?.broadcast_as((b, which.dim(0)?, h))?;
         Ok(Tensor::cat(&[&p, t], 1)?)
     }
 

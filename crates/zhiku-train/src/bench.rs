@@ -18,6 +18,7 @@ pub struct TrainBench {
     pub seq: usize,
     pub steps: usize,
     pub median_s: f64,
+    /// Forward (with the loss) and backward time of the slowest data-parallel shard.
     pub forward_s: f64,
     pub backward_s: f64,
     pub optimizer_s: f64,
@@ -70,21 +71,20 @@ pub fn train_step(folder: &ModelFolder, batch: usize, seq: usize, steps: usize, 
     let (mut total, mut fwd, mut bwd, mut upd) = (vec![], vec![], vec![], vec![]);
     for step in 0..steps + 1 {
         let t0 = Instant::now();
-        let mut rng = DropoutRng::for_step(0, step as u64, 0);
-        let logits = model.forward(&data, Some(&mut rng))?;
-        let (loss, n) = cross_entropy_sum(&logits, &labels, None, 0.0)?;
-        let loss = (loss / n)?;
-        loss.to_scalar::<f32>()?;
-        let t1 = Instant::now();
-        let grads = loss.backward()?;
+        // The trainer's own step: data-parallel shards, each with its forward and backward.
+        let pass = crate::sharded::forward_backward(&model, &data, |part, rows| {
+            let logits = model.forward(part, Some(&mut DropoutRng::for_step(0, step as u64, 0).for_rows(rows.start)))?;
+            let (loss, _) = cross_entropy_sum(&logits, &labels[rows], None, 0.0)?;
+            Ok((loss / batch as f64)?)
+        })?;
         let t2 = Instant::now();
-        opt.update(&grads, 1e-5, 1.0)?;
+        opt.update(&pass.grads, 1e-5, 1.0)?;
         device.synchronize()?;
         let t3 = Instant::now();
         if step > 0 {
             // The first step pays one-off allocation and thread-pool start-up.
-            fwd.push((t1 - t0).as_secs_f64());
-            bwd.push((t2 - t1).as_secs_f64());
+            fwd.push(pass.forward_s);
+            bwd.push(pass.backward_s);
             upd.push((t3 - t2).as_secs_f64());
             total.push((t3 - t0).as_secs_f64());
         }

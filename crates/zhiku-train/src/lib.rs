@@ -14,6 +14,7 @@ pub mod predict;
 pub mod report;
 pub mod schedule;
 pub mod setfit;
+pub mod sharded;
 pub mod task;
 pub mod trainer;
 

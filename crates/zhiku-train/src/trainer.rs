@@ -6,6 +6,7 @@ use crate::metrics::{tune_thresholds, ClassificationReport, MultiLabelReport};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::report;
 use crate::schedule::{LrSchedule, ScheduleKind};
+use crate::sharded::{self, add_grads};
 use crate::task::TaskData;
 use anyhow::{bail, Context, Result};
 use candle_core::backprop::GradStore;
@@ -15,12 +16,13 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use zhiku_data::Dataset;
-use zhiku_models::{AdapterFolder, ClassifierConfig, DropoutRng, ModelFolder, PeftConfig, Pooling, ProblemType, SequenceClassifier, TextTokenizer, TokenizedText};
+use zhiku_models::{AdapterFolder, ClassifierConfig, DropoutRng, ModelFolder, PeftConfig, Pooling, Precision, ProblemType, SequenceClassifier, TextTokenizer, TokenizedText};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub enum ClassWeights {
@@ -74,6 +76,10 @@ pub struct TrainConfig {
     /// checkpoint averaging with `zhiku average`).
     #[serde(default)]
     pub save_every_epoch: bool,
+    /// Mixed precision: fp32 (off), or bf16 / fp16 activations over f32 master weights; fp16
+    /// adds dynamic loss scaling.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl Default for TrainConfig {
@@ -102,6 +108,7 @@ impl Default for TrainConfig {
             rdrop_alpha: 0.0,
             dropout: None,
             save_every_epoch: false,
+            precision: Precision::Fp32,
         }
     }
 }
@@ -121,6 +128,51 @@ pub struct TrainerState {
     /// The run's configuration (a resumed run must use the same one).
     pub config: Option<TrainConfig>,
     pub fingerprint: String,
+    /// fp16 dynamic loss scaling: the current scale and finite steps since it last changed.
+    #[serde(default)]
+    pub loss_scale: Option<LossScale>,
+    /// Optimizer steps skipped because the gradients were not finite.
+    #[serde(default)]
+    pub skipped_steps: u64,
+}
+
+/// Dynamic loss scaling for fp16 (PyTorch's `GradScaler` rule): the loss is multiplied by
+/// `scale` before the backward pass so small gradients do not vanish in fp16; a step whose
+/// gradients overflow is skipped and the scale halved; after `GROWTH_INTERVAL` finite steps in
+/// a row it doubles.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct LossScale {
+    pub scale: f64,
+    pub finite_steps: u64,
+}
+
+impl LossScale {
+    pub const INITIAL: f64 = 65536.0;
+    pub const GROWTH_INTERVAL: u64 = 2000;
+
+    pub fn new() -> Self {
+        Self { scale: Self::INITIAL, finite_steps: 0 }
+    }
+
+    /// Records whether this step's gradients were finite.
+    pub fn update(&mut self, finite: bool) {
+        if finite {
+            self.finite_steps += 1;
+            if self.finite_steps >= Self::GROWTH_INTERVAL {
+                self.scale *= 2.0;
+                self.finite_steps = 0;
+            }
+        } else {
+            self.scale = (self.scale * 0.5).max(1.0);
+            self.finite_steps = 0;
+        }
+    }
+}
+
+impl Default for LossScale {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -132,6 +184,12 @@ pub struct StepRecord {
     pub grad_norm: f64,
     pub examples_per_s: f64,
     pub elapsed_s: f64,
+    /// fp16: the loss scale this step used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f64>,
+    /// Whether the update was skipped (gradients not finite).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -291,10 +349,12 @@ impl Trainer {
             text_pairs: self.data.train.examples[0].pair.is_some(),
         };
         let mut model = SequenceClassifier::from_folder_peft(&self.model_folder, Some(head), cfg.seed, &self.device, cfg.peft.as_ref())?;
+        model.set_precision(cfg.precision);
         let tok = self.model_folder.tokenizer(cfg.max_length)?;
         let mut opt = AdamW::new(&model.params, AdamWConfig { weight_decay: cfg.weight_decay, ..Default::default() })?;
 
-        let mut state = TrainerState { config: Some(cfg.clone()), fingerprint: self.fingerprint(), ..Default::default() };
+        let loss_scale = (cfg.precision == Precision::Fp16).then(LossScale::new);
+        let mut state = TrainerState { config: Some(cfg.clone()), fingerprint: self.fingerprint(), loss_scale, ..Default::default() };
         if resume {
             let ck = checkpoint::load(&ckpt_dir, &self.device)?;
             if ck.state.fingerprint != state.fingerprint || ck.state.config.as_ref() != Some(&cfg) {
@@ -349,14 +409,25 @@ impl Trainer {
             while state.step_in_epoch < steps_per_epoch {
                 let first = state.step_in_epoch * cfg.grad_accum;
                 let group = &micro[first..(first + cfg.grad_accum).min(micro.len())];
-                let (loss, grads) = self.accumulate(&model, &tok, &train, group, multi, class_weights.as_deref(), state.global_step)?;
-                let norm = opt.grad_norm(&grads, 1.0)?;
+                let scale = state.loss_scale.map_or(1.0, |s| s.scale);
+                let (loss, grads) = self.accumulate(&model, &tok, &train, group, multi, class_weights.as_deref(), state.global_step, scale)?;
+                let loss = loss / scale;
+                let norm = opt.grad_norm(&grads, 1.0 / scale)?;
                 let clip = match cfg.max_grad_norm {
                     Some(max) if norm > max => max / (norm + 1e-6),
                     _ => 1.0,
                 };
                 let lr = schedule.lr(state.global_step);
-                opt.update(&grads, lr, clip)?;
+                // Gradients that overflowed (fp16) or went bad are not applied: the step is
+                // skipped (and under fp16 the loss scale halved), as PyTorch's GradScaler does.
+                if norm.is_finite() {
+                    opt.update(&grads, lr, clip / scale)?;
+                } else {
+                    state.skipped_steps += 1;
+                }
+                if let Some(s) = &mut state.loss_scale {
+                    s.update(norm.is_finite());
+                }
                 state.global_step += 1;
                 state.step_in_epoch += 1;
                 window.1 += group.iter().map(|g| g.len()).sum::<usize>();
@@ -368,6 +439,8 @@ impl Trainer {
                     grad_norm: norm,
                     examples_per_s: window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9),
                     elapsed_s: started.elapsed().as_secs_f64(),
+                    loss_scale: state.loss_scale.map(|_| scale),
+                    skipped: !norm.is_finite(),
                 };
                 if window.0.elapsed().as_secs_f64() > 10.0 {
                     window = (Instant::now(), 0);
@@ -437,7 +510,9 @@ impl Trainer {
     }
 
     /// Forward and backward over the micro-batches of one optimizer step, with the loss divided
-    /// by the normaliser of the whole step, so gradients equal those of one large batch.
+    /// by the normaliser of the whole step, so gradients equal those of one large batch, and
+    /// multiplied by `loss_scale` (fp16 loss scaling; the caller unscales). Returns the scaled
+    /// loss.
     #[allow(clippy::too_many_arguments)]
     fn accumulate(
         &self,
@@ -448,6 +523,7 @@ impl Trainer {
         multi: bool,
         class_weights: Option<&[f32]>,
         step: u64,
+        loss_scale: f64,
     ) -> Result<(f64, GradStore)> {
         let k = model.config.labels.len();
         let total_norm: f64 = group
@@ -466,7 +542,9 @@ impl Trainer {
         for (m, idx) in group.iter().enumerate() {
             let items: Vec<&TokenizedText> = idx.iter().map(|&i| &data.items[i]).collect();
             let batch = tok.pad_batch(&items, &self.device)?;
-            let task_loss = |logits: &Tensor| -> Result<Tensor> {
+            // The task loss of the micro-batch's rows `rows` (a data-parallel shard).
+            let task_loss = |logits: &Tensor, rows: &Range<usize>| -> Result<Tensor> {
+                let idx = &idx[rows.clone()];
                 Ok(if multi {
                     let ids: Vec<Vec<u32>> = idx.iter().map(|&i| data.labels[i].clone()).collect();
                     bce_with_logits_sum(logits, &multi_hot(&ids, k, &self.device)?)?.0
@@ -476,33 +554,38 @@ impl Trainer {
                 })
             };
             // Each forward pass of a micro-batch draws its own dropout masks from a stream
-            // seeded by (run seed, step, micro-batch, pass), so every step can be replayed.
-            let pass_rng = |pass: u64| DropoutRng::for_step(cfg.seed, step, m as u64 | (pass << 32));
-            let logits = model.forward(&batch, Some(&mut pass_rng(0)))?;
-            let mut loss_sum = task_loss(&logits)?;
-            if cfg.rdrop_alpha > 0.0 {
-                // R-Drop: a second pass with other dropout masks; both pay the task loss and the
-                // symmetric KL between their predictions pulls them together.
-                let second = model.forward(&batch, Some(&mut pass_rng(1)))?;
-                let kl = symmetric_kl_sum(&logits, &second, multi)?;
-                loss_sum = (((loss_sum + task_loss(&second)?)? * 0.5)? + (kl * (cfg.rdrop_alpha * 0.5))?)?;
-            }
-            let loss = (loss_sum / total_norm)?;
-            loss_total += loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-            let mut grads = loss.backward()?;
+            // seeded by (run seed, step, micro-batch, pass), so every step can be replayed; masks
+            // are indexed by row, so they do not depend on how the batch is sharded.
+            let pass_rng = |pass: u64, rows: &Range<usize>| DropoutRng::for_step(cfg.seed, step, m as u64 | (pass << 32)).for_rows(rows.start);
+            let clean = sharded::forward_backward(model, &batch, |part, rows| {
+                let logits = model.forward(part, Some(&mut pass_rng(0, &rows)))?;
+                let mut loss_sum = task_loss(&logits, &rows)?;
+                if cfg.rdrop_alpha > 0.0 {
+                    // R-Drop: a second pass with other dropout masks; both pay the task loss and
+                    // the symmetric KL between their predictions pulls them together.
+                    let second = model.forward(part, Some(&mut pass_rng(1, &rows)))?;
+                    let kl = symmetric_kl_sum(&logits, &second, multi)?;
+                    loss_sum = (((loss_sum + task_loss(&second, &rows)?)? * 0.5)? + (kl * (cfg.rdrop_alpha * 0.5))?)?;
+                }
+                Ok((loss_sum * (loss_scale / total_norm))?)
+            })?;
+            loss_total += clean.loss;
+            let mut grads = clean.grads;
             if let Some(epsilon) = cfg.fgm_epsilon {
-                // FGM: step the word embeddings by ε along their normalised gradient, and learn
-                // from the loss there too.
+                // FGM: step the word embeddings by ε along their normalised gradient (of the
+                // whole micro-batch), and learn from the loss there too.
                 let Some(word) = model.params.get(WORD_EMBEDDINGS) else { bail!("--fgm-epsilon needs trainable word embeddings") };
                 if let Some(g) = grads.get(word) {
                     let norm = g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?.sqrt();
                     if norm > 0.0 && norm.is_finite() {
                         let clean = word.as_tensor().copy()?;
                         word.set(&(&clean + (g * (epsilon / norm))?)?)?;
-                        let adversarial = model.forward(&batch, Some(&mut pass_rng(2)));
-                        let adversarial_grads = adversarial.and_then(|l| Ok((task_loss(&l)? / total_norm)?.backward()?));
+                        let adversarial = sharded::forward_backward(model, &batch, |part, rows| {
+                            let logits = model.forward(part, Some(&mut pass_rng(2, &rows)))?;
+                            Ok((task_loss(&logits, &rows)? * (loss_scale / total_norm))?)
+                        });
                         word.set(&clean)?;
-                        add_grads(&mut grads, &adversarial_grads?, model)?;
+                        add_grads(&mut grads, &adversarial?.grads, model)?;
                     }
                 }
             }
@@ -670,20 +753,6 @@ fn evaluate(
 /// The word-embedding table, which FGM perturbs.
 const WORD_EMBEDDINGS: &str = "bert.embeddings.word_embeddings.weight";
 
-/// `into += from` for every trainable parameter.
-fn add_grads(into: &mut GradStore, from: &GradStore, model: &SequenceClassifier) -> Result<()> {
-    for (_, var) in model.params.iter() {
-        if let Some(g) = from.get(var) {
-            let sum = match into.get(var) {
-                Some(prev) => (prev + g)?,
-                None => g.clone(),
-            };
-            into.insert(var, sum);
-        }
-    }
-    Ok(())
-}
-
 pub fn argmax(v: &[f32]) -> usize {
     v.iter().enumerate().fold((0, f32::MIN), |best, (i, &x)| if x > best.1 { (i, x) } else { best }).0
 }
@@ -691,4 +760,27 @@ pub fn argmax(v: &[f32]) -> usize {
 /// Loads model tensors for tests and tools that compare runs.
 pub fn load_model_tensors(dir: &Path) -> Result<std::collections::HashMap<String, Tensor>> {
     Ok(candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LossScale;
+
+    #[test]
+    fn loss_scale_halves_on_overflow_and_grows_after_a_run_of_finite_steps() {
+        let mut s = LossScale::new();
+        s.update(false);
+        assert_eq!(s.scale, LossScale::INITIAL / 2.0);
+        for _ in 0..LossScale::GROWTH_INTERVAL - 1 {
+            s.update(true);
+        }
+        assert_eq!(s.scale, LossScale::INITIAL / 2.0);
+        s.update(true);
+        assert_eq!(s.scale, LossScale::INITIAL);
+        assert_eq!(s.finite_steps, 0);
+        for _ in 0..40 {
+            s.update(false);
+        }
+        assert_eq!(s.scale, 1.0, "the scale never drops below 1");
+    }
 }

@@ -236,3 +236,20 @@ fn interrupted_lora_run_resumes_to_the_same_adapter() {
     let load = |d: &str| candle_core::safetensors::load(dir.path().join(d).join("adapter_model.safetensors"), &Device::Cpu).unwrap();
     assert_eq!(max_diff(&load("full"), &load("cut")), 0.0, "resumed adapter differs from the uninterrupted one");
 }
+
+#[test]
+fn mixed_precision_trains_like_fp32() {
+    let (dir, data) = setup(0.1);
+    for precision in [zhiku_models::Precision::Bf16, zhiku_models::Precision::Fp16] {
+        let cfg = TrainConfig { epochs: 6, precision, ..quick() };
+        let s = train(dir.path(), &data, &format!("out-{precision}"), cfg, None, false);
+        let acc = s.dev.as_ref().unwrap()["accuracy"].as_f64().unwrap();
+        assert!(acc >= 0.9, "{precision}: dev accuracy {acc}");
+        // The saved weights are the f32 masters.
+        let weights = load_model_tensors(&dir.path().join(format!("out-{precision}"))).unwrap();
+        assert!(weights.values().all(|t| t.dtype() == candle_core::DType::F32));
+        let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join(format!("out-{precision}/checkpoint/state.json"))).unwrap()).unwrap();
+        // fp16 keeps a loss scale in the checkpoint (resume continues with it); bf16 needs none.
+        assert_eq!(state["loss_scale"].is_object(), precision == zhiku_models::Precision::Fp16, "{state}");
+    }
+}

@@ -1,0 +1,137 @@
+//! One forward and backward pass of a batch, data-parallel across CPU cores: each shard of rows
+//! computes its part of the loss and its own backward pass on a core of its own
+//! (`zhiku_models::shard`), and the shards' gradients are summed. Losses here are sums over rows
+//! divided by the whole step's normaliser, so the summed gradients equal the whole batch's.
+
+use anyhow::Result;
+use candle_core::backprop::GradStore;
+use candle_core::Tensor;
+use std::ops::Range;
+use std::time::Instant;
+use zhiku_models::{shard, EncodedBatch, SequenceClassifier};
+
+pub struct ShardedPass {
+    /// The summed loss value.
+    pub loss: f64,
+    pub grads: GradStore,
+    /// The slowest shard's forward (loss included) and backward times.
+    pub forward_s: f64,
+    pub backward_s: f64,
+}
+
+/// Runs `loss_of(shard, rows)` (`rows`: the shard's rows within `batch`) and its backward pass on
+/// every shard of `batch`.
+pub fn forward_backward(model: &SequenceClassifier, batch: &EncodedBatch, loss_of: impl Fn(&EncodedBatch, Range<usize>) -> Result<Tensor> + Sync) -> Result<ShardedPass> {
+    let rows = batch.lengths.len();
+    forward_backward_in(model, batch, shard::shard_count(rows, batch.input_ids.device()), loss_of)
+}
+
+fn forward_backward_in(model: &SequenceClassifier, batch: &EncodedBatch, shards: usize, loss_of: impl Fn(&EncodedBatch, Range<usize>) -> Result<Tensor> + Sync) -> Result<ShardedPass> {
+    let rows = batch.lengths.len();
+    let ranges = shard::split_rows(rows, shards);
+    let parts = shard::run(ranges.len(), |i| {
+        let t0 = Instant::now();
+        let part = if ranges.len() == 1 { batch.rows(0..rows)? } else { batch.rows(ranges[i].clone())? };
+        let loss = loss_of(&part, ranges[i].clone())?;
+        let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        let t1 = Instant::now();
+        let grads = loss.backward()?;
+        Ok((value, grads, (t1 - t0).as_secs_f64(), t1.elapsed().as_secs_f64()))
+    })?;
+    let mut pass: Option<ShardedPass> = None;
+    for (loss, grads, forward_s, backward_s) in parts {
+        pass = Some(match pass {
+            None => ShardedPass { loss, grads, forward_s, backward_s },
+            Some(mut p) => {
+                add_grads(&mut p.grads, &grads, model)?;
+                p.loss += loss;
+                p.forward_s = p.forward_s.max(forward_s);
+                p.backward_s = p.backward_s.max(backward_s);
+                p
+            }
+        });
+    }
+    Ok(pass.expect("a batch has at least one shard"))
+}
+
+/// `into += from` for every trainable parameter.
+pub fn add_grads(into: &mut GradStore, from: &GradStore, model: &SequenceClassifier) -> Result<()> {
+    for (_, var) in model.params.iter() {
+        if let Some(g) = from.get(var) {
+            let sum = match into.get(var) {
+                Some(prev) => (prev + g)?,
+                None => g.clone(),
+            };
+            into.insert(var, sum);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loss::cross_entropy_sum;
+    use candle_core::{DType, Device, D};
+    use std::collections::HashMap;
+    use zhiku_models::{BertConfig, ClassifierConfig, DropoutRng, Pooling, ProblemType};
+
+    fn tiny_with_dropout() -> SequenceClassifier {
+        let mut cfg = BertConfig::tiny(40);
+        cfg.raw.insert("hidden_dropout_prob".into(), 0.2.into());
+        cfg.raw.insert("attention_probs_dropout_prob".into(), 0.2.into());
+        let cfg = BertConfig::from_json_str(&cfg.raw_json()).unwrap();
+        let head = ClassifierConfig { labels: vec!["a".into(), "b".into(), "c".into()], pooling: Pooling::Mean, problem_type: ProblemType::SingleLabel, thresholds: None, text_pairs: false };
+        SequenceClassifier::build(&cfg, HashMap::new(), head, 7, &Device::Cpu, DType::F32).unwrap()
+    }
+
+    fn batch() -> EncodedBatch {
+        let dev = Device::Cpu;
+        let ids = Tensor::new(&[[2u32, 7, 9, 11, 3, 0], [2, 5, 3, 13, 17, 3], [2, 8, 8, 3, 0, 0], [2, 30, 31, 32, 33, 3], [2, 6, 3, 0, 0, 0]], &dev).unwrap();
+        let mask = ids.ne(0u32).unwrap().to_dtype(DType::U32).unwrap();
+        EncodedBatch { token_type_ids: ids.zeros_like().unwrap(), input_ids: ids, attention_mask: mask, lengths: vec![5, 6, 4, 6, 3] }
+    }
+
+    /// Shards (with dropout on everywhere) train exactly like the whole batch: same loss, same
+    /// gradient for every parameter. Fails if a shard drew another row's dropout masks.
+    #[test]
+    fn shards_give_the_whole_batch_gradients() {
+        let model = tiny_with_dropout();
+        let batch = batch();
+        let labels = [0u32, 2, 1, 1, 0];
+        let loss_of = |part: &EncodedBatch, rows: Range<usize>| -> Result<Tensor> {
+            let logits = model.forward(part, Some(&mut DropoutRng::for_step(3, 1, 0).for_rows(rows.start)))?;
+            Ok((cross_entropy_sum(&logits, &labels[rows], None, 0.0)?.0 / 5.0)?)
+        };
+        let whole = forward_backward_in(&model, &batch, 1, loss_of).unwrap();
+        for shards in [2, 3] {
+            let split = forward_backward_in(&model, &batch, shards, loss_of).unwrap();
+            assert!((whole.loss - split.loss).abs() < 1e-6, "{shards} shards: loss {} against {}", split.loss, whole.loss);
+            for (name, var) in model.params.iter() {
+                let (a, b) = (whole.grads.get(var).unwrap(), split.grads.get(var).unwrap());
+                let diff = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(D::Minus1).unwrap().to_scalar::<f32>().unwrap();
+                assert!(diff < 1e-5, "{shards} shards: gradient of {name} differs by {diff}");
+            }
+        }
+        // Other masks give another loss: the comparison above can fail.
+        let other = forward_backward_in(&model, &batch, 1, |part, rows| {
+            let logits = model.forward(part, Some(&mut DropoutRng::for_step(4, 1, 0).for_rows(rows.start)))?;
+            Ok((cross_entropy_sum(&logits, &labels[rows], None, 0.0)?.0 / 5.0)?)
+        })
+        .unwrap();
+        assert!((whole.loss - other.loss).abs() > 1e-4);
+    }
+
+    /// Inference shards (inside `BertModel::forward`) give the rows of the whole batch's output.
+    #[test]
+    fn sharded_inference_equals_row_by_row() {
+        let model = tiny_with_dropout();
+        let batch = batch();
+        let all = model.forward(&batch, None).unwrap();
+        for r in 0..5 {
+            let one = model.forward(&batch.rows(r..r + 1).unwrap(), None).unwrap();
+            let diff = (all.narrow(0, r, 1).unwrap() - one).unwrap().abs().unwrap().flatten_all().unwrap().max(D::Minus1).unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-5, "row {r}: {diff}");
+        }
+    }
+}
