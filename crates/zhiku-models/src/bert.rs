@@ -211,6 +211,10 @@ impl BertModel {
         self.compute = dtype;
     }
 
+    pub fn compute_dtype(&self) -> Option<DType> {
+        self.compute
+    }
+
     /// Switches the encoder layers' linear layers (attention projections and feed-forward) to
     /// int8 weights for inference; returns how many. Requires f32 weights on the CPU.
     pub fn quantize_int8(&mut self) -> Result<usize> {

@@ -210,6 +210,17 @@ impl SequenceClassifier {
         all
     }
 
+    /// The same model over the same weight storage (nothing is copied, and the optimiser's
+    /// in-place updates show through) but outside autograd: evaluating with it during training
+    /// records no graph and keeps no activations for a backward pass that never comes.
+    pub fn inference_view(&self, bert: &BertConfig) -> Result<Self> {
+        let weights = self.all_tensors().into_iter().map(|(name, t)| (name, t.detach())).collect();
+        let (device, dtype) = (self.head.weight.device().clone(), self.head.weight.dtype());
+        let mut view = Self::build_with(bert, weights, self.config.clone(), 0, &device, dtype, true, self.peft.as_ref())?;
+        view.encoder.set_compute_dtype(self.encoder.compute_dtype());
+        Ok(view)
+    }
+
     /// Opens an adapter folder on `base_weights` (the base model's tensors, shared: they are not
     /// copied, so many adapters can sit on one base in memory), for inference.
     pub fn from_adapter(adapter: &AdapterFolder, base_weights: &HashMap<String, Tensor>, device: &Device) -> Result<Self> {

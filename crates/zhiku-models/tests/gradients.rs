@@ -90,3 +90,21 @@ fn dropout_is_seeded() {
     assert_ne!(a, c);
     assert_ne!(a, eval);
 }
+
+#[test]
+fn inference_view_shares_weights_and_records_no_graph() {
+    let model = tiny(Pooling::Pooler, DType::F32);
+    let view = model.inference_view(&BertConfig::tiny(40)).unwrap();
+    let trained = model.forward(&batch(), None).unwrap();
+    let viewed = view.forward(&batch(), None).unwrap();
+    assert!(trained.track_op(), "the training model records a graph");
+    assert!(!viewed.track_op(), "the view must not");
+    let diff = (&trained - &viewed).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff < 1e-6, "{diff}");
+    // The optimiser updates weights in place; the view sees the new values without a rebuild.
+    let bias = model.params.get("classifier.bias").unwrap();
+    bias.set(&(bias.as_tensor() + 1.0).unwrap()).unwrap();
+    let moved = view.forward(&batch(), None).unwrap();
+    let shift = (&moved - &viewed).unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!((shift - 1.0).abs() < 1e-5, "{shift}");
+}

@@ -613,7 +613,9 @@ impl Trainer {
         on_event: &mut dyn FnMut(TrainEvent),
     ) -> Result<bool> {
         let cfg = &self.config;
-        let eval = evaluate(model, tok, dev, self.data.multi_label, cfg.eval_batch_size, &self.device, class_weights)?;
+        let view = model.inference_view(&self.model_folder.config)?;
+        let eval = evaluate(&view, tok, dev, self.data.multi_label, cfg.eval_batch_size, &self.device, class_weights)?;
+        drop(view);
         let value = if cfg.metric == "loss" { eval.loss } else { eval.metrics[&cfg.metric].as_f64().unwrap_or(0.0) };
         let better = match state.best_metric {
             None => true,
