@@ -5,7 +5,8 @@
 # Writes bench/results/load.json and prints the table with zhiku / Python ratios.
 #   MODEL=runs/quality-bbc PYTHON=/path/to/python bench/load.sh      (DURATION=10 seconds per cell)
 # The model is any classifier folder written by `zhiku train` (bench/quality.sh bbc makes one).
-# ZHIKU_SERVE_FLAGS adds flags to zhiku serve, e.g. ZHIKU_SERVE_FLAGS="--int8 bench" for the int8 encoder.
+# ZHIKU_SERVE_FLAGS adds flags to zhiku serve. INT8=1 also runs zhiku with the int8 encoder
+# (--int8) in the same session, as a third server in the table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
@@ -44,11 +45,15 @@ run_server() { # name port
   done
 }
 
-target/release/zhiku serve --model bench="$MODEL" ${ZHIKU_SERVE_FLAGS:-} --port $ZPORT 2>"$tmp/zhiku.log" &
-zpid=$!
-wait_up $ZPORT
-run_server zhiku $ZPORT
-kill -TERM $zpid; wait $zpid 2>/dev/null || true
+variants="zhiku"; [ "${INT8:-0}" = 1 ] && variants="zhiku zhiku-int8"
+for v in $variants; do
+  flags=(); [ "$v" = zhiku-int8 ] && flags=(--int8 bench)
+  target/release/zhiku serve --model bench="$MODEL" ${ZHIKU_SERVE_FLAGS:-} "${flags[@]}" --port $ZPORT 2>"$tmp/$v.log" &
+  zpid=$!
+  wait_up $ZPORT
+  run_server "$v" $ZPORT
+  kill -TERM $zpid; wait $zpid 2>/dev/null || true
+done
 
 "$PY" bench/py_server.py --model "$MODEL" --port $PPORT 2>"$tmp/py.log" &
 ppid=$!
@@ -61,12 +66,13 @@ import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 json.dump(rows, open("bench/results/load.json", "w"), indent=1)
 by = {(r["server"], r["payload"], r["concurrency"]): r["result"] for r in rows}
-print(f"{'payload':<8} {'conc':>4} | {'zhiku req/s':>11} {'p50':>7} {'p95':>7} {'p99':>7} {'err':>4} | {'python req/s':>12} {'p50':>7} {'p95':>7} {'p99':>7} {'err':>4} | {'thrpt x':>7} {'p99 x':>6}")
-for payload in ("single", "batch32"):
-    for c in (1, 8, 64):
-        z, p = by[("zhiku", payload, c)], by[("python", payload, c)]
-        print(f"{payload:<8} {c:>4} | {z['rps']:>11.1f} {z['p50_ms']:>7.1f} {z['p95_ms']:>7.1f} {z['p99_ms']:>7.1f} {z['errors']:>4} | "
-              f"{p['rps']:>12.1f} {p['p50_ms']:>7.1f} {p['p95_ms']:>7.1f} {p['p99_ms']:>7.1f} {p['errors']:>4} | "
-              f"{z['rps'] / max(p['rps'], 1e-9):>6.2f}x {p['p99_ms'] / max(z['p99_ms'], 1e-9):>5.2f}x")
+for server in sorted({r["server"] for r in rows} - {"python"}):
+    print(f"\n{'payload':<8} {'conc':>4} | {server + ' req/s':>16} {'p50':>7} {'p95':>7} {'p99':>7} {'err':>4} | {'python req/s':>12} {'p50':>7} {'p95':>7} {'p99':>7} {'err':>4} | {'thrpt x':>7} {'p99 x':>6}")
+    for payload in ("single", "batch32"):
+        for c in (1, 8, 64):
+            z, p = by[(server, payload, c)], by[("python", payload, c)]
+            print(f"{payload:<8} {c:>4} | {z['rps']:>16.1f} {z['p50_ms']:>7.1f} {z['p95_ms']:>7.1f} {z['p99_ms']:>7.1f} {z['errors']:>4} | "
+                  f"{p['rps']:>12.1f} {p['p50_ms']:>7.1f} {p['p95_ms']:>7.1f} {p['p99_ms']:>7.1f} {p['errors']:>4} | "
+                  f"{z['rps'] / max(p['rps'], 1e-9):>6.2f}x {p['p99_ms'] / max(z['p99_ms'], 1e-9):>5.2f}x")
 print("latencies in ms; thrpt x = zhiku / python requests per second; p99 x = python p99 / zhiku p99 (above 1: zhiku faster)")
 PY

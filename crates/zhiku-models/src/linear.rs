@@ -46,6 +46,12 @@ impl CustomOp3 for LinearOp {
         let (x, w, b) = (f32s(sx, lx)?, f32s(sw, lw)?, f32s(sb, lb)?);
         let (out_dim, in_dim) = lw.shape().dims2()?;
         let rows = x.len() / in_dim;
+        if rows <= SMALL_ROWS {
+            let y = small_rows_forward(x, rows, in_dim, w, out_dim, b);
+            let mut dims = lx.shape().dims().to_vec();
+            *dims.last_mut().unwrap() = out_dim;
+            return Ok((CpuStorage::F32(y), Shape::from(dims)));
+        }
         // The bias, row by row, is the product's starting value.
         let mut y = Vec::with_capacity(rows * out_dim);
         for _ in 0..rows {
@@ -110,6 +116,112 @@ impl CustomOp3 for LinearOp {
     }
 }
 
+/// Up to this many rows (a few short texts: serving at low load), the product streams the
+/// weights once instead of going through `gemm`.
+const SMALL_ROWS: usize = 32;
+
+/// `y = x·Wᵀ + b` for a few rows of `x`. With so few rows the product is bound by reading the
+/// weights, and `gemm` reads them three times (pack, write the panel, read it back); here each
+/// weight row is read once and used for every row of `x`, which stays in L1. Output features
+/// are split across threads.
+fn small_rows_forward(x: &[f32], rows: usize, in_dim: usize, w: &[f32], out_dim: usize, b: &[f32]) -> Vec<f32> {
+    const FEATURES_PER_TASK: usize = 32;
+    // Computed feature-major (`yt[o][r]`), then transposed: tasks write disjoint chunks.
+    let mut yt = vec![0f32; out_dim * rows];
+    yt.par_chunks_mut(FEATURES_PER_TASK * rows).enumerate().for_each(|(task, chunk)| {
+        let first = task * FEATURES_PER_TASK;
+        for (k, out) in chunk.chunks_exact_mut(rows).enumerate() {
+            let o = first + k;
+            let w_row = &w[o * in_dim..(o + 1) * in_dim];
+            let mut r = 0;
+            // Four rows of x per pass over the weight row, so each weight is loaded once per four.
+            while r + 4 <= rows {
+                let xs = [&x[r * in_dim..][..in_dim], &x[(r + 1) * in_dim..][..in_dim], &x[(r + 2) * in_dim..][..in_dim], &x[(r + 3) * in_dim..][..in_dim]];
+                let d = dot4(xs, w_row);
+                for (i, v) in d.iter().enumerate() {
+                    out[r + i] = b[o] + v;
+                }
+                r += 4;
+            }
+            for (ri, v) in out.iter_mut().enumerate().skip(r) {
+                *v = b[o] + dot4([&x[ri * in_dim..][..in_dim]; 4], w_row)[0];
+            }
+        }
+    });
+    let mut y = vec![0f32; rows * out_dim];
+    for (o, col) in yt.chunks_exact(rows).enumerate() {
+        for (r, &v) in col.iter().enumerate() {
+            y[r * out_dim + o] = v;
+        }
+    }
+    y
+}
+
+/// Dot products of four vectors with `w`.
+#[inline(always)]
+fn dot4(xs: [&[f32]; 4], w: &[f32]) -> [f32; 4] {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    {
+        // SAFETY: the target features are enabled at compile time; every slice is at least
+        // w.len() long (callers pass rows of the same width).
+        unsafe { dot4_avx2(xs, w) }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+    {
+        dot4_portable(xs, w)
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+#[inline(always)]
+unsafe fn dot4_avx2(xs: [&[f32]; 4], w: &[f32]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let n = w.len();
+    let n8 = n / 8 * 8;
+    let (p0, p1, p2, p3, pw) = (xs[0].as_ptr(), xs[1].as_ptr(), xs[2].as_ptr(), xs[3].as_ptr(), w.as_ptr());
+    let (mut a0, mut a1, mut a2, mut a3) = (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut j = 0;
+    while j < n8 {
+        let wv = _mm256_loadu_ps(pw.add(j));
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(p0.add(j)), wv, a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(p1.add(j)), wv, a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(p2.add(j)), wv, a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(p3.add(j)), wv, a3);
+        j += 8;
+    }
+    let hsum = |v: __m256| -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+    };
+    let mut out = [hsum(a0), hsum(a1), hsum(a2), hsum(a3)];
+    for (o, x) in out.iter_mut().zip(&xs) {
+        *o += x[n8..n].iter().zip(&w[n8..]).map(|(p, q)| p * q).sum::<f32>();
+    }
+    out
+}
+
+#[allow(dead_code)]
+fn dot4_portable(xs: [&[f32]; 4], w: &[f32]) -> [f32; 4] {
+    let mut acc = [[0f32; 8]; 4];
+    let n8 = w.len() / 8 * 8;
+    for j in (0..n8).step_by(8) {
+        let wv: &[f32; 8] = w[j..j + 8].try_into().unwrap();
+        for (a, x) in acc.iter_mut().zip(&xs) {
+            let xv: &[f32; 8] = x[j..j + 8].try_into().unwrap();
+            for l in 0..8 {
+                a[l] = xv[l].mul_add(wv[l], a[l]);
+            }
+        }
+    }
+    let mut out = [0f32; 4];
+    for (i, (a, x)) in acc.iter().zip(&xs).enumerate() {
+        let tail: f32 = x[n8..].iter().zip(&w[n8..]).map(|(p, q)| p * q).sum();
+        out[i] = a.iter().sum::<f32>() + tail;
+    }
+    out
+}
+
 /// `x·Wᵀ + b` over the last dimension of `x` (any leading shape).
 pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, LinearOp)
@@ -128,17 +240,20 @@ mod tests {
             let v: Vec<f32> = (0..n).map(|i| (((seed * 31 + i as u64 * 7919) % 997) as f32 / 498.5) - 1.0).collect();
             Var::from_tensor(&Tensor::from_vec(v, shape, &dev).unwrap()).unwrap()
         };
-        let (x, w, b) = (mk(&[3, 5, 7], 1), mk(&[4, 7], 2), mk(&[4], 3));
-        let up = mk(&[3, 5, 4], 4);
-        let fused = linear(&x, &w, &b).unwrap();
-        let reference = x.broadcast_matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
-        let max = |t: Tensor| t.abs().unwrap().flatten_all().unwrap().max(D::Minus1).unwrap().to_scalar::<f32>().unwrap();
-        assert!(max((&fused - &reference).unwrap()) < 1e-5);
-        let gf = (fused * up.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
-        let gr = (reference * up.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
-        for (name, v) in [("x", &x), ("w", &w), ("b", &b)] {
-            let d = max((gf.get(v).unwrap() - gr.get(v).unwrap()).unwrap());
-            assert!(d < 1e-4, "grad {name}: {d}");
+        // 15 rows: the few-rows kernel; 45 rows: gemm. Odd widths exercise the remainders.
+        for (lead, rows_per, in_dim, out_dim) in [(3, 5, 7, 4), (5, 9, 20, 37)] {
+            let (x, w, b) = (mk(&[lead, rows_per, in_dim], 1), mk(&[out_dim, in_dim], 2), mk(&[out_dim], 3));
+            let up = mk(&[lead, rows_per, out_dim], 4);
+            let fused = linear(&x, &w, &b).unwrap();
+            let reference = x.broadcast_matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
+            let max = |t: Tensor| t.abs().unwrap().flatten_all().unwrap().max(D::Minus1).unwrap().to_scalar::<f32>().unwrap();
+            assert!(max((&fused - &reference).unwrap()) < 1e-5);
+            let gf = (fused * up.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+            let gr = (reference * up.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+            for (name, v) in [("x", &x), ("w", &w), ("b", &b)] {
+                let d = max((gf.get(v).unwrap() - gr.get(v).unwrap()).unwrap());
+                assert!(d < 1e-4, "grad {name}: {d}");
+            }
         }
     }
 }
