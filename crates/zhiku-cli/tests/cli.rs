@@ -125,6 +125,7 @@ fn bad_input_is_reported_without_side_effects() {
         (vec!["--train".into(), f.s("train.jsonl"), "--peft".into(), "prefix".into(), "--fgm-epsilon".into(), "1".into()], "--fgm-epsilon perturbs the word embeddings"),
         (vec!["--train".into(), f.s("train.jsonl"), "--rdrop-alpha=-1".into()], "--rdrop-alpha must be 0 or more"),
         (vec!["--train".into(), f.s("train.jsonl"), "--dropout".into(), "1.5".into()], "--dropout must be in [0, 1)"),
+        (vec!["--train".into(), f.s("train.jsonl"), "--precision".into(), "fp8".into()], "unknown precision \"fp8\": use fp32, bf16 or fp16"),
     ];
     for (extra, want) in cases {
         let out = f.s("never");

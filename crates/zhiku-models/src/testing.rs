@@ -26,3 +26,12 @@ pub fn write_tiny_model(dir: &Path, words: &[&str], dropout: f64, seed: u64) -> 
     candle_core::safetensors::save(&ws.params.tensors(), dir.join("model.safetensors"))?;
     Ok(())
 }
+
+/// A two-row batch for `BertConfig::tiny(40)` models: a padded row and a text pair.
+pub fn tiny_batch() -> crate::EncodedBatch {
+    let dev = Device::Cpu;
+    let ids = candle_core::Tensor::new(&[[2u32, 7, 9, 11, 3, 0], [2, 5, 3, 13, 17, 3]], &dev).unwrap();
+    let types = candle_core::Tensor::new(&[[0u32, 0, 0, 0, 0, 0], [0, 0, 0, 1, 1, 1]], &dev).unwrap();
+    let mask = candle_core::Tensor::new(&[[1u32, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]], &dev).unwrap();
+    crate::EncodedBatch { input_ids: ids, token_type_ids: types, attention_mask: mask, lengths: vec![5, 6] }
+}

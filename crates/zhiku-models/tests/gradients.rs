@@ -11,11 +11,7 @@ fn tiny(pooling: Pooling, dtype: DType) -> SequenceClassifier {
 }
 
 fn batch() -> EncodedBatch {
-    let dev = Device::Cpu;
-    let ids = Tensor::new(&[[2u32, 7, 9, 11, 3, 0], [2, 5, 3, 13, 17, 3]], &dev).unwrap();
-    let types = Tensor::new(&[[0u32, 0, 0, 0, 0, 0], [0, 0, 0, 1, 1, 1]], &dev).unwrap();
-    let mask = Tensor::new(&[[1u32, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]], &dev).unwrap();
-    EncodedBatch { input_ids: ids, token_type_ids: types, attention_mask: mask, lengths: vec![5, 6] }
+    zhiku_models::testing::tiny_batch()
 }
 
 /// A scalar that depends on every logit with distinct weights.

@@ -424,6 +424,8 @@ impl Trainer {
                     opt.update(&grads, lr, clip / scale)?;
                 } else {
                     state.skipped_steps += 1;
+                    let why = if state.loss_scale.is_some() { format!(" (fp16 loss scale {scale} halved)") } else { String::new() };
+                    on_event(TrainEvent::Message(format!("step {}: gradients not finite, update skipped{why}", state.global_step + 1)));
                 }
                 if let Some(s) = &mut state.loss_scale {
                     s.update(norm.is_finite());
