@@ -1,7 +1,7 @@
 //! A BERT encoder (transformers' `BertModel`) on candle, trainable end to end.
 
 use crate::config::{Activation, BertConfig};
-use crate::layers::{activate, additive_mask, maybe_dropout, DropoutRng, LayerNorm, Linear};
+use crate::layers::{activate, additive_mask, as_dtype, maybe_dropout, DropoutRng, LayerNorm, Linear};
 use crate::params::{Init, WeightSource};
 use crate::peft::{load_linear, Bottleneck, PeftConfig, Prefix};
 use anyhow::Result;
@@ -183,11 +183,8 @@ impl BertModel {
             let k = split(k)?;
             let v = split(v)?;
             let scores = q.matmul(&k.t()?)?;
-            let probs = if scores.dtype() == mask.dtype() {
-                crate::kernels::masked_softmax(&scores, &mask)?
-            } else {
-                crate::kernels::masked_softmax(&scores.to_dtype(mask.dtype())?, &mask)?.to_dtype(scores.dtype())?
-            };
+            let probs = crate::kernels::masked_softmax(&as_dtype(&scores, mask.dtype())?, &mask)?;
+            let probs = as_dtype(&probs, scores.dtype())?;
             let probs = maybe_dropout(&probs, cfg.attention_probs_dropout_prob, rng)?;
             probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))?
         };

@@ -265,23 +265,22 @@ impl SequenceClassifier {
     /// Pooled sentence vectors `[batch, hidden]` (before head dropout).
     pub fn embed(&self, batch: &EncodedBatch, rng: Option<&mut DropoutRng>) -> Result<Tensor> {
         let hidden = self.encoder.forward(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask, rng)?;
-        let pooled = match self.config.pooling {
-            Pooling::Pooler => self.encoder.pool(&hidden)?,
-            Pooling::Cls => cls_pool(&hidden)?,
-            Pooling::Mean => mean_pool(&hidden, &batch.attention_mask)?,
-        };
-        crate::layers::as_dtype(&pooled, self.head.weight.dtype())
+        crate::layers::as_dtype(&self.pool(&hidden, batch)?, self.head.weight.dtype())
+    }
+
+    /// The sentence vector of each row under the head's pooling.
+    fn pool(&self, hidden: &Tensor, batch: &EncodedBatch) -> Result<Tensor> {
+        match self.config.pooling {
+            Pooling::Pooler => self.encoder.pool(hidden),
+            Pooling::Cls => cls_pool(hidden),
+            Pooling::Mean => mean_pool(hidden, &batch.attention_mask),
+        }
     }
 
     /// Logits `[batch, num_labels]`; `rng` is `Some` in training mode.
     pub fn forward(&self, batch: &EncodedBatch, mut rng: Option<&mut DropoutRng>) -> Result<Tensor> {
         let hidden = self.encoder.forward(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask, rng.as_deref_mut())?;
-        let pooled = match self.config.pooling {
-            Pooling::Pooler => self.encoder.pool(&hidden)?,
-            Pooling::Cls => cls_pool(&hidden)?,
-            Pooling::Mean => mean_pool(&hidden, &batch.attention_mask)?,
-        };
-        let pooled = maybe_dropout(&pooled, self.head_dropout, &mut rng)?;
+        let pooled = maybe_dropout(&self.pool(&hidden, batch)?, self.head_dropout, &mut rng)?;
         // Logits in the weights' precision (f32 under mixed precision), for the loss.
         crate::layers::as_dtype(&self.head.forward(&pooled)?, self.head.weight.dtype())
     }

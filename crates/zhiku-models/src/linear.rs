@@ -133,18 +133,17 @@ fn small_rows_forward(x: &[f32], rows: usize, in_dim: usize, w: &[f32], out_dim:
         for (k, out) in chunk.chunks_exact_mut(rows).enumerate() {
             let o = first + k;
             let w_row = &w[o * in_dim..(o + 1) * in_dim];
-            let mut r = 0;
-            // Four rows of x per pass over the weight row, so each weight is loaded once per four.
-            while r + 4 <= rows {
-                let xs = [&x[r * in_dim..][..in_dim], &x[(r + 1) * in_dim..][..in_dim], &x[(r + 2) * in_dim..][..in_dim], &x[(r + 3) * in_dim..][..in_dim]];
-                let d = dot4(xs, w_row);
-                for (i, v) in d.iter().enumerate() {
-                    out[r + i] = b[o] + v;
+            // Four rows of x per pass over the weight row, so each weight is loaded once per four;
+            // a last group of fewer rows repeats its final row in the unused slots.
+            for (group, out) in out.chunks_mut(4).enumerate() {
+                let row = |i: usize| {
+                    let r = group * 4 + i.min(out.len() - 1);
+                    &x[r * in_dim..(r + 1) * in_dim]
+                };
+                let d = dot4([row(0), row(1), row(2), row(3)], w_row);
+                for (v, dot) in out.iter_mut().zip(d) {
+                    *v = b[o] + dot;
                 }
-                r += 4;
-            }
-            for (ri, v) in out.iter_mut().enumerate().skip(r) {
-                *v = b[o] + dot4([&x[ri * in_dim..][..in_dim]; 4], w_row)[0];
             }
         }
     });
@@ -201,7 +200,9 @@ unsafe fn dot4_avx2(xs: [&[f32]; 4], w: &[f32]) -> [f32; 4] {
     out
 }
 
-#[allow(dead_code)]
+/// The same without AVX2 (eight partial sums per vector; `mul_add` would be a library call on
+/// CPUs without FMA).
+#[cfg_attr(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"), allow(dead_code))]
 fn dot4_portable(xs: [&[f32]; 4], w: &[f32]) -> [f32; 4] {
     let mut acc = [[0f32; 8]; 4];
     let n8 = w.len() / 8 * 8;
@@ -210,7 +211,7 @@ fn dot4_portable(xs: [&[f32]; 4], w: &[f32]) -> [f32; 4] {
         for (a, x) in acc.iter_mut().zip(&xs) {
             let xv: &[f32; 8] = x[j..j + 8].try_into().unwrap();
             for l in 0..8 {
-                a[l] = xv[l].mul_add(wv[l], a[l]);
+                a[l] += xv[l] * wv[l];
             }
         }
     }
@@ -231,6 +232,22 @@ pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
 mod tests {
     use super::*;
     use candle_core::{Device, Var, D};
+
+    #[test]
+    fn dot4_paths_agree() {
+        // Widths with and without a remainder after the 8-lane blocks.
+        for n in [7, 16, 21, 384] {
+            let v = |seed: usize| -> Vec<f32> { (0..n).map(|i| (((seed * 31 + i * 7919) % 997) as f32 / 498.5) - 1.0).collect() };
+            let (x0, x1, x2, x3, w) = (v(1), v(2), v(3), v(4), v(5));
+            let xs = [&x0[..], &x1[..], &x2[..], &x3[..]];
+            let exact: Vec<f32> = xs.iter().map(|x| x.iter().zip(&w).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() as f32).collect();
+            for (got, path) in [(dot4(xs, &w), "dot4"), (dot4_portable(xs, &w), "portable")] {
+                for (g, e) in got.iter().zip(&exact) {
+                    assert!((g - e).abs() < 1e-4, "{path} n={n}: {g} vs {e}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn matches_candle_matmul_with_gradients() {

@@ -40,9 +40,10 @@ pub fn shard_count(rows: usize, device: &candle_core::Device) -> usize {
     if !device.is_cpu() {
         return 1;
     }
+    static LIMIT: OnceLock<Option<usize>> = OnceLock::new();
+    let limit = LIMIT.get_or_init(|| std::env::var("ZHIKU_SHARDS").ok().and_then(|v| v.parse::<usize>().ok()));
     let cores = rayon::current_num_threads();
-    let limit = std::env::var("ZHIKU_SHARDS").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(cores);
-    limit.min(cores).min(pools().len()).min(rows).max(1)
+    limit.unwrap_or(cores).min(cores).min(pools().len()).min(rows).max(1)
 }
 
 /// `rows` cut into `n` contiguous ranges whose lengths differ by at most one.

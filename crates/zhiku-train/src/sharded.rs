@@ -31,7 +31,7 @@ fn forward_backward_in(model: &SequenceClassifier, batch: &EncodedBatch, shards:
     let ranges = shard::split_rows(rows, shards);
     let parts = shard::run(ranges.len(), |i| {
         let t0 = Instant::now();
-        let part = if ranges.len() == 1 { batch.rows(0..rows)? } else { batch.rows(ranges[i].clone())? };
+        let part = batch.rows(ranges[i].clone())?;
         let loss = loss_of(&part, ranges[i].clone())?;
         let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         let t1 = Instant::now();

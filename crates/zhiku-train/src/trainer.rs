@@ -131,9 +131,6 @@ pub struct TrainerState {
     /// fp16 dynamic loss scaling: the current scale and finite steps since it last changed.
     #[serde(default)]
     pub loss_scale: Option<LossScale>,
-    /// Optimizer steps skipped because the gradients were not finite.
-    #[serde(default)]
-    pub skipped_steps: u64,
 }
 
 /// Dynamic loss scaling for fp16 (PyTorch's `GradScaler` rule): the loss is multiplied by
@@ -423,7 +420,6 @@ impl Trainer {
                 if norm.is_finite() {
                     opt.update(&grads, lr, clip / scale)?;
                 } else {
-                    state.skipped_steps += 1;
                     let why = if state.loss_scale.is_some() { format!(" (fp16 loss scale {scale} halved)") } else { String::new() };
                     on_event(TrainEvent::Message(format!("step {}: gradients not finite, update skipped{why}", state.global_step + 1)));
                 }
