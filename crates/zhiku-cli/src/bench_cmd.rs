@@ -36,6 +36,10 @@ pub struct BenchArgs {
     /// Also measure int8 inference (quantised linear layers) in the same run, with its speed-up.
     #[arg(long)]
     int8: bool,
+    /// Compute precision: fp32, or bf16 / fp16 activations over f32 master weights (for GPUs;
+    /// on the CPU half precision is slower than fp32).
+    #[arg(long, default_value = "fp32")]
+    precision: zhiku_models::Precision,
     /// A reference benchmark command to run in the same session (see below).
     #[arg(long)]
     reference: Option<String>,
@@ -50,17 +54,17 @@ pub fn run(a: BenchArgs) -> Result<i32> {
     let folder = ModelFolder::open(&a.model)?;
     let device = zhiku_models::default_device();
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    eprintln!("model {} ({} layers, hidden {}), device {:?}, {threads} threads", a.model.display(), folder.config.num_hidden_layers, folder.config.hidden_size, device);
-    let infer = if a.no_infer { None } else { Some(bench::inference(&folder, a.infer_batch, a.seq, a.batches, &device, false)?) };
-    let infer_int8 = if a.int8 && !a.no_infer { Some(bench::inference(&folder, a.infer_batch, a.seq, a.batches, &device, true)?) } else { None };
-    let train = if a.no_train { None } else { Some(bench::train_step(&folder, a.train_batch, a.seq, a.steps, &device)?) };
+    eprintln!("model {} ({} layers, hidden {}), device {:?}, {threads} threads, precision {}", a.model.display(), folder.config.num_hidden_layers, folder.config.hidden_size, device, a.precision);
+    let infer = if a.no_infer { None } else { Some(bench::inference(&folder, a.infer_batch, a.seq, a.batches, &device, false, a.precision)?) };
+    let infer_int8 = if a.int8 && !a.no_infer { Some(bench::inference(&folder, a.infer_batch, a.seq, a.batches, &device, true, a.precision)?) } else { None };
+    let train = if a.no_train { None } else { Some(bench::train_step(&folder, a.train_batch, a.seq, a.steps, &device, a.precision)?) };
     let peak_rss = bench::peak_rss_mib();
     let ceiling = bench::gemm_ceiling(&device)?;
     let reference = match &a.reference {
         Some(cmd) => Some(run_reference(cmd)?),
         None => None,
     };
-    let mut result = json!({"zhiku": {"train": train, "infer": infer, "infer_int8": infer_int8, "peak_rss_mib": peak_rss, "gemm_2048_gflops": ceiling}, "reference": reference});
+    let mut result = json!({"precision": a.precision, "device": format!("{device:?}"), "zhiku": {"train": train, "infer": infer, "infer_int8": infer_int8, "peak_rss_mib": peak_rss, "gemm_2048_gflops": ceiling}, "reference": reference});
     if let (Some(t), Some(r)) = (&train, reference.as_ref().and_then(|r| r.get("train_s_per_step")).and_then(|v| v.as_f64())) {
         result["train_speedup"] = json!(r / t.median_s);
     }

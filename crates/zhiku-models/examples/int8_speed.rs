@@ -5,7 +5,7 @@ use candle_core::{Device, Tensor};
 use std::time::Instant;
 fn main() {
     let dev = Device::Cpu;
-    for (m, k, n) in [(4096, 384, 384), (4096, 384, 1536), (4096, 1536, 384)] {
+    for (m, k, n) in [(4096, 384, 384), (4096, 384, 1536), (4096, 1536, 384), (1024, 384, 1152)] {
         let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
         let w = Tensor::randn(0f32, 0.05, (n, k), &dev).unwrap();
         let b = Tensor::zeros(n, candle_core::DType::F32, &dev).unwrap();

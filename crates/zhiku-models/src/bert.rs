@@ -1,7 +1,7 @@
 //! A BERT encoder (transformers' `BertModel`) on candle, trainable end to end.
 
 use crate::config::{Activation, BertConfig};
-use crate::layers::{activate, additive_mask, as_dtype, maybe_dropout, DropoutRng, LayerNorm, Linear};
+use crate::layers::{additive_mask, as_dtype, maybe_dropout, DropoutRng, LayerNorm, Linear};
 use crate::params::{Init, WeightSource};
 use crate::peft::{load_linear, Bottleneck, PeftConfig, Prefix};
 use anyhow::Result;
@@ -194,7 +194,7 @@ impl BertModel {
         }
         let x = a.norm.forward(&attn.add(x)?)?;
         let f = &layer.ffn;
-        let inter = activate(&f.intermediate.forward_t(&x, rng)?, self.activation)?;
+        let inter = f.intermediate.forward_activated(&x, self.activation, rng)?;
         let mut out = maybe_dropout(&f.output.forward_t(&inter, rng)?, cfg.hidden_dropout_prob, rng)?;
         if let Some((_, after_ffn)) = &layer.adapters {
             out = after_ffn.forward(&out)?;

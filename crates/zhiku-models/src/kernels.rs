@@ -303,6 +303,14 @@ fn erf(x: f32) -> f32 {
     r.copysign(x)
 }
 
+/// Exact (erf) GELU in place, on one thread: for kernels that apply it to a block of their own
+/// output while it is still in cache (the int8 linear layer's epilogue).
+pub fn gelu_erf_in_place(xs: &mut [f32]) {
+    for v in xs {
+        *v = 0.5 * *v * (1.0 + erf(*v * SQRT_2_INV));
+    }
+}
+
 struct GeluErf;
 
 impl CustomOp1 for GeluErf {

@@ -41,6 +41,14 @@ impl Linear {
         self.forward_t(x, &mut None)
     }
 
+    /// `act(forward_t(x))`; an int8 layer without LoRA applies an erf GELU in its own epilogue.
+    pub fn forward_activated(&self, x: &Tensor, act: Activation, rng: &mut Option<&mut DropoutRng>) -> Result<Tensor> {
+        match (&self.int8, &self.lora, act) {
+            (Some(q), None, Activation::GeluErf) => Ok(q.forward_gelu(x)?),
+            _ => activate(&self.forward_t(x, rng)?, act),
+        }
+    }
+
     /// Switches the layer to int8 weights (inference only: the int8 path has no backward) and
     /// releases its f32 weight.
     pub fn quantize_int8(&mut self) -> Result<()> {

@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use std::time::Instant;
-use zhiku_models::{BertConfig, ClassifierConfig, DropoutRng, EncodedBatch, ModelFolder, Pooling, ProblemType, SequenceClassifier};
+use zhiku_models::{BertConfig, ClassifierConfig, DropoutRng, EncodedBatch, ModelFolder, Pooling, Precision, ProblemType, SequenceClassifier};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainBench {
@@ -63,8 +63,11 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-pub fn train_step(folder: &ModelFolder, batch: usize, seq: usize, steps: usize, device: &Device) -> Result<TrainBench> {
-    let model = SequenceClassifier::from_folder(folder, Some(head()), 0, device)?;
+/// One timed training step as the trainer runs it; `precision` chooses the compute type over f32
+/// master weights (fp16 runs without loss scaling here: it changes no timing).
+pub fn train_step(folder: &ModelFolder, batch: usize, seq: usize, steps: usize, device: &Device, precision: Precision) -> Result<TrainBench> {
+    let mut model = SequenceClassifier::from_folder(folder, Some(head()), 0, device)?;
+    model.set_precision(precision);
     let mut opt = AdamW::new(&model.params, AdamWConfig::default())?;
     let data = synthetic_batch(&folder.config, batch, seq, device, 1)?;
     let labels: Vec<u32> = (0..batch as u32).map(|i| i % 5).collect();
@@ -95,8 +98,9 @@ pub fn train_step(folder: &ModelFolder, batch: usize, seq: usize, steps: usize, 
 }
 
 /// Inference throughput; `int8` quantises the encoder's linear layers first.
-pub fn inference(folder: &ModelFolder, batch: usize, seq: usize, batches: usize, device: &Device, int8: bool) -> Result<InferBench> {
+pub fn inference(folder: &ModelFolder, batch: usize, seq: usize, batches: usize, device: &Device, int8: bool, precision: Precision) -> Result<InferBench> {
     let mut model = SequenceClassifier::for_inference(folder, Some(head()), device)?;
+    model.set_precision(precision);
     if int8 {
         model.quantize_int8()?;
     }
@@ -106,6 +110,7 @@ pub fn inference(folder: &ModelFolder, batch: usize, seq: usize, batches: usize,
     for _ in 0..batches {
         model.forward(&data, None)?.to_dtype(candle_core::DType::F32)?.sum_all()?.to_scalar::<f32>()?;
     }
+    device.synchronize()?;
     let secs = t0.elapsed().as_secs_f64();
     let seq_per_s = (batch * batches) as f64 / secs;
     let gflop = forward_flops(&folder.config, seq) / 1e9;
