@@ -57,6 +57,7 @@ fn main() {
     // step, and returning them to the kernel costs page faults and zeroing each time.
     configure_allocator();
     configure_threads();
+    zhiku_models::float_env::init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(a) => train_cmd::run(a),

@@ -9,6 +9,7 @@
 pub mod bert;
 pub mod classifier;
 pub mod config;
+pub mod float_env;
 pub mod folder;
 pub mod attention;
 pub mod kernels;

@@ -26,6 +26,7 @@ fn pools() -> &'static [rayon::ThreadPool] {
                 rayon::ThreadPoolBuilder::new()
                     .num_threads(1)
                     .thread_name(move |_| format!("zhiku-shard-{i}"))
+                    .start_handler(|_| crate::float_env::flush_denormals_on_this_thread())
                     .build()
                     .expect("cannot start a shard thread")
             })

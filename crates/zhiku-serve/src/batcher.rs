@@ -58,7 +58,10 @@ impl Batcher {
         let (tx, rx) = bounded::<Job>(config.queue_size.max(1));
         std::thread::Builder::new()
             .name(format!("zhiku-batch-{name}"))
-            .spawn(move || worker(&name, &model, &rx, config, &metrics))
+            .spawn(move || {
+                zhiku_models::float_env::flush_denormals_on_this_thread();
+                worker(&name, &model, &rx, config, &metrics)
+            })
             .expect("spawning a thread");
         Self { tx }
     }
