@@ -317,10 +317,12 @@ pub(crate) mod vnni {
     /// Output channels per packed block (one zmm of i32).
     const LANES: usize = 16;
 
+    /// Whether this CPU has the kernel's instructions (`ZHIKU_NO_VNNI` set: treated as not).
     pub fn available() -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni")
+            std::env::var_os("ZHIKU_NO_VNNI").is_none()
+                && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni")
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
