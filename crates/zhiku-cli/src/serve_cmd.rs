@@ -43,7 +43,8 @@ pub struct ServeArgs {
     /// (on the CPU, passes over ~2048 tokens outgrow the caches and run slower per text).
     #[arg(long, default_value_t = 2048)]
     max_batch_tokens: usize,
-    /// How long a batch waits for more requests before running, in milliseconds.
+    /// How long a batch waits for more requests before running, in milliseconds (only while
+    /// requests overlap: a lone request runs at once).
     #[arg(long, default_value_t = 1)]
     max_wait_ms: u64,
     /// Requests that may wait per model; beyond that the server answers 503 with Retry-After.

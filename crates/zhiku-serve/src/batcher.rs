@@ -85,10 +85,13 @@ fn cost(job: &Job) -> usize {
 }
 
 fn worker(name: &str, model: &TextModel, rx: &Receiver<Job>, config: BatchConfig, metrics: &Metrics) {
+    // Whether requests have been overlapping: only then is waiting for company worth it. A lone
+    // client (one request at a time) would otherwise pay max_wait on every request for nothing.
+    let mut busy = false;
     while let Ok(first) = rx.recv() {
         let mut tokens = cost(&first);
         let mut jobs = vec![first];
-        let deadline = Instant::now() + config.max_wait;
+        let deadline = Instant::now() + if busy { config.max_wait } else { Duration::ZERO };
         while tokens < config.max_batch_tokens {
             // Take whatever is already queued; wait (up to max_wait) only for the rest.
             let next = match rx.try_recv() {
@@ -103,6 +106,7 @@ fn worker(name: &str, model: &TextModel, rx: &Receiver<Job>, config: BatchConfig
                 Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
             }
         }
+        busy = jobs.len() > 1 || !rx.is_empty();
         run_jobs(name, model, jobs, config, metrics);
     }
 }
