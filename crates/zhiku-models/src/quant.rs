@@ -111,14 +111,8 @@ impl QuantLinear {
         // Rows in blocks: each task quantises its rows, then runs them against all weights.
         let block = 16;
         y.par_chunks_mut(block * self.out_dim).enumerate().for_each(|(bi, out)| {
-            let r0 = bi * block;
             let n = out.len() / self.out_dim;
-            let mut qx = vec![0u8; n * self.padded];
-            let mut act_scale = vec![0f32; n];
-            for r in 0..n {
-                let src = &xs[(r0 + r) * in_dim..(r0 + r + 1) * in_dim];
-                act_scale[r] = quantize_row(src, &mut qx[r * self.padded..(r + 1) * self.padded]);
-            }
+            let (qx, act_scale) = self.quantize_rows(xs, bi * block, n);
             let mut sums = vec![0i32; n * self.out_dim];
             self.rows_times_weights(&qx, n, &mut sums);
             for r in 0..n {
@@ -138,21 +132,10 @@ impl QuantLinear {
     /// The VNNI path: blocks of rows are quantised, multiplied and dequantised in one task.
     fn forward_vnni(&self, xs: &[f32], rows: usize, packed: &[i8], gelu: bool) -> Vec<f32> {
         let block = 64;
-        let mut y: Vec<f32> = Vec::with_capacity(rows * self.out_dim);
-        // SAFETY: every element is written by the kernel's epilogue before it is read.
-        #[allow(clippy::uninit_vec)]
-        unsafe {
-            y.set_len(rows * self.out_dim)
-        };
+        let mut y = vec![0f32; rows * self.out_dim];
         y.par_chunks_mut(block * self.out_dim).enumerate().for_each(|(bi, out)| {
-            let r0 = bi * block;
             let n = out.len() / self.out_dim;
-            let mut qx = vec![0u8; n * self.padded];
-            let mut act_scale = vec![0f32; n];
-            for r in 0..n {
-                let src = &xs[(r0 + r) * self.in_dim..(r0 + r + 1) * self.in_dim];
-                act_scale[r] = quantize_row(src, &mut qx[r * self.padded..(r + 1) * self.padded]);
-            }
+            let (qx, act_scale) = self.quantize_rows(xs, bi * block, n);
             let tail = vnni::Tail { weight_scales: &self.scales, row_sums: &self.row_sums, bias: &self.bias, act_scales: &act_scale };
             // SAFETY: `available()` was true when the weights were packed; sizes match `pack`.
             unsafe { vnni::gemm(&qx, n, packed, self.out_dim, self.padded, &tail, out) };
@@ -161,6 +144,17 @@ impl QuantLinear {
             }
         });
         y
+    }
+
+    /// Rows `first..first + n` of `xs` quantised (`n × padded` bytes) with their scales.
+    fn quantize_rows(&self, xs: &[f32], first: usize, n: usize) -> (Vec<u8>, Vec<f32>) {
+        let mut qx = vec![0u8; n * self.padded];
+        let mut scales = vec![0f32; n];
+        for r in 0..n {
+            let src = &xs[(first + r) * self.in_dim..(first + r + 1) * self.in_dim];
+            scales[r] = quantize_row(src, &mut qx[r * self.padded..(r + 1) * self.padded]);
+        }
+        (qx, scales)
     }
 
     /// For `n` quantised rows: `out[r, o] = Σ_i qx[r, i] · w[o, i]`.
