@@ -26,10 +26,9 @@ pub struct QuantLinear {
     in_dim: usize,
     /// `in_dim` rounded up to a multiple of 32 (the kernel's step); padding is zero.
     padded: usize,
-    /// `[out_dim, padded]`, row-major.
+    /// `[out_dim, padded]`, row-major, or in the VNNI kernel's packed layout when `vnni`.
     weights: Vec<i8>,
-    /// The same weights in the VNNI kernel's layout, when that kernel is used (see `vnni`).
-    packed: Option<Vec<i8>>,
+    vnni: bool,
     /// Per output channel: weight = q · scale.
     scales: Vec<f32>,
     /// Per output channel: Σ_i q[o, i] (removes the activation offset).
@@ -60,23 +59,14 @@ impl QuantLinear {
             Some(b) => b.to_dtype(candle_core::DType::F32)?.to_vec1()?,
             None => vec![0f32; out_dim],
         };
-        let mut q = Self { out_dim, in_dim, padded, weights, scales, row_sums, bias, packed: None };
-        if vnni::available() {
-            q.use_vnni();
-        }
-        Ok(q)
-    }
-
-    /// Switches to the VNNI kernel: packs the weights into its layout and drops the row-major
-    /// copy. Callers check [`vnni::available`].
-    fn use_vnni(&mut self) {
-        self.packed = Some(vnni::pack(&self.weights, self.out_dim, self.padded));
-        self.weights = Vec::new();
+        let vnni = vnni::available();
+        let weights = if vnni { vnni::pack(&weights, out_dim, padded) } else { weights };
+        Ok(Self { out_dim, in_dim, padded, weights, vnni, scales, row_sums, bias })
     }
 
     /// Bytes the quantised weights take.
     pub fn weight_bytes(&self) -> usize {
-        self.weights.len() + self.packed.as_ref().map_or(0, Vec::len) + 4 * (self.scales.len() + self.row_sums.len() + self.bias.len())
+        self.weights.len() + 4 * (self.scales.len() + self.row_sums.len() + self.bias.len())
     }
 
     /// `x Wᵀ + b` over the last dimension of `x` (f32, CPU).
@@ -103,23 +93,26 @@ impl QuantLinear {
         let xs = &all[start..end];
         let mut out_dims = dims;
         *out_dims.last_mut().unwrap() = self.out_dim;
-        if let Some(packed) = &self.packed {
-            let y = self.forward_vnni(xs, rows, packed, gelu);
-            return Tensor::from_vec(y, out_dims, &Device::Cpu);
-        }
         let mut y = vec![0f32; rows * self.out_dim];
-        // Rows in blocks: each task quantises its rows, then runs them against all weights.
-        let block = 16;
+        // Rows in blocks: each task quantises its rows, runs them against all weights and
+        // writes finished outputs.
+        let block = if self.vnni { 64 } else { 16 };
         y.par_chunks_mut(block * self.out_dim).enumerate().for_each(|(bi, out)| {
             let n = out.len() / self.out_dim;
             let (qx, act_scale) = self.quantize_rows(xs, bi * block, n);
-            let mut sums = vec![0i32; n * self.out_dim];
-            self.rows_times_weights(&qx, n, &mut sums);
-            for r in 0..n {
-                let row = &mut out[r * self.out_dim..(r + 1) * self.out_dim];
-                for (o, v) in row.iter_mut().enumerate() {
-                    let exact = sums[r * self.out_dim + o] - OFFSET * self.row_sums[o];
-                    *v = exact as f32 * act_scale[r] * self.scales[o] + self.bias[o];
+            if self.vnni {
+                let tail = vnni::Tail { weight_scales: &self.scales, row_sums: &self.row_sums, bias: &self.bias, act_scales: &act_scale };
+                // SAFETY: `available()` was true when the weights were packed; sizes match `pack`.
+                unsafe { vnni::gemm(&qx, n, &self.weights, self.out_dim, self.padded, &tail, out) };
+            } else {
+                let mut sums = vec![0i32; n * self.out_dim];
+                self.rows_times_weights(&qx, n, &mut sums);
+                for r in 0..n {
+                    let row = &mut out[r * self.out_dim..(r + 1) * self.out_dim];
+                    for (o, v) in row.iter_mut().enumerate() {
+                        let exact = sums[r * self.out_dim + o] - OFFSET * self.row_sums[o];
+                        *v = exact as f32 * act_scale[r] * self.scales[o] + self.bias[o];
+                    }
                 }
             }
             if gelu {
@@ -127,23 +120,6 @@ impl QuantLinear {
             }
         });
         Tensor::from_vec(y, out_dims, &Device::Cpu)
-    }
-
-    /// The VNNI path: blocks of rows are quantised, multiplied and dequantised in one task.
-    fn forward_vnni(&self, xs: &[f32], rows: usize, packed: &[i8], gelu: bool) -> Vec<f32> {
-        let block = 64;
-        let mut y = vec![0f32; rows * self.out_dim];
-        y.par_chunks_mut(block * self.out_dim).enumerate().for_each(|(bi, out)| {
-            let n = out.len() / self.out_dim;
-            let (qx, act_scale) = self.quantize_rows(xs, bi * block, n);
-            let tail = vnni::Tail { weight_scales: &self.scales, row_sums: &self.row_sums, bias: &self.bias, act_scales: &act_scale };
-            // SAFETY: `available()` was true when the weights were packed; sizes match `pack`.
-            unsafe { vnni::gemm(&qx, n, packed, self.out_dim, self.padded, &tail, out) };
-            if gelu {
-                crate::kernels::gelu_erf_in_place(out);
-            }
-        });
-        y
     }
 
     /// Rows `first..first + n` of `xs` quantised (`n × padded` bytes) with their scales.
@@ -157,7 +133,7 @@ impl QuantLinear {
         (qx, scales)
     }
 
-    /// For `n` quantised rows: `out[r, o] = Σ_i qx[r, i] · w[o, i]`.
+    /// For `n` quantised rows: `out[r, o] = Σ_i qx[r, i] · w[o, i]` (row-major weights).
     fn rows_times_weights(&self, qx: &[u8], n: usize, out: &mut [i32]) {
         #[cfg(target_arch = "x86_64")]
         {
@@ -478,7 +454,7 @@ mod tests {
             let w = Tensor::from_vec(gen(n * k, 7), (n, k), &dev).unwrap();
             let b = Tensor::from_vec(gen(n, 3), n, &dev).unwrap();
             let fast = QuantLinear::new(&w, Some(&b)).unwrap();
-            assert!(fast.packed.is_some());
+            assert!(fast.vnni);
             let plain = row_major(QuantLinear::new(&w, Some(&b)).unwrap());
             let want = plain.forward(&x).unwrap().to_vec2::<f32>().unwrap();
             let got = fast.forward(&x).unwrap().to_vec2::<f32>().unwrap();
@@ -510,13 +486,15 @@ mod tests {
 
     /// The layer on the row-major kernels (AVX2 or portable), whatever this CPU has.
     fn row_major(mut q: QuantLinear) -> QuantLinear {
-        if let Some(packed) = q.packed.take() {
+        if q.vnni {
+            let packed = std::mem::take(&mut q.weights);
             q.weights = vec![0i8; q.out_dim * q.padded];
             for o in 0..q.out_dim {
                 for i in 0..q.padded {
                     q.weights[o * q.padded + i] = packed[vnni::packed_index(o, i, q.padded)];
                 }
             }
+            q.vnni = false;
         }
         q
     }
