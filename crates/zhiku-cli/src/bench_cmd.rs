@@ -43,9 +43,10 @@ pub struct BenchArgs {
     /// A reference benchmark command to run in the same session (see below).
     #[arg(long)]
     reference: Option<String>,
-    /// Peak FMA throughput of this machine in GFLOP/s, to print the share of peak reached.
-    #[arg(long, default_value_t = 500.0)]
-    peak_gflops: f64,
+    /// Peak FMA throughput of this machine in GFLOP/s, to print the share of peak reached
+    /// (default on the CPU: measured at start-up with register-only FMA loops on every core).
+    #[arg(long)]
+    peak_gflops: Option<f64>,
     #[arg(long)]
     json: bool,
 }
@@ -55,6 +56,15 @@ pub fn run(a: BenchArgs) -> Result<i32> {
     let device = zhiku_models::default_device();
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     eprintln!("model {} ({} layers, hidden {}), device {:?}, {threads} threads, precision {}", a.model.display(), folder.config.num_hidden_layers, folder.config.hidden_size, device, a.precision);
+    let peak = match a.peak_gflops {
+        Some(p) => Some(p),
+        None if device.is_cpu() => Some(bench::fma_peak_gflops(threads)),
+        None => None,
+    };
+    let share = |gflops: f64| match peak {
+        Some(p) => format!(" ({:.0}% of {p:.0} peak)", 100.0 * gflops / p),
+        None => String::new(),
+    };
     let infer = if a.no_infer { None } else { Some(bench::inference(&folder, a.infer_batch, a.seq, a.batches, &device, false, a.precision)?) };
     let infer_int8 = if a.int8 && !a.no_infer { Some(bench::inference(&folder, a.infer_batch, a.seq, a.batches, &device, true, a.precision)?) } else { None };
     let train = if a.no_train { None } else { Some(bench::train_step(&folder, a.train_batch, a.seq, a.steps, &device, a.precision)?) };
@@ -64,12 +74,17 @@ pub fn run(a: BenchArgs) -> Result<i32> {
         Some(cmd) => Some(run_reference(cmd)?),
         None => None,
     };
-    let mut result = json!({"precision": a.precision, "device": format!("{device:?}"), "zhiku": {"train": train, "infer": infer, "infer_int8": infer_int8, "peak_rss_mib": peak_rss, "gemm_2048_gflops": ceiling}, "reference": reference});
+    let mut result = json!({"precision": a.precision, "device": format!("{device:?}"), "zhiku": {"train": train, "infer": infer, "infer_int8": infer_int8, "peak_rss_mib": peak_rss, "gemm_2048_gflops": ceiling, "peak_gflops": peak}, "reference": reference});
     if let (Some(t), Some(r)) = (&train, reference.as_ref().and_then(|r| r.get("train_s_per_step")).and_then(|v| v.as_f64())) {
         result["train_speedup"] = json!(r / t.median_s);
     }
     if let (Some(i), Some(r)) = (&infer, reference.as_ref().and_then(|r| r.get("infer_seq_per_s")).and_then(|v| v.as_f64())) {
         result["infer_speedup"] = json!(i.seq_per_s / r);
+        for (engine, key) in [("torch", "torch_infer_seq_per_s"), ("ort", "ort_infer_seq_per_s")] {
+            if let Some(r) = reference.as_ref().and_then(|r| r.get(key)).and_then(|v| v.as_f64()) {
+                result[format!("infer_speedup_{engine}")] = json!(i.seq_per_s / r);
+            }
+        }
     }
     if let (Some(f), Some(q)) = (&infer, &infer_int8) {
         result["int8_speedup"] = json!(q.seq_per_s / f.seq_per_s);
@@ -80,8 +95,8 @@ pub fn run(a: BenchArgs) -> Result<i32> {
     }
     if let Some(i) = &infer {
         println!(
-            "inference  {}x{}: {:>7.1} seq/s   {:.2} GFLOP/seq  {:>6.1} GFLOP/s ({:.0}% of {:.0} peak)",
-            i.batch, i.seq, i.seq_per_s, i.gflop_per_seq, i.gflops, 100.0 * i.gflops / a.peak_gflops, a.peak_gflops
+            "inference  {}x{}: {:>7.1} seq/s   {:.2} GFLOP/seq  {:>6.1} GFLOP/s{}",
+            i.batch, i.seq, i.seq_per_s, i.gflop_per_seq, i.gflops, share(i.gflops)
         );
     }
     if let (Some(f), Some(q)) = (&infer, &infer_int8) {
@@ -89,21 +104,26 @@ pub fn run(a: BenchArgs) -> Result<i32> {
     }
     if let Some(t) = &train {
         println!(
-            "train step {}x{}: {:>7.3} s/step (forward {:.3}, backward {:.3}, optimizer {:.3})  {:.0} GFLOP/step  {:.1} GFLOP/s ({:.0}% of peak)",
-            t.batch, t.seq, t.median_s, t.forward_s, t.backward_s, t.optimizer_s, t.gflop_per_step, t.gflops, 100.0 * t.gflops / a.peak_gflops
+            "train step {}x{}: {:>7.3} s/step (forward {:.3}, backward {:.3}, optimizer {:.3})  {:.0} GFLOP/step  {:.1} GFLOP/s{}",
+            t.batch, t.seq, t.median_s, t.forward_s, t.backward_s, t.optimizer_s, t.gflop_per_step, t.gflops, share(t.gflops)
         );
     }
     if let Some(m) = peak_rss {
         println!("peak memory (RSS): {m:.0} MiB");
     }
-    println!("GEMM ceiling (2048^3 f32 matmul): {ceiling:.1} GFLOP/s");
+    println!("GEMM ceiling (2048^3 f32 matmul): {ceiling:.1} GFLOP/s{}", share(ceiling));
     if let Some(r) = &reference {
         println!("reference: {}", serde_json::to_string(r)?);
         if let Some(s) = result.get("train_speedup").and_then(|v| v.as_f64()) {
             println!("training speed vs reference: {s:.2}x ({})", if s >= 1.0 { "faster" } else { "slower" });
         }
         if let Some(s) = result.get("infer_speedup").and_then(|v| v.as_f64()) {
-            println!("inference speed vs reference: {s:.2}x ({})", if s >= 1.0 { "faster" } else { "slower" });
+            println!("inference speed vs reference: {s:.2}x ({}; against the faster of its engines)", if s >= 1.0 { "faster" } else { "slower" });
+        }
+        for (engine, name) in [("torch", "PyTorch"), ("ort", "ONNX Runtime")] {
+            if let Some(s) = result.get(format!("infer_speedup_{engine}")).and_then(|v| v.as_f64()) {
+                println!("  vs {name}: {s:.2}x");
+            }
         }
         if let (Some(ours), Some(theirs)) = (peak_rss, r.get("peak_rss_mib").and_then(|v| v.as_f64())) {
             println!("peak memory: {ours:.0} MiB vs reference {theirs:.0} MiB ({:.2}x)", ours / theirs);
@@ -121,5 +141,5 @@ fn run_reference(cmd: &str) -> Result<serde_json::Value> {
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().rev().find(|l| l.trim_start().starts_with('{')).context("reference printed no JSON object")?;
-    Ok(serde_json::from_str(line).context("reference output is not JSON")?)
+    serde_json::from_str(line).context("reference output is not JSON")
 }

@@ -22,7 +22,7 @@ fn data_lines(n: usize, offset: usize) -> String {
     (0..n)
         .map(|i| {
             let k = i + offset;
-            let (base, label) = if k % 2 == 0 { (0, "fruit") } else { (6, "vehicle") };
+            let (base, label) = if k.is_multiple_of(2) { (0, "fruit") } else { (6, "vehicle") };
             format!("{{\"text\": \"{} {} {}\", \"label\": \"{label}\"}}\n", WORDS[base + k % 6], WORDS[base + (k / 2) % 6], WORDS[base + (k / 3) % 6])
         })
         .collect()
@@ -151,7 +151,9 @@ fn bad_input_is_reported_without_side_effects() {
 fn ctrl_c_checkpoints_and_resume_matches_an_uninterrupted_run() {
     let f = Fixture::new();
     let mut long = f.train_args("cut");
-    long.iter_mut().skip_while(|a| *a != "--epochs").nth(1).map(|e| *e = "30".into());
+    if let Some(e) = long.iter_mut().skip_while(|a| *a != "--epochs").nth(1) {
+        *e = "30".into();
+    }
     let mut full_args = long.clone();
     *full_args.iter_mut().find(|a| a.ends_with("cut")).unwrap() = f.s("full");
     let o = run(&args(&full_args));

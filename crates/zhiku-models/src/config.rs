@@ -90,7 +90,7 @@ impl BertConfig {
         if !matches!(self.model_type.as_str(), "bert" | "roberta" | "xlm-roberta" | "ernie") {
             bail!("model_type {:?} is not a BERT-family encoder zhiku supports (bert, roberta, ernie)", self.model_type)
         }
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             bail!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden_size,

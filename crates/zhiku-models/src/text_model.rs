@@ -41,6 +41,8 @@ pub enum EmbeddingPooling {
     Cls,
 }
 
+// One per loaded model, so the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Net {
     Classifier(SequenceClassifier),
     Encoder(BertModel),

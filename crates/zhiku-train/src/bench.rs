@@ -140,3 +140,77 @@ pub fn gemm_ceiling(device: &Device) -> Result<f64> {
     device.synchronize()?;
     Ok(reps as f64 * 2.0 * (n * n * n) as f64 / t0.elapsed().as_secs_f64() / 1e9)
 }
+
+/// Measured peak FMA throughput of this CPU in GFLOP/s, all `threads` cores at once: each thread
+/// runs 12 independent chains of the widest FMA the CPU has (512-bit with AVX-512, else 256-bit,
+/// else scalar) with no memory traffic, so it is the number no kernel can beat. Takes ~0.3 s.
+pub fn fma_peak_gflops(threads: usize) -> f64 {
+    let iters: u64 = 40_000_000;
+    let rates: Vec<f64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads.max(1))
+            .map(|_| {
+                s.spawn(move || {
+                    let t0 = Instant::now();
+                    let flops = fma_chains(iters);
+                    flops / t0.elapsed().as_secs_f64() / 1e9
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(0.0)).collect()
+    });
+    rates.iter().sum()
+}
+
+/// Runs `iters` rounds of 12 dependent FMA chains; returns the FLOPs done.
+fn fma_chains(iters: u64) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked above).
+            return unsafe { fma_x86::chains512(iters) };
+        }
+        if std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("avx") {
+            // SAFETY: the CPU has AVX and FMA (checked above).
+            return unsafe { fma_x86::chains256(iters) };
+        }
+    }
+    let mut acc = [0f32; 12];
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = a.mul_add(0.999, 0.0001);
+        }
+    }
+    std::hint::black_box(acc);
+    iters as f64 * 12.0 * 2.0
+}
+
+#[cfg(target_arch = "x86_64")]
+mod fma_x86 {
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn chains512(iters: u64) -> f64 {
+        let (x, y) = (_mm512_set1_ps(0.999), _mm512_set1_ps(0.0001));
+        let mut a = [_mm512_setzero_ps(); 12];
+        for _ in 0..iters {
+            for v in a.iter_mut() {
+                *v = _mm512_fmadd_ps(*v, x, y);
+            }
+        }
+        std::hint::black_box(a);
+        iters as f64 * 12.0 * 16.0 * 2.0
+    }
+
+    #[target_feature(enable = "avx,fma")]
+    pub unsafe fn chains256(iters: u64) -> f64 {
+        let (x, y) = (_mm256_set1_ps(0.999), _mm256_set1_ps(0.0001));
+        let mut a = [_mm256_setzero_ps(); 12];
+        for _ in 0..iters {
+            for v in a.iter_mut() {
+                *v = _mm256_fmadd_ps(*v, x, y);
+            }
+        }
+        std::hint::black_box(a);
+        iters as f64 * 12.0 * 8.0 * 2.0
+    }
+}

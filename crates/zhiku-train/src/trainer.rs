@@ -450,7 +450,7 @@ impl Trainer {
                 let end_of_epoch = state.step_in_epoch == steps_per_epoch;
                 let last_step = state.global_step >= total_steps;
                 let due = match cfg.eval_steps {
-                    Some(k) => state.global_step % k == 0 || last_step,
+                    Some(k) => state.global_step.is_multiple_of(k) || last_step,
                     None => end_of_epoch || last_step,
                 };
                 if due {
