@@ -188,29 +188,24 @@ fn fma_chains(iters: u64) -> f64 {
 mod fma_x86 {
     use std::arch::x86_64::*;
 
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn chains512(iters: u64) -> f64 {
-        let (x, y) = (_mm512_set1_ps(0.999), _mm512_set1_ps(0.0001));
-        let mut a = [_mm512_setzero_ps(); 12];
-        for _ in 0..iters {
-            for v in a.iter_mut() {
-                *v = _mm512_fmadd_ps(*v, x, y);
+    /// One function per vector width: 12 FMA chains of `$lanes`-wide vectors.
+    macro_rules! chains {
+        ($name:ident, $feature:literal, $set1:ident, $zero:ident, $fma:ident, $lanes:expr) => {
+            #[target_feature(enable = $feature)]
+            pub unsafe fn $name(iters: u64) -> f64 {
+                let (x, y) = ($set1(0.999), $set1(0.0001));
+                let mut a = [$zero(); 12];
+                for _ in 0..iters {
+                    for v in a.iter_mut() {
+                        *v = $fma(*v, x, y);
+                    }
+                }
+                std::hint::black_box(a);
+                iters as f64 * 12.0 * $lanes * 2.0
             }
-        }
-        std::hint::black_box(a);
-        iters as f64 * 12.0 * 16.0 * 2.0
+        };
     }
 
-    #[target_feature(enable = "avx,fma")]
-    pub unsafe fn chains256(iters: u64) -> f64 {
-        let (x, y) = (_mm256_set1_ps(0.999), _mm256_set1_ps(0.0001));
-        let mut a = [_mm256_setzero_ps(); 12];
-        for _ in 0..iters {
-            for v in a.iter_mut() {
-                *v = _mm256_fmadd_ps(*v, x, y);
-            }
-        }
-        std::hint::black_box(a);
-        iters as f64 * 12.0 * 8.0 * 2.0
-    }
+    chains!(chains512, "avx512f", _mm512_set1_ps, _mm512_setzero_ps, _mm512_fmadd_ps, 16.0);
+    chains!(chains256, "avx,fma", _mm256_set1_ps, _mm256_setzero_ps, _mm256_fmadd_ps, 8.0);
 }
