@@ -57,6 +57,7 @@ pub fn run(a: BenchArgs) -> Result<i32> {
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     eprintln!("model {} ({} layers, hidden {}), device {:?}, {threads} threads, precision {}", a.model.display(), folder.config.num_hidden_layers, folder.config.hidden_size, device, a.precision);
     let peak = match a.peak_gflops {
+        Some(p) if !(p.is_finite() && p > 0.0) => bail!("--peak-gflops must be a positive number, got {p}"),
         Some(p) => Some(p),
         None if device.is_cpu() => Some(bench::fma_peak_gflops(threads)),
         None => None,

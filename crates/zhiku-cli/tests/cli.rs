@@ -322,3 +322,20 @@ fn setfit_trains_a_plain_classifier_folder() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success() && out.starts_with("fruit") && out.lines().nth(1).unwrap().starts_with("vehicle"), "{out}");
 }
+
+#[test]
+fn bench_reports_speeds_against_the_measured_fma_peak() {
+    let f = Fixture::new();
+    let model = f.s("model");
+    let o = run(&["bench", "--model", &model, "--seq", "16", "--train-batch", "2", "--infer-batch", "4", "--steps", "1", "--batches", "1", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("bench --json prints one JSON object");
+    let z = &v["zhiku"];
+    let peak = z["peak_gflops"].as_f64().expect("the CPU's FMA peak is measured");
+    assert!(peak > 0.1, "peak {peak}");
+    assert!(z["infer"]["seq_per_s"].as_f64().unwrap() > 0.0 && z["train"]["median_s"].as_f64().unwrap() > 0.0, "{v}");
+    // Nothing runs faster than the register-only FMA loop (generous margin for a noisy machine).
+    assert!(z["gemm_2048_gflops"].as_f64().unwrap() < 1.5 * peak, "{v}");
+    let o = run(&["bench", "--model", &model, "--peak-gflops", "0"]);
+    assert!(!o.status.success() && stderr(&o).contains("--peak-gflops must be a positive number"), "{}", stderr(&o));
+}

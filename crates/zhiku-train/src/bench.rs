@@ -45,7 +45,10 @@ pub fn forward_flops(cfg: &BertConfig, seq: usize) -> f64 {
 
 fn synthetic_batch(cfg: &BertConfig, batch: usize, seq: usize, device: &Device, seed: u64) -> Result<EncodedBatch> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let ids: Vec<u32> = (0..batch * seq).map(|_| rng.random_range(1000..cfg.vocab_size.max(1001) as u32)).collect();
+    // Ordinary tokens: above the special and unused ids at the start of a BERT vocabulary
+    // (the first 1000), or the upper half of a small test vocabulary.
+    let low = (cfg.vocab_size / 2).min(1000) as u32;
+    let ids: Vec<u32> = (0..batch * seq).map(|_| rng.random_range(low..(cfg.vocab_size as u32).max(low + 1))).collect();
     Ok(EncodedBatch {
         input_ids: Tensor::from_vec(ids, (batch, seq), device)?,
         token_type_ids: Tensor::zeros((batch, seq), candle_core::DType::U32, device)?,
