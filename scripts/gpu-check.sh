@@ -45,7 +45,7 @@ for p in fp32 bf16 fp16; do
     ref="$PY bench/torch_bench.py --model $M --device cuda --precision $p --steps $STEPS --batches $STEPS --no-ort $shape"
     ref="${ref/--no-train/--steps 1}"
     echo "-- $p, $shape"
-    timer $Z bench --model $M --precision $p --steps $STEPS --batches $STEPS --seq 128 $shape --peak-gflops 989000 \
+    timer $Z bench --model $M --precision $p --steps $STEPS --batches $STEPS --seq 128 $shape \
       --reference "$ref 2>/dev/null" --json > "$OUT/bench-$p-${shape// /_}.json" || fail "bench $p $shape"
     [ -s "$OUT/bench-$p-${shape// /_}.json" ] && $PY - "$OUT/bench-$p-${shape// /_}.json" <<'PY'
 import json, sys

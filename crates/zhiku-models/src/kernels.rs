@@ -307,8 +307,13 @@ fn erf(x: f32) -> f32 {
 /// output while it is still in cache (the int8 linear layer's epilogue).
 pub fn gelu_erf_in_place(xs: &mut [f32]) {
     for v in xs {
-        *v = 0.5 * *v * (1.0 + erf(*v * SQRT_2_INV));
+        *v = gelu_erf_one(*v);
     }
+}
+
+#[inline(always)]
+fn gelu_erf_one(v: f32) -> f32 {
+    0.5 * v * (1.0 + erf(v * SQRT_2_INV))
 }
 
 struct GeluErf;
@@ -322,7 +327,7 @@ impl CustomOp1 for GeluErf {
         let x = slice(s, l, "gelu input")?;
         let out = par_fill(x.len(), |start, o| {
             for (o, &v) in o.iter_mut().zip(&x[start..]) {
-                o.write(0.5 * v * (1.0 + erf(v * SQRT_2_INV)));
+                o.write(gelu_erf_one(v));
             }
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
