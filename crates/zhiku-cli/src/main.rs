@@ -4,6 +4,7 @@ mod average_cmd;
 mod bench_cmd;
 mod columns;
 mod eval_cmd;
+mod generate_cmd;
 mod merge_cmd;
 mod predict_cmd;
 mod serve_cmd;
@@ -52,6 +53,10 @@ enum Command {
     Bench(bench_cmd::BenchArgs),
     /// Serve classifiers and encoders over HTTP (classify, embed, OpenAI-compatible embeddings).
     Serve(serve_cmd::ServeArgs),
+    /// Generate text with a language model (GGUF: Qwen2.5, SmolLM2/Llama, Gemma 3), streamed.
+    Generate(generate_cmd::GenerateArgs),
+    /// Talk with a language model in the terminal; the conversation's history is kept.
+    Chat(generate_cmd::ChatArgs),
 }
 
 fn main() {
@@ -69,6 +74,8 @@ fn main() {
         Command::Average(a) => average_cmd::run(a),
         Command::Bench(a) => bench_cmd::run(a),
         Command::Serve(a) => serve_cmd::run(a),
+        Command::Generate(a) => generate_cmd::run_generate(a),
+        Command::Chat(a) => generate_cmd::run_chat(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -7,10 +7,14 @@
 //! Training lives in `zhiku-train`; this crate knows nothing about optimisers or data files.
 
 pub mod bert;
+pub mod blocks;
 pub mod classifier;
 pub mod config;
+pub mod decoder;
 pub mod float_env;
 pub mod folder;
+pub mod gguf;
+pub mod gguf_tokenizer;
 pub mod attention;
 pub mod kernels;
 pub mod layers;
@@ -18,6 +22,7 @@ pub mod linear;
 pub mod params;
 pub mod peft;
 pub mod precision;
+pub mod qmatmul;
 pub mod quant;
 pub mod shard;
 pub mod testing;

@@ -1,0 +1,656 @@
+//! Matrix products with weights in ggml's block formats, read where they lie (in the GGUF
+//! memory map), never dequantised as a whole.
+//!
+//! Activations are quantised per row in groups of 32 to 8 bits (one f32 scale per group, and
+//! the scaled sums of each half-group), like llama.cpp's Q8_0. A weight group's 32 unsigned
+//! codes are then multiplied with the activation bytes in integers, and
+//! `Σ w·x = d · (scale₀·Σ₀ code·a + scale₁·Σ₁ code·a + offset₀·Σ₀ a + offset₁·Σ₁ a)`
+//! (see `blocks`). On x86 with AVX-VNNI one `vpdpbusd` does a group's 32 products; with AVX2
+//! alone the bytes are widened to 16 bits and `vpmaddwd` does them; elsewhere a portable loop.
+//! All three compute the same integer sums.
+//!
+//! A product runs as tiles: up to 64 activation rows stay in cache while a thread walks its
+//! share of the weight rows, and each weight group is unpacked once for 4 activation rows.
+//! Decoding (1 row per sequence) is bound by reading the weights once.
+
+use crate::blocks::{GgmlType, GroupParams, QuantFormat, Q4K, Q4_0, Q4_1, Q5K, Q5_0, Q5_1, Q6K, Q8_0};
+use crate::gguf::GgufTensor;
+use anyhow::{bail, Result};
+use rayon::prelude::*;
+
+/// Activation rows quantised to 8 bits in groups of 32.
+pub struct QuantizedRows {
+    pub rows: usize,
+    pub cols: usize,
+    pub q: Vec<i8>,
+    /// Per group: the scale (x ≈ d · q).
+    pub d: Vec<f32>,
+    /// Per group: d · Σ q over each half-group of 16.
+    pub dsum: Vec<[f32; 2]>,
+}
+
+impl QuantizedRows {
+    pub fn new(x: &[f32], rows: usize, cols: usize) -> Self {
+        assert_eq!(x.len(), rows * cols);
+        assert_eq!(cols % 32, 0, "row length must be a multiple of 32");
+        let groups = x.len() / 32;
+        let mut q = vec![0i8; x.len()];
+        let mut d = vec![0f32; groups];
+        let mut dsum = vec![[0f32; 2]; groups];
+        q.par_chunks_mut(32 * 64)
+            .zip(d.par_chunks_mut(64))
+            .zip(dsum.par_chunks_mut(64))
+            .zip(x.par_chunks(32 * 64))
+            .for_each(|(((q, d), dsum), x)| {
+                for (((q, d), dsum), x) in q.chunks_exact_mut(32).zip(d.iter_mut()).zip(dsum.iter_mut()).zip(x.chunks_exact(32)) {
+                    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let scale = amax / 127.0;
+                    let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+                    let mut s = [0i32; 2];
+                    for (i, (q, &v)) in q.iter_mut().zip(x).enumerate() {
+                        let r = (v * inv).round() as i8;
+                        *q = r;
+                        s[i / 16] += r as i32;
+                    }
+                    *d = scale;
+                    *dsum = [scale * s[0] as f32, scale * s[1] as f32];
+                }
+            });
+        Self { rows, cols, q, d, dsum }
+    }
+}
+
+enum Weights {
+    /// Quantised blocks in the GGUF map (or owned bytes written by a quantiser).
+    Mapped(GgufTensor),
+    Owned(Vec<u8>),
+    /// Plain floats (F32, F16 and BF16 tensors are widened once at load).
+    Float(Vec<f32>),
+}
+
+/// A weight matrix `[rows, cols]` (rows = output features) in any supported type.
+pub struct QMatrix {
+    pub dtype: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    weights: Weights,
+}
+
+impl QMatrix {
+    pub fn from_gguf(t: GgufTensor) -> Result<Self> {
+        let (rows, cols) = t.info.matrix_shape();
+        let dtype = t.info.dtype;
+        let weights = if dtype.is_quantized() { Weights::Mapped(t) } else { Weights::Float(t.to_f32()?) };
+        Ok(Self { dtype, rows, cols, weights })
+    }
+
+    /// From f32 values, kept as f32 (`GgmlType::F32`) or quantised to `dtype`.
+    pub fn from_f32(values: Vec<f32>, rows: usize, cols: usize, dtype: GgmlType) -> Result<Self> {
+        if values.len() != rows * cols {
+            bail!("matrix of {rows}x{cols} given {} values", values.len())
+        }
+        if cols % dtype.block_len() != 0 {
+            bail!("row length {cols} is not a multiple of {}'s block of {}", dtype.name(), dtype.block_len())
+        }
+        let weights = if dtype.is_quantized() {
+            Weights::Owned(crate::blocks::quantize::quantize(dtype, &values))
+        } else {
+            let mut v = values;
+            if dtype != GgmlType::F32 {
+                // Round through the narrow type so the matrix holds exactly what a file would.
+                let bytes = crate::blocks::quantize::quantize(dtype, &v);
+                dtype.dequantize(&bytes, &mut v)?;
+            }
+            Weights::Float(v)
+        };
+        Ok(Self { dtype, rows, cols, weights })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match &self.weights {
+            Weights::Mapped(t) => t.bytes(),
+            Weights::Owned(b) => b,
+            Weights::Float(_) => &[],
+        }
+    }
+
+    /// Bytes of weight data a product reads.
+    pub fn weight_bytes(&self) -> usize {
+        match &self.weights {
+            Weights::Float(v) => v.len() * 4,
+            _ => self.bytes().len(),
+        }
+    }
+
+    /// Row `r` as f32 (an embedding lookup).
+    pub fn row(&self, r: usize, out: &mut [f32]) -> Result<()> {
+        if r >= self.rows {
+            bail!("row {r} out of range (matrix has {} rows)", self.rows)
+        }
+        match &self.weights {
+            Weights::Float(v) => out.copy_from_slice(&v[r * self.cols..(r + 1) * self.cols]),
+            _ => {
+                let rb = self.dtype.bytes_for(self.cols);
+                self.dtype.dequantize(&self.bytes()[r * rb..(r + 1) * rb], out)?
+            }
+        }
+        Ok(())
+    }
+
+    /// The whole matrix as f32, row-major.
+    pub fn to_f32(&self) -> Result<Vec<f32>> {
+        match &self.weights {
+            Weights::Float(v) => Ok(v.clone()),
+            _ => {
+                let mut out = vec![0f32; self.rows * self.cols];
+                self.dtype.dequantize(self.bytes(), &mut out)?;
+                Ok(out)
+            }
+        }
+    }
+
+    /// `y[n, rows] = x[n, cols] · Wᵀ`.
+    pub fn matmul(&self, x: &[f32], n: usize, y: &mut [f32]) {
+        assert_eq!(x.len(), n * self.cols, "matmul input shape");
+        assert_eq!(y.len(), n * self.rows, "matmul output shape");
+        if n == 0 {
+            return;
+        }
+        if let Weights::Float(w) = &self.weights {
+            return float_matmul(w, self.rows, self.cols, x, n, y);
+        }
+        let acts = QuantizedRows::new(x, n, self.cols);
+        self.matmul_quantized(&acts, y)
+    }
+
+    /// The product in f32 with each weight row dequantised (no rounding of the activations):
+    /// the reference the quantised kernels are measured against, and transformers' arithmetic
+    /// on a GGUF file.
+    pub fn matmul_exact(&self, x: &[f32], n: usize, y: &mut [f32]) -> Result<()> {
+        assert_eq!(x.len(), n * self.cols, "matmul input shape");
+        assert_eq!(y.len(), n * self.rows, "matmul output shape");
+        if let Weights::Float(w) = &self.weights {
+            float_matmul(w, self.rows, self.cols, x, n, y);
+            return Ok(());
+        }
+        let row_bytes = self.dtype.bytes_for(self.cols);
+        let w = self.bytes();
+        let mut yt = vec![0f32; self.rows * n];
+        yt.par_chunks_mut(n).enumerate().try_for_each_init(
+            || vec![0f32; self.cols],
+            |row, (o, col)| -> Result<()> {
+                self.dtype.dequantize(&w[o * row_bytes..(o + 1) * row_bytes], row)?;
+                for (r, v) in col.iter_mut().enumerate() {
+                    *v = crate::decoder::ops::dot(row, &x[r * self.cols..(r + 1) * self.cols]);
+                }
+                Ok(())
+            },
+        )?;
+        for (o, col) in yt.chunks_exact(n).enumerate() {
+            for (r, v) in col.iter().enumerate() {
+                y[r * self.rows + o] = *v;
+            }
+        }
+        Ok(())
+    }
+
+    /// The product with activations already quantised (several matrices reading one input).
+    pub fn matmul_quantized(&self, acts: &QuantizedRows, y: &mut [f32]) {
+        let w = self.bytes();
+        match self.dtype {
+            GgmlType::Q4_0 => run::<Q4_0>(w, self.rows, acts, y),
+            GgmlType::Q4_1 => run::<Q4_1>(w, self.rows, acts, y),
+            GgmlType::Q5_0 => run::<Q5_0>(w, self.rows, acts, y),
+            GgmlType::Q5_1 => run::<Q5_1>(w, self.rows, acts, y),
+            GgmlType::Q8_0 => run::<Q8_0>(w, self.rows, acts, y),
+            GgmlType::Q4K => run::<Q4K>(w, self.rows, acts, y),
+            GgmlType::Q5K => run::<Q5K>(w, self.rows, acts, y),
+            GgmlType::Q6K => run::<Q6K>(w, self.rows, acts, y),
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => unreachable!("float weights take float_matmul"),
+        }
+    }
+
+    pub fn is_float(&self) -> bool {
+        matches!(self.weights, Weights::Float(_))
+    }
+}
+
+/// Which kernel runs: chosen once from the CPU's features (`ZHIKU_QKERNEL=portable|avx2`
+/// forces a slower one, to compare them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    Portable,
+    Avx2,
+    AvxVnni,
+}
+
+pub fn kernel() -> Kernel {
+    static CHOSEN: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+    *CHOSEN.get_or_init(|| {
+        let forced = std::env::var("ZHIKU_QKERNEL").ok();
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+            let vnni = avx2 && is_x86_feature_detected!("avxvnni");
+            match forced.as_deref() {
+                Some("portable") => Kernel::Portable,
+                Some("avx2") if avx2 => Kernel::Avx2,
+                _ if vnni => Kernel::AvxVnni,
+                _ if avx2 => Kernel::Avx2,
+                _ => Kernel::Portable,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = forced;
+            Kernel::Portable
+        }
+    })
+}
+
+/// Activation rows kept in cache while a thread walks its weight rows.
+const ROW_TILE: usize = 64;
+
+fn run<F: x86::SimdFormat>(w: &[u8], rows: usize, acts: &QuantizedRows, y: &mut [f32]) {
+    let n = acts.rows;
+    let row_bytes = F::BYTES * acts.cols / F::LEN;
+    debug_assert_eq!(w.len(), rows * row_bytes);
+    // Output computed as [rows, n] so that each task owns a contiguous slice, then transposed.
+    let threads = rayon::current_num_threads().max(1);
+    let chunk = rows.div_ceil(threads * 4).clamp(8, 256);
+    let kernel = kernel();
+    let mut yt = vec![0f32; rows * n];
+    yt.par_chunks_mut(chunk * n).enumerate().for_each(|(ci, out)| {
+        let first = ci * chunk;
+        let count = out.len() / n;
+        for r0 in (0..n).step_by(ROW_TILE) {
+            let rn = ROW_TILE.min(n - r0);
+            for o in 0..count {
+                let wrow = &w[(first + o) * row_bytes..(first + o + 1) * row_bytes];
+                let dst = &mut out[o * n + r0..o * n + r0 + rn];
+                match kernel {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: `kernel()` checked the CPU features these functions are built for.
+                    Kernel::AvxVnni => unsafe { x86::row_dots_vnni::<F>(wrow, acts, r0, dst) },
+                    #[cfg(target_arch = "x86_64")]
+                    Kernel::Avx2 => unsafe { x86::row_dots_avx2::<F>(wrow, acts, r0, dst) },
+                    _ => row_dots_portable::<F>(wrow, acts, r0, dst),
+                }
+            }
+        }
+    });
+    for (o, col) in yt.chunks_exact(n).enumerate() {
+        for (r, v) in col.iter().enumerate() {
+            y[r * rows + o] = *v;
+        }
+    }
+}
+
+/// Dot products of one weight row with activation rows `r0..r0 + dst.len()`.
+fn row_dots_portable<F: QuantFormat>(wrow: &[u8], acts: &QuantizedRows, r0: usize, dst: &mut [f32]) {
+    let groups_per_row = acts.cols / 32;
+    let mut codes = [0u8; 32];
+    dst.iter_mut().for_each(|v| *v = 0.0);
+    for (b, block) in wrow.chunks_exact(F::BYTES).enumerate() {
+        for g in 0..F::LEN / 32 {
+            let p = F::params(block, g);
+            F::codes(block, g, &mut codes);
+            let col_group = b * F::LEN / 32 + g;
+            for (i, v) in dst.iter_mut().enumerate() {
+                let ag = (r0 + i) * groups_per_row + col_group;
+                let a = &acts.q[ag * 32..ag * 32 + 32];
+                let mut s = [0i32; 2];
+                for (j, (&c, &x)) in codes.iter().zip(a).enumerate() {
+                    s[j / 16] += c as i32 * x as i32;
+                }
+                *v += group_value(&p, acts.d[ag], s, acts.dsum[ag]);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn group_value(p: &GroupParams, d: f32, s: [i32; 2], dsum: [f32; 2]) -> f32 {
+    d * (p.scale[0] * s[0] as f32 + p.scale[1] * s[1] as f32) + p.offset[0] * dsum[0] + p.offset[1] * dsum[1]
+}
+
+/// `y[n, rows] = x[n, cols] · Wᵀ` for f32 weights, parallel over weight rows.
+fn float_matmul(w: &[f32], rows: usize, cols: usize, x: &[f32], n: usize, y: &mut [f32]) {
+    let threads = rayon::current_num_threads().max(1);
+    let chunk = rows.div_ceil(threads * 4).max(8);
+    let mut yt = vec![0f32; rows * n];
+    yt.par_chunks_mut(chunk * n).enumerate().for_each(|(ci, out)| {
+        for (o, col) in out.chunks_exact_mut(n).enumerate() {
+            let wr = &w[(ci * chunk + o) * cols..(ci * chunk + o + 1) * cols];
+            for (r, v) in col.iter_mut().enumerate() {
+                *v = crate::decoder::ops::dot(wr, &x[r * cols..(r + 1) * cols]);
+            }
+        }
+    });
+    for (o, col) in yt.chunks_exact(n).enumerate() {
+        for (r, v) in col.iter().enumerate() {
+            y[r * rows + o] = *v;
+        }
+    }
+}
+
+/// The x86 kernels and each format's unpacking of a group into a vector of 32 codes.
+pub(crate) mod x86 {
+    use super::*;
+
+    /// A format whose groups unpack into a 256-bit vector of codes.
+    pub trait SimdFormat: QuantFormat {
+        /// # Safety
+        /// AVX2 must be available; `block` is one whole block.
+        #[cfg(target_arch = "x86_64")]
+        unsafe fn codes_avx2(block: &[u8], g: usize) -> std::arch::x86_64::__m256i;
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    mod imp {
+        use super::SimdFormat;
+        use crate::blocks::*;
+        use std::arch::x86_64::*;
+
+        #[inline(always)]
+        unsafe fn nibbles16(p: *const u8) -> __m256i {
+            let v = _mm_loadu_si128(p as *const __m128i);
+            let m = _mm_set1_epi8(0x0F);
+            _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m))
+        }
+
+        /// Bit j of `bits` as byte j: 0x10 where set, else 0.
+        #[inline(always)]
+        unsafe fn fifth_bits(bits: u32) -> __m256i {
+            let shuffle = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+            let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), shuffle);
+            let bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+            _mm256_and_si256(_mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1)), _mm256_set1_epi8(0x10))
+        }
+
+        #[inline(always)]
+        unsafe fn shifted_bits(p: *const u8, shift: i32, mask: i8) -> __m256i {
+            let v = _mm256_loadu_si256(p as *const __m256i);
+            _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(shift)), _mm256_set1_epi8(mask))
+        }
+
+        impl SimdFormat for Q4_0 {
+            #[inline(always)]
+            unsafe fn codes_avx2(b: &[u8], _: usize) -> __m256i {
+                nibbles16(b.as_ptr().add(2))
+            }
+        }
+        impl SimdFormat for Q4_1 {
+            #[inline(always)]
+            unsafe fn codes_avx2(b: &[u8], _: usize) -> __m256i {
+                nibbles16(b.as_ptr().add(4))
+            }
+        }
+        impl SimdFormat for Q5_0 {
+            #[inline(always)]
+            unsafe fn codes_avx2(b: &[u8], _: usize) -> __m256i {
+                let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+                _mm256_or_si256(nibbles16(b.as_ptr().add(6)), fifth_bits(qh))
+            }
+        }
+        impl SimdFormat for Q5_1 {
+            #[inline(always)]
+            unsafe fn codes_avx2(b: &[u8], _: usize) -> __m256i {
+                let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+                _mm256_or_si256(nibbles16(b.as_ptr().add(8)), fifth_bits(qh))
+            }
+        }
+        impl SimdFormat for Q8_0 {
+            #[inline(always)]
+            unsafe fn codes_avx2(b: &[u8], _: usize) -> __m256i {
+                _mm256_xor_si256(_mm256_loadu_si256(b.as_ptr().add(2) as *const __m256i), _mm256_set1_epi8(-128))
+            }
+        }
+        impl SimdFormat for Q4K {
+            #[inline(always)]
+            unsafe fn codes_avx2(b: &[u8], g: usize) -> __m256i {
+                shifted_bits(b.as_ptr().add(16 + 32 * (g / 2)), 4 * (g % 2) as i32, 0x0F)
+            }
+        }
+        impl SimdFormat for Q5K {
+            #[inline(always)]
+            unsafe fn codes_avx2(b: &[u8], g: usize) -> __m256i {
+                let low = shifted_bits(b.as_ptr().add(48 + 32 * (g / 2)), 4 * (g % 2) as i32, 0x0F);
+                let high = _mm256_slli_epi16(shifted_bits(b.as_ptr().add(16), g as i32, 0x01), 4);
+                _mm256_or_si256(low, high)
+            }
+        }
+        impl SimdFormat for Q6K {
+            #[inline(always)]
+            unsafe fn codes_avx2(b: &[u8], g: usize) -> __m256i {
+                let (n, k) = (g / 4, g % 4);
+                let low = shifted_bits(b.as_ptr().add(64 * n + 32 * (k & 1)), 4 * (k / 2) as i32, 0x0F);
+                let high = _mm256_slli_epi16(shifted_bits(b.as_ptr().add(128 + 32 * n), 2 * k as i32, 0x03), 4);
+                _mm256_or_si256(low, high)
+            }
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    impl<F: QuantFormat> SimdFormat for F {}
+
+    #[cfg(target_arch = "x86_64")]
+    pub use kernels::*;
+
+    #[cfg(target_arch = "x86_64")]
+    mod kernels {
+        use super::SimdFormat;
+        use crate::qmatmul::QuantizedRows;
+        use std::arch::x86_64::*;
+
+        /// Activation rows per unpacked weight group.
+        const R: usize = 4;
+
+        #[inline(always)]
+        unsafe fn hsum(v: __m256) -> f32 {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+            _mm_cvtss_f32(s)
+        }
+
+        /// Products of 32 unsigned codes with 32 signed bytes, summed in fours: lanes 0-3
+        /// hold the first half-group, lanes 4-7 the second.
+        trait Dot {
+            unsafe fn dot(codes: __m256i, a: __m256i) -> __m256i;
+        }
+        struct Vnni;
+        struct Avx2;
+        impl Dot for Vnni {
+            #[inline(always)]
+            unsafe fn dot(codes: __m256i, a: __m256i) -> __m256i {
+                _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), codes, a)
+            }
+        }
+        impl Dot for Avx2 {
+            #[inline(always)]
+            unsafe fn dot(codes: __m256i, a: __m256i) -> __m256i {
+                // Widened to 16 bits (vpmaddubsw would saturate on Q8_0's codes up to 255).
+                let c0 = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(codes));
+                let c1 = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(codes, 1));
+                let a0 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(a));
+                let a1 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(a, 1));
+                let p = _mm256_hadd_epi32(_mm256_madd_epi16(c0, a0), _mm256_madd_epi16(c1, a1));
+                _mm256_permute4x64_epi64(p, 0b11_01_10_00)
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn row_dots<F: SimdFormat, D: Dot>(wrow: &[u8], acts: &QuantizedRows, r0: usize, dst: &mut [f32]) {
+            let gpr = acts.cols / 32;
+            let groups = F::LEN / 32;
+            let mut i = 0;
+            while i < dst.len() {
+                let rn = R.min(dst.len() - i);
+                let mut acc = [_mm256_setzero_ps(); R];
+                let mut offs = [0f32; R];
+                for (b, block) in wrow.chunks_exact(F::BYTES).enumerate() {
+                    for g in 0..groups {
+                        let p = F::params(block, g);
+                        let codes = F::codes_avx2(block, g);
+                        let col_group = b * groups + g;
+                        let scale = if F::SPLIT_SCALES {
+                            _mm256_set_m128(_mm_set1_ps(p.scale[1]), _mm_set1_ps(p.scale[0]))
+                        } else {
+                            _mm256_set1_ps(p.scale[0])
+                        };
+                        for r in 0..rn {
+                            let ag = (r0 + i + r) * gpr + col_group;
+                            let a = _mm256_loadu_si256(acts.q.as_ptr().add(ag * 32) as *const __m256i);
+                            let d = *acts.d.get_unchecked(ag);
+                            let ds = *acts.dsum.get_unchecked(ag);
+                            let s = _mm256_cvtepi32_ps(D::dot(codes, a));
+                            acc[r] = _mm256_fmadd_ps(s, _mm256_mul_ps(scale, _mm256_set1_ps(d)), acc[r]);
+                            offs[r] += p.offset[0] * ds[0] + p.offset[1] * ds[1];
+                        }
+                    }
+                }
+                for r in 0..rn {
+                    dst[i + r] = hsum(acc[r]) + offs[r];
+                }
+                i += rn;
+            }
+        }
+
+        /// # Safety
+        /// The CPU must have AVX2, FMA and AVX-VNNI.
+        #[target_feature(enable = "avx2,fma,avxvnni")]
+        pub unsafe fn row_dots_vnni<F: SimdFormat>(wrow: &[u8], acts: &QuantizedRows, r0: usize, dst: &mut [f32]) {
+            row_dots::<F, Vnni>(wrow, acts, r0, dst)
+        }
+
+        /// # Safety
+        /// The CPU must have AVX2 and FMA.
+        #[target_feature(enable = "avx2,fma")]
+        pub unsafe fn row_dots_avx2<F: SimdFormat>(wrow: &[u8], acts: &QuantizedRows, r0: usize, dst: &mut [f32]) {
+            row_dots::<F, Avx2>(wrow, acts, r0, dst)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
+            })
+            .collect()
+    }
+
+    /// Every kernel against dequantise-then-f32-matmul, on odd row counts and row tiles.
+    #[test]
+    fn every_kernel_matches_dequantised_matmul_for_every_type() {
+        let (rows, cols) = (37, 512);
+        for ty in GgmlType::ALL {
+            let m = QMatrix::from_f32(values(rows * cols, 1), rows, cols, ty).unwrap();
+            let w = m.to_f32().unwrap();
+            for n in [1, 3, 5, 70] {
+                let x = values(n * cols, 2 + n as u64);
+                let mut expect = vec![0f32; n * rows];
+                for r in 0..n {
+                    for o in 0..rows {
+                        expect[r * rows + o] = (0..cols).map(|i| x[r * cols + i] as f64 * w[o * cols + i] as f64).sum::<f64>() as f32;
+                    }
+                }
+                let scale = expect.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let mut kernels = vec![Kernel::Portable];
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                        kernels.push(Kernel::Avx2);
+                    }
+                    if is_x86_feature_detected!("avxvnni") {
+                        kernels.push(Kernel::AvxVnni);
+                    }
+                }
+                for k in kernels {
+                    let got = matmul_with(&m, &x, n, k);
+                    let err = got.iter().zip(&expect).fold(0f32, |e, (a, b)| e.max((a - b).abs()));
+                    // Activations are rounded to 8 bits: about 0.4% of the row's magnitude.
+                    let tol = if m.is_float() { 1e-4 * scale } else { 0.02 * scale };
+                    assert!(err <= tol, "{} {k:?} n={n}: max error {err} (scale {scale})", ty.name());
+                }
+            }
+        }
+    }
+
+    /// The integer kernels compute identical sums: their outputs agree to rounding.
+    #[test]
+    fn kernels_agree_with_each_other() {
+        let (rows, cols) = (19, 768);
+        for ty in GgmlType::ALL.into_iter().filter(|t| t.is_quantized()) {
+            let m = QMatrix::from_f32(values(rows * cols, 7), rows, cols, ty).unwrap();
+            let x = values(6 * cols, 8);
+            let base = matmul_with(&m, &x, 6, Kernel::Portable);
+            #[cfg(target_arch = "x86_64")]
+            for k in [Kernel::Avx2, Kernel::AvxVnni] {
+                let ok = match k {
+                    Kernel::AvxVnni => is_x86_feature_detected!("avxvnni"),
+                    _ => is_x86_feature_detected!("avx2"),
+                };
+                if !ok {
+                    continue;
+                }
+                let got = matmul_with(&m, &x, 6, k);
+                for (a, b) in got.iter().zip(&base) {
+                    assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{} {k:?}: {a} vs {b}", ty.name());
+                }
+            }
+        }
+    }
+
+    fn matmul_with(m: &QMatrix, x: &[f32], n: usize, k: Kernel) -> Vec<f32> {
+        let mut y = vec![0f32; n * m.rows];
+        if m.is_float() {
+            m.matmul(x, n, &mut y);
+            return y;
+        }
+        let acts = QuantizedRows::new(x, n, m.cols);
+        let row_bytes = m.dtype.bytes_for(m.cols);
+        let w = m.bytes();
+        for o in 0..m.rows {
+            let mut col = vec![0f32; n];
+            let wr = &w[o * row_bytes..(o + 1) * row_bytes];
+            macro_rules! go {
+                ($f:ty) => {
+                    match k {
+                        Kernel::Portable => row_dots_portable::<$f>(wr, &acts, 0, &mut col),
+                        #[cfg(target_arch = "x86_64")]
+                        Kernel::Avx2 => unsafe { x86::row_dots_avx2::<$f>(wr, &acts, 0, &mut col) },
+                        #[cfg(target_arch = "x86_64")]
+                        Kernel::AvxVnni => unsafe { x86::row_dots_vnni::<$f>(wr, &acts, 0, &mut col) },
+                        #[allow(unreachable_patterns)]
+                        _ => unreachable!(),
+                    }
+                };
+            }
+            match m.dtype {
+                GgmlType::Q4_0 => go!(Q4_0),
+                GgmlType::Q4_1 => go!(Q4_1),
+                GgmlType::Q5_0 => go!(Q5_0),
+                GgmlType::Q5_1 => go!(Q5_1),
+                GgmlType::Q8_0 => go!(Q8_0),
+                GgmlType::Q4K => go!(Q4K),
+                GgmlType::Q5K => go!(Q5K),
+                GgmlType::Q6K => go!(Q6K),
+                _ => unreachable!(),
+            }
+            for r in 0..n {
+                y[r * m.rows + o] = col[r];
+            }
+        }
+        y
+    }
+}
