@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The whole test suite: fetches the two small real models once (into .cache/models), then runs
+# The whole test suite: fetches the small real models once (two encoders and three GGUF language
+# models, into .cache/models), then runs
 # every unit, integration and end-to-end test of the workspace, and prints one total line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/fetch-models.sh >/dev/null
+./scripts/fetch-llms.sh >/dev/null
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0

@@ -49,9 +49,58 @@ pub struct BenchArgs {
     peak_gflops: Option<f64>,
     #[arg(long)]
     json: bool,
+    /// Measure text generation instead, with this GGUF model: prompt processing
+    /// (--prompt-tokens), decoding at batch 1 and aggregate decoding with --streams
+    /// concurrent sequences, and the weight bytes read per second against the memory's.
+    #[arg(long, value_name = "MODEL.gguf")]
+    generate: Option<PathBuf>,
+    /// Prompt length for --generate.
+    #[arg(long, default_value_t = 512)]
+    prompt_tokens: usize,
+    /// Concurrent sequences for --generate's decoding measurements.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    streams: Vec<usize>,
+    /// Tokens each sequence decodes in --generate's measurements.
+    #[arg(long, default_value_t = 32)]
+    decode_tokens: usize,
+}
+
+fn run_generate(model: &std::path::Path, a: &BenchArgs) -> Result<i32> {
+    if a.prompt_tokens == 0 || a.decode_tokens == 0 || a.streams.is_empty() || a.streams.contains(&0) {
+        bail!("--prompt-tokens, --decode-tokens and every --streams value must be at least 1")
+    }
+    let lm = zhiku_infer::LanguageModel::open(model)?;
+    let c = &lm.model.config;
+    let threads = rayon::current_num_threads();
+    eprintln!(
+        "model {} ({}, {} layers, hidden {}, file {:.0} MB), {threads} threads, integer kernel {:?}",
+        model.display(), c.arch.name(), c.n_layers, c.hidden, lm.file_size as f64 / 1e6, zhiku_models::qmatmul::kernel()
+    );
+    let r = zhiku_infer::bench::run(&lm, a.prompt_tokens, &a.streams, a.decode_tokens, a.batches.max(1))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&json!({"generate": r, "threads": threads}))?);
+        return Ok(0);
+    }
+    println!("prompt processing ({} tokens): {:>7.1} tokens/s  ({:.1} GFLOP/s)", r.prompt_tokens, r.prefill_tokens_per_s, r.prefill_gflops);
+    let single = r.decode.iter().find(|d| d.0 == 1).map(|d| d.1);
+    for (s, tps) in &r.decode {
+        let rel = single.map(|b| format!("  ({:.2}x batch 1)", tps / b)).unwrap_or_default();
+        println!("decoding, {s:>2} stream{}:          {:>7.1} tokens/s{rel}", if *s == 1 { " " } else { "s" }, tps);
+    }
+    println!(
+        "weights read per token: {:.0} MB; at batch 1 that is {:.1} GB/s of the memory's measured {:.1} GB/s ({:.0}%)",
+        r.weight_bytes_per_token as f64 / 1e6, r.decode_gb_per_s, r.memory_gb_per_s, 100.0 * r.decode_gb_per_s / r.memory_gb_per_s
+    );
+    if let Some(m) = r.rss_mib {
+        println!("resident memory after the runs: {m:.0} MiB (the mapped file is {:.0} MiB; KV caches are freed)", r.file_mib);
+    }
+    Ok(0)
 }
 
 pub fn run(a: BenchArgs) -> Result<i32> {
+    if let Some(m) = &a.generate {
+        return run_generate(m, &a);
+    }
     let folder = ModelFolder::open(&a.model)?;
     let device = zhiku_models::default_device();
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);

@@ -6,6 +6,7 @@
 //! one token per forward pass (one batch of rows through each weight matrix), each with its own
 //! sampler, stop conditions and text stream.
 
+pub mod bench;
 pub mod sampling;
 pub mod stream;
 pub mod template;

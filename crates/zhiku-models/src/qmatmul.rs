@@ -159,8 +159,44 @@ impl QMatrix {
         if let Weights::Float(w) = &self.weights {
             return float_matmul(w, self.rows, self.cols, x, n, y);
         }
+        if n >= GEMM_ROWS {
+            return self.matmul_dequantized(x, n, y);
+        }
         let acts = QuantizedRows::new(x, n, self.cols);
         self.matmul_quantized(&acts, y)
+    }
+
+    /// Many rows (prompt processing): each thread dequantises its share of the weight rows
+    /// once and runs an f32 GEMM (AVX-512 where the CPU has it) over all activation rows. With
+    /// hundreds of rows the dequantisation is a small fraction of the products, and a GEMM
+    /// microkernel does several times the multiply-adds per cycle of the integer kernels.
+    fn matmul_dequantized(&self, x: &[f32], n: usize, y: &mut [f32]) {
+        let threads = rayon::current_num_threads().max(1);
+        let chunk = self.rows.div_ceil(threads).div_ceil(16) * 16;
+        let row_bytes = self.dtype.bytes_for(self.cols);
+        let w = self.bytes();
+        let cols = self.cols;
+        let rows = self.rows;
+        let out = SharedOut(y.as_mut_ptr());
+        (0..self.rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
+            let first = c * chunk;
+            let count = chunk.min(rows - first);
+            let mut wf = vec![0f32; count * cols];
+            self.dtype.dequantize(&w[first * row_bytes..(first + count) * row_bytes], &mut wf).expect("whole blocks");
+            let out = &out;
+            // SAFETY: this task writes only columns first..first+count of y (n × rows), which
+            // no other task writes; x and wf cover the strides given.
+            unsafe {
+                gemm::gemm(
+                    n, count, cols,
+                    out.0.add(first), 1, rows as isize, false,
+                    x.as_ptr(), 1, cols as isize,
+                    wf.as_ptr(), cols as isize, 1,
+                    0.0, 1.0, false, false, false,
+                    gemm::Parallelism::None,
+                );
+            }
+        });
     }
 
     /// The product in f32 with each weight row dequantised (no rounding of the activations):
@@ -214,6 +250,14 @@ impl QMatrix {
         matches!(self.weights, Weights::Float(_))
     }
 }
+
+/// Rows from which a product dequantises its weights and runs an f32 GEMM.
+pub const GEMM_ROWS: usize = 32;
+
+/// The output pointer shared by the tasks of one product (each writes its own columns).
+struct SharedOut(*mut f32);
+unsafe impl Sync for SharedOut {}
+unsafe impl Send for SharedOut {}
 
 /// Which kernel runs: chosen once from the CPU's features (`ZHIKU_QKERNEL=portable|avx2`
 /// forces a slower one, to compare them).
@@ -480,40 +524,53 @@ pub(crate) mod x86 {
             }
         }
 
+        /// `R` activation rows against one weight row, with every accumulator in a register.
         #[inline(always)]
-        unsafe fn row_dots<F: SimdFormat, D: Dot>(wrow: &[u8], acts: &QuantizedRows, r0: usize, dst: &mut [f32]) {
+        unsafe fn tile<F: SimdFormat, D: Dot, const R: usize>(wrow: &[u8], acts: &QuantizedRows, row0: usize, dst: &mut [f32]) {
             let gpr = acts.cols / 32;
             let groups = F::LEN / 32;
-            let mut i = 0;
-            while i < dst.len() {
-                let rn = R.min(dst.len() - i);
-                let mut acc = [_mm256_setzero_ps(); R];
-                let mut offs = [0f32; R];
-                for (b, block) in wrow.chunks_exact(F::BYTES).enumerate() {
-                    for g in 0..groups {
-                        let p = F::params(block, g);
-                        let codes = F::codes_avx2(block, g);
-                        let col_group = b * groups + g;
+            let mut acc = [_mm256_setzero_ps(); R];
+            let mut offs = [0f32; R];
+            let q = acts.q.as_ptr();
+            for (b, block) in wrow.chunks_exact(F::BYTES).enumerate() {
+                for g in 0..groups {
+                    let p = F::params(block, g);
+                    let codes = F::codes_avx2(block, g);
+                    let col_group = b * groups + g;
+                    for r in 0..R {
+                        let ag = (row0 + r) * gpr + col_group;
+                        let a = _mm256_loadu_si256(q.add(ag * 32) as *const __m256i);
+                        let d = *acts.d.get_unchecked(ag);
+                        let ds = *acts.dsum.get_unchecked(ag);
+                        let s = _mm256_cvtepi32_ps(D::dot(codes, a));
                         let scale = if F::SPLIT_SCALES {
-                            _mm256_set_m128(_mm_set1_ps(p.scale[1]), _mm_set1_ps(p.scale[0]))
+                            _mm256_set_m128(_mm_set1_ps(p.scale[1] * d), _mm_set1_ps(p.scale[0] * d))
                         } else {
-                            _mm256_set1_ps(p.scale[0])
+                            _mm256_set1_ps(p.scale[0] * d)
                         };
-                        for r in 0..rn {
-                            let ag = (r0 + i + r) * gpr + col_group;
-                            let a = _mm256_loadu_si256(acts.q.as_ptr().add(ag * 32) as *const __m256i);
-                            let d = *acts.d.get_unchecked(ag);
-                            let ds = *acts.dsum.get_unchecked(ag);
-                            let s = _mm256_cvtepi32_ps(D::dot(codes, a));
-                            acc[r] = _mm256_fmadd_ps(s, _mm256_mul_ps(scale, _mm256_set1_ps(d)), acc[r]);
-                            offs[r] += p.offset[0] * ds[0] + p.offset[1] * ds[1];
-                        }
+                        acc[r] = _mm256_fmadd_ps(s, scale, acc[r]);
+                        offs[r] += if F::SPLIT_SCALES { p.offset[0] * ds[0] + p.offset[1] * ds[1] } else { p.offset[0] * (ds[0] + ds[1]) };
                     }
                 }
-                for r in 0..rn {
-                    dst[i + r] = hsum(acc[r]) + offs[r];
+            }
+            for r in 0..R {
+                dst[r] = hsum(acc[r]) + offs[r];
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn row_dots<F: SimdFormat, D: Dot>(wrow: &[u8], acts: &QuantizedRows, r0: usize, dst: &mut [f32]) {
+            let mut i = 0;
+            while i < dst.len() {
+                let left = dst.len() - i;
+                let out = &mut dst[i..];
+                match left {
+                    1 => tile::<F, D, 1>(wrow, acts, r0 + i, out),
+                    2 => tile::<F, D, 2>(wrow, acts, r0 + i, out),
+                    3 => tile::<F, D, 3>(wrow, acts, r0 + i, out),
+                    _ => tile::<F, D, R>(wrow, acts, r0 + i, out),
                 }
-                i += rn;
+                i += left.min(R);
             }
         }
 

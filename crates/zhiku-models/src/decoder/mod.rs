@@ -267,9 +267,10 @@ impl DecoderModel {
         c.n_layers * per_layer + c.vocab * c.hidden
     }
 
-    /// Quantises a shared input once when all the matrices reading it are quantised.
+    /// Quantises a shared input once when all the matrices reading it take the integer
+    /// kernels (quantised weights, fewer rows than the GEMM path takes).
     fn quantize_if_needed(&self, h: &[f32], n: usize, cols: usize, ms: [&QMatrix; 3]) -> Option<QuantizedRows> {
-        if !self.exact && ms.iter().all(|m| !m.is_float()) {
+        if !self.exact && n < crate::qmatmul::GEMM_ROWS && ms.iter().all(|m| !m.is_float()) {
             Some(QuantizedRows::new(h, n, cols))
         } else {
             None
