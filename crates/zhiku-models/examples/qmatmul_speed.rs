@@ -8,12 +8,12 @@ fn main() {
     let (rows, cols) = (4864, 1024);
     let args: Vec<String> = std::env::args().collect();
     let types: Vec<GgmlType> = if args.len() > 1 { GgmlType::ALL.into_iter().filter(|t| args[1..].iter().any(|a| a == t.name())).collect() } else { GgmlType::ALL.into_iter().filter(|t| t.is_quantized()).collect() };
-    let w: Vec<f32> = (0..rows * cols).map(|i| ((i as f32 * 0.37).sin())).collect();
+    let w: Vec<f32> = (0..rows * cols).map(|i| (i as f32 * 0.37).sin()).collect();
     println!("kernel {:?}; matrix {rows}x{cols}", zhiku_models::qmatmul::kernel());
     for ty in types {
         let m = QMatrix::from_f32(w.clone(), rows, cols, ty).unwrap();
         for n in [1, 4, 16, 512] {
-            let x: Vec<f32> = (0..n * cols).map(|i| ((i as f32 * 0.11).cos())).collect();
+            let x: Vec<f32> = (0..n * cols).map(|i| (i as f32 * 0.11).cos()).collect();
             let mut y = vec![0f32; n * rows];
             m.matmul(&x, n, &mut y);
             let reps = if n >= 512 { 3 } else { 200 };

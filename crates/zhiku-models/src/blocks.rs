@@ -145,7 +145,7 @@ impl GgmlType {
 
     /// Dequantises `bytes` (whole blocks) into `out`.
     pub fn dequantize(self, bytes: &[u8], out: &mut [f32]) -> Result<()> {
-        if out.len() % self.block_len() != 0 || bytes.len() != self.bytes_for(out.len()) {
+        if !out.len().is_multiple_of(self.block_len()) || bytes.len() != self.bytes_for(out.len()) {
             bail!("{} data of {} bytes cannot hold {} values", self.name(), bytes.len(), out.len())
         }
         match self {
@@ -535,7 +535,7 @@ mod tests {
     use super::*;
 
     fn wave(n: usize, seed: u32) -> Vec<f32> {
-        (0..n).map(|i| ((i as f32 * 0.37 + seed as f32).sin() * 1.7 + ((i * 7 % 13) as f32 - 6.0) * 0.05)).collect()
+        (0..n).map(|i| (i as f32 * 0.37 + seed as f32).sin() * 1.7 + ((i * 7 % 13) as f32 - 6.0) * 0.05).collect()
     }
 
     #[test]

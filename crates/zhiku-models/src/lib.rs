@@ -25,6 +25,7 @@ pub mod precision;
 pub mod qmatmul;
 pub mod quant;
 pub mod shard;
+pub mod slice_ops;
 pub mod testing;
 pub mod text_model;
 pub mod tokenizer;

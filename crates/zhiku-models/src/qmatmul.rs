@@ -89,7 +89,7 @@ impl QMatrix {
         if values.len() != rows * cols {
             bail!("matrix of {rows}x{cols} given {} values", values.len())
         }
-        if cols % dtype.block_len() != 0 {
+        if !cols.is_multiple_of(dtype.block_len()) {
             bail!("row length {cols} is not a multiple of {}'s block of {}", dtype.name(), dtype.block_len())
         }
         let weights = if dtype.is_quantized() {
@@ -217,7 +217,7 @@ impl QMatrix {
             |row, (o, col)| -> Result<()> {
                 self.dtype.dequantize(&w[o * row_bytes..(o + 1) * row_bytes], row)?;
                 for (r, v) in col.iter_mut().enumerate() {
-                    *v = crate::decoder::ops::dot(row, &x[r * self.cols..(r + 1) * self.cols]);
+                    *v = crate::slice_ops::dot(row, &x[r * self.cols..(r + 1) * self.cols]);
                 }
                 Ok(())
             },
@@ -367,7 +367,7 @@ fn float_matmul(w: &[f32], rows: usize, cols: usize, x: &[f32], n: usize, y: &mu
         for (o, col) in out.chunks_exact_mut(n).enumerate() {
             let wr = &w[(ci * chunk + o) * cols..(ci * chunk + o + 1) * cols];
             for (r, v) in col.iter_mut().enumerate() {
-                *v = crate::decoder::ops::dot(wr, &x[r * cols..(r + 1) * cols]);
+                *v = crate::slice_ops::dot(wr, &x[r * cols..(r + 1) * cols]);
             }
         }
     });

@@ -3,7 +3,8 @@
 //! its RoPE can rotate adjacent pairs (2i, 2i+1); transformers rotates (i, i + d/2). Reading a
 //! GGUF we therefore rotate interleaved pairs, which gives transformers' results exactly.
 
-use super::{gguf_config, ops::RopeStyle, Arch, DecoderConfig};
+use super::{gguf_config, Arch, DecoderConfig};
+use crate::slice_ops::RopeStyle;
 use crate::gguf::GgufFile;
 use anyhow::Result;
 

@@ -13,13 +13,12 @@
 
 pub mod gemma3;
 pub mod llama;
-pub mod ops;
 pub mod qwen2;
 
 use crate::gguf::GgufFile;
 use crate::qmatmul::{QMatrix, QuantizedRows};
 use anyhow::{bail, Context, Result};
-use ops::{RopeStyle, RopeTable};
+use crate::slice_ops::{self as ops, RopeStyle, RopeTable};
 use rayon::prelude::*;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -454,7 +453,7 @@ fn gguf_config(file: &GgufFile, arch: Arch) -> Result<DecoderConfig> {
     let hidden = file.require_u64(&key("embedding_length"))? as usize;
     let n_heads = file.require_u64(&key("attention.head_count"))? as usize;
     let n_kv_heads = file.get_u64(&key("attention.head_count_kv")).unwrap_or(n_heads as u64) as usize;
-    if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+    if n_heads == 0 || n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) {
         bail!("{} query heads cannot share {} key/value heads", n_heads, n_kv_heads)
     }
     let head_dim = file.get_u64(&key("attention.key_length")).map(|v| v as usize).unwrap_or(hidden / n_heads);

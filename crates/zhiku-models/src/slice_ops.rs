@@ -1,4 +1,5 @@
-//! The element-wise and attention kernels of the decoders, on plain f32 slices.
+//! Plain f32 slice arithmetic for the decoders and the matrix kernels: dot products, RMSNorm,
+//! rotary embeddings, softmax, activations. A leaf module: it imports nothing from the crate.
 
 /// Dot product with 8 independent accumulators (vectorises to FMAs).
 #[inline]
