@@ -222,11 +222,7 @@ impl QMatrix {
                 Ok(())
             },
         )?;
-        for (o, col) in yt.chunks_exact(n).enumerate() {
-            for (r, v) in col.iter().enumerate() {
-                y[r * self.rows + o] = *v;
-            }
-        }
+        transpose_into(&yt, n, self.rows, y);
         Ok(())
     }
 
@@ -323,6 +319,12 @@ fn run<F: x86::SimdFormat>(w: &[u8], rows: usize, acts: &QuantizedRows, y: &mut 
             }
         }
     });
+    transpose_into(&yt, n, rows, y);
+}
+
+/// `y[r, o] = yt[o, r]`: products are computed per weight row (so each task owns a contiguous
+/// slice) and laid out per activation row at the end.
+fn transpose_into(yt: &[f32], n: usize, rows: usize, y: &mut [f32]) {
     for (o, col) in yt.chunks_exact(n).enumerate() {
         for (r, v) in col.iter().enumerate() {
             y[r * rows + o] = *v;
@@ -371,11 +373,7 @@ fn float_matmul(w: &[f32], rows: usize, cols: usize, x: &[f32], n: usize, y: &mu
             }
         }
     });
-    for (o, col) in yt.chunks_exact(n).enumerate() {
-        for (r, v) in col.iter().enumerate() {
-            y[r * rows + o] = *v;
-        }
-    }
+    transpose_into(&yt, n, rows, y);
 }
 
 /// The x86 kernels and each format's unpacking of a group into a vector of 32 codes.
