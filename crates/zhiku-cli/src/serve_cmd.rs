@@ -8,6 +8,7 @@ use zhiku_serve::{LongText, ServeConfig};
 
 #[derive(Args, Debug)]
 #[command(after_help = "Routes: POST /v1/classify, POST /v1/embed, POST /v1/embeddings (OpenAI-compatible), GET /v1/models,\n\
+POST /v1/chat/completions and POST /v1/completions (OpenAI-compatible, stream: true for server-sent events),\n\
 POST /v1/admin/models and DELETE /v1/admin/models/NAME (load and unload while serving), GET /health,\n\
 GET /metrics (Prometheus), GET /openapi.json, and a page to try the models at /.\n\n\
 API keys: --api-keys FILE or ZHIKU_API_KEYS hold `KEY SCOPE[,SCOPE]` entries (one per line; `;` also\n\
@@ -16,9 +17,10 @@ separates them in the variable). Scopes: predict (the /v1 routes) and admin (eve
 Example:\n  zhiku serve --model news=runs/news --model minilm=models/all-MiniLM-L6-v2\n  \
 curl -s localhost:8080/v1/classify -d '{\"model\": \"news\", \"texts\": [\"Stocks rallied\"], \"top_k\": 3}'")]
 pub struct ServeArgs {
-    /// A model to serve, as NAME=DIR (repeat for several): a classifier written by `zhiku train`,
-    /// or an encoder folder (embeddings only).
-    #[arg(long = "model", value_name = "NAME=DIR", required = true)]
+    /// A model to serve, as NAME=DIR or NAME=FILE.gguf (repeat for several): a classifier written
+    /// by `zhiku train`, an encoder folder (embeddings only), or a language model in a GGUF file
+    /// (OpenAI-compatible /v1/chat/completions and /v1/completions).
+    #[arg(long = "model", value_name = "NAME=PATH", required = true)]
     models: Vec<String>,
     /// Run the named model with int8 linear layers (repeat for several): faster on the CPU,
     /// scores change slightly (see the README for measured accuracy).
@@ -59,19 +61,33 @@ pub struct ServeArgs {
     /// Texts longer than the model's maximum length: truncate, or reject (413).
     #[arg(long, default_value = "truncate")]
     long_text: String,
+    /// Language models: most sequences generating at once (continuous batching); more wait in
+    /// the queue (--queue-size), beyond which the server answers 503.
+    #[arg(long, default_value_t = 16)]
+    max_sequences: usize,
+    /// Language models: MiB of KV cache the running sequences may reserve together (each
+    /// reserves its prompt plus max_tokens positions).
+    #[arg(long, default_value_t = 2048)]
+    kv_cache_mib: usize,
 }
 
 pub fn run(a: ServeArgs) -> Result<i32> {
     let mut models = Vec::new();
+    let mut llms: Vec<(String, PathBuf)> = Vec::new();
     for m in &a.models {
         let Some((name, dir)) = m.split_once('=') else { bail!("--model {m:?}: expected NAME=DIR") };
         if !zhiku_serve::valid_model_name(name) {
             bail!("--model {m:?}: names are letters, digits, '.', '_' and '-'")
         }
-        if models.iter().any(|(n, _)| n == name) {
+        if models.iter().chain(&llms).any(|(n, _)| n == name) {
             bail!("--model: the name {name:?} is given twice")
         }
-        models.push((name.to_string(), PathBuf::from(dir)));
+        let path = PathBuf::from(dir);
+        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+            llms.push((name.to_string(), path));
+        } else {
+            models.push((name.to_string(), path));
+        }
     }
     let long_text = match a.long_text.as_str() {
         "truncate" => LongText::Truncate,
@@ -88,6 +104,13 @@ pub fn run(a: ServeArgs) -> Result<i32> {
             a.int8.clone()
         },
         models,
+        llms,
+        llm_limits: {
+            if a.max_sequences == 0 || a.kv_cache_mib == 0 {
+                bail!("--max-sequences and --kv-cache-mib must be at least 1")
+            }
+            zhiku_infer::scheduler::Limits { max_sequences: a.max_sequences, max_kv_bytes: a.kv_cache_mib << 20 }
+        },
         host: a.host,
         port: a.port,
         api_keys_file: a.api_keys,

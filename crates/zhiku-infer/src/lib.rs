@@ -8,18 +8,18 @@
 
 pub mod bench;
 pub mod sampling;
+pub mod scheduler;
 pub mod stream;
 pub mod template;
 
 use anyhow::{anyhow, bail, Context, Result};
-use sampling::{Sampler, SamplingParams};
+use sampling::SamplingParams;
+use scheduler::{AdmitError, Event, Limits, Scheduler};
 use serde::Serialize;
 use std::path::Path;
-use std::time::Instant;
-use stream::{StopMatcher, TextStream};
 use template::{ChatTemplate, Message};
 use tokenizers::Tokenizer;
-use zhiku_models::decoder::{DecoderModel, KvCache, Logits, Step};
+use zhiku_models::decoder::DecoderModel;
 use zhiku_models::gguf::GgufFile;
 use zhiku_models::gguf_tokenizer::{self, TokenizerInfo};
 
@@ -154,181 +154,60 @@ impl LanguageModel {
         }
     }
 
-    /// Generates for every request together; `on_text(i, piece)` receives request i's text
-    /// as it is produced (never a partial character, never part of a stop string).
-    pub fn generate(&self, requests: &[Request], mut on_text: impl FnMut(usize, &str)) -> Result<Vec<Completion>> {
+    /// Checks a request and returns its prompt ids (the oldest dropped if it asks to
+    /// truncate) and how many were dropped.
+    pub fn prepare(&self, r: &Request) -> Result<(Vec<u32>, usize)> {
+        r.params.validate()?;
+        if r.max_tokens == 0 {
+            bail!("max_tokens must be at least 1")
+        }
         let ctx = self.model.config.context_length;
-        let mut seqs = Vec::with_capacity(requests.len());
-        let mut caches = Vec::with_capacity(requests.len());
+        let mut ids = self.prompt_ids(&r.prompt)?;
+        let mut truncated = 0;
+        if ids.len() + r.max_tokens > ctx {
+            if !r.truncate || r.max_tokens >= ctx {
+                bail!(
+                    "the prompt has {} tokens; with max_tokens {} that exceeds the context of {ctx} tokens (truncate the prompt to drop its oldest tokens)",
+                    ids.len(),
+                    r.max_tokens
+                )
+            }
+            truncated = ids.len() + r.max_tokens - ctx;
+            ids.drain(..truncated);
+        }
+        Ok((ids, truncated))
+    }
+
+    /// Generates for every request, batched continuously (as many at once as the default
+    /// [`Limits`] admit); `on_text(i, piece)` receives request i's text as it is produced
+    /// (never a partial character, never part of a stop string). Every request is checked
+    /// before any is run.
+    pub fn generate(&self, requests: &[Request], mut on_text: impl FnMut(usize, &str)) -> Result<Vec<Completion>> {
         for (i, r) in requests.iter().enumerate() {
-            let ctx_err = |e: anyhow::Error| if requests.len() > 1 { e.context(format!("request {}", i + 1)) } else { e };
-            r.params.validate().map_err(ctx_err)?;
-            if r.max_tokens == 0 {
-                return Err(ctx_err(anyhow!("max_tokens must be at least 1")));
-            }
-            let mut ids = self.prompt_ids(&r.prompt).map_err(ctx_err)?;
-            let mut truncated = 0;
-            if ids.len() + r.max_tokens > ctx {
-                if !r.truncate || r.max_tokens >= ctx {
-                    return Err(ctx_err(anyhow!(
-                        "the prompt has {} tokens; with max_tokens {} that exceeds the context of {ctx} tokens (truncate the prompt to drop its oldest tokens)",
-                        ids.len(),
-                        r.max_tokens
-                    )));
-                }
-                truncated = ids.len() + r.max_tokens - ctx;
-                ids.drain(..truncated);
-            }
-            caches.push(self.model.new_cache(ids.len() + r.max_tokens));
-            seqs.push(Sequence::new(ids, truncated, r));
+            self.prepare(r).map_err(|e| if requests.len() > 1 { e.context(format!("request {}", i + 1)) } else { e })?;
         }
-
-        let t0 = Instant::now();
-        let mut logits = self.prefill(&seqs, &mut caches)?;
-        let prefill_seconds = t0.elapsed().as_secs_f64();
-        let t1 = Instant::now();
-        loop {
-            // Sample each live sequence's next token from its logits.
-            let mut live = Vec::new();
-            for (i, (s, l)) in seqs.iter_mut().zip(logits.iter_mut()).enumerate() {
-                if s.finish.is_some() {
-                    continue;
-                }
-                let Some(l) = l.as_mut() else { continue };
-                let tok = s.sampler.sample(l, &s.ids, s.generated);
-                s.ids.push(tok);
-                s.generated += 1;
-                let mut stopped_by_string = false;
-                if self.info.stop_tokens.contains(&tok) {
-                    s.finish = Some(FinishReason::Stop);
-                } else {
-                    let piece = s.stream.push(&self.tokenizer, tok);
-                    let (shown, stopped) = s.stops.push(&piece);
-                    if !shown.is_empty() {
-                        on_text(i, &shown);
-                    }
-                    if stopped {
-                        stopped_by_string = true;
-                        s.finish = Some(FinishReason::Stop);
-                    } else if s.generated >= s.max_tokens {
-                        s.finish = Some(FinishReason::Length);
-                    }
-                }
-                if s.finish.is_some() && !stopped_by_string {
-                    // Release what the stream and the stop matcher still hold.
-                    let tail = s.stream.finish(&self.tokenizer);
-                    let (mut shown, stopped) = s.stops.push(&tail);
-                    if !stopped {
-                        shown.push_str(&s.stops.flush());
-                    }
-                    if !shown.is_empty() {
-                        on_text(i, &shown);
-                    }
-                } else {
-                    live.push(i);
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, Event)>();
+        let mut done: Vec<Option<Completion>> = vec![None; requests.len()];
+        let mut scheduler = Scheduler::new(self, Limits::default());
+        let mut next = 0;
+        while next < requests.len() || !scheduler.is_idle() {
+            while next < requests.len() {
+                let tx = tx.clone();
+                let i = next;
+                match scheduler.admit(&requests[i], Box::new(move |e| tx.send((i, e)).is_ok())) {
+                    Ok(()) => next += 1,
+                    Err(AdmitError::Full(_)) if !scheduler.is_idle() => break,
+                    Err(e) => bail!("request {}: {e}", i + 1),
                 }
             }
-            if live.is_empty() {
-                break;
-            }
-            // One token for every live sequence, in one pass.
-            let mut steps = Vec::with_capacity(live.len());
-            let mut li = live.iter().peekable();
-            for (i, cache) in caches.iter_mut().enumerate() {
-                if li.peek() == Some(&&i) {
-                    li.next();
-                    let ids = &seqs[i].ids;
-                    steps.push(Step { cache, tokens: &ids[ids.len() - 1..], logits: Logits::Last });
-                }
-            }
-            let out = self.model.forward(&mut steps)?;
-            logits.iter_mut().for_each(|l| *l = None);
-            for (&i, l) in live.iter().zip(out) {
-                logits[i] = Some(l);
-            }
-        }
-        let decode_seconds = t1.elapsed().as_secs_f64();
-        Ok(seqs
-            .into_iter()
-            .map(|s| Completion {
-                text: s.stops.text().to_string(),
-                token_ids: s.ids[s.prompt_len..].to_vec(),
-                prompt_tokens: s.prompt_len,
-                completion_tokens: s.generated,
-                finish_reason: s.finish.unwrap_or(FinishReason::Length),
-                truncated_tokens: s.truncated,
-                prefill_seconds,
-                decode_seconds,
-            })
-            .collect())
-    }
-
-    /// Runs every prompt through the model in passes of up to PREFILL_CHUNK tokens and returns
-    /// the logits of each prompt's last token.
-    fn prefill(&self, seqs: &[Sequence], caches: &mut [KvCache]) -> Result<Vec<Option<Vec<f32>>>> {
-        let mut logits = vec![None; seqs.len()];
-        let mut done = vec![0usize; seqs.len()];
-        loop {
-            let mut budget = PREFILL_CHUNK;
-            let mut plan = Vec::new();
-            for (i, s) in seqs.iter().enumerate() {
-                let left = s.prompt_len - done[i];
-                if left > 0 && budget > 0 {
-                    let take = left.min(budget);
-                    budget -= take;
-                    plan.push((i, done[i], take));
-                }
-            }
-            if plan.is_empty() {
-                return Ok(logits);
-            }
-            let mut steps = Vec::with_capacity(plan.len());
-            let mut pi = plan.iter().peekable();
-            for (i, cache) in caches.iter_mut().enumerate() {
-                if let Some(&&(j, from, take)) = pi.peek() {
-                    if j == i {
-                        pi.next();
-                        let last = from + take == seqs[i].prompt_len;
-                        steps.push(Step { cache, tokens: &seqs[i].ids[from..from + take], logits: if last { Logits::Last } else { Logits::None } });
-                    }
-                }
-            }
-            let mut out = self.model.forward(&mut steps)?.into_iter();
-            for &(i, from, take) in &plan {
-                done[i] = from + take;
-                if done[i] == seqs[i].prompt_len {
-                    logits[i] = out.next();
+            scheduler.step()?;
+            for (i, e) in rx.try_iter() {
+                match e {
+                    Event::Text(t) => on_text(i, &t),
+                    Event::Done(c) => done[i] = Some(c),
                 }
             }
         }
-    }
-}
-
-/// One request's state while it generates.
-struct Sequence {
-    ids: Vec<u32>,
-    prompt_len: usize,
-    truncated: usize,
-    sampler: Sampler,
-    stream: TextStream,
-    stops: StopMatcher,
-    max_tokens: usize,
-    finish: Option<FinishReason>,
-    generated: usize,
-}
-
-impl Sequence {
-    fn new(ids: Vec<u32>, truncated: usize, r: &Request) -> Self {
-        Self {
-            prompt_len: ids.len(),
-            ids,
-            truncated,
-            sampler: Sampler::new(r.params.clone()),
-            stream: TextStream::new(),
-            stops: StopMatcher::new(&r.stop),
-            max_tokens: r.max_tokens,
-            finish: None,
-            generated: 0,
-        }
+        done.into_iter().enumerate().map(|(i, c)| c.ok_or_else(|| anyhow!("request {} did not finish", i + 1))).collect()
     }
 }

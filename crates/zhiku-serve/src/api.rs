@@ -29,8 +29,15 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self { status, message: message.into(), retry_after: None }
+    }
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, message)
+    }
+    /// 503 with a `Retry-After` of one second.
+    pub fn overloaded(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::SERVICE_UNAVAILABLE, message: message.into(), retry_after: Some(1) }
     }
     fn bad(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
@@ -72,6 +79,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/classify", post(classify))
         .route("/v1/embed", post(embed))
         .route("/v1/embeddings", post(openai_embeddings))
+        .route("/v1/chat/completions", post(crate::llm::chat_completions))
+        .route("/v1/completions", post(crate::llm::completions))
         .route("/v1/admin/models", post(admin_load))
         .route("/v1/admin/models/{name}", delete(admin_unload))
         .fallback(not_found)
@@ -92,6 +101,8 @@ fn route_label(path: &str) -> &'static str {
         "/v1/classify" => "/v1/classify",
         "/v1/embed" => "/v1/embed",
         "/v1/embeddings" => "/v1/embeddings",
+        "/v1/chat/completions" => "/v1/chat/completions",
+        "/v1/completions" => "/v1/completions",
         p if p.starts_with("/v1/admin/models") => "/v1/admin/models",
         _ => "other",
     }
@@ -169,13 +180,14 @@ fn model_info(m: &LoadedModel) -> Value {
 }
 
 async fn list_models(State(state): State<Arc<AppState>>) -> Json<Value> {
-    let data: Vec<Value> = state.registry.all().iter().map(|m| model_info(m)).collect();
+    let mut data: Vec<Value> = state.registry.all().iter().map(|m| model_info(m)).collect();
+    data.extend(crate::llm::model_entries(&state));
     Json(json!({"object": "list", "data": data}))
 }
 
 /// The JSON body as `T`, with 413 for an oversized body, 400 for malformed JSON and 422 for
 /// well-formed JSON of the wrong shape.
-fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> AppResult<T> {
+pub fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> AppResult<T> {
     let bytes = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod auth;
 pub mod batcher;
+pub mod llm;
 pub mod metrics;
 pub mod openapi;
 pub mod registry;
@@ -35,6 +36,10 @@ pub enum LongText {
 pub struct ServeConfig {
     /// `(name, folder)` pairs to load at start.
     pub models: Vec<(String, PathBuf)>,
+    /// `(name, GGUF file)` language models to load at start.
+    pub llms: Vec<(String, PathBuf)>,
+    /// Each language model's batch bounds (sequences, KV-cache bytes).
+    pub llm_limits: zhiku_infer::scheduler::Limits,
     /// Names of the models to run with int8 linear layers.
     pub int8: Vec<String>,
     pub host: IpAddr,
@@ -52,6 +57,7 @@ pub struct ServeConfig {
 
 pub struct AppState {
     pub registry: registry::Registry,
+    pub llms: Vec<Arc<llm::LlmWorker>>,
     pub keys: auth::ApiKeys,
     pub metrics: Arc<metrics::Metrics>,
     pub config: ServeConfig,
@@ -68,8 +74,8 @@ pub fn run(config: ServeConfig) -> Result<()> {
             config.host
         )
     }
-    if config.models.is_empty() {
-        bail!("no models: give at least one --model NAME=DIR")
+    if config.models.is_empty() && config.llms.is_empty() {
+        bail!("no models: give at least one --model NAME=DIR or NAME=FILE.gguf")
     }
     let metrics = Arc::new(metrics::Metrics::new());
     let registry = registry::Registry::new(config.batch, metrics.clone());
@@ -77,7 +83,14 @@ pub fn run(config: ServeConfig) -> Result<()> {
         registry.load(name, dir, config.int8.contains(name)).with_context(|| format!("cannot load model {name:?} from {}", dir.display()))?;
         eprintln!("zhiku serve: loaded {name} from {}", dir.display());
     }
-    let state = Arc::new(AppState { registry, keys, metrics, config: config.clone() });
+    let mut llms = Vec::new();
+    for (name, file) in &config.llms {
+        let w = llm::LlmWorker::start(name, file, config.llm_limits, config.batch.queue_size, metrics.clone())
+            .with_context(|| format!("cannot load language model {name:?} from {}", file.display()))?;
+        eprintln!("zhiku serve: loaded language model {name} from {}", file.display());
+        llms.push(Arc::new(w));
+    }
+    let state = Arc::new(AppState { registry, llms, keys, metrics, config: config.clone() });
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(SocketAddr::new(config.host, config.port))
