@@ -77,12 +77,26 @@ fn run_generate(model: &std::path::Path, a: &BenchArgs) -> Result<i32> {
         model.display(), c.arch.name(), c.n_layers, c.hidden, lm.file_size as f64 / 1e6, zhiku_models::qmatmul::kernel()
     );
     let r = zhiku_infer::bench::run(&lm, a.prompt_tokens, &a.streams, a.decode_tokens, a.batches.max(1))?;
+    // The reference runs after ours, alone, so the two never share the cores.
+    let reference = match &a.reference {
+        Some(cmd) => Some(run_reference(cmd)?),
+        None => None,
+    };
+    let single = r.decode.iter().find(|d| d.0 == 1).map(|d| d.1);
+    let ref_of = |k: &str| reference.as_ref().and_then(|v| v.get(k)).and_then(|v| v.as_f64());
+    let prefill_ratio = ref_of("prefill_tokens_per_s").map(|t| r.prefill_tokens_per_s / t);
+    let decode_ratio = match (single, ref_of("decode_tokens_per_s")) {
+        (Some(o), Some(t)) => Some(o / t),
+        _ => None,
+    };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&json!({"generate": r, "threads": threads}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"generate": r, "threads": threads, "reference": reference, "prefill_speedup": prefill_ratio, "decode_speedup": decode_ratio}))?
+        );
         return Ok(0);
     }
     println!("prompt processing ({} tokens): {:>7.1} tokens/s  ({:.1} GFLOP/s)", r.prompt_tokens, r.prefill_tokens_per_s, r.prefill_gflops);
-    let single = r.decode.iter().find(|d| d.0 == 1).map(|d| d.1);
     for (s, tps) in &r.decode {
         let rel = single.map(|b| format!("  ({:.2}x batch 1)", tps / b)).unwrap_or_default();
         println!("decoding, {s:>2} stream{}:          {:>7.1} tokens/s{rel}", if *s == 1 { " " } else { "s" }, tps);
@@ -93,6 +107,15 @@ fn run_generate(model: &std::path::Path, a: &BenchArgs) -> Result<i32> {
     );
     if let Some(m) = r.rss_mib {
         println!("resident memory after the runs: {m:.0} MiB (the mapped file is {:.0} MiB; KV caches are freed)", r.file_mib);
+    }
+    if let Some(v) = &reference {
+        println!("reference: {}", serde_json::to_string(v)?);
+        if let (Some(x), Some(t)) = (prefill_ratio, ref_of("prefill_tokens_per_s")) {
+            println!("prompt processing vs reference: {x:.2}x ({:.1} vs {t:.1} tokens/s)", r.prefill_tokens_per_s);
+        }
+        if let (Some(x), Some(t)) = (decode_ratio, ref_of("decode_tokens_per_s")) {
+            println!("decoding at batch 1 vs reference: {x:.2}x ({:.1} vs {t:.1} tokens/s)", single.unwrap_or(0.0));
+        }
     }
     Ok(0)
 }

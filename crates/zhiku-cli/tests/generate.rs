@@ -88,6 +88,17 @@ fn a_batch_from_a_file_answers_in_order_like_single_runs() {
 }
 
 #[test]
+fn hugging_face_folders_generate_too() {
+    let tiny = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llm/llama");
+    let o = zhiku(&["generate", "--model", tiny.to_str().unwrap(), "--temperature", "0", "--max-tokens", "5", "--json", "hello"]);
+    let v = json(&o);
+    assert!(v["prompt_tokens"].as_u64().unwrap() > 3, "{v}");
+    assert!(v["completion_tokens"].as_u64().unwrap() >= 1);
+    let empty = tempfile::tempdir().unwrap();
+    fails_with(&zhiku(&["generate", "--model", empty.path().to_str().unwrap(), "hi"]), "config.json");
+}
+
+#[test]
 fn stop_strings_end_the_text() {
     let full = json(&generate(&["--raw", "--temperature", "0", "--max-tokens", "24", "--json", "1, 2, 3, 4,"]));
     let text = full["text"].as_str().unwrap();

@@ -93,17 +93,66 @@ impl Completion {
 }
 
 impl LanguageModel {
-    /// Loads a GGUF file. (Hugging Face folders are read by `open` too, once supported.)
+    /// Loads a GGUF file, or a Hugging Face folder (`config.json`, `model.safetensors`,
+    /// `tokenizer.json`, `tokenizer_config.json` with its chat template).
     pub fn open(path: &Path) -> Result<Self> {
-        if path.is_dir() {
-            bail!("{} is a folder; zhiku generates from GGUF files (a Hugging Face folder is not read yet)", path.display())
-        }
         if !path.exists() {
             bail!("model file {} does not exist", path.display())
+        }
+        if path.is_dir() {
+            return Self::open_folder(path);
         }
         let file = GgufFile::open(path)?;
         let model = DecoderModel::from_gguf(&file)?;
         let (tokenizer, info) = gguf_tokenizer::from_gguf(&file)?;
+        let name = file.get_str("general.name").unwrap_or("model").to_string();
+        Self::assemble(model, tokenizer, info, name, file.file_size(), path)
+    }
+
+    fn open_folder(dir: &Path) -> Result<Self> {
+        let model = DecoderModel::from_hf_folder(dir)?;
+        let tok_path = dir.join("tokenizer.json");
+        let tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| anyhow!("cannot load {}: {e}", tok_path.display()))?;
+        let read = |name: &str| -> Result<serde_json::Value> {
+            let p = dir.join(name);
+            if !p.is_file() {
+                return Ok(serde_json::Value::Null);
+            }
+            serde_json::from_str(&std::fs::read_to_string(&p)?).with_context(|| format!("{} is not JSON", p.display()))
+        };
+        let (tc, gen, cfg) = (read("tokenizer_config.json")?, read("generation_config.json")?, read("config.json")?);
+        // A token is a string or {"content": ...}.
+        let token = |v: &serde_json::Value| v.as_str().or_else(|| v.get("content").and_then(|c| c.as_str())).and_then(|t| tokenizer.token_to_id(t));
+        let ids = |v: &serde_json::Value| -> Vec<u32> {
+            match v {
+                serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+                _ => v.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+            }
+        };
+        let eos = token(&tc["eos_token"]).or_else(|| ids(&gen["eos_token_id"]).first().copied()).or_else(|| ids(&cfg["eos_token_id"]).first().copied());
+        let bos = token(&tc["bos_token"]).or_else(|| ids(&cfg["bos_token_id"]).first().copied());
+        let mut stop_tokens: Vec<u32> = eos.into_iter().chain(ids(&gen["eos_token_id"])).collect();
+        for name in gguf_tokenizer::END_OF_TURN {
+            if let Some(i) = tokenizer.token_to_id(name) {
+                stop_tokens.push(i);
+            }
+        }
+        stop_tokens.sort_unstable();
+        stop_tokens.dedup();
+        // The template: tokenizer_config's (a string, or a list of named ones), or chat_template.jinja.
+        let chat_template = match &tc["chat_template"] {
+            serde_json::Value::String(t) => Some(t.clone()),
+            serde_json::Value::Array(list) => list.iter().find(|t| t["name"] == "default").and_then(|t| t["template"].as_str()).map(str::to_string),
+            _ => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
+        };
+        // Whether the tokenizer itself adds BOS is in tokenizer.json's post-processor.
+        let info = TokenizerInfo { bos, eos, add_bos: tc["add_bos_token"].as_bool().unwrap_or(false), stop_tokens, chat_template };
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+        let size = std::fs::metadata(dir.join("model.safetensors")).map(|m| m.len() as usize).unwrap_or(0);
+        Self::assemble(model, tokenizer, info, name, size, dir)
+    }
+
+    fn assemble(model: DecoderModel, tokenizer: Tokenizer, info: TokenizerInfo, name: String, file_size: usize, path: &Path) -> Result<Self> {
         let token = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i)).unwrap_or_default();
         let (bos, eos) = (token(info.bos), token(info.eos));
         let (source, has_own_template) = match &info.chat_template {
@@ -112,8 +161,7 @@ impl LanguageModel {
             None => (template::CHATML.to_string(), false),
         };
         let template = ChatTemplate::new(&source, &bos, &eos).with_context(|| format!("{}", path.display()))?;
-        let name = file.get_str("general.name").unwrap_or("model").to_string();
-        Ok(Self { model, tokenizer, info, template, has_own_template, name, file_size: file.file_size() })
+        Ok(Self { model, tokenizer, info, template, has_own_template, name, file_size })
     }
 
     /// Token ids of a text; `special`: add the BOS the model expects.

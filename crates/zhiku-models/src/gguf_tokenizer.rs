@@ -23,6 +23,9 @@ const USER_DEFINED: i64 = 4;
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// Control tokens that end an assistant's turn in the chat formats we know.
+pub const END_OF_TURN: [&str; 5] = ["<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|endoftext|>", "<|end|>"];
+
 /// Special-token facts a generator needs besides the tokenizer itself.
 #[derive(Debug, Clone)]
 pub struct TokenizerInfo {
@@ -91,7 +94,7 @@ pub fn from_gguf(file: &GgufFile) -> Result<(Tokenizer, TokenizerInfo)> {
     let tokenizer: Tokenizer = text.parse().map_err(|e| anyhow!("cannot build the tokenizer from {}: {e}", file.path().display()))?;
 
     let mut stop_tokens: Vec<u32> = eos.into_iter().collect();
-    for name in ["<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|endoftext|>", "<|end|>"] {
+    for name in END_OF_TURN {
         if let Some(i) = tokens.iter().position(|t| *t == name) {
             if types[i] == CONTROL && !stop_tokens.contains(&(i as u32)) {
                 stop_tokens.push(i as u32);

@@ -12,6 +12,7 @@
 //! ([`QMatrix`]); activations are f32.
 
 pub mod gemma3;
+pub mod hf;
 pub mod llama;
 pub mod qwen2;
 
@@ -181,22 +182,29 @@ impl DecoderModel {
         Self::load(config, file).with_context(|| format!("loading {}", file.path().display()))
     }
 
-    fn load(config: DecoderConfig, file: &GgufFile) -> Result<Self> {
+    /// Loads a Hugging Face folder (`config.json`, `model.safetensors` in f32, bf16 or f16).
+    pub fn from_hf_folder(dir: &std::path::Path) -> Result<Self> {
+        let (config, source) = hf::open(dir)?;
+        Self::load(config, &source).with_context(|| format!("loading {}", dir.display()))
+    }
+
+    /// Builds the model from tensors named as in GGUF files (`blk.N.attn_q.weight`, ...).
+    fn load(config: DecoderConfig, src: &dyn WeightSource) -> Result<Self> {
         let matrix = |name: &str, rows: usize, cols: usize| -> Result<QMatrix> {
-            let m = QMatrix::from_gguf(file.tensor(name)?)?;
+            let m = src.matrix(name)?;
             if (m.rows, m.cols) != (rows, cols) {
                 bail!("tensor '{name}' is {}x{}, expected {rows}x{cols} for this configuration", m.rows, m.cols)
             }
             Ok(m)
         };
         let vector = |name: &str, len: usize| -> Result<Vec<f32>> {
-            let v = file.tensor(name)?.to_f32()?;
+            let v = src.vector(name)?;
             if v.len() != len {
                 bail!("tensor '{name}' has {} values, expected {len}", v.len())
             }
             Ok(v)
         };
-        let optional = |name: &str, len: usize| -> Result<Option<Vec<f32>>> { if file.has_tensor(name) { vector(name, len).map(Some) } else { Ok(None) } };
+        let optional = |name: &str, len: usize| -> Result<Option<Vec<f32>>> { if src.has(name) { vector(name, len).map(Some) } else { Ok(None) } };
         let c = &config;
         let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
         let embed = matrix("token_embd.weight", c.vocab, c.hidden)?;
@@ -224,7 +232,7 @@ impl DecoderModel {
             layers.push(layer);
         }
         let final_norm = vector("output_norm.weight", c.hidden)?;
-        let lm_head = if file.has_tensor("output.weight") { Some(matrix("output.weight", c.vocab, c.hidden)?) } else { None };
+        let lm_head = if src.has("output.weight") { Some(matrix("output.weight", c.vocab, c.hidden)?) } else { None };
         Ok(Self::assemble(config, embed, layers, final_norm, lm_head))
     }
 
@@ -441,6 +449,25 @@ fn attend(c: &DecoderConfig, cache: &KvCache, layer: usize, pos: usize, window: 
             let off = base + (start + j) * cache.kv_dim + kvh * hd;
             ops::axpy(w, &cache.v[off..off + hd], oh);
         }
+    }
+}
+
+/// Where a model's tensors come from, by their GGUF names.
+pub trait WeightSource {
+    fn has(&self, name: &str) -> bool;
+    fn matrix(&self, name: &str) -> Result<QMatrix>;
+    fn vector(&self, name: &str) -> Result<Vec<f32>>;
+}
+
+impl WeightSource for GgufFile {
+    fn has(&self, name: &str) -> bool {
+        self.has_tensor(name)
+    }
+    fn matrix(&self, name: &str) -> Result<QMatrix> {
+        QMatrix::from_gguf(self.tensor(name)?)
+    }
+    fn vector(&self, name: &str) -> Result<Vec<f32>> {
+        self.tensor(name)?.to_f32()
     }
 }
 

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Generation speed against llama.cpp in the same run: builds llama-cpp-python from its PyPI
+# source package (about 12 min on 2 cores, once, into bench/.llama-venv), then runs
+# `zhiku bench --generate` with llama.cpp as the reference on each model.
+#   MODELS="path/a.gguf path/b.gguf" bench/generate.sh     (default: the Qwen2.5-0.5B Q4_K_M file)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=bench/.llama-venv
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import llama_cpp" 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q scikit-build-core cmake ninja numpy typing_extensions diskcache jinja2
+  tmp="$(mktemp -d)"
+  # --no-build-isolation: otherwise pip compiles cmake from source just to read the metadata.
+  "$venv/bin/pip" download -q --no-deps --no-binary :all: --no-build-isolation -d "$tmp" llama-cpp-python==0.3.36
+  CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$venv/bin/pip" install -q --no-build-isolation "$tmp"/llama_cpp_python-*.tar.gz
+  rm -rf "$tmp"
+fi
+./scripts/fetch-llms.sh >/dev/null
+cargo build --release -q -p zhiku-cli
+models="${MODELS:-.cache/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf}"
+for m in $models; do
+  ./target/release/zhiku bench --generate "$m" --reference "$venv/bin/python bench/llama_cpp_bench.py $m --threads $(nproc)"
+done

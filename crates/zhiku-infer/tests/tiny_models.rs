@@ -1,0 +1,203 @@
+//! Tiny random models of each architecture, made with transformers from a config
+//! (tests/fixtures/tiny-llm/make_tiny_llms.py): qwen2 in f32, llama in bf16, gemma3 in f16.
+//! - Loaded from their Hugging Face folders, logits at every position equal transformers' within
+//!   1e-4 of their range and 16 greedy tokens are the same.
+//! - Written to GGUF by zhiku (llama's Q/K rows permuted and Gemma's norms stored as w + 1, as
+//!   llama.cpp's converter does), in F32 they give the same logits as the folder, and in Q8_0
+//!   within the quantisation's error.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use zhiku_infer::sampling::SamplingParams;
+use zhiku_infer::{LanguageModel, Prompt, Request};
+use zhiku_models::blocks::{quantize::quantize, GgmlType};
+use zhiku_models::decoder::{Arch, DecoderModel, Logits, Step};
+use zhiku_models::gguf::{GgufFile, GgufWriter, Value as Meta};
+
+fn dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llm").join(name)
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn logits_all(model: &DecoderModel, tokens: &[u32]) -> Vec<Vec<f32>> {
+    let mut cache = model.new_cache(tokens.len());
+    model.forward(&mut [Step { cache: &mut cache, tokens, logits: Logits::All }]).unwrap()
+}
+
+/// Worst |a − b| over the rows, relative to each reference row's range.
+fn worst_rel(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            let range = y.iter().cloned().fold(f32::NEG_INFINITY, f32::max) - y.iter().cloned().fold(f32::INFINITY, f32::min);
+            x.iter().zip(y).fold(0f32, |m, (p, q)| m.max((p - q).abs())) / range
+        })
+        .fold(0f32, f32::max)
+}
+
+fn check_against_transformers(name: &str) {
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(dir(name).join("reference.json")).unwrap()).unwrap();
+    let lm = LanguageModel::open(&dir(name)).unwrap();
+    let tokens = ids(&reference["ids"]);
+    let probes = ids(&reference["probe_ids"]);
+    let rows = logits_all(&lm.model, &tokens);
+    for (row, r) in rows.iter().zip(reference["rows"].as_array().unwrap()) {
+        let top: Vec<f32> = r["top_values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let probe: Vec<f32> = r["probe_values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let range = top[0] - probe.iter().cloned().fold(f32::INFINITY, f32::min);
+        for (&t, &v) in ids(&r["top_ids"]).iter().zip(&top) {
+            assert!((row[t as usize] - v).abs() <= 1e-4 * range, "{name}: logit of {t}: {} vs {v}", row[t as usize]);
+        }
+        for (&t, &v) in probes.iter().zip(&probe) {
+            assert!((row[t as usize] - v).abs() <= 1e-4 * range, "{name}: logit of {t}: {} vs {v}", row[t as usize]);
+        }
+        assert_eq!(zhiku_infer::sampling::argmax(row), ids(&r["top_ids"])[0], "{name}: argmax");
+    }
+    let expect = ids(&reference["greedy"]);
+    let req = Request { prompt: Prompt::Tokens(ids(&reference["greedy_prompt"])), params: SamplingParams::greedy(), max_tokens: expect.len(), stop: vec![], truncate: false };
+    let mut got = lm.generate(std::slice::from_ref(&req), |_, _| {}).unwrap().remove(0).token_ids;
+    // transformers ignored end-of-turn tokens (min_new_tokens); we stop at one.
+    if got.len() < expect.len() {
+        assert!(lm.info.stop_tokens.contains(got.last().unwrap()));
+        got.pop();
+    }
+    assert_eq!(got, expect[..got.len()], "{name}: greedy tokens");
+    // The chat template from tokenizer_config.json renders and tokenises.
+    let chat = lm.prompt_ids(&Prompt::Chat(vec![zhiku_infer::template::Message::new("user", "hi")])).unwrap();
+    assert_eq!(chat[0], lm.tokenizer.token_to_id("<|im_start|>").unwrap());
+}
+
+#[test]
+fn tiny_qwen2_f32_folder_matches_transformers() {
+    check_against_transformers("qwen2");
+}
+
+#[test]
+fn tiny_llama_bf16_folder_matches_transformers() {
+    check_against_transformers("llama");
+}
+
+#[test]
+fn tiny_gemma3_f16_folder_matches_transformers() {
+    check_against_transformers("gemma3");
+}
+
+/// Writes the folder's model as GGUF the way llama.cpp's converter lays it out.
+fn write_gguf(folder: &Path, out: &Path, matrix_type: GgmlType) {
+    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(folder.join("config.json")).unwrap()).unwrap();
+    let st = std::fs::read(folder.join("model.safetensors")).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&st).unwrap();
+    let get = |n: &str| -> (Vec<usize>, Vec<f32>) {
+        let t = tensors.tensor(n).unwrap();
+        let ty = match t.dtype() {
+            safetensors::Dtype::F32 => GgmlType::F32,
+            safetensors::Dtype::BF16 => GgmlType::BF16,
+            safetensors::Dtype::F16 => GgmlType::F16,
+            d => panic!("{d:?}"),
+        };
+        let mut v = vec![0f32; t.shape().iter().product()];
+        ty.dequantize(t.data(), &mut v).unwrap();
+        (t.shape().to_vec(), v)
+    };
+    let model_type = cfg["model_type"].as_str().unwrap();
+    let arch = if model_type.starts_with("gemma3") { "gemma3" } else { model_type };
+    let u = |k: &str| cfg[k].as_u64().unwrap() as u32;
+    let (heads, kv_heads, hidden) = (u("num_attention_heads"), u("num_key_value_heads"), u("hidden_size"));
+    let head_dim = cfg["head_dim"].as_u64().map(|v| v as u32).unwrap_or(hidden / heads);
+    let mut w = GgufWriter::new();
+    let rope = &cfg["rope_parameters"];
+    let theta = rope["rope_theta"].as_f64().or(rope["full_attention"]["rope_theta"].as_f64()).unwrap() as f32;
+    w.meta("general.architecture", Meta::String(arch.into()))
+        .meta(&format!("{arch}.block_count"), Meta::U32(u("num_hidden_layers")))
+        .meta(&format!("{arch}.context_length"), Meta::U32(u("max_position_embeddings")))
+        .meta(&format!("{arch}.embedding_length"), Meta::U32(hidden))
+        .meta(&format!("{arch}.feed_forward_length"), Meta::U32(u("intermediate_size")))
+        .meta(&format!("{arch}.attention.head_count"), Meta::U32(heads))
+        .meta(&format!("{arch}.attention.head_count_kv"), Meta::U32(kv_heads))
+        .meta(&format!("{arch}.attention.key_length"), Meta::U32(head_dim))
+        .meta(&format!("{arch}.rope.freq_base"), Meta::F32(theta))
+        .meta(&format!("{arch}.attention.layer_norm_rms_epsilon"), Meta::F32(cfg["rms_norm_eps"].as_f64().unwrap() as f32));
+    if arch == "gemma3" {
+        w.meta("gemma3.attention.sliding_window", Meta::U32(u("sliding_window")));
+    }
+    let gemma = arch == "gemma3";
+    let mut put = |gguf: &str, hf: &str, plus_one: bool, permute_heads: Option<u32>| {
+        let (shape, mut v) = get(hf);
+        if plus_one {
+            v.iter_mut().for_each(|x| *x += 1.0);
+        }
+        if let Some(nh) = permute_heads {
+            // llama.cpp's permute: rows of each head reordered so pairs (i, i + d/2) sit at (2i, 2i + 1).
+            let (rows, cols) = (shape[0], shape[1]);
+            let hd = rows / nh as usize;
+            let mut p = vec![0f32; v.len()];
+            for h in 0..nh as usize {
+                for i in 0..hd / 2 {
+                    for (half, dst) in [(0, 2 * i), (1, 2 * i + 1)] {
+                        let src = h * hd + half * hd / 2 + i;
+                        p[(h * hd + dst) * cols..(h * hd + dst + 1) * cols].copy_from_slice(&v[src * cols..(src + 1) * cols]);
+                    }
+                }
+            }
+            v = p;
+        }
+        let dims: Vec<usize> = shape.iter().rev().copied().collect();
+        let ty = if shape.len() == 2 && !gguf.starts_with("token_embd") { matrix_type } else { GgmlType::F32 };
+        w.tensor(gguf, &dims, ty, quantize(ty, &v));
+    };
+    put("token_embd.weight", "model.embed_tokens.weight", false, None);
+    put("output_norm.weight", "model.norm.weight", gemma, None);
+    if tensors.names().iter().any(|n| *n == "lm_head.weight") {
+        put("output.weight", "lm_head.weight", false, None);
+    }
+    let llama = arch == "llama";
+    for i in 0..u("num_hidden_layers") {
+        let b = |s: &str| format!("blk.{i}.{s}");
+        let h = |s: &str| format!("model.layers.{i}.{s}");
+        put(&b("attn_norm.weight"), &h("input_layernorm.weight"), gemma, None);
+        put(&b("attn_q.weight"), &h("self_attn.q_proj.weight"), false, llama.then_some(heads));
+        put(&b("attn_k.weight"), &h("self_attn.k_proj.weight"), false, llama.then_some(kv_heads));
+        put(&b("attn_v.weight"), &h("self_attn.v_proj.weight"), false, None);
+        put(&b("attn_output.weight"), &h("self_attn.o_proj.weight"), false, None);
+        for x in ["q", "k", "v"] {
+            let hf = h(&format!("self_attn.{x}_proj.bias"));
+            if tensors.names().iter().any(|n| **n == hf) {
+                put(&b(&format!("attn_{x}.bias")), &hf, false, None);
+            }
+        }
+        put(&b("ffn_gate.weight"), &h("mlp.gate_proj.weight"), false, None);
+        put(&b("ffn_up.weight"), &h("mlp.up_proj.weight"), false, None);
+        put(&b("ffn_down.weight"), &h("mlp.down_proj.weight"), false, None);
+        if gemma {
+            put(&b("attn_q_norm.weight"), &h("self_attn.q_norm.weight"), true, None);
+            put(&b("attn_k_norm.weight"), &h("self_attn.k_norm.weight"), true, None);
+            put(&b("post_attention_norm.weight"), &h("post_attention_layernorm.weight"), true, None);
+            put(&b("ffn_norm.weight"), &h("pre_feedforward_layernorm.weight"), true, None);
+            put(&b("post_ffw_norm.weight"), &h("post_feedforward_layernorm.weight"), true, None);
+        } else {
+            put(&b("ffn_norm.weight"), &h("post_attention_layernorm.weight"), false, None);
+        }
+    }
+    w.write(out).unwrap();
+}
+
+#[test]
+fn gguf_written_from_the_tiny_models_gives_the_folders_logits() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["qwen2", "llama", "gemma3"] {
+        let folder = DecoderModel::from_hf_folder(&dir(name)).unwrap();
+        let tokens: Vec<u32> = (0..12).map(|i| (i * 29 + 3) % folder.config.vocab as u32).collect();
+        let reference = logits_all(&folder, &tokens);
+        for (ty, tol) in [(GgmlType::F32, 1e-5), (GgmlType::Q8_0, 0.03)] {
+            let path = tmp.path().join(format!("{name}-{}.gguf", ty.name()));
+            write_gguf(&dir(name), &path, ty);
+            let gguf = DecoderModel::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
+            assert_eq!(gguf.config.arch, if name == "gemma3" { Arch::Gemma3 } else if name == "llama" { Arch::Llama } else { Arch::Qwen2 });
+            let worst = worst_rel(&logits_all(&gguf, &tokens), &reference);
+            assert!(worst <= tol, "{name} {}: logits differ by {worst} of their range", ty.name());
+        }
+    }
+}
