@@ -12,7 +12,9 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import llama_cpp" 2>/
   tmp="$(mktemp -d)"
   # --no-build-isolation: otherwise pip compiles cmake from source just to read the metadata.
   "$venv/bin/pip" download -q --no-deps --no-binary :all: --no-build-isolation -d "$tmp" llama-cpp-python==0.3.36
-  CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$venv/bin/pip" install -q --no-build-isolation "$tmp"/llama_cpp_python-*.tar.gz
+  # AMX off: its tile instructions fault where the kernel or VM has not enabled AMX.
+  CMAKE_ARGS="-DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_BF16=OFF" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+    "$venv/bin/pip" install -q --no-build-isolation "$tmp"/llama_cpp_python-*.tar.gz
   rm -rf "$tmp"
 fi
 ./scripts/fetch-llms.sh >/dev/null

@@ -16,7 +16,18 @@ ap.add_argument("--threads", type=int, default=os.cpu_count())
 ap.add_argument("--prompt-tokens", type=int, default=512)
 ap.add_argument("--decode-tokens", type=int, default=32)
 ap.add_argument("--reps", type=int, default=3)
+ap.add_argument("--no-extra-bufts", action="store_true",
+                help="turn off llama.cpp's extra weight buffers (AMX and repacked layouts): its AMX code faults on CPUs or VMs where AMX is not enabled")
 a = ap.parse_args()
+if a.no_extra_bufts:
+    import llama_cpp
+    from llama_cpp import llama as _llama
+    _defaults = llama_cpp.llama_model_default_params
+    def _params():
+        p = _defaults()
+        p.use_extra_bufts = False
+        return p
+    _llama.llama_cpp.llama_model_default_params = _params
 
 llm = Llama(model_path=a.model, n_ctx=a.prompt_tokens + a.decode_tokens + 64, n_threads=a.threads, n_threads_batch=a.threads,
             n_batch=512, n_ubatch=512, verbose=False)
@@ -40,4 +51,5 @@ for _ in range(a.decode_tokens):
     row = llm.scores[llm.n_tokens - 1]
     tok = int(row.argmax())
 decode = a.decode_tokens / (time.perf_counter() - t)
-print(json.dumps({"engine": "llama.cpp (llama-cpp-python)", "prefill_tokens_per_s": prefill, "decode_tokens_per_s": decode, "threads": a.threads}))
+print(json.dumps({"engine": "llama.cpp (llama-cpp-python 0.3.36)", "prefill_tokens_per_s": prefill, "decode_tokens_per_s": decode,
+                  "threads": a.threads, "extra_bufts": not a.no_extra_bufts}))
