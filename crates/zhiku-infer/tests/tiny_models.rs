@@ -150,7 +150,7 @@ fn write_gguf(folder: &Path, out: &Path, matrix_type: GgmlType) {
     };
     put("token_embd.weight", "model.embed_tokens.weight", false, None);
     put("output_norm.weight", "model.norm.weight", gemma, None);
-    if tensors.names().iter().any(|n| *n == "lm_head.weight") {
+    if tensors.names().contains(&"lm_head.weight") {
         put("output.weight", "lm_head.weight", false, None);
     }
     let llama = arch == "llama";

@@ -19,12 +19,17 @@ use anyhow::Result;
 pub const SLIDING_PATTERN: usize = 6;
 pub const LOCAL_ROPE_THETA: f64 = 10000.0;
 
-pub fn config(file: &GgufFile) -> Result<DecoderConfig> {
-    let mut c = gguf_config(file, Arch::Gemma3)?;
+/// The switches every Gemma 3 sets, whatever file it comes from.
+pub fn set_family(c: &mut DecoderConfig) {
     c.embed_scale = Some((c.hidden as f32).sqrt());
     c.activation = Activation::GeluTanh;
     c.qk_norm = true;
     c.post_norms = true;
+}
+
+pub fn config(file: &GgufFile) -> Result<DecoderConfig> {
+    let mut c = gguf_config(file, Arch::Gemma3)?;
+    set_family(&mut c);
     c.sliding_window = file.get_u64("gemma3.attention.sliding_window").map(|w| w as usize);
     c.rope_theta_local = LOCAL_ROPE_THETA;
     if c.sliding_window.is_some() {

@@ -3,19 +3,20 @@
 //! transformers' names here, so the one loader in `mod.rs` serves both formats. Gemma's norms
 //! multiply by (1 + w) in transformers; GGUF files store w + 1, so 1 is added here.
 
-use super::{Activation, Arch, DecoderConfig, WeightSource};
+use super::{Arch, DecoderConfig, Dims, WeightSource};
 use crate::blocks::GgmlType;
 use crate::qmatmul::QMatrix;
-use crate::slice_ops::RopeStyle;
 use anyhow::{anyhow, bail, Context, Result};
 use memmap2::Mmap;
 use serde_json::Value;
 use std::path::Path;
 
+/// Tensor name → (dtype, shape, byte range in the map).
+type TensorIndex = std::collections::HashMap<String, (GgmlType, Vec<usize>, std::ops::Range<usize>)>;
+
 pub struct HfWeights {
     map: Mmap,
-    /// name → (dtype, shape, byte range in the map)
-    tensors: std::collections::HashMap<String, (GgmlType, Vec<usize>, std::ops::Range<usize>)>,
+    tensors: TensorIndex,
     arch: Arch,
     path: std::path::PathBuf,
 }
@@ -42,7 +43,7 @@ pub fn open(dir: &Path) -> Result<(DecoderConfig, HfWeights)> {
 }
 
 /// The safetensors header: an 8-byte length, then JSON `{name: {dtype, shape, data_offsets}}`.
-fn index(map: &[u8]) -> Result<std::collections::HashMap<String, (GgmlType, Vec<usize>, std::ops::Range<usize>)>> {
+fn index(map: &[u8]) -> Result<TensorIndex> {
     if map.len() < 8 {
         bail!("file of {} bytes has no header", map.len())
     }
@@ -117,8 +118,7 @@ fn config(cfg: &Value, root: &Value) -> Result<DecoderConfig> {
     if cfg.get("use_sliding_window").and_then(Value::as_bool) == Some(true) {
         bail!("sliding-window attention for {model_type} is not supported")
     }
-    let mut c = DecoderConfig {
-        arch,
+    let dims = Dims {
         n_layers,
         hidden,
         ffn: int(cfg, "intermediate_size")?,
@@ -127,23 +127,11 @@ fn config(cfg: &Value, root: &Value) -> Result<DecoderConfig> {
         head_dim,
         vocab: int(cfg, "vocab_size")?,
         context_length: int(cfg, "max_position_embeddings")?,
-        rms_eps: num(cfg, "rms_norm_eps").unwrap_or(1e-6) as f32,
-        rope_theta,
-        rope_style: RopeStyle::Halves,
-        sliding_window: None,
-        rope_theta_local,
-        sliding_layers: vec![false; n_layers],
-        attn_scale: 1.0 / (head_dim as f32).sqrt(),
-        embed_scale: None,
-        activation: Activation::Silu,
-        qk_norm: false,
-        post_norms: false,
     };
+    let mut c = DecoderConfig::new(arch, dims, num(cfg, "rms_norm_eps").unwrap_or(1e-6) as f32, rope_theta);
+    c.rope_theta_local = rope_theta_local;
     if arch == Arch::Gemma3 {
-        c.embed_scale = Some((hidden as f32).sqrt());
-        c.activation = Activation::GeluTanh;
-        c.qk_norm = true;
-        c.post_norms = true;
+        super::gemma3::set_family(&mut c);
         if let Some(s) = num(cfg, "query_pre_attn_scalar") {
             c.attn_scale = 1.0 / (s as f32).sqrt();
         }

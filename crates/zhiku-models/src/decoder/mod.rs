@@ -85,6 +85,48 @@ pub struct DecoderConfig {
     pub post_norms: bool,
 }
 
+/// The sizes of a decoder.
+#[derive(Debug, Clone, Copy)]
+pub struct Dims {
+    pub n_layers: usize,
+    pub hidden: usize,
+    pub ffn: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+    pub context_length: usize,
+}
+
+impl DecoderConfig {
+    /// A plain decoder of these sizes (no sliding window, SiLU, rotate-half RoPE, no extra
+    /// norms); each architecture adjusts what differs.
+    pub fn new(arch: Arch, d: Dims, rms_eps: f32, rope_theta: f64) -> Self {
+        Self {
+            arch,
+            n_layers: d.n_layers,
+            hidden: d.hidden,
+            ffn: d.ffn,
+            n_heads: d.n_heads,
+            n_kv_heads: d.n_kv_heads,
+            head_dim: d.head_dim,
+            vocab: d.vocab,
+            context_length: d.context_length,
+            rms_eps,
+            rope_theta,
+            rope_style: RopeStyle::Halves,
+            sliding_window: None,
+            rope_theta_local: 10000.0,
+            sliding_layers: vec![false; d.n_layers],
+            attn_scale: 1.0 / (d.head_dim as f32).sqrt(),
+            embed_scale: None,
+            activation: Activation::Silu,
+            qk_norm: false,
+            post_norms: false,
+        }
+    }
+}
+
 struct Layer {
     attn_norm: Vec<f32>,
     wq: QMatrix,
@@ -498,8 +540,7 @@ fn gguf_config(file: &GgufFile, arch: Arch) -> Result<DecoderConfig> {
             bail!("rotary scaling '{t}' is not supported")
         }
     }
-    Ok(DecoderConfig {
-        arch,
+    let dims = Dims {
         n_layers,
         hidden,
         ffn: file.require_u64(&key("feed_forward_length"))? as usize,
@@ -508,16 +549,7 @@ fn gguf_config(file: &GgufFile, arch: Arch) -> Result<DecoderConfig> {
         head_dim,
         vocab,
         context_length: file.require_u64(&key("context_length"))? as usize,
-        rms_eps: file.get_f64(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-6) as f32,
-        rope_theta: file.get_f64(&key("rope.freq_base")).unwrap_or(10000.0),
-        rope_style: RopeStyle::Halves,
-        sliding_window: None,
-        rope_theta_local: 10000.0,
-        sliding_layers: vec![false; n_layers],
-        attn_scale: 1.0 / (head_dim as f32).sqrt(),
-        embed_scale: None,
-        activation: Activation::Silu,
-        qk_norm: false,
-        post_norms: false,
-    })
+    };
+    let rms_eps = file.get_f64(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-6) as f32;
+    Ok(DecoderConfig::new(arch, dims, rms_eps, file.get_f64(&key("rope.freq_base")).unwrap_or(10000.0)))
 }
