@@ -102,12 +102,10 @@ fn hugging_face_folders_generate_too() {
 fn stop_strings_end_the_text() {
     let full = json(&generate(&["--raw", "--temperature", "0", "--max-tokens", "24", "--json", "1, 2, 3, 4,"]));
     let text = full["text"].as_str().unwrap();
-    // Stop at the second comma of the continuation.
-    let cut = text.match_indices(',').nth(1).map(|(i, _)| i).expect("the model continues the list");
+    assert!(text.contains(','), "the model continues the list: {text:?}");
     let stopped = json(&generate(&["--raw", "--temperature", "0", "--max-tokens", "24", "--json", "--stop", ",", "1, 2, 3, 4,"]));
     assert_eq!(stopped["finish_reason"], "stop");
     assert_eq!(stopped["text"].as_str().unwrap(), &text[..text.find(',').unwrap()]);
-    assert!(cut > 0);
 }
 
 #[test]

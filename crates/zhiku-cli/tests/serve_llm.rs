@@ -96,7 +96,6 @@ fn concurrent_requests_share_steps_and_answer_as_alone() {
     let body = |p: &str| json!({"prompt": p, "temperature": 0, "max_tokens": 16});
     let alone: Vec<Value> = prompts.iter().map(|p| srv.json("POST", "/v1/completions", None, &body(p)).1["choices"][0]["text"].clone()).collect();
     let addr = srv.addr.clone();
-    let t0 = Instant::now();
     let handles: Vec<_> = prompts
         .iter()
         .map(|p| {
@@ -106,7 +105,6 @@ fn concurrent_requests_share_steps_and_answer_as_alone() {
         })
         .collect();
     let together: Vec<Value> = handles.into_iter().map(|h| h.join().unwrap().1["choices"][0]["text"].clone()).collect();
-    let _ = t0;
     assert_eq!(together, alone);
     // The batch ran several sequences per step at some point.
     let (_, _, m) = srv.raw("GET", "/metrics", &[], b"");
