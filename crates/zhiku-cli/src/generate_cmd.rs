@@ -126,16 +126,7 @@ pub fn run_generate(a: GenerateArgs) -> Result<i32> {
     if text.trim().is_empty() {
         bail!("the prompt is empty")
     }
-    let prompt = if a.raw {
-        Prompt::Text(text)
-    } else {
-        let mut messages = Vec::new();
-        if let Some(s) = &a.s.system {
-            messages.push(Message::new("system", s));
-        }
-        messages.push(Message::new("user", &text));
-        Prompt::Chat(messages)
-    };
+    let prompt = user_prompt(&text, a.raw, a.s.system.as_deref());
     let lm = a.s.load()?;
     let request = a.s.request(prompt);
     let stdout = std::io::stdout();
@@ -187,6 +178,16 @@ fn round2(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
 }
 
+/// A user's text as raw text to continue, or as a user turn after the optional system message.
+fn user_prompt(text: &str, raw: bool, system: Option<&str>) -> Prompt {
+    if raw {
+        return Prompt::Text(text.to_string());
+    }
+    let mut messages: Vec<Message> = system.map(|s| Message::new("system", s)).into_iter().collect();
+    messages.push(Message::new("user", text));
+    Prompt::Chat(messages)
+}
+
 /// Reads `{"prompt": "..."}` / `{"messages": [...]}` lines; errors name the file and line.
 fn read_jsonl_prompts(path: &std::path::Path, raw: bool, system: Option<&str>) -> Result<Vec<Prompt>> {
     let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
@@ -203,16 +204,7 @@ fn read_jsonl_prompts(path: &std::path::Path, raw: bool, system: Option<&str>) -
             if p.trim().is_empty() {
                 bail!("{}: the prompt is empty", at())
             }
-            if raw {
-                Prompt::Text(p.to_string())
-            } else {
-                let mut m = Vec::new();
-                if let Some(s) = system {
-                    m.push(Message::new("system", s));
-                }
-                m.push(Message::new("user", p));
-                Prompt::Chat(m)
-            }
+            user_prompt(p, raw, system)
         } else if let Some(m) = v.get("messages") {
             let m: Vec<Message> = serde_json::from_value(m.clone()).map_err(|e| anyhow!("{}: \"messages\" must be a list of {{\"role\", \"content\"}}: {e}", at()))?;
             if m.is_empty() {

@@ -1,10 +1,10 @@
 //! Text generation with zhiku's decoders.
 //!
 //! [`LanguageModel`] is a loaded model with its tokenizer and chat template;
-//! [`LanguageModel::generate`] runs a batch of requests together: all prompts are processed in
-//! forward passes of up to [`PREFILL_CHUNK`] tokens, then every unfinished sequence advances by
-//! one token per forward pass (one batch of rows through each weight matrix), each with its own
-//! sampler, stop conditions and text stream.
+//! [`LanguageModel::generate`] runs a batch of requests through the continuous-batching
+//! [`scheduler::Scheduler`]: prompts in forward passes of up to [`PREFILL_CHUNK`] tokens, and every
+//! unfinished sequence one token per pass (one batch of rows through each weight matrix), each
+//! with its own sampler, stop conditions and text stream.
 
 pub mod bench;
 pub mod sampling;
@@ -32,8 +32,6 @@ pub struct LanguageModel {
     pub tokenizer: Tokenizer,
     pub info: TokenizerInfo,
     template: ChatTemplate,
-    /// Whether the template came from the model (else a generic one for its family).
-    pub has_own_template: bool,
     pub name: String,
     pub file_size: usize,
 }
@@ -56,6 +54,14 @@ pub struct Request {
     /// Drop the oldest prompt tokens if prompt + max_tokens exceed the context, instead of
     /// refusing.
     pub truncate: bool,
+}
+
+/// A checked request's prompt ids (the oldest dropped if it asked to truncate).
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub ids: Vec<u32>,
+    /// Prompt tokens dropped.
+    pub truncated: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -155,23 +161,20 @@ impl LanguageModel {
     fn assemble(model: DecoderModel, tokenizer: Tokenizer, info: TokenizerInfo, name: String, file_size: usize, path: &Path) -> Result<Self> {
         let token = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i)).unwrap_or_default();
         let (bos, eos) = (token(info.bos), token(info.eos));
-        let (source, has_own_template) = match &info.chat_template {
-            Some(t) => (t.clone(), true),
-            None if model.config.arch == zhiku_models::decoder::Arch::Gemma3 => (template::GEMMA.to_string(), false),
-            None => (template::CHATML.to_string(), false),
+        // A model without a template gets its family's generic one.
+        let source = match &info.chat_template {
+            Some(t) => t.clone(),
+            None if model.config.arch == zhiku_models::decoder::Arch::Gemma3 => template::GEMMA.to_string(),
+            None => template::CHATML.to_string(),
         };
         let template = ChatTemplate::new(&source, &bos, &eos).with_context(|| format!("{}", path.display()))?;
-        Ok(Self { model, tokenizer, info, template, has_own_template, name, file_size })
+        Ok(Self { model, tokenizer, info, template, name, file_size })
     }
 
     /// Token ids of a text; `special`: add the BOS the model expects.
     pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
         let enc = self.tokenizer.encode(text, special).map_err(|e| anyhow!("cannot tokenise: {e}"))?;
         Ok(enc.get_ids().to_vec())
-    }
-
-    pub fn decode(&self, ids: &[u32]) -> String {
-        self.tokenizer.decode(ids, true).unwrap_or_default()
     }
 
     pub fn render_chat(&self, messages: &[Message]) -> Result<String> {
@@ -202,9 +205,8 @@ impl LanguageModel {
         }
     }
 
-    /// Checks a request and returns its prompt ids (the oldest dropped if it asks to
-    /// truncate) and how many were dropped.
-    pub fn prepare(&self, r: &Request) -> Result<(Vec<u32>, usize)> {
+    /// Checks a request and tokenises its prompt (once: the scheduler admits the result).
+    pub fn prepare(&self, r: &Request) -> Result<Prepared> {
         r.params.validate()?;
         if r.max_tokens == 0 {
             bail!("max_tokens must be at least 1")
@@ -223,7 +225,7 @@ impl LanguageModel {
             truncated = ids.len() + r.max_tokens - ctx;
             ids.drain(..truncated);
         }
-        Ok((ids, truncated))
+        Ok(Prepared { ids, truncated })
     }
 
     /// Generates for every request, batched continuously (as many at once as the default
@@ -231,9 +233,11 @@ impl LanguageModel {
     /// (never a partial character, never part of a stop string). Every request is checked
     /// before any is run.
     pub fn generate(&self, requests: &[Request], mut on_text: impl FnMut(usize, &str)) -> Result<Vec<Completion>> {
-        for (i, r) in requests.iter().enumerate() {
-            self.prepare(r).map_err(|e| if requests.len() > 1 { e.context(format!("request {}", i + 1)) } else { e })?;
-        }
+        let prepared = requests
+            .iter()
+            .enumerate()
+            .map(|(i, r)| self.prepare(r).map_err(|e| if requests.len() > 1 { e.context(format!("request {}", i + 1)) } else { e }))
+            .collect::<Result<Vec<_>>>()?;
         let (tx, rx) = std::sync::mpsc::channel::<(usize, Event)>();
         let mut done: Vec<Option<Completion>> = vec![None; requests.len()];
         let mut scheduler = Scheduler::new(self, Limits::default());
@@ -242,7 +246,7 @@ impl LanguageModel {
             while next < requests.len() {
                 let tx = tx.clone();
                 let i = next;
-                match scheduler.admit(&requests[i], Box::new(move |e| tx.send((i, e)).is_ok())) {
+                match scheduler.admit(&requests[i], &prepared[i], Box::new(move |e| tx.send((i, e)).is_ok())) {
                     Ok(()) => next += 1,
                     Err(AdmitError::Full(_)) if !scheduler.is_idle() => break,
                     Err(e) => bail!("request {}: {e}", i + 1),

@@ -10,7 +10,7 @@
 
 use crate::sampling::Sampler;
 use crate::stream::{StopMatcher, TextStream};
-use crate::{Completion, FinishReason, LanguageModel, Request, PREFILL_CHUNK};
+use crate::{Completion, FinishReason, LanguageModel, Prepared, Request, PREFILL_CHUNK};
 use anyhow::{anyhow, Result};
 use std::time::Instant;
 use zhiku_models::decoder::{KvCache, Logits, Step};
@@ -105,9 +105,10 @@ impl<'a> Scheduler<'a> {
         self.reserved_kv
     }
 
-    /// Validates and tokenises a request and, if there is room, adds it to the batch.
-    pub fn admit(&mut self, r: &Request, sink: Sink<'a>) -> std::result::Result<(), AdmitError> {
-        let (ids, truncated) = self.lm.prepare(r).map_err(AdmitError::Invalid)?;
+    /// Adds a request checked and tokenised by [`LanguageModel::prepare`] to the batch if
+    /// there is room.
+    pub fn admit(&mut self, r: &Request, prepared: &Prepared, sink: Sink<'a>) -> std::result::Result<(), AdmitError> {
+        let (ids, truncated) = (prepared.ids.clone(), prepared.truncated);
         let positions = ids.len() + r.max_tokens;
         let kv = positions * self.lm.model.kv_bytes_per_position();
         if kv > self.limits.max_kv_bytes {

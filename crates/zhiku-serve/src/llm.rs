@@ -25,7 +25,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use zhiku_infer::sampling::SamplingParams;
 use zhiku_infer::scheduler::{AdmitError, Event, Limits, Scheduler};
 use zhiku_infer::template::Message;
-use zhiku_infer::{Completion, LanguageModel, Prompt, Request};
+use zhiku_infer::{Completion, LanguageModel, Prepared, Prompt, Request};
 
 /// What a handler hears from the worker.
 pub enum Msg {
@@ -37,6 +37,7 @@ pub enum Msg {
 
 struct Job {
     request: Request,
+    prepared: Prepared,
     events: UnboundedSender<Msg>,
 }
 
@@ -63,9 +64,9 @@ impl LlmWorker {
     }
 
     /// Queues a request; its events arrive on the returned channel. 503 when the queue is full.
-    fn submit(&self, request: Request) -> Result<UnboundedReceiver<Msg>, ApiError> {
+    fn submit(&self, request: Request, prepared: Prepared) -> Result<UnboundedReceiver<Msg>, ApiError> {
         let (tx, rx) = unbounded_channel();
-        match self.queue.try_send(Job { request, events: tx }) {
+        match self.queue.try_send(Job { request, prepared, events: tx }) {
             Ok(()) => Ok(rx),
             Err(crossbeam_channel::TrySendError::Full(_)) => Err(ApiError::overloaded(format!("model {:?} is at capacity: its queue of waiting requests is full", self.name))),
             Err(crossbeam_channel::TrySendError::Disconnected(_)) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the model's worker stopped")),
@@ -104,7 +105,7 @@ fn run_worker(lm: &LanguageModel, rx: &crossbeam_channel::Receiver<Job>, limits:
                 })
                 .is_ok()
             });
-            match scheduler.admit(&job.request, sink) {
+            match scheduler.admit(&job.request, &job.prepared, sink) {
                 Ok(()) => {}
                 Err(AdmitError::Full(_)) if !scheduler.is_idle() => {
                     held = Some(job);
@@ -234,10 +235,10 @@ fn pick(state: &AppState, name: Option<&str>) -> Result<Arc<LlmWorker>, ApiError
     }
 }
 
-/// Checks the prompt against the model (tokenises it: on the blocking pool).
-async fn check(worker: &Arc<LlmWorker>, request: Request) -> Result<Request, ApiError> {
+/// Checks the prompt against the model and tokenises it (on the blocking pool).
+async fn check(worker: &Arc<LlmWorker>, request: Request) -> Result<(Request, Prepared), ApiError> {
     let w = worker.clone();
-    tokio::task::spawn_blocking(move || w.lm.prepare(&request).map(|_| request))
+    tokio::task::spawn_blocking(move || w.lm.prepare(&request).map(|p| (request, p)))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(|e| ApiError::unprocessable(format!("{e:#}")))
@@ -270,8 +271,8 @@ pub async fn completions(State(state): State<Arc<AppState>>, body: Result<Bytes,
 }
 
 async fn respond(worker: Arc<LlmWorker>, request: Request, common: &Common, kind: Kind) -> Result<Response, ApiError> {
-    let request = check(&worker, request).await?;
-    let mut rx = worker.submit(request)?;
+    let (request, prepared) = check(&worker, request).await?;
+    let mut rx = worker.submit(request, prepared)?;
     let id = format!("{}-{:016x}", if kind == Kind::Chat { "chatcmpl" } else { "cmpl" }, rand_seed());
     let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let model = worker.name.clone();

@@ -318,7 +318,7 @@ impl DecoderModel {
 
     /// Quantises a shared input once when all the matrices reading it take the integer
     /// kernels (quantised weights, fewer rows than the GEMM path takes).
-    fn quantize_if_needed(&self, h: &[f32], n: usize, cols: usize, ms: [&QMatrix; 3]) -> Option<QuantizedRows> {
+    fn quantize_if_needed(&self, h: &[f32], n: usize, cols: usize, ms: &[&QMatrix]) -> Option<QuantizedRows> {
         if !self.exact && n < crate::qmatmul::GEMM_ROWS && ms.iter().all(|m| !m.is_float()) {
             Some(QuantizedRows::new(h, n, cols))
         } else {
@@ -383,7 +383,7 @@ impl DecoderModel {
         let mut up = vec![0f32; n * c.ffn];
         for (li, l) in self.layers.iter().enumerate() {
             ops::rms_norm(&x, &l.attn_norm, c.rms_eps, &mut h);
-            let acts = self.quantize_if_needed(&h, n, hidden, [&l.wq, &l.wk, &l.wv]);
+            let acts = self.quantize_if_needed(&h, n, hidden, &[&l.wq, &l.wk, &l.wv]);
             self.project(&l.wq, &h, n, acts.as_ref(), &mut q)?;
             self.project(&l.wk, &h, n, acts.as_ref(), &mut k)?;
             self.project(&l.wv, &h, n, acts.as_ref(), &mut v)?;
@@ -420,7 +420,7 @@ impl DecoderModel {
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
 
             ops::rms_norm(&x, &l.ffn_norm, c.rms_eps, &mut h);
-            let acts = self.quantize_if_needed(&h, n, hidden, [&l.w_gate, &l.w_up, &l.w_up]);
+            let acts = self.quantize_if_needed(&h, n, hidden, &[&l.w_gate, &l.w_up]);
             self.project(&l.w_gate, &h, n, acts.as_ref(), &mut gate)?;
             self.project(&l.w_up, &h, n, acts.as_ref(), &mut up)?;
             let act = match c.activation {
