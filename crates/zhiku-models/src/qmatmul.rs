@@ -226,6 +226,50 @@ impl QMatrix {
         Ok(())
     }
 
+    /// `dx[n, cols] = dy[n, rows] · W`: the gradient of [`QMatrix::matmul`] with respect to its
+    /// input, which fine-tuning an adapter over frozen quantised weights needs. Weight rows are
+    /// dequantised a chunk at a time (in parallel) and each chunk's share is added by an f32
+    /// GEMM, so the matrix is never held whole in f32.
+    pub fn matmul_transposed(&self, dy: &[f32], n: usize, dx: &mut [f32]) {
+        assert_eq!(dy.len(), n * self.rows, "transposed product input shape");
+        assert_eq!(dx.len(), n * self.cols, "transposed product output shape");
+        if n == 0 {
+            return;
+        }
+        let (rows, cols) = (self.rows, self.cols);
+        const CHUNK: usize = 256;
+        let mut wf = Vec::new();
+        for first in (0..rows).step_by(CHUNK) {
+            let count = CHUNK.min(rows - first);
+            let w: &[f32] = match &self.weights {
+                Weights::Float(v) => &v[first * cols..(first + count) * cols],
+                _ => {
+                    let row_bytes = self.dtype.bytes_for(cols);
+                    let bytes = &self.bytes()[first * row_bytes..(first + count) * row_bytes];
+                    wf.resize(count * cols, 0.0);
+                    wf.par_chunks_mut(cols).zip(bytes.par_chunks(row_bytes)).for_each(|(out, b)| {
+                        self.dtype.dequantize(b, out).expect("whole blocks");
+                    });
+                    &wf
+                }
+            };
+            let threads = rayon::current_num_threads();
+            let par = if threads > 1 && n * count * cols > 1 << 18 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+            // SAFETY: dy is n × rows (row stride `rows`; columns first..first+count read), w is
+            // count × cols row-major, dx is n × cols; dx does not alias either input.
+            unsafe {
+                gemm::gemm(
+                    n, cols, count,
+                    dx.as_mut_ptr(), 1, cols as isize, first > 0,
+                    dy.as_ptr().add(first), 1, rows as isize,
+                    w.as_ptr(), 1, cols as isize,
+                    1.0, 1.0, false, false, false,
+                    par,
+                );
+            }
+        }
+    }
+
     /// The product with activations already quantised (several matrices reading one input).
     pub fn matmul_quantized(&self, acts: &QuantizedRows, y: &mut [f32]) {
         let w = self.bytes();
@@ -690,6 +734,29 @@ mod tests {
                     // Activations are rounded to 8 bits: about 0.4% of the row's magnitude.
                     let tol = if m.is_float() { 1e-4 * scale } else { 0.02 * scale };
                     assert!(err <= tol, "{} {k:?} n={n}: max error {err} (scale {scale})", ty.name());
+                }
+            }
+        }
+    }
+
+    /// The input gradient `dy · W` against the dequantised matrix, for every type, with more
+    /// weight rows than one chunk of the product.
+    #[test]
+    fn transposed_product_matches_dequantised_matrix_for_every_type() {
+        let (rows, cols) = (300, 256);
+        for ty in GgmlType::ALL {
+            let m = QMatrix::from_f32(values(rows * cols, 3), rows, cols, ty).unwrap();
+            let w = m.to_f32().unwrap();
+            for n in [1, 7, 40] {
+                let dy = values(n * rows, 9 + n as u64);
+                let mut dx = vec![f32::NAN; n * cols];
+                m.matmul_transposed(&dy, n, &mut dx);
+                for r in 0..n {
+                    for c in 0..cols {
+                        let expect = (0..rows).map(|o| dy[r * rows + o] as f64 * w[o * cols + c] as f64).sum::<f64>() as f32;
+                        let got = dx[r * cols + c];
+                        assert!((got - expect).abs() <= 1e-4 * expect.abs().max(1.0), "{} n={n} [{r},{c}]: {got} vs {expect}", ty.name());
+                    }
                 }
             }
         }

@@ -103,6 +103,12 @@ impl RopeTable {
         self.cos.is_empty()
     }
 
+    /// Cosines and sines of positions `0..len`, `half` values per position.
+    pub fn first(&self, len: usize) -> (&[f32], &[f32]) {
+        let n = (len * self.half).min(self.cos.len());
+        (&self.cos[..n], &self.sin[..n])
+    }
+
     /// Rotates one head vector at position `pos`.
     pub fn apply(&self, v: &mut [f32], pos: usize, style: RopeStyle) {
         let h = self.half;

@@ -12,6 +12,7 @@
 //! ([`QMatrix`]); activations are f32.
 
 pub mod gemma3;
+pub mod graph;
 pub mod hf;
 pub mod llama;
 pub mod qwen2;

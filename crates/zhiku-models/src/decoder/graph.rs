@@ -1,0 +1,462 @@
+//! The decoder as candle operations: the same model as [`DecoderModel::forward`], written so
+//! that gradients flow and so that it runs on any candle device.
+//!
+//! The generation engine ([`DecoderModel`]) runs plain slice code with a KV cache and integer
+//! kernels; it has no backward pass. Fine-tuning needs one, and a GPU needs tensors on the
+//! device. [`GraphDecoder`] takes a loaded [`DecoderModel`] and keeps its frozen weights in one
+//! of two forms:
+//! - **blocks** (CPU, f32): the file's quantised blocks, multiplied by our kernels through a
+//!   candle custom op whose backward pass is `dy · W` over weights dequantised a chunk at a
+//!   time ([`QMatrix::matmul_transposed`]), so a quantised base model is never widened whole;
+//! - **dense**: dequantised once into a tensor of the chosen dtype on the device (f16 or bf16
+//!   on a GPU, where candle's matmuls run), which is what a `cuda` build uses.
+//!
+//! Low-rank adapters ([`LoraSpec`]) can be attached to any of the seven projections of every
+//! layer; they are the trainable parameters ([`GraphDecoder::trainable`]), named as PEFT names
+//! them so that adapters can be saved in its format. The token embedding stays frozen: its rows
+//! are looked up on the host and uploaded.
+//!
+//! Sequences of a batch are right-padded; the attention mask combines causality, each
+//! sequence's length and, on sliding-window layers, the window. Attention, norms and the
+//! softmax run in f32 whatever the dtype of the weights (in f64 for an f64 model, which
+//! finite-difference checks use).
+
+use super::{Activation, DecoderConfig, DecoderModel};
+use crate::qmatmul::QMatrix;
+use crate::slice_ops::{RopeStyle, RopeTable};
+use anyhow::{bail, Result};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, Var, D};
+use rand::{Rng, SeedableRng};
+use std::sync::Arc;
+
+/// Low-rank adapters to attach: `W x + (alpha / rank) · B A x`, A initialised uniform in
+/// ±1/√in (as PEFT's Kaiming default), B at zero (so the adapted model starts as the base).
+#[derive(Debug, Clone)]
+pub struct LoraSpec {
+    pub rank: usize,
+    pub alpha: f64,
+    /// Projection names as in Hugging Face models: `q_proj`, `k_proj`, `v_proj`, `o_proj`,
+    /// `gate_proj`, `up_proj`, `down_proj`.
+    pub targets: Vec<String>,
+    pub seed: u64,
+}
+
+pub const PROJECTIONS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+/// How the frozen weights are held.
+#[derive(Debug, Clone)]
+pub struct GraphOptions {
+    pub device: Device,
+    /// Dtype of dense weights and of the activations between layers.
+    pub dtype: DType,
+    /// Dequantise into dense tensors even on the CPU (what a GPU runs, checkable on a CPU).
+    pub dense: bool,
+    pub lora: Option<LoraSpec>,
+}
+
+impl GraphOptions {
+    pub fn cpu() -> Self {
+        Self { device: Device::Cpu, dtype: DType::F32, dense: false, lora: None }
+    }
+}
+
+/// `y = x · Wᵀ` over quantised blocks (CPU, f32), differentiable with respect to `x`.
+struct BlockProduct(Arc<QMatrix>);
+
+/// `dx = dy · W`, the backward pass of [`BlockProduct`].
+struct BlockProductTransposed(Arc<QMatrix>);
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else { candle_core::bail!("quantised product expects f32 activations") };
+    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("quantised product expects contiguous activations") };
+    Ok(&v[a..b])
+}
+
+fn with_last_dim(l: &Layout, last: usize) -> Shape {
+    let mut dims = l.shape().dims().to_vec();
+    *dims.last_mut().expect("at least one dimension") = last;
+    Shape::from(dims)
+}
+
+impl CustomOp1 for BlockProduct {
+    fn name(&self) -> &'static str {
+        "quantized-product"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let m = &self.0;
+        let x = f32_slice(s, l)?;
+        if l.shape().dims().last() != Some(&m.cols) {
+            candle_core::bail!("quantised product: input {:?} does not end in {}", l.shape(), m.cols)
+        }
+        let n = x.len() / m.cols;
+        let mut y = vec![0f32; n * m.rows];
+        // Few rows: f32 over dequantised rows, so that forward and backward use the same
+        // arithmetic (the integer kernels round the activations to 8 bits).
+        if n >= crate::qmatmul::GEMM_ROWS {
+            m.matmul(x, n, &mut y);
+        } else {
+            m.matmul_exact(x, n, &mut y).map_err(candle_core::Error::wrap)?;
+        }
+        Ok((CpuStorage::F32(y), with_last_dim(l, m.rows)))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&BlockProductTransposed(self.0.clone()))?))
+    }
+}
+
+impl CustomOp1 for BlockProductTransposed {
+    fn name(&self) -> &'static str {
+        "quantized-product-transposed"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let m = &self.0;
+        let dy = f32_slice(s, l)?;
+        let n = dy.len() / m.rows;
+        let mut dx = vec![0f32; n * m.cols];
+        m.matmul_transposed(dy, n, &mut dx);
+        Ok((CpuStorage::F32(dx), with_last_dim(l, m.cols)))
+    }
+}
+
+enum FrozenWeight {
+    Blocks(Arc<QMatrix>),
+    /// `[out, in]` on the device.
+    Dense(Tensor),
+}
+
+/// A rank-r update `scale · B A` of one projection.
+pub struct Lora {
+    pub a: Var,
+    pub b: Var,
+    pub scale: f64,
+}
+
+/// One projection: frozen weight, optional frozen bias, optional adapter.
+pub struct GraphLinear {
+    /// The module's Hugging Face path (`model.layers.3.self_attn.q_proj`).
+    pub name: String,
+    weight: FrozenWeight,
+    bias: Option<Tensor>,
+    pub lora: Option<Lora>,
+}
+
+impl GraphLinear {
+    /// `x[.., in] → [.., out]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_dim = *dims.last().expect("input has dimensions");
+        let rows = x.elem_count() / in_dim.max(1);
+        let x2 = x.reshape((rows, in_dim))?;
+        let mut y = match &self.weight {
+            FrozenWeight::Blocks(m) => x2.contiguous()?.apply_op1(BlockProduct(m.clone()))?,
+            FrozenWeight::Dense(w) => x2.matmul(&w.t()?)?,
+        };
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        if let Some(l) = &self.lora {
+            let low = x2.matmul(&l.a.as_tensor().t()?)?.matmul(&l.b.as_tensor().t()?)?;
+            y = (y + (low * l.scale)?)?;
+        }
+        let out = y.dim(1)?;
+        let mut out_dims = dims;
+        *out_dims.last_mut().unwrap() = out;
+        Ok(y.reshape(out_dims)?)
+    }
+}
+
+struct GraphLayer {
+    attn_norm: Tensor,
+    q: GraphLinear,
+    k: GraphLinear,
+    v: GraphLinear,
+    o: GraphLinear,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    post_attn_norm: Option<Tensor>,
+    ffn_norm: Tensor,
+    gate: GraphLinear,
+    up: GraphLinear,
+    down: GraphLinear,
+    post_ffn_norm: Option<Tensor>,
+}
+
+/// A decoder as differentiable candle operations (see the module's documentation).
+pub struct GraphDecoder {
+    pub config: DecoderConfig,
+    device: Device,
+    dtype: DType,
+    embed: Arc<QMatrix>,
+    layers: Vec<GraphLayer>,
+    final_norm: Tensor,
+    lm_head: GraphLinear,
+    rope: RopeTable,
+    rope_local: Option<RopeTable>,
+}
+
+/// The final hidden states of a right-padded batch.
+#[derive(Debug)]
+pub struct Hidden {
+    /// `[batch, max_len, hidden]`, final norm applied.
+    pub states: Tensor,
+    pub lengths: Vec<usize>,
+}
+
+impl GraphDecoder {
+    /// Takes over a loaded model's weights.
+    pub fn new(model: DecoderModel, opts: &GraphOptions) -> Result<Self> {
+        let dense = opts.dense || !opts.device.is_cpu() || opts.dtype != DType::F32;
+        let DecoderModel { config, embed, layers, final_norm, lm_head, rope, rope_local, .. } = model;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.lora.as_ref().map_or(0, |l| l.seed));
+        if let Some(spec) = &opts.lora {
+            if spec.rank == 0 {
+                bail!("LoRA rank must be at least 1")
+            }
+            if let Some(t) = spec.targets.iter().find(|t| !PROJECTIONS.contains(&t.as_str())) {
+                bail!("unknown LoRA target '{t}' (choose from {})", PROJECTIONS.join(", "))
+            }
+        }
+        let vector = |v: Vec<f32>| -> Result<Tensor> { Ok(Tensor::from_vec(v.clone(), v.len(), &opts.device)?) };
+        let embed = Arc::new(embed);
+        let linear = |name: String, m: QMatrix, bias: Option<Vec<f32>>, rng: &mut rand_chacha::ChaCha8Rng| -> Result<GraphLinear> {
+            let (rows, cols) = (m.rows, m.cols);
+            let weight = if dense {
+                let w = Tensor::from_vec(m.to_f32()?, (rows, cols), &Device::Cpu)?.to_dtype(opts.dtype)?.to_device(&opts.device)?;
+                FrozenWeight::Dense(w)
+            } else {
+                FrozenWeight::Blocks(Arc::new(m))
+            };
+            let bias = bias.map(|b| -> Result<Tensor> { Ok(vector(b)?.to_dtype(opts.dtype)?) }).transpose()?;
+            let short = name.rsplit('.').next().unwrap_or("");
+            let lora = match &opts.lora {
+                Some(spec) if spec.targets.iter().any(|t| t == short) => {
+                    let bound = 1.0 / (cols as f64).sqrt();
+                    let a: Vec<f32> = (0..spec.rank * cols).map(|_| rng.random_range(-bound..bound) as f32).collect();
+                    let a = Tensor::from_vec(a, (spec.rank, cols), &Device::Cpu)?.to_dtype(opts.dtype)?.to_device(&opts.device)?;
+                    let b = Tensor::zeros((rows, spec.rank), opts.dtype, &opts.device)?;
+                    Some(Lora { a: Var::from_tensor(&a)?, b: Var::from_tensor(&b)?, scale: spec.alpha / spec.rank as f64 })
+                }
+                _ => None,
+            };
+            Ok(GraphLinear { name, weight, bias, lora })
+        };
+        let mut graph_layers = Vec::with_capacity(layers.len());
+        for (i, l) in layers.into_iter().enumerate() {
+            let attn = |p: &str| format!("model.layers.{i}.self_attn.{p}");
+            let mlp = |p: &str| format!("model.layers.{i}.mlp.{p}");
+            let opt = |v: Option<Vec<f32>>| v.map(vector).transpose();
+            graph_layers.push(GraphLayer {
+                attn_norm: vector(l.attn_norm)?,
+                q: linear(attn("q_proj"), l.wq, l.bq, &mut rng)?,
+                k: linear(attn("k_proj"), l.wk, l.bk, &mut rng)?,
+                v: linear(attn("v_proj"), l.wv, l.bv, &mut rng)?,
+                o: linear(attn("o_proj"), l.wo, None, &mut rng)?,
+                q_norm: opt(l.q_norm)?,
+                k_norm: opt(l.k_norm)?,
+                post_attn_norm: opt(l.post_attn_norm)?,
+                ffn_norm: vector(l.ffn_norm)?,
+                gate: linear(mlp("gate_proj"), l.w_gate, None, &mut rng)?,
+                up: linear(mlp("up_proj"), l.w_up, None, &mut rng)?,
+                down: linear(mlp("down_proj"), l.w_down, None, &mut rng)?,
+                post_ffn_norm: opt(l.post_ffn_norm)?,
+            });
+        }
+        // A tied output projection shares the embedding's blocks (or their dense copy).
+        let lm_weight = match lm_head {
+            Some(m) if dense => FrozenWeight::Dense(Tensor::from_vec(m.to_f32()?, (m.rows, m.cols), &Device::Cpu)?.to_dtype(opts.dtype)?.to_device(&opts.device)?),
+            Some(m) => FrozenWeight::Blocks(Arc::new(m)),
+            None if dense => FrozenWeight::Dense(Tensor::from_vec(embed.to_f32()?, (embed.rows, embed.cols), &Device::Cpu)?.to_dtype(opts.dtype)?.to_device(&opts.device)?),
+            None => FrozenWeight::Blocks(embed.clone()),
+        };
+        let lm_head = GraphLinear { name: "lm_head".into(), weight: lm_weight, bias: None, lora: None };
+        Ok(Self { config, device: opts.device.clone(), dtype: opts.dtype, embed, layers: graph_layers, final_norm: vector(final_norm)?, lm_head, rope, rope_local })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The adapters' parameters with PEFT's names (`base_model.model.<module>.lora_A.weight`).
+    pub fn trainable(&self) -> Vec<(String, Var)> {
+        let mut out = Vec::new();
+        for l in &self.layers {
+            for p in [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down] {
+                if let Some(lora) = &p.lora {
+                    out.push((format!("base_model.model.{}.lora_A.weight", p.name), lora.a.clone()));
+                    out.push((format!("base_model.model.{}.lora_B.weight", p.name), lora.b.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Runs a batch of token sequences (each from position 0) to the final normed hidden
+    /// states; shorter sequences are padded on the right.
+    pub fn hidden(&self, batch: &[&[u32]]) -> Result<Hidden> {
+        let c = &self.config;
+        let lengths: Vec<usize> = batch.iter().map(|s| s.len()).collect();
+        let t = lengths.iter().copied().max().unwrap_or(0);
+        if t == 0 {
+            bail!("a batch needs at least one token")
+        }
+        if t > c.context_length {
+            bail!("sequence of {t} tokens is longer than the context of {}", c.context_length)
+        }
+        let b = batch.len();
+        let mut x = vec![0f32; b * t * c.hidden];
+        for (si, seq) in batch.iter().enumerate() {
+            for (p, &tok) in seq.iter().enumerate() {
+                if tok as usize >= c.vocab {
+                    bail!("token id {tok} is outside the vocabulary of {}", c.vocab)
+                }
+                let off = (si * t + p) * c.hidden;
+                self.embed.row(tok as usize, &mut x[off..off + c.hidden])?;
+            }
+        }
+        if let Some(s) = c.embed_scale {
+            x.iter_mut().for_each(|v| *v *= s);
+        }
+        let mut x = Tensor::from_vec(x, (b, t, c.hidden), &Device::Cpu)?.to_device(&self.device)?.to_dtype(self.dtype)?;
+        let global_mask = self.mask(&lengths, t, None)?;
+        let local_mask = match c.sliding_window {
+            Some(w) => Some(self.mask(&lengths, t, Some(w))?),
+            None => None,
+        };
+        let global_rope = self.rope_tensors(&self.rope, t)?;
+        let local_rope = match &self.rope_local {
+            Some(r) => Some(self.rope_tensors(r, t)?),
+            None => None,
+        };
+        for (li, l) in self.layers.iter().enumerate() {
+            let sliding = c.sliding_layers.get(li).copied().unwrap_or(false);
+            let mask = if sliding { local_mask.as_ref().unwrap_or(&global_mask) } else { &global_mask };
+            let rope = if sliding { local_rope.as_ref().unwrap_or(&global_rope) } else { &global_rope };
+            x = self.layer(l, &x, mask, rope)?;
+        }
+        let states = rms_norm(&x, &self.final_norm, c.rms_eps)?;
+        Ok(Hidden { states, lengths })
+    }
+
+    /// Logits `[.., vocab]` of hidden states (all of them, or the rows a loss needs).
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.lm_head.forward(hidden)
+    }
+
+    /// The dtype of attention, norms and softmax.
+    fn accumulate(&self) -> DType {
+        if self.dtype == DType::F64 { DType::F64 } else { DType::F32 }
+    }
+
+    fn layer(&self, l: &GraphLayer, x: &Tensor, mask: &Tensor, rope: &(Tensor, Tensor)) -> Result<Tensor> {
+        let c = &self.config;
+        let acc = self.accumulate();
+        let (b, t, _) = x.dims3()?;
+        let (nh, kvh, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
+        let h = rms_norm(x, &l.attn_norm, c.rms_eps)?;
+        let heads = |y: Tensor, n: usize| -> Result<Tensor> { Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.to_dtype(acc)?) };
+        let mut q = heads(l.q.forward(&h)?, nh)?;
+        let mut k = heads(l.k.forward(&h)?, kvh)?;
+        let mut v = heads(l.v.forward(&h)?, kvh)?;
+        if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+            q = rms_norm(&q, qn, c.rms_eps)?;
+            k = rms_norm(&k, kn, c.rms_eps)?;
+        }
+        q = apply_rope(&q, rope, c.rope_style)?;
+        k = apply_rope(&k, rope, c.rope_style)?;
+        let group = nh / kvh;
+        if group > 1 {
+            let expand = |y: &Tensor| -> Result<Tensor> { Ok(y.unsqueeze(2)?.broadcast_as((b, kvh, group, t, hd))?.contiguous()?.reshape((b, nh, t, hd))?) };
+            k = expand(&k)?;
+            v = expand(&v)?;
+        }
+        let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * c.attn_scale as f64)?;
+        let probs = softmax_last(&scores.broadcast_add(mask)?)?;
+        let attn = probs.matmul(&v.contiguous()?)?.transpose(1, 2)?.contiguous()?.reshape((b, t, nh * hd))?.to_dtype(self.dtype)?;
+        let mut o = l.o.forward(&attn)?;
+        if let Some(w) = &l.post_attn_norm {
+            o = rms_norm(&o, w, c.rms_eps)?;
+        }
+        let x = (x + o)?;
+        let h = rms_norm(&x, &l.ffn_norm, c.rms_eps)?;
+        let gate = l.gate.forward(&h)?;
+        let act = match c.activation {
+            Activation::Silu => gate.silu()?,
+            Activation::GeluTanh => gate.gelu()?,
+        };
+        let mut o = l.down.forward(&(act * l.up.forward(&h)?)?)?;
+        if let Some(w) = &l.post_ffn_norm {
+            o = rms_norm(&o, w, c.rms_eps)?;
+        }
+        Ok((x + o)?)
+    }
+
+    /// Additive mask `[batch, 1, t, t]`: a query sees keys at or before it, inside its
+    /// sequence and (sliding layers) inside the window. Padding queries see their sequence's
+    /// first token, so that no row is empty.
+    fn mask(&self, lengths: &[usize], t: usize, window: Option<usize>) -> Result<Tensor> {
+        const BLOCKED: f32 = -1e30;
+        let mut m = vec![BLOCKED; lengths.len() * t * t];
+        for (s, &len) in lengths.iter().enumerate() {
+            for i in 0..t {
+                let row = &mut m[(s * t + i) * t..(s * t + i + 1) * t];
+                for (j, v) in row.iter_mut().enumerate() {
+                    let visible = j <= i && j < len.max(1) && window.is_none_or(|w| i - j < w);
+                    if visible {
+                        *v = 0.0;
+                    }
+                }
+            }
+        }
+        Ok(Tensor::from_vec(m, (lengths.len(), 1, t, t), &self.device)?.to_dtype(self.accumulate())?)
+    }
+
+    fn rope_tensors(&self, table: &RopeTable, t: usize) -> Result<(Tensor, Tensor)> {
+        let (cos, sin) = table.first(t);
+        let half = table.half;
+        let acc = self.accumulate();
+        Ok((Tensor::from_slice(cos, (t, half), &self.device)?.to_dtype(acc)?, Tensor::from_slice(sin, (t, half), &self.device)?.to_dtype(acc)?))
+    }
+}
+
+/// RMSNorm over the last dimension, in f32 (f64 for f64 input), returned in the input's dtype.
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let acc = if dtype == DType::F64 { DType::F64 } else { DType::F32 };
+    let xf = x.to_dtype(acc)?;
+    let inv = (xf.sqr()?.mean_keepdim(D::Minus1)? + eps as f64)?.sqrt()?.recip()?;
+    Ok(xf.broadcast_mul(&inv)?.broadcast_mul(&w.to_dtype(acc)?)?.to_dtype(dtype)?)
+}
+
+/// Softmax over the last dimension; the maximum is subtracted as a constant (it cancels in
+/// the gradient).
+fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}
+
+/// Rotary embedding of `[batch, heads, t, head_dim]` (f32) with tables `[t, head_dim / 2]`.
+fn apply_rope(x: &Tensor, (cos, sin): &(Tensor, Tensor), style: RopeStyle) -> Result<Tensor> {
+    let (b, h, t, d) = x.dims4()?;
+    let half = d / 2;
+    Ok(match style {
+        RopeStyle::Halves => {
+            let x1 = x.narrow(D::Minus1, 0, half)?;
+            let x2 = x.narrow(D::Minus1, half, half)?;
+            let a = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
+            let b2 = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
+            Tensor::cat(&[a, b2], D::Minus1)?
+        }
+        RopeStyle::Interleaved => {
+            let pairs = x.reshape((b, h, t, half, 2))?;
+            let x1 = pairs.narrow(4, 0, 1)?.squeeze(4)?;
+            let x2 = pairs.narrow(4, 1, 1)?.squeeze(4)?;
+            let a = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
+            let b2 = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
+            Tensor::stack(&[a, b2], 4)?.reshape((b, h, t, d))?
+        }
+    })
+}
