@@ -70,11 +70,11 @@ fn run_generate(model: &std::path::Path, a: &BenchArgs) -> Result<i32> {
         bail!("--prompt-tokens, --decode-tokens and every --streams value must be at least 1")
     }
     let lm = zhiku_infer::LanguageModel::open(model)?;
-    let c = &lm.model.config;
+    let c = lm.model.config();
     let threads = rayon::current_num_threads();
     eprintln!(
-        "model {} ({}, {} layers, hidden {}, file {:.0} MB), {threads} threads, integer kernel {:?}",
-        model.display(), c.arch.name(), c.n_layers, c.hidden, lm.file_size as f64 / 1e6, zhiku_models::qmatmul::kernel()
+        "model {} ({}, {} layers, hidden {}, file {:.0} MB), {threads} threads, engine {}",
+        model.display(), c.arch.name(), c.n_layers, c.hidden, lm.file_size as f64 / 1e6, lm.model.engine()
     );
     let r = zhiku_infer::bench::run(&lm, a.prompt_tokens, &a.streams, a.decode_tokens, a.batches.max(1))?;
     // The reference runs after ours, alone, so the two never share the cores.
@@ -92,7 +92,7 @@ fn run_generate(model: &std::path::Path, a: &BenchArgs) -> Result<i32> {
     if a.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({"generate": r, "threads": threads, "reference": reference, "prefill_speedup": prefill_ratio, "decode_speedup": decode_ratio}))?
+            serde_json::to_string_pretty(&json!({"generate": r, "engine": lm.model.engine(), "threads": threads, "reference": reference, "prefill_speedup": prefill_ratio, "decode_speedup": decode_ratio}))?
         );
         return Ok(0);
     }

@@ -264,7 +264,7 @@ pub fn run_chat(a: ChatArgs) -> Result<i32> {
         }
         history.push(Message::new("user", line));
         // Drop the oldest exchanges while the conversation does not fit.
-        let ctx = lm.model.config.context_length;
+        let ctx = lm.model.config().context_length;
         while history.len() > system_turns + 1 && lm.prompt_ids(&Prompt::Chat(history.clone()))?.len() + a.s.max_tokens > ctx {
             history.drain(system_turns..system_turns + 2.min(history.len() - system_turns - 1));
         }

@@ -112,8 +112,8 @@ pub fn run(lm: &LanguageModel, prompt_len: usize, streams: &[usize], tokens: usi
     let bytes = lm.model.weight_bytes_per_token();
     let single = dec.iter().find(|(s, _)| *s == 1).map(|d| d.1).unwrap_or(0.0);
     // Prompt processing computes no output projection except for the last token.
-    let c = &lm.model.config;
-    let macs = lm.model.macs_per_token() - c.vocab * c.hidden;
+    let c = lm.model.config();
+    let macs = lm.model.config().macs_per_token() - c.vocab * c.hidden;
     Ok(GenerateBench {
         prompt_tokens: prompt_len,
         prefill_tokens_per_s: prefill_tps,

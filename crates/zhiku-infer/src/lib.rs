@@ -19,16 +19,38 @@ use serde::Serialize;
 use std::path::Path;
 use template::{ChatTemplate, Message};
 use tokenizers::Tokenizer;
-use zhiku_models::decoder::DecoderModel;
+use zhiku_models::decoder::graph::{GraphDecoder, GraphOptions};
+use zhiku_models::decoder::{CausalLm, DecoderModel};
 use zhiku_models::gguf::GgufFile;
 use zhiku_models::gguf_tokenizer::{self, TokenizerInfo};
 
 /// Most prompt tokens one forward pass takes (bounds the activations' memory).
 pub const PREFILL_CHUNK: usize = 512;
 
+/// Which engine runs a decoder.
+#[derive(Debug, Clone)]
+pub enum Engine {
+    /// The CPU engine: quantised kernels, KV cache in host memory.
+    Cpu,
+    /// candle operations on a device over weights dequantised to `dtype` (a GPU in a `cuda`
+    /// build; on the CPU it checks that path).
+    Graph { device: candle_core::Device, dtype: candle_core::DType },
+}
+
+impl Engine {
+    /// The first GPU in a `cuda` build that finds one (bf16 weights; `ZHIKU_DEVICE=cpu`
+    /// declines it), otherwise the CPU engine.
+    pub fn auto() -> Self {
+        match zhiku_models::default_device() {
+            candle_core::Device::Cpu => Self::Cpu,
+            device => Self::Graph { device, dtype: candle_core::DType::BF16 },
+        }
+    }
+}
+
 pub struct LanguageModel {
     /// Mutable only to switch `exact` products on for checks against the reference.
-    pub model: DecoderModel,
+    pub model: Box<dyn CausalLm>,
     pub tokenizer: Tokenizer,
     pub info: TokenizerInfo,
     template: ChatTemplate,
@@ -101,21 +123,26 @@ impl Completion {
 impl LanguageModel {
     /// Loads a GGUF file, or a Hugging Face folder (`config.json`, `model.safetensors`,
     /// `tokenizer.json`, `tokenizer_config.json` with its chat template).
+    /// The engine is [`Engine::auto`].
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, Engine::auto())
+    }
+
+    pub fn open_with(path: &Path, engine: Engine) -> Result<Self> {
         if !path.exists() {
             bail!("model file {} does not exist", path.display())
         }
         if path.is_dir() {
-            return Self::open_folder(path);
+            return Self::open_folder(path, engine);
         }
         let file = GgufFile::open(path)?;
         let model = DecoderModel::from_gguf(&file)?;
         let (tokenizer, info) = gguf_tokenizer::from_gguf(&file)?;
         let name = file.get_str("general.name").unwrap_or("model").to_string();
-        Self::assemble(model, tokenizer, info, name, file.file_size(), path)
+        Self::assemble(model, engine, tokenizer, info, name, file.file_size(), path)
     }
 
-    fn open_folder(dir: &Path) -> Result<Self> {
+    fn open_folder(dir: &Path, engine: Engine) -> Result<Self> {
         let model = DecoderModel::from_hf_folder(dir)?;
         let tok_path = dir.join("tokenizer.json");
         let tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| anyhow!("cannot load {}: {e}", tok_path.display()))?;
@@ -155,10 +182,10 @@ impl LanguageModel {
         let info = TokenizerInfo { bos, eos, add_bos: tc["add_bos_token"].as_bool().unwrap_or(false), stop_tokens, chat_template };
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
         let size = std::fs::metadata(dir.join("model.safetensors")).map(|m| m.len() as usize).unwrap_or(0);
-        Self::assemble(model, tokenizer, info, name, size, dir)
+        Self::assemble(model, engine, tokenizer, info, name, size, dir)
     }
 
-    fn assemble(model: DecoderModel, tokenizer: Tokenizer, info: TokenizerInfo, name: String, file_size: usize, path: &Path) -> Result<Self> {
+    fn assemble(model: DecoderModel, engine: Engine, tokenizer: Tokenizer, info: TokenizerInfo, name: String, file_size: usize, path: &Path) -> Result<Self> {
         let token = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i)).unwrap_or_default();
         let (bos, eos) = (token(info.bos), token(info.eos));
         // A model without a template gets its family's generic one.
@@ -168,6 +195,10 @@ impl LanguageModel {
             None => template::CHATML.to_string(),
         };
         let template = ChatTemplate::new(&source, &bos, &eos).with_context(|| format!("{}", path.display()))?;
+        let model: Box<dyn CausalLm> = match engine {
+            Engine::Cpu => Box::new(model),
+            Engine::Graph { device, dtype } => Box::new(GraphDecoder::new(model, &GraphOptions { device, dtype, dense: true, lora: None })?),
+        };
         Ok(Self { model, tokenizer, info, template, name, file_size })
     }
 
@@ -211,7 +242,7 @@ impl LanguageModel {
         if r.max_tokens == 0 {
             bail!("max_tokens must be at least 1")
         }
-        let ctx = self.model.config.context_length;
+        let ctx = self.model.config().context_length;
         let mut ids = self.prompt_ids(&r.prompt)?;
         let mut truncated = 0;
         if ids.len() + r.max_tokens > ctx {

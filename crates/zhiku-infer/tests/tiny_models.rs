@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use zhiku_infer::sampling::SamplingParams;
 use zhiku_infer::{LanguageModel, Prompt, Request};
 use zhiku_models::blocks::{quantize::quantize, GgmlType};
-use zhiku_models::decoder::{Arch, DecoderModel, Logits, Step};
+use zhiku_models::decoder::{Arch, CausalLm, DecoderModel, Logits, Step};
 use zhiku_models::gguf::{GgufFile, GgufWriter, Value as Meta};
 
 fn dir(name: &str) -> PathBuf {
@@ -22,7 +22,7 @@ fn ids(v: &Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
-fn logits_all(model: &DecoderModel, tokens: &[u32]) -> Vec<Vec<f32>> {
+fn logits_all(model: &dyn CausalLm, tokens: &[u32]) -> Vec<Vec<f32>> {
     let mut cache = model.new_cache(tokens.len());
     model.forward(&mut [Step { cache: &mut cache, tokens, logits: Logits::All }]).unwrap()
 }
@@ -40,10 +40,10 @@ fn worst_rel(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
 
 fn check_against_transformers(name: &str) {
     let reference: Value = serde_json::from_str(&std::fs::read_to_string(dir(name).join("reference.json")).unwrap()).unwrap();
-    let lm = LanguageModel::open(&dir(name)).unwrap();
+    let lm = LanguageModel::open_with(&dir(name), zhiku_infer::Engine::Cpu).unwrap();
     let tokens = ids(&reference["ids"]);
     let probes = ids(&reference["probe_ids"]);
-    let rows = logits_all(&lm.model, &tokens);
+    let rows = logits_all(lm.model.as_ref(), &tokens);
     for (row, r) in rows.iter().zip(reference["rows"].as_array().unwrap()) {
         let top: Vec<f32> = r["top_values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
         let probe: Vec<f32> = r["probe_values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();

@@ -199,7 +199,7 @@ impl Common {
             ..SamplingParams::default()
         };
         params.validate().map_err(|e| ApiError::unprocessable(e.to_string()))?;
-        let ctx = lm.model.config.context_length;
+        let ctx = lm.model.config().context_length;
         let max_tokens = self.max_completion_tokens.or(self.max_tokens).unwrap_or(DEFAULT_MAX_TOKENS.min(ctx / 2));
         if max_tokens == 0 {
             return Err(ApiError::unprocessable("max_tokens must be at least 1"));
@@ -372,7 +372,7 @@ pub fn model_entries(state: &AppState) -> Vec<Value> {
         .llms
         .iter()
         .map(|w| {
-            let c = &w.lm.model.config;
+            let c = w.lm.model.config();
             json!({
                 "id": w.name, "object": "model", "owned_by": "zhiku", "kind": "generator",
                 "architecture": c.arch.name(), "context_length": c.context_length,

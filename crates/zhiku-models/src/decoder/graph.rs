@@ -21,7 +21,7 @@
 //! softmax run in f32 whatever the dtype of the weights (in f64 for an f64 model, which
 //! finite-difference checks use).
 
-use super::{Activation, DecoderConfig, DecoderModel};
+use super::{Activation, CausalLm, DecoderConfig, DecoderModel, DeviceKv, KvCache, Logits, Step};
 use crate::qmatmul::QMatrix;
 use crate::slice_ops::{RopeStyle, RopeTable};
 use anyhow::{bail, Result};
@@ -305,6 +305,14 @@ impl GraphDecoder {
         if t > c.context_length {
             bail!("sequence of {t} tokens is longer than the context of {}", c.context_length)
         }
+        let x = self.embed(batch, t)?;
+        let states = self.layers_from(x, &lengths, 0, None)?;
+        Ok(Hidden { states, lengths })
+    }
+
+    /// Token embeddings `[batch, t, hidden]` on the device (right-padded with zeros).
+    fn embed(&self, batch: &[&[u32]], t: usize) -> Result<Tensor> {
+        let c = &self.config;
         let b = batch.len();
         let mut x = vec![0f32; b * t * c.hidden];
         for (si, seq) in batch.iter().enumerate() {
@@ -319,25 +327,33 @@ impl GraphDecoder {
         if let Some(s) = c.embed_scale {
             x.iter_mut().for_each(|v| *v *= s);
         }
-        let mut x = Tensor::from_vec(x, (b, t, c.hidden), &Device::Cpu)?.to_device(&self.device)?.to_dtype(self.dtype)?;
-        let global_mask = self.mask(&lengths, t, None)?;
+        Ok(Tensor::from_vec(x, (b, t, c.hidden), &Device::Cpu)?.to_device(&self.device)?.to_dtype(self.dtype)?)
+    }
+
+    /// Every layer and the final norm over embeddings `x` of tokens at positions
+    /// `offset..offset + t`; with a cache (one sequence), keys and values are appended to it and
+    /// attention reads all its positions.
+    fn layers_from(&self, mut x: Tensor, lengths: &[usize], offset: usize, mut cache: Option<&mut DeviceKv>) -> Result<Tensor> {
+        let c = &self.config;
+        let t = x.dim(1)?;
+        let global_mask = self.mask(lengths, t, offset, None)?;
         let local_mask = match c.sliding_window {
-            Some(w) => Some(self.mask(&lengths, t, Some(w))?),
+            Some(w) => Some(self.mask(lengths, t, offset, Some(w))?),
             None => None,
         };
-        let global_rope = self.rope_tensors(&self.rope, t)?;
+        let global_rope = self.rope_tensors(&self.rope, offset, t)?;
         let local_rope = match &self.rope_local {
-            Some(r) => Some(self.rope_tensors(r, t)?),
+            Some(r) => Some(self.rope_tensors(r, offset, t)?),
             None => None,
         };
         for (li, l) in self.layers.iter().enumerate() {
             let sliding = c.sliding_layers.get(li).copied().unwrap_or(false);
             let mask = if sliding { local_mask.as_ref().unwrap_or(&global_mask) } else { &global_mask };
             let rope = if sliding { local_rope.as_ref().unwrap_or(&global_rope) } else { &global_rope };
-            x = self.layer(l, &x, mask, rope)?;
+            let layer_cache = cache.as_deref_mut().map(|kv| (&kv.k[li], &kv.v[li], offset));
+            x = self.layer(l, &x, mask, rope, layer_cache)?;
         }
-        let states = rms_norm(&x, &self.final_norm, c.rms_eps)?;
-        Ok(Hidden { states, lengths })
+        rms_norm(&x, &self.final_norm, c.rms_eps)
     }
 
     /// Logits `[.., vocab]` of hidden states (all of them, or the rows a loss needs).
@@ -350,7 +366,7 @@ impl GraphDecoder {
         if self.dtype == DType::F64 { DType::F64 } else { DType::F32 }
     }
 
-    fn layer(&self, l: &GraphLayer, x: &Tensor, mask: &Tensor, rope: &(Tensor, Tensor)) -> Result<Tensor> {
+    fn layer(&self, l: &GraphLayer, x: &Tensor, mask: &Tensor, rope: &(Tensor, Tensor), cache: Option<(&Tensor, &Tensor, usize)>) -> Result<Tensor> {
         let c = &self.config;
         let acc = self.accumulate();
         let (b, t, _) = x.dims3()?;
@@ -366,9 +382,17 @@ impl GraphDecoder {
         }
         q = apply_rope(&q, rope, c.rope_style)?;
         k = apply_rope(&k, rope, c.rope_style)?;
+        if let Some((kc, vc, offset)) = cache {
+            // One sequence: append this step's keys and values, attend to all of them.
+            kc.slice_set(&k.squeeze(0)?.contiguous()?, 1, offset)?;
+            vc.slice_set(&v.squeeze(0)?.contiguous()?, 1, offset)?;
+            k = kc.narrow(1, 0, offset + t)?.unsqueeze(0)?;
+            v = vc.narrow(1, 0, offset + t)?.unsqueeze(0)?;
+        }
+        let keys = k.dim(2)?;
         let group = nh / kvh;
         if group > 1 {
-            let expand = |y: &Tensor| -> Result<Tensor> { Ok(y.unsqueeze(2)?.broadcast_as((b, kvh, group, t, hd))?.contiguous()?.reshape((b, nh, t, hd))?) };
+            let expand = |y: &Tensor| -> Result<Tensor> { Ok(y.unsqueeze(2)?.broadcast_as((b, kvh, group, keys, hd))?.contiguous()?.reshape((b, nh, keys, hd))?) };
             k = expand(&k)?;
             v = expand(&v)?;
         }
@@ -393,31 +417,96 @@ impl GraphDecoder {
         Ok((x + o)?)
     }
 
-    /// Additive mask `[batch, 1, t, t]`: a query sees keys at or before it, inside its
-    /// sequence and (sliding layers) inside the window. Padding queries see their sequence's
-    /// first token, so that no row is empty.
-    fn mask(&self, lengths: &[usize], t: usize, window: Option<usize>) -> Result<Tensor> {
+    /// Additive mask `[batch, 1, t, offset + t]` for queries at positions `offset..offset + t`:
+    /// a query sees keys at or before it, inside its sequence and (sliding layers) inside the
+    /// window. Padding queries see their sequence's first token, so that no row is empty.
+    fn mask(&self, lengths: &[usize], t: usize, offset: usize, window: Option<usize>) -> Result<Tensor> {
         const BLOCKED: f32 = -1e30;
-        let mut m = vec![BLOCKED; lengths.len() * t * t];
+        let keys = offset + t;
+        let mut m = vec![BLOCKED; lengths.len() * t * keys];
         for (s, &len) in lengths.iter().enumerate() {
             for i in 0..t {
-                let row = &mut m[(s * t + i) * t..(s * t + i + 1) * t];
+                let pos = offset + i;
+                let row = &mut m[(s * t + i) * keys..(s * t + i + 1) * keys];
                 for (j, v) in row.iter_mut().enumerate() {
-                    let visible = j <= i && j < len.max(1) && window.is_none_or(|w| i - j < w);
+                    let visible = j <= pos && j < offset + len.max(1) && window.is_none_or(|w| pos - j < w);
                     if visible {
                         *v = 0.0;
                     }
                 }
             }
         }
-        Ok(Tensor::from_vec(m, (lengths.len(), 1, t, t), &self.device)?.to_dtype(self.accumulate())?)
+        Ok(Tensor::from_vec(m, (lengths.len(), 1, t, keys), &self.device)?.to_dtype(self.accumulate())?)
     }
 
-    fn rope_tensors(&self, table: &RopeTable, t: usize) -> Result<(Tensor, Tensor)> {
-        let (cos, sin) = table.first(t);
+    fn rope_tensors(&self, table: &RopeTable, offset: usize, t: usize) -> Result<(Tensor, Tensor)> {
         let half = table.half;
+        let (cos, sin) = table.first(offset + t);
+        let (cos, sin) = (&cos[offset * half..], &sin[offset * half..]);
         let acc = self.accumulate();
         Ok((Tensor::from_slice(cos, (t, half), &self.device)?.to_dtype(acc)?, Tensor::from_slice(sin, (t, half), &self.device)?.to_dtype(acc)?))
+    }
+}
+
+impl CausalLm for GraphDecoder {
+    fn config(&self) -> &DecoderConfig {
+        &self.config
+    }
+
+    fn new_cache(&self, capacity: usize) -> KvCache {
+        let c = &self.config;
+        let capacity = capacity.min(c.context_length);
+        let zeros = || Tensor::zeros((c.n_kv_heads, capacity, c.head_dim), self.accumulate(), &self.device).expect("device memory for the cache");
+        let device = DeviceKv { k: (0..c.n_layers).map(|_| zeros()).collect(), v: (0..c.n_layers).map(|_| zeros()).collect() };
+        KvCache { kv_dim: c.n_kv_heads * c.head_dim, capacity, len: 0, k: Vec::new(), v: Vec::new(), device: Some(device) }
+    }
+
+    /// Each step in turn (the device does the batching within a step's tokens).
+    fn forward(&self, steps: &mut [Step]) -> Result<Vec<Vec<f32>>> {
+        let c = &self.config;
+        let mut out = Vec::new();
+        for s in steps.iter_mut() {
+            let n = s.tokens.len();
+            if n == 0 {
+                bail!("a step has no tokens")
+            }
+            let offset = s.cache.len;
+            if offset + n > s.cache.capacity {
+                bail!("sequence of {} tokens does not fit its cache of {} positions (context length {})", offset + n, s.cache.capacity, c.context_length)
+            }
+            let Some(kv) = s.cache.device.as_mut() else { bail!("this cache was made by another engine") };
+            let x = self.embed(&[s.tokens], n)?;
+            let states = self.layers_from(x, &[n], offset, Some(kv))?;
+            s.cache.len += n;
+            let rows = match s.logits {
+                Logits::None => continue,
+                Logits::Last => states.narrow(1, n - 1, 1)?,
+                Logits::All => states,
+            };
+            let logits = self.logits(&rows)?.to_dtype(DType::F32)?.squeeze(0)?.to_vec2::<f32>()?;
+            out.extend(logits);
+        }
+        Ok(out)
+    }
+
+    fn kv_bytes_per_position(&self) -> usize {
+        let c = &self.config;
+        2 * self.accumulate().size_in_bytes() * c.n_layers * c.n_kv_heads * c.head_dim
+    }
+
+    fn weight_bytes_per_token(&self) -> usize {
+        let bytes = |p: &GraphLinear| match &p.weight {
+            FrozenWeight::Blocks(m) => m.weight_bytes(),
+            FrozenWeight::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
+        };
+        self.layers.iter().map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].into_iter().map(bytes).sum::<usize>()).sum::<usize>() + bytes(&self.lm_head)
+    }
+
+    /// Always f32 over dequantised weights.
+    fn set_exact(&mut self, _exact: bool) {}
+
+    fn engine(&self) -> String {
+        format!("{:?} ({:?} weights)", self.device, self.dtype)
     }
 }
 

@@ -162,14 +162,49 @@ pub struct DecoderModel {
     pub exact: bool,
 }
 
-/// Keys and values of one sequence, preallocated for `capacity` positions:
-/// `[layer][position][kv_heads · head_dim]`.
+/// Keys and values of one sequence, preallocated for `capacity` positions: in host memory
+/// `[layer][position][kv_heads · head_dim]` for [`DecoderModel`], or as tensors on the
+/// device for [`graph::GraphDecoder`].
 pub struct KvCache {
     kv_dim: usize,
     capacity: usize,
     len: usize,
     k: Vec<f32>,
     v: Vec<f32>,
+    device: Option<DeviceKv>,
+}
+
+/// A device cache: per layer, keys and values `[kv_heads, capacity, head_dim]`.
+pub struct DeviceKv {
+    pub k: Vec<candle_core::Tensor>,
+    pub v: Vec<candle_core::Tensor>,
+}
+
+/// What generation needs from a decoder, whichever engine runs it: [`DecoderModel`] (CPU
+/// slice code, quantised kernels) or [`graph::GraphDecoder`] (candle operations on a device).
+pub trait CausalLm: Send + Sync {
+    fn config(&self) -> &DecoderConfig;
+    /// An empty cache for up to `capacity` positions (at most the context length).
+    fn new_cache(&self, capacity: usize) -> KvCache;
+    /// Runs each step's new tokens, appends them to the step's cache and returns the logits
+    /// each step asked for (`vocab` values per row, rows in order).
+    fn forward(&self, steps: &mut [Step]) -> Result<Vec<Vec<f32>>>;
+    fn kv_bytes_per_position(&self) -> usize;
+    /// Bytes of weights one decoding step reads.
+    fn weight_bytes_per_token(&self) -> usize;
+    /// Products in f32 over dequantised weights (equal to transformers' arithmetic) instead of
+    /// faster approximations, where the engine has any.
+    fn set_exact(&mut self, exact: bool);
+    /// Where it runs, in words.
+    fn engine(&self) -> String;
+}
+
+impl DecoderConfig {
+    /// Multiply-adds per token in the matrix products (attention excluded).
+    pub fn macs_per_token(&self) -> usize {
+        let per_layer = self.hidden * (self.n_heads + 2 * self.n_kv_heads) * self.head_dim + self.n_heads * self.head_dim * self.hidden + 3 * self.hidden * self.ffn;
+        self.n_layers * per_layer + self.vocab * self.hidden
+    }
 }
 
 impl KvCache {
@@ -188,7 +223,8 @@ impl KvCache {
         self.len = self.len.min(len);
     }
     pub fn bytes(&self) -> usize {
-        (self.k.len() + self.v.len()) * 4
+        let device: usize = self.device.as_ref().map_or(0, |d| d.k.iter().chain(&d.v).map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum());
+        (self.k.len() + self.v.len()) * 4 + device
     }
     fn offset(&self, layer: usize, pos: usize) -> usize {
         (layer * self.capacity + pos) * self.kv_dim
@@ -291,7 +327,7 @@ impl DecoderModel {
         let capacity = capacity.min(c.context_length);
         let kv_dim = c.n_kv_heads * c.head_dim;
         let n = c.n_layers * capacity * kv_dim;
-        KvCache { kv_dim, capacity, len: 0, k: vec![0f32; n], v: vec![0f32; n] }
+        KvCache { kv_dim, capacity, len: 0, k: vec![0f32; n], v: vec![0f32; n], device: None }
     }
 
     /// Bytes of KV cache one position takes.
@@ -308,13 +344,6 @@ impl DecoderModel {
             .map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].iter().map(|m| m.weight_bytes()).sum::<usize>())
             .sum();
         layers + self.lm_head.as_ref().unwrap_or(&self.embed).weight_bytes()
-    }
-
-    /// Multiply-adds per token in the matrix products (attention excluded).
-    pub fn macs_per_token(&self) -> usize {
-        let c = &self.config;
-        let per_layer = c.hidden * (c.n_heads + 2 * c.n_kv_heads) * c.head_dim + c.n_heads * c.head_dim * c.hidden + 3 * c.hidden * c.ffn;
-        c.n_layers * per_layer + c.vocab * c.hidden
     }
 
     /// Quantises a shared input once when all the matrices reading it take the integer
@@ -348,6 +377,9 @@ impl DecoderModel {
         for (si, s) in steps.iter().enumerate() {
             if s.tokens.is_empty() {
                 bail!("a step has no tokens")
+            }
+            if s.cache.device.is_some() {
+                bail!("this cache was made by another engine")
             }
             if s.cache.len + s.tokens.len() > s.cache.capacity {
                 bail!(
@@ -460,6 +492,30 @@ impl DecoderModel {
         let mut logits = vec![0f32; m * c.vocab];
         self.project(self.lm_head.as_ref().unwrap_or(&self.embed), &sel, m, None, &mut logits)?;
         Ok(logits.chunks_exact(c.vocab.max(1)).map(<[f32]>::to_vec).collect())
+    }
+}
+
+impl CausalLm for DecoderModel {
+    fn config(&self) -> &DecoderConfig {
+        &self.config
+    }
+    fn new_cache(&self, capacity: usize) -> KvCache {
+        DecoderModel::new_cache(self, capacity)
+    }
+    fn forward(&self, steps: &mut [Step]) -> Result<Vec<Vec<f32>>> {
+        DecoderModel::forward(self, steps)
+    }
+    fn kv_bytes_per_position(&self) -> usize {
+        DecoderModel::kv_bytes_per_position(self)
+    }
+    fn weight_bytes_per_token(&self) -> usize {
+        DecoderModel::weight_bytes_per_token(self)
+    }
+    fn set_exact(&mut self, exact: bool) {
+        self.exact = exact;
+    }
+    fn engine(&self) -> String {
+        format!("cpu ({:?} kernels)", crate::qmatmul::kernel())
     }
 }
 
