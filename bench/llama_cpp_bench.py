@@ -18,6 +18,7 @@ ap.add_argument("--decode-tokens", type=int, default=32)
 ap.add_argument("--reps", type=int, default=3)
 ap.add_argument("--no-extra-bufts", action="store_true",
                 help="turn off llama.cpp's extra weight buffers (AMX and repacked layouts): its AMX code faults on CPUs or VMs where AMX is not enabled")
+ap.add_argument("--no-mmap", action="store_true", help="read the weights into memory instead of mapping the file")
 a = ap.parse_args()
 if a.no_extra_bufts:
     import llama_cpp
@@ -30,7 +31,7 @@ if a.no_extra_bufts:
     _llama.llama_cpp.llama_model_default_params = _params
 
 llm = Llama(model_path=a.model, n_ctx=a.prompt_tokens + a.decode_tokens + 64, n_threads=a.threads, n_threads_batch=a.threads,
-            n_batch=512, n_ubatch=512, verbose=False)
+            n_batch=512, n_ubatch=512, use_mmap=not a.no_mmap, verbose=False)
 base = llm.tokenize("Knowledge platforms publish courses, articles and audiobooks. 知识平台发布课程、文章和有声书。 ".encode(), add_bos=False)
 prompt = (base * (a.prompt_tokens // len(base) + 1))[: a.prompt_tokens]
 times = []

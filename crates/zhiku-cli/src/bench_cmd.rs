@@ -63,13 +63,16 @@ pub struct BenchArgs {
     /// Tokens each sequence decodes in --generate's measurements.
     #[arg(long, default_value_t = 32)]
     decode_tokens: usize,
+    /// --generate: read the GGUF file into memory instead of mapping it.
+    #[arg(long)]
+    no_mmap: bool,
 }
 
 fn run_generate(model: &std::path::Path, a: &BenchArgs) -> Result<i32> {
     if a.prompt_tokens == 0 || a.decode_tokens == 0 || a.streams.is_empty() || a.streams.contains(&0) {
         bail!("--prompt-tokens, --decode-tokens and every --streams value must be at least 1")
     }
-    let lm = zhiku_infer::LanguageModel::open(model)?;
+    let lm = zhiku_infer::LanguageModel::open_with(model, &zhiku_infer::OpenOptions { mmap: !a.no_mmap, ..Default::default() })?;
     let c = lm.model.config();
     let threads = rayon::current_num_threads();
     eprintln!(

@@ -51,6 +51,10 @@ pub struct SamplingArgs {
     /// Drop the oldest prompt tokens when the prompt does not fit the context (default: error).
     #[arg(long)]
     pub truncate: bool,
+    /// Read a GGUF file into memory instead of mapping it (more memory, and on some machines
+    /// faster decoding; see docs/benchmarks.md).
+    #[arg(long)]
+    pub no_mmap: bool,
 }
 
 impl SamplingArgs {
@@ -77,7 +81,7 @@ impl SamplingArgs {
         if self.max_tokens == 0 {
             bail!("--max-tokens must be at least 1")
         }
-        LanguageModel::open(&self.model)
+        LanguageModel::open_with(&self.model, &zhiku_infer::OpenOptions { mmap: !self.no_mmap, ..Default::default() })
     }
 }
 

@@ -69,6 +69,10 @@ pub struct ServeArgs {
     /// reserves its prompt plus max_tokens positions).
     #[arg(long, default_value_t = 2048)]
     kv_cache_mib: usize,
+    /// Language models: read GGUF files into memory instead of mapping them (more memory, and
+    /// on some machines faster decoding; see docs/benchmarks.md).
+    #[arg(long)]
+    no_mmap: bool,
 }
 
 pub fn run(a: ServeArgs) -> Result<i32> {
@@ -111,6 +115,7 @@ pub fn run(a: ServeArgs) -> Result<i32> {
             }
             zhiku_infer::scheduler::Limits { max_sequences: a.max_sequences, max_kv_bytes: a.kv_cache_mib << 20 }
         },
+        llm_mmap: !a.no_mmap,
         host: a.host,
         port: a.port,
         api_keys_file: a.api_keys,

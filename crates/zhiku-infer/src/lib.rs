@@ -48,6 +48,26 @@ impl Engine {
     }
 }
 
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    pub engine: Engine,
+    /// Map a GGUF file (the default) instead of reading it into memory.
+    pub mmap: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self { engine: Engine::auto(), mmap: true }
+    }
+}
+
+impl OpenOptions {
+    pub fn engine(engine: Engine) -> Self {
+        Self { engine, ..Self::default() }
+    }
+}
+
 pub struct LanguageModel {
     /// Mutable only to switch `exact` products on for checks against the reference.
     pub model: Box<dyn CausalLm>,
@@ -123,19 +143,20 @@ impl Completion {
 impl LanguageModel {
     /// Loads a GGUF file, or a Hugging Face folder (`config.json`, `model.safetensors`,
     /// `tokenizer.json`, `tokenizer_config.json` with its chat template).
-    /// The engine is [`Engine::auto`].
+    /// With the default [`OpenOptions`] (engine from [`Engine::auto`], file mapped).
     pub fn open(path: &Path) -> Result<Self> {
-        Self::open_with(path, Engine::auto())
+        Self::open_with(path, &OpenOptions::default())
     }
 
-    pub fn open_with(path: &Path, engine: Engine) -> Result<Self> {
+    pub fn open_with(path: &Path, options: &OpenOptions) -> Result<Self> {
+        let engine = options.engine.clone();
         if !path.exists() {
             bail!("model file {} does not exist", path.display())
         }
         if path.is_dir() {
             return Self::open_folder(path, engine);
         }
-        let file = GgufFile::open(path)?;
+        let file = GgufFile::open_with(path, options.mmap)?;
         let model = DecoderModel::from_gguf(&file)?;
         let (tokenizer, info) = gguf_tokenizer::from_gguf(&file)?;
         let name = file.get_str("general.name").unwrap_or("model").to_string();

@@ -29,7 +29,7 @@ fn load_with(name: &str, engine: Engine) -> (LanguageModel, Value) {
     let base = std::env::var_os("ZHIKU_MODELS").map(PathBuf::from).unwrap_or_else(|| root().join(".cache/models"));
     let path = base.join(fixture["model"].as_str().unwrap());
     assert!(path.is_file(), "{} missing: run scripts/fetch-llms.sh first", path.display());
-    (LanguageModel::open_with(&path, engine).unwrap(), fixture)
+    (LanguageModel::open_with(&path, &zhiku_infer::OpenOptions::engine(engine)).unwrap(), fixture)
 }
 
 fn ids(v: &Value) -> Vec<u32> {

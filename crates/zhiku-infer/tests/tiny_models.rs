@@ -40,7 +40,7 @@ fn worst_rel(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
 
 fn check_against_transformers(name: &str) {
     let reference: Value = serde_json::from_str(&std::fs::read_to_string(dir(name).join("reference.json")).unwrap()).unwrap();
-    let lm = LanguageModel::open_with(&dir(name), zhiku_infer::Engine::Cpu).unwrap();
+    let lm = LanguageModel::open_with(&dir(name), &zhiku_infer::OpenOptions::engine(zhiku_infer::Engine::Cpu)).unwrap();
     let tokens = ids(&reference["ids"]);
     let probes = ids(&reference["probe_ids"]);
     let rows = logits_all(lm.model.as_ref(), &tokens);

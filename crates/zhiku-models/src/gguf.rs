@@ -1,6 +1,7 @@
 //! GGUF files (llama.cpp's model format): header, metadata and tensor directory, read from a
-//! memory map. Tensor data is never copied: a [`GgufTensor`] points into the map, and the
-//! kernels in `qmatmul` read the quantised blocks where they lie.
+//! memory map (or, when asked, from the file read into memory). Tensor data is never copied
+//! again: a [`GgufTensor`] points into the file's bytes, and the kernels in `qmatmul` read the
+//! quantised blocks where they lie.
 //!
 //! Every problem is reported with the byte offset where it was found, and a tensor whose data
 //! runs past the end of the file (a truncated download) is named.
@@ -100,7 +101,7 @@ impl TensorInfo {
 /// An open GGUF file.
 pub struct GgufFile {
     path: PathBuf,
-    map: Arc<Mmap>,
+    map: Arc<FileBytes>,
     pub version: u32,
     pub metadata: BTreeMap<String, Value>,
     tensors: Vec<TensorInfo>,
@@ -110,7 +111,7 @@ pub struct GgufFile {
 /// A tensor's bytes inside the shared map, with its directory entry.
 #[derive(Clone)]
 pub struct GgufTensor {
-    map: Arc<Mmap>,
+    map: Arc<FileBytes>,
     pub info: TensorInfo,
 }
 
@@ -126,17 +127,47 @@ impl GgufTensor {
     }
 }
 
+/// A file's bytes: memory-mapped (the default: nothing is copied and the page cache is shared
+/// between processes), or read into memory (`--no-mmap`; on some machines the kernels stream
+/// weights faster from anonymous memory, see docs/benchmarks.md).
+enum FileBytes {
+    Mapped(Mmap),
+    Read(Vec<u8>),
+}
+
+impl std::ops::Deref for FileBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Mapped(m) => m,
+            Self::Read(v) => v,
+        }
+    }
+}
+
 impl GgufFile {
+    /// Maps the file.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, true)
+    }
+
+    /// Maps the file (`mmap`), or reads it into memory.
+    pub fn open_with(path: &Path, mmap: bool) -> Result<Self> {
         let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        // SAFETY: the map is read-only; a model file changed underneath a running process is
-        // outside what we can guard against (llama.cpp makes the same trade).
-        let map = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
+        let map = if mmap {
+            // SAFETY: the map is read-only; a model file changed underneath a running process is
+            // outside what we can guard against (llama.cpp makes the same trade).
+            FileBytes::Mapped(unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?)
+        } else {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut &file, &mut bytes).with_context(|| format!("cannot read {}", path.display()))?;
+            FileBytes::Read(bytes)
+        };
         let map = Arc::new(map);
         Self::parse(path, map).with_context(|| format!("{} is not a readable GGUF file", path.display()))
     }
 
-    fn parse(path: &Path, map: Arc<Mmap>) -> Result<Self> {
+    fn parse(path: &Path, map: Arc<FileBytes>) -> Result<Self> {
         let mut r = Reader { bytes: &map, pos: 0 };
         let magic = r.take(4)?;
         if magic != MAGIC {

@@ -348,14 +348,23 @@ fn run<F: x86::SimdFormat>(w: &[u8], rows: usize, acts: &QuantizedRows, y: &mut 
     let threads = rayon::current_num_threads().max(1);
     let chunk = rows.div_ceil(threads * 4).clamp(8, 256);
     let kernel = kernel();
-    let mut yt = vec![0f32; rows * n];
+    // One activation row: [rows, 1] is y's own layout, so no buffer and no transpose.
+    let mut buffer = if n == 1 { Vec::new() } else { vec![0f32; rows * n] };
+    let yt: &mut [f32] = if n == 1 { y } else { &mut buffer };
     yt.par_chunks_mut(chunk * n).enumerate().for_each(|(ci, out)| {
         let first = ci * chunk;
         let count = out.len() / n;
+        let ahead = prefetch_rows(row_bytes);
         for r0 in (0..n).step_by(ROW_TILE) {
             let rn = ROW_TILE.min(n - r0);
             for o in 0..count {
                 let wrow = &w[(first + o) * row_bytes..(first + o + 1) * row_bytes];
+                if r0 == 0 && ahead > 0 {
+                    let next = first + o + ahead;
+                    if next < rows {
+                        prefetch(&w[next * row_bytes..(next + 1) * row_bytes]);
+                    }
+                }
                 let dst = &mut out[o * n + r0..o * n + r0 + rn];
                 match kernel {
                     #[cfg(target_arch = "x86_64")]
@@ -370,7 +379,29 @@ fn run<F: x86::SimdFormat>(w: &[u8], rows: usize, acts: &QuantizedRows, y: &mut 
             }
         }
     });
-    transpose_into(&yt, n, rows, y);
+    if n > 1 {
+        transpose_into(&buffer, n, rows, y);
+    }
+}
+
+/// How many weight rows ahead of the one being multiplied to prefetch: far enough that the
+/// loads are in flight while about `PREFETCH_BYTES` are consumed.
+fn prefetch_rows(row_bytes: usize) -> usize {
+    static BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let bytes = *BYTES.get_or_init(|| std::env::var("ZHIKU_PREFETCH").ok().and_then(|v| v.parse().ok()).unwrap_or(PREFETCH_BYTES));
+    if bytes == 0 { 0 } else { bytes.div_ceil(row_bytes).max(1) }
+}
+
+const PREFETCH_BYTES: usize = 2048;
+
+/// Asks for every cache line of `bytes` (a weight row read soon).
+#[inline(always)]
+fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for off in (0..bytes.len()).step_by(64) {
+        // SAFETY: a prefetch is a hint; the address lies inside `bytes`.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(bytes.as_ptr().add(off) as *const i8) }
+    }
 }
 
 /// `y[r, o] = yt[o, r]`: products are computed per weight row (so each task owns a contiguous

@@ -40,6 +40,8 @@ pub struct ServeConfig {
     pub llms: Vec<(String, PathBuf)>,
     /// Each language model's batch bounds (sequences, KV-cache bytes).
     pub llm_limits: zhiku_infer::scheduler::Limits,
+    /// Map GGUF files (the default) instead of reading them into memory.
+    pub llm_mmap: bool,
     /// Names of the models to run with int8 linear layers.
     pub int8: Vec<String>,
     pub host: IpAddr,
@@ -85,7 +87,7 @@ pub fn run(config: ServeConfig) -> Result<()> {
     }
     let mut llms = Vec::new();
     for (name, file) in &config.llms {
-        let w = llm::LlmWorker::start(name, file, config.llm_limits, config.batch.queue_size, metrics.clone())
+        let w = llm::LlmWorker::start(name, file, config.llm_mmap, config.llm_limits, config.batch.queue_size, metrics.clone())
             .with_context(|| format!("cannot load language model {name:?} from {}", file.display()))?;
         eprintln!("zhiku serve: loaded language model {name} from {}", file.display());
         llms.push(Arc::new(w));

@@ -51,8 +51,8 @@ pub struct LlmWorker {
 
 impl LlmWorker {
     /// Loads `path` and starts the worker thread.
-    pub fn start(name: &str, path: &std::path::Path, limits: Limits, queue_size: usize, metrics: Arc<crate::metrics::Metrics>) -> anyhow::Result<Self> {
-        let lm = Arc::new(LanguageModel::open(path)?);
+    pub fn start(name: &str, path: &std::path::Path, mmap: bool, limits: Limits, queue_size: usize, metrics: Arc<crate::metrics::Metrics>) -> anyhow::Result<Self> {
+        let lm = Arc::new(LanguageModel::open_with(path, &zhiku_infer::OpenOptions { mmap, ..Default::default() })?);
         let (tx, rx) = crossbeam_channel::bounded::<Job>(queue_size);
         let worker_lm = lm.clone();
         let model_name = name.to_string();
