@@ -118,7 +118,9 @@ fn check_model(name: &str, fast_tolerance: f32, fast_agreement: f32) {
 
 #[test]
 fn smollm2_matches_transformers() {
-    check_model("smollm2", 0.08, 0.95);
+    // 19 positions; at one of them the top two logits are close enough that 8-bit activations
+    // may pick either, depending on the order in which the kernels round.
+    check_model("smollm2", 0.08, 0.9);
 }
 
 #[test]

@@ -27,6 +27,8 @@ pub struct QuantizedRows {
     pub d: Vec<f32>,
     /// Per group: d · Σ q over each half-group of 16.
     pub dsum: Vec<[f32; 2]>,
+    /// Per group: d · Σ q over the group (formats with one offset per group).
+    pub dsum_total: Vec<f32>,
 }
 
 impl QuantizedRows {
@@ -56,7 +58,8 @@ impl QuantizedRows {
                     *dsum = [scale * s[0] as f32, scale * s[1] as f32];
                 }
             });
-        Self { rows, cols, q, d, dsum }
+        let dsum_total = dsum.iter().map(|s| s[0] + s[1]).collect();
+        Self { rows, cols, q, d, dsum, dsum_total }
     }
 }
 
@@ -160,43 +163,76 @@ impl QMatrix {
             return float_matmul(w, self.rows, self.cols, x, n, y);
         }
         if n >= GEMM_ROWS {
-            return self.matmul_dequantized(x, n, y);
+            return self.matmul_tiled(x, n, y);
         }
         let acts = QuantizedRows::new(x, n, self.cols);
         self.matmul_quantized(&acts, y)
     }
 
-    /// Many rows (prompt processing): each thread dequantises its share of the weight rows
-    /// once and runs an f32 GEMM (AVX-512 where the CPU has it) over all activation rows. With
-    /// hundreds of rows the dequantisation is a small fraction of the products, and a GEMM
-    /// microkernel does several times the multiply-adds per cycle of the integer kernels.
-    fn matmul_dequantized(&self, x: &[f32], n: usize, y: &mut [f32]) {
-        let threads = rayon::current_num_threads().max(1);
-        let chunk = self.rows.div_ceil(threads).div_ceil(16) * 16;
-        let row_bytes = self.dtype.bytes_for(self.cols);
-        let w = self.bytes();
-        let cols = self.cols;
-        let rows = self.rows;
+    /// Several rows (prompts, and decoding many sequences at once): weight rows are dequantised
+    /// 64 at a time into an f32 tile that stays in cache (SIMD unpacking), and an f32 GEMM
+    /// (AVX-512 where the CPU has it) multiplies the tile by every activation row. From
+    /// `GEMM_ROWS` rows on this beats the integer kernels, whose per-group scaling is paid once
+    /// per activation row (measured: 16 sequences of Qwen2.5-0.5B, 94 against 80 tokens/s).
+    fn matmul_tiled(&self, x: &[f32], n: usize, y: &mut [f32]) {
+        const TILE: usize = 64;
+        let (rows, cols) = (self.rows, self.cols);
         let out = SharedOut(y.as_mut_ptr());
-        (0..self.rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
-            let first = c * chunk;
-            let count = chunk.min(rows - first);
-            let mut wf = vec![0f32; count * cols];
-            self.dtype.dequantize(&w[first * row_bytes..(first + count) * row_bytes], &mut wf).expect("whole blocks");
-            let out = &out;
-            // SAFETY: this task writes only columns first..first+count of y (n × rows), which
-            // no other task writes; x and wf cover the strides given.
-            unsafe {
-                gemm::gemm(
-                    n, count, cols,
-                    out.0.add(first), 1, rows as isize, false,
-                    x.as_ptr(), 1, cols as isize,
-                    wf.as_ptr(), cols as isize, 1,
-                    0.0, 1.0, false, false, false,
-                    gemm::Parallelism::None,
-                );
-            }
-        });
+        (0..rows.div_ceil(TILE)).into_par_iter().for_each_init(
+            || vec![0f32; TILE * cols],
+            |wf, t| {
+                let first = t * TILE;
+                let count = TILE.min(rows - first);
+                let wf = &mut wf[..count * cols];
+                self.dequantize_rows(first, count, wf);
+                let out = &out;
+                // yᵀ[first.., :] = W_tile · xᵀ: the weight rows are the GEMM's M dimension, which
+                // fills its microkernel (a handful of activation rows would use a quarter of it).
+                // SAFETY: this task writes only columns first..first+count of y (n × rows), which
+                // no other task writes; x and wf cover the strides given.
+                unsafe {
+                    gemm::gemm(
+                        count, n, cols,
+                        out.0.add(first), rows as isize, 1, false,
+                        wf.as_ptr(), 1, cols as isize,
+                        x.as_ptr(), cols as isize, 1,
+                        0.0, 1.0, false, false, false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            },
+        );
+    }
+
+    /// Rows `first..first + count` as f32 into `out`, with the SIMD unpacking of the chosen
+    /// kernel.
+    fn dequantize_rows(&self, first: usize, count: usize, out: &mut [f32]) {
+        let row_bytes = self.dtype.bytes_for(self.cols);
+        let bytes = &self.bytes()[first * row_bytes..(first + count) * row_bytes];
+        let k = kernel();
+        macro_rules! simd {
+            ($f:ty) => {
+                match k {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: `kernel()` checked the CPU features.
+                    Kernel::AvxVnniBw => unsafe { x86::dequantize_bw::<$f>(bytes, out) },
+                    #[cfg(target_arch = "x86_64")]
+                    Kernel::AvxVnni | Kernel::Avx2 => unsafe { x86::dequantize_avx2::<$f>(bytes, out) },
+                    _ => self.dtype.dequantize(bytes, out).expect("whole blocks"),
+                }
+            };
+        }
+        match self.dtype {
+            GgmlType::Q4_0 => simd!(Q4_0),
+            GgmlType::Q4_1 => simd!(Q4_1),
+            GgmlType::Q5_0 => simd!(Q5_0),
+            GgmlType::Q5_1 => simd!(Q5_1),
+            GgmlType::Q8_0 => simd!(Q8_0),
+            GgmlType::Q4K => simd!(Q4K),
+            GgmlType::Q5K => simd!(Q5K),
+            GgmlType::Q6K => simd!(Q6K),
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => unreachable!("float weights take float_matmul"),
+        }
     }
 
     /// The product in f32 with each weight row dequantised (no rounding of the activations):
@@ -292,7 +328,7 @@ impl QMatrix {
 }
 
 /// Rows from which a product dequantises its weights and runs an f32 GEMM.
-pub const GEMM_ROWS: usize = 32;
+pub const GEMM_ROWS: usize = 8;
 
 /// The output pointer shared by the tasks of one product (each writes its own columns).
 struct SharedOut(*mut f32);
@@ -594,7 +630,7 @@ pub(crate) mod x86 {
         use std::arch::x86_64::*;
 
         /// Activation rows per unpacked weight group.
-        const R: usize = 4;
+        const R: usize = 8;
 
         #[inline(always)]
         unsafe fn hsum(v: __m256) -> f32 {
@@ -654,19 +690,19 @@ pub(crate) mod x86 {
                     let p = F::params(block, g);
                     let codes = F::codes_avx2::<D::Expand>(block, g);
                     let col_group = b * groups + g;
+                    // The weights' scale once per group; each row's scale is broadcast from memory.
+                    let wscale = if F::SPLIT_SCALES { _mm256_set_m128(_mm_set1_ps(p.scale[1]), _mm_set1_ps(p.scale[0])) } else { _mm256_set1_ps(p.scale[0]) };
                     for r in 0..R {
                         let ag = (row0 + r) * gpr + col_group;
                         let a = _mm256_loadu_si256(q.add(ag * 32) as *const __m256i);
-                        let d = *acts.d.get_unchecked(ag);
-                        let ds = *acts.dsum.get_unchecked(ag);
-                        let s = _mm256_cvtepi32_ps(D::dot(codes, a));
-                        let scale = if F::SPLIT_SCALES {
-                            _mm256_set_m128(_mm_set1_ps(p.scale[1] * d), _mm_set1_ps(p.scale[0] * d))
+                        let s = _mm256_mul_ps(_mm256_cvtepi32_ps(D::dot(codes, a)), _mm256_broadcast_ss(acts.d.get_unchecked(ag)));
+                        acc[r] = _mm256_fmadd_ps(s, wscale, acc[r]);
+                        offs[r] += if F::SPLIT_SCALES {
+                            let ds = acts.dsum.get_unchecked(ag);
+                            p.offset[0] * ds[0] + p.offset[1] * ds[1]
                         } else {
-                            _mm256_set1_ps(p.scale[0] * d)
+                            p.offset[0] * *acts.dsum_total.get_unchecked(ag)
                         };
-                        acc[r] = _mm256_fmadd_ps(s, scale, acc[r]);
-                        offs[r] += if F::SPLIT_SCALES { p.offset[0] * ds[0] + p.offset[1] * ds[1] } else { p.offset[0] * (ds[0] + ds[1]) };
                     }
                 }
             }
@@ -685,10 +721,49 @@ pub(crate) mod x86 {
                     1 => tile::<F, D, 1>(wrow, acts, r0 + i, out),
                     2 => tile::<F, D, 2>(wrow, acts, r0 + i, out),
                     3 => tile::<F, D, 3>(wrow, acts, r0 + i, out),
+                    4..=7 => tile::<F, D, 4>(wrow, acts, r0 + i, out),
                     _ => tile::<F, D, R>(wrow, acts, r0 + i, out),
                 }
-                i += left.min(R);
+                i += match left {
+                    1..=3 => left,
+                    4..=7 => 4,
+                    _ => R,
+                };
             }
+        }
+
+        /// Whole blocks of `bytes` as f32 into `out`.
+        #[inline(always)]
+        unsafe fn dequantize<F: SimdFormat, X: BitExpand>(bytes: &[u8], out: &mut [f32]) {
+            debug_assert_eq!(bytes.len() / F::BYTES * F::LEN, out.len());
+            let mut dst = out.as_mut_ptr();
+            for block in bytes.chunks_exact(F::BYTES) {
+                for g in 0..F::LEN / 32 {
+                    let p = F::params(block, g);
+                    let codes = F::codes_avx2::<X>(block, g);
+                    let (lo, hi) = (_mm256_castsi256_si128(codes), _mm256_extracti128_si256(codes, 1));
+                    for (k, part) in [lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)].into_iter().enumerate() {
+                        let h = k / 2;
+                        let f = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(part));
+                        _mm256_storeu_ps(dst, _mm256_fmadd_ps(f, _mm256_set1_ps(p.scale[h]), _mm256_set1_ps(p.offset[h])));
+                        dst = dst.add(8);
+                    }
+                }
+            }
+        }
+
+        /// # Safety
+        /// The CPU must have AVX2, FMA, AVX-512BW and AVX-512VL.
+        #[target_feature(enable = "avx2,fma,avx512bw,avx512vl")]
+        pub unsafe fn dequantize_bw<F: SimdFormat>(bytes: &[u8], out: &mut [f32]) {
+            dequantize::<F, MaskExpand>(bytes, out)
+        }
+
+        /// # Safety
+        /// The CPU must have AVX2 and FMA.
+        #[target_feature(enable = "avx2,fma")]
+        pub unsafe fn dequantize_avx2<F: SimdFormat>(bytes: &[u8], out: &mut [f32]) {
+            dequantize::<F, ShuffleExpand>(bytes, out)
         }
 
         /// # Safety
@@ -789,6 +864,21 @@ mod tests {
                         assert!((got - expect).abs() <= 1e-4 * expect.abs().max(1.0), "{} n={n} [{r},{c}]: {got} vs {expect}", ty.name());
                     }
                 }
+            }
+        }
+    }
+
+    /// The SIMD unpacking used by the GEMM path gives the scalar dequantisation's values.
+    #[test]
+    fn simd_dequantisation_equals_scalar_for_every_type() {
+        let (rows, cols) = (3, 512);
+        for ty in GgmlType::ALL.into_iter().filter(|t| t.is_quantized()) {
+            let m = QMatrix::from_f32(values(rows * cols, 5), rows, cols, ty).unwrap();
+            let expect = m.to_f32().unwrap();
+            let mut got = vec![f32::NAN; rows * cols];
+            m.dequantize_rows(0, rows, &mut got);
+            for (i, (a, b)) in got.iter().zip(&expect).enumerate() {
+                assert!((a - b).abs() <= 1e-6 * b.abs().max(1e-3), "{} [{i}]: {a} vs {b}", ty.name());
             }
         }
     }
