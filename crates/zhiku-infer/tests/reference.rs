@@ -1,6 +1,6 @@
 //! zhiku's generative engine against transformers on the same GGUF weights (fixtures from
 //! tests/fixtures/llm/make_llm_fixtures.py; models from scripts/fetch-llms.sh):
-//! - token ids equal on a multilingual text set;
+//! - token ids equal on a multilingual text set, and equal to llama.cpp's tokenizer's;
 //! - with exact products (f32 over dequantised weights, transformers' arithmetic) the logits
 //!   at every position agree within 2e-3 of the logit range (top-10 and 64 probe tokens),
 //!   and greedy decoding of 64 tokens is identical;
@@ -40,10 +40,18 @@ fn floats(v: &Value) -> Vec<f32> {
     v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
 }
 
-fn check_tokens(lm: &LanguageModel, fx: &Value) {
+fn check_tokens(lm: &LanguageModel, fx: &Value, name: &str) {
     for t in fx["tokens"].as_array().unwrap() {
         let text = t["text"].as_str().unwrap();
         assert_eq!(lm.encode(text, true).unwrap(), ids(&t["ids"]), "token ids of {text:?}");
+    }
+    // llama.cpp's own tokenizer on the same file (tests/fixtures/llm/make_llama_cpp_tokens.py).
+    let llama: Value = serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures/llm/llama_cpp_tokens.json")).unwrap()).unwrap();
+    let cases = llama[name]["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), fx["tokens"].as_array().unwrap().len());
+    for c in cases {
+        let text = c["text"].as_str().unwrap();
+        assert_eq!(lm.encode(text, true).unwrap(), ids(&c["ids"]), "token ids of {text:?} against llama.cpp");
     }
 }
 
@@ -102,7 +110,7 @@ fn check_greedy(lm: &LanguageModel, fx: &Value) -> (Vec<u32>, Vec<u32>) {
 
 fn check_model(name: &str, fast_tolerance: f32, fast_agreement: f32) {
     let (mut lm, fx) = load(name);
-    check_tokens(&lm, &fx);
+    check_tokens(&lm, &fx, name);
     lm.model.set_exact(true);
     let (worst, agree) = compare_logits(&lm, &fx);
     assert!(worst <= 2e-3, "{name} exact: logits differ by {worst} of their range");
