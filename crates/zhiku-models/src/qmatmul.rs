@@ -171,9 +171,10 @@ impl QMatrix {
 
     /// Several rows (prompts, and decoding many sequences at once): weight rows are dequantised
     /// 64 at a time into an f32 tile that stays in cache (SIMD unpacking), and an f32 GEMM
-    /// (AVX-512 where the CPU has it) multiplies the tile by every activation row. From
-    /// `GEMM_ROWS` rows on this beats the integer kernels, whose per-group scaling is paid once
-    /// per activation row (measured: 16 sequences of Qwen2.5-0.5B, 94 against 80 tokens/s).
+    /// (AVX-512 where the CPU has it) multiplies the tile by every activation row. It beats the
+    /// integer kernels from about 8 rows (16 sequences of Qwen2.5-0.5B: 94 against 80 tokens/s),
+    /// but `GEMM_ROWS` stays at 32: the path decides the rounding, and a sequence's text should
+    /// not change when a few others join its decoding steps.
     fn matmul_tiled(&self, x: &[f32], n: usize, y: &mut [f32]) {
         const TILE: usize = 64;
         let (rows, cols) = (self.rows, self.cols);
@@ -328,7 +329,7 @@ impl QMatrix {
 }
 
 /// Rows from which a product dequantises its weights and runs an f32 GEMM.
-pub const GEMM_ROWS: usize = 8;
+pub const GEMM_ROWS: usize = 32;
 
 /// The output pointer shared by the tasks of one product (each writes its own columns).
 struct SharedOut(*mut f32);
