@@ -12,11 +12,12 @@ fn main() {
     println!("kernel {:?}; matrix {rows}x{cols}", zhiku_models::qmatmul::kernel());
     for ty in types {
         let m = QMatrix::from_f32(w.clone(), rows, cols, ty).unwrap();
-        for n in [1, 4, 16, 512] {
+        let ns: Vec<usize> = std::env::var("ROWS").ok().map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect()).unwrap_or(vec![1, 4, 16, 512]);
+        for n in ns {
             let x: Vec<f32> = (0..n * cols).map(|i| (i as f32 * 0.11).cos()).collect();
             let mut y = vec![0f32; n * rows];
             m.matmul(&x, n, &mut y);
-            let reps = if n >= 512 { 3 } else { 200 };
+            let reps = if n >= 512 { 3 } else { std::env::var("REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(200) };
             let t = Instant::now();
             for _ in 0..reps {
                 m.matmul(&x, n, &mut y);

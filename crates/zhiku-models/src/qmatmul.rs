@@ -10,8 +10,12 @@
 //! All three compute the same integer sums.
 //!
 //! A product runs as tiles: up to 64 activation rows stay in cache while a thread walks its
-//! share of the weight rows, and each weight group is unpacked once for 4 activation rows.
-//! Decoding (1 row per sequence) is bound by reading the weights once.
+//! share of the weight rows, and each weight group is unpacked once for up to 8 activation
+//! rows (16 with AVX-512 VNNI, where one 512-bit `vpdpbusd` takes two groups). Decoding one
+//! sequence is bound by reading the weights once; decoding many at once (one row each) is
+//! bound by these products, which is why the AVX-512 kernel exists. Every kernel computes a
+//! row's product the same way whatever other rows share the call, so a sequence's text does
+//! not change when others join its decoding steps (tested).
 
 use crate::blocks::{GgmlType, GroupParams, QuantFormat, Q4K, Q4_0, Q4_1, Q5K, Q5_0, Q5_1, Q6K, Q8_0};
 use crate::gguf::GgufTensor;
@@ -29,6 +33,9 @@ pub struct QuantizedRows {
     pub dsum: Vec<[f32; 2]>,
     /// Per group: d · Σ q over the group (formats with one offset per group).
     pub dsum_total: Vec<f32>,
+    /// Per group: d repeated 8 times, one per lane of the group's products in a 512-bit
+    /// vector (the AVX-512 kernel multiplies two groups' sums by their scales in one load).
+    pub d8: Vec<f32>,
 }
 
 impl QuantizedRows {
@@ -59,7 +66,8 @@ impl QuantizedRows {
                 }
             });
         let dsum_total = dsum.iter().map(|s| s[0] + s[1]).collect();
-        Self { rows, cols, q, d, dsum, dsum_total }
+        let d8 = if kernel() == Kernel::Avx512Vnni { d.iter().flat_map(|&v| [v; 8]).collect() } else { Vec::new() };
+        Self { rows, cols, q, d, dsum, dsum_total, d8 }
     }
 }
 
@@ -216,7 +224,7 @@ impl QMatrix {
                 match k {
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: `kernel()` checked the CPU features.
-                    Kernel::AvxVnniBw => unsafe { x86::dequantize_bw::<$f>(bytes, out) },
+                    Kernel::AvxVnniBw | Kernel::Avx512Vnni => unsafe { x86::dequantize_bw::<$f>(bytes, out) },
                     #[cfg(target_arch = "x86_64")]
                     Kernel::AvxVnni | Kernel::Avx2 => unsafe { x86::dequantize_avx2::<$f>(bytes, out) },
                     _ => self.dtype.dequantize(bytes, out).expect("whole blocks"),
@@ -345,6 +353,9 @@ pub enum Kernel {
     AvxVnni,
     /// AVX-VNNI products with AVX-512BW mask registers for unpacking.
     AvxVnniBw,
+    /// AVX-512 VNNI: two groups per 512-bit product, up to 16 activation rows per unpacked
+    /// pair of weight groups (decoding many sequences at once is bound by these products).
+    Avx512Vnni,
 }
 
 pub fn kernel() -> Kernel {
@@ -356,10 +367,13 @@ pub fn kernel() -> Kernel {
             let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
             let vnni = avx2 && is_x86_feature_detected!("avxvnni");
             let bw = vnni && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl");
+            let avx512 = bw && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni");
             match forced.as_deref() {
                 Some("portable") => Kernel::Portable,
                 Some("avx2") if avx2 => Kernel::Avx2,
                 Some("avxvnni") if vnni => Kernel::AvxVnni,
+                Some("avxvnnibw") if bw => Kernel::AvxVnniBw,
+                _ if avx512 => Kernel::Avx512Vnni,
                 _ if bw => Kernel::AvxVnniBw,
                 _ if vnni => Kernel::AvxVnni,
                 _ if avx2 => Kernel::Avx2,
@@ -388,7 +402,7 @@ fn run<F: x86::SimdFormat>(w: &[u8], rows: usize, acts: &QuantizedRows, y: &mut 
     // One activation row: [rows, 1] is y's own layout, so no buffer and no transpose.
     let mut buffer = if n == 1 { Vec::new() } else { vec![0f32; rows * n] };
     let yt: &mut [f32] = if n == 1 { y } else { &mut buffer };
-    yt.par_chunks_mut(chunk * n).enumerate().for_each(|(ci, out)| {
+    yt.par_chunks_mut(chunk * n).enumerate().for_each_init(Vec::new, |offsets, (ci, out)| {
         let first = ci * chunk;
         let count = out.len() / n;
         let ahead = prefetch_rows(row_bytes);
@@ -409,6 +423,8 @@ fn run<F: x86::SimdFormat>(w: &[u8], rows: usize, acts: &QuantizedRows, y: &mut 
                     Kernel::AvxVnni => unsafe { x86::row_dots_vnni::<F>(wrow, acts, r0, dst) },
                     #[cfg(target_arch = "x86_64")]
                     Kernel::AvxVnniBw => unsafe { x86::row_dots_vnni_bw::<F>(wrow, acts, r0, dst) },
+                    #[cfg(target_arch = "x86_64")]
+                    Kernel::Avx512Vnni => unsafe { x86::row_dots_512::<F>(wrow, acts, r0, dst, offsets) },
                     #[cfg(target_arch = "x86_64")]
                     Kernel::Avx2 => unsafe { x86::row_dots_avx2::<F>(wrow, acts, r0, dst) },
                     _ => row_dots_portable::<F>(wrow, acts, r0, dst),
@@ -733,6 +749,229 @@ pub(crate) mod x86 {
             }
         }
 
+        /// Activation rows per unpacked pair of weight groups in the AVX-512 kernel.
+        const R512: usize = 16;
+
+        /// A group's weight scales over its 8 lanes of sums (4 per half-group).
+        #[inline(always)]
+        unsafe fn lane_scales<F: SimdFormat>(p: &crate::blocks::GroupParams) -> __m256 {
+            if F::SPLIT_SCALES { _mm256_set_m128(_mm_set1_ps(p.scale[1]), _mm_set1_ps(p.scale[0])) } else { _mm256_set1_ps(p.scale[0]) }
+        }
+
+        /// What a kernel does with each pair of unpacked groups (codes and lane scales).
+        trait PairVisitor {
+            unsafe fn visit(&mut self, gi: usize, first: (__m256i, __m256), second: Option<(__m256i, __m256)>);
+        }
+
+        /// Rows of activations against a pair of groups in one 512-bit product each.
+        struct Wide<'a, const R: usize> {
+            acc: &'a mut [__m512; R],
+            q: *const i8,
+            d8: *const f32,
+            row0: usize,
+            gpr: usize,
+        }
+
+        impl<const R: usize> PairVisitor for Wide<'_, R> {
+            #[inline(always)]
+            unsafe fn visit(&mut self, gi: usize, (c0, s0): (__m256i, __m256), second: Option<(__m256i, __m256)>) {
+                let (codes, wscale, two) = match second {
+                    Some((c1, s1)) => (
+                        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(c0), c1),
+                        _mm512_castpd_ps(_mm512_insertf64x4::<1>(_mm512_castpd256_pd512(_mm256_castps_pd(s0)), _mm256_castps_pd(s1))),
+                        true,
+                    ),
+                    // An odd last group: the upper half of every vector is zero.
+                    None => (_mm512_zextsi256_si512(c0), _mm512_zextps256_ps512(s0), false),
+                };
+                for (r, acc) in self.acc.iter_mut().enumerate() {
+                    let ag = (self.row0 + r) * self.gpr + gi;
+                    let (a, d) = if two {
+                        (_mm512_loadu_si512(self.q.add(ag * 32) as *const _), _mm512_loadu_ps(self.d8.add(ag * 8)))
+                    } else {
+                        (_mm512_zextsi256_si512(_mm256_loadu_si256(self.q.add(ag * 32) as *const __m256i)), _mm512_zextps256_ps512(_mm256_loadu_ps(self.d8.add(ag * 8))))
+                    };
+                    let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), codes, a);
+                    *acc = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(dot), d), wscale, *acc);
+                }
+            }
+        }
+
+        /// The same sums with 256-bit vectors: even groups' lanes in one accumulator, odd in
+        /// the other.
+        struct Narrow<'a, const R: usize> {
+            even: &'a mut [__m256; R],
+            odd: &'a mut [__m256; R],
+            q: *const i8,
+            d8: *const f32,
+            row0: usize,
+            gpr: usize,
+        }
+
+        impl<const R: usize> Narrow<'_, R> {
+            #[inline(always)]
+            unsafe fn add(accs: &mut [__m256; R], codes: __m256i, wscale: __m256, q: *const i8, d8: *const f32, row0: usize, gpr: usize, gi: usize) {
+                for (r, acc) in accs.iter_mut().enumerate() {
+                    let ag = (row0 + r) * gpr + gi;
+                    let a = _mm256_loadu_si256(q.add(ag * 32) as *const __m256i);
+                    let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), codes, a);
+                    let s = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_loadu_ps(d8.add(ag * 8)));
+                    *acc = _mm256_fmadd_ps(s, wscale, *acc);
+                }
+            }
+        }
+
+        impl<const R: usize> PairVisitor for Narrow<'_, R> {
+            #[inline(always)]
+            unsafe fn visit(&mut self, gi: usize, (c0, s0): (__m256i, __m256), second: Option<(__m256i, __m256)>) {
+                Self::add(self.even, c0, s0, self.q, self.d8, self.row0, self.gpr, gi);
+                if let Some((c1, s1)) = second {
+                    Self::add(self.odd, c1, s1, self.q, self.d8, self.row0, self.gpr, gi + 1);
+                }
+            }
+        }
+
+        /// Walks a weight row's groups in pairs (0, 1), (2, 3), ...: unpacks each group's codes
+        /// and lane scales, writes its offsets to `ofs`, and hands `f` the first group's index
+        /// with the pair (the second is `None` for an odd last group). The loops follow the
+        /// blocks so that a block's shared parameters are read once.
+        #[inline(always)]
+        unsafe fn group_pairs<F: SimdFormat, V: PairVisitor>(wrow: &[u8], ofs: *mut f32, v: &mut V) {
+            let per_block = F::LEN / 32;
+            let unpack = |block: &[u8], g: usize, gi: usize| {
+                let p = F::params(block, g);
+                if F::SPLIT_SCALES {
+                    *ofs.add(2 * gi) = p.offset[0];
+                    *ofs.add(2 * gi + 1) = p.offset[1];
+                } else {
+                    *ofs.add(gi) = p.offset[0];
+                }
+                (F::codes_avx2::<MaskExpand>(block, g), lane_scales::<F>(&p))
+            };
+            if per_block == 1 {
+                let mut pairs = wrow.chunks_exact(2 * F::BYTES);
+                for (i, pair) in pairs.by_ref().enumerate() {
+                    let (b0, b1) = pair.split_at(F::BYTES);
+                    let first = unpack(b0, 0, 2 * i);
+                    let second = unpack(b1, 0, 2 * i + 1);
+                    v.visit(2 * i, first, Some(second));
+                }
+                let rest = pairs.remainder();
+                if !rest.is_empty() {
+                    let gi = wrow.len() / F::BYTES - 1;
+                    v.visit(gi, unpack(rest, 0, gi), None);
+                }
+            } else {
+                debug_assert_eq!(per_block % 2, 0);
+                for (b, block) in wrow.chunks_exact(F::BYTES).enumerate() {
+                    for g in (0..per_block).step_by(2) {
+                        let gi = b * per_block + g;
+                        let first = unpack(block, g, gi);
+                        let second = unpack(block, g + 1, gi + 1);
+                        v.visit(gi, first, Some(second));
+                    }
+                }
+            }
+        }
+
+        /// `R` activation rows against one weight row, two groups per 512-bit product. The
+        /// offset terms (Σ offset·d·Σa) are a separate dot product per row over the weight row's
+        /// offsets, gathered into `offsets` while unpacking. Each row's arithmetic is the same
+        /// whatever `R` is, so a sequence's result does not depend on its batch.
+        #[inline(always)]
+        unsafe fn tile512<F: SimdFormat, const R: usize>(wrow: &[u8], acts: &QuantizedRows, row0: usize, dst: &mut [f32], offsets: &mut [f32]) {
+            let gpr = acts.cols / 32;
+            let mut acc = [_mm512_setzero_ps(); R];
+            let q = acts.q.as_ptr();
+            let d8 = acts.d8.as_ptr();
+            let ofs = offsets.as_mut_ptr();
+            group_pairs::<F, _>(wrow, ofs, &mut Wide { acc: &mut acc, q, d8, row0, gpr });
+            let count = if F::SPLIT_SCALES { 2 * gpr } else { gpr };
+            for (r, acc) in acc.iter().enumerate() {
+                let sums: *const f32 = if F::SPLIT_SCALES { acts.dsum.as_ptr().add((row0 + r) * gpr) as *const f32 } else { acts.dsum_total.as_ptr().add((row0 + r) * gpr) };
+                let mut o = _mm512_setzero_ps();
+                let mut i = 0;
+                while i + 16 <= count {
+                    o = _mm512_fmadd_ps(_mm512_loadu_ps(ofs.add(i)), _mm512_loadu_ps(sums.add(i)), o);
+                    i += 16;
+                }
+                if i < count {
+                    let m: __mmask16 = ((1u32 << (count - i)) - 1) as __mmask16;
+                    o = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, ofs.add(i)), _mm512_maskz_loadu_ps(m, sums.add(i)), o);
+                }
+                *dst.get_unchecked_mut(r) = hsum512(_mm512_add_ps(*acc, o));
+            }
+        }
+
+        /// The sum of 16 lanes in a fixed order: the upper 8 onto the lower 8, then `hsum`.
+        #[inline(always)]
+        unsafe fn hsum512(v: __m512) -> f32 {
+            let lo = _mm512_castps512_ps256(v);
+            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+            hsum(_mm256_add_ps(lo, hi))
+        }
+
+        /// [`tile512`] with 256-bit vectors, bit for bit: one accumulator for the even groups'
+        /// lanes (the lower half of the 512-bit one) and one for the odd. A few rows do not
+        /// fill the wide unit, and its 512-bit instructions would take a port from the unpacking.
+        #[inline(always)]
+        unsafe fn tile512_narrow<F: SimdFormat, const R: usize>(wrow: &[u8], acts: &QuantizedRows, row0: usize, dst: &mut [f32], offsets: &mut [f32]) {
+            let gpr = acts.cols / 32;
+            let mut even = [_mm256_setzero_ps(); R];
+            let mut odd = [_mm256_setzero_ps(); R];
+            let q = acts.q.as_ptr();
+            let d8 = acts.d8.as_ptr();
+            let ofs = offsets.as_mut_ptr();
+            group_pairs::<F, _>(wrow, ofs, &mut Narrow { even: &mut even, odd: &mut odd, q, d8, row0, gpr });
+            let count = if F::SPLIT_SCALES { 2 * gpr } else { gpr };
+            for r in 0..R {
+                let sums: *const f32 = if F::SPLIT_SCALES { acts.dsum.as_ptr().add((row0 + r) * gpr) as *const f32 } else { acts.dsum_total.as_ptr().add((row0 + r) * gpr) };
+                let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+                let mut i = 0;
+                while i + 16 <= count {
+                    lo = _mm256_fmadd_ps(_mm256_loadu_ps(ofs.add(i)), _mm256_loadu_ps(sums.add(i)), lo);
+                    hi = _mm256_fmadd_ps(_mm256_loadu_ps(ofs.add(i + 8)), _mm256_loadu_ps(sums.add(i + 8)), hi);
+                    i += 16;
+                }
+                if i < count {
+                    let m = ((1u32 << (count - i)) - 1) as u16;
+                    let (ml, mh) = ((m & 0xFF) as __mmask8, (m >> 8) as __mmask8);
+                    lo = _mm256_fmadd_ps(_mm256_maskz_loadu_ps(ml, ofs.add(i)), _mm256_maskz_loadu_ps(ml, sums.add(i)), lo);
+                    hi = _mm256_fmadd_ps(_mm256_maskz_loadu_ps(mh, ofs.add(i + 8)), _mm256_maskz_loadu_ps(mh, sums.add(i + 8)), hi);
+                }
+                *dst.get_unchecked_mut(r) = hsum(_mm256_add_ps(_mm256_add_ps(even[r], lo), _mm256_add_ps(odd[r], hi)));
+            }
+        }
+
+        /// # Safety
+        /// The CPU must have AVX2, FMA, AVX-512F/BW/VL and AVX-512 VNNI; `acts.d8` must be
+        /// filled (it is when this kernel is the chosen one).
+        #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+        pub unsafe fn row_dots_512<F: SimdFormat>(wrow: &[u8], acts: &QuantizedRows, r0: usize, dst: &mut [f32], offsets: &mut Vec<f32>) {
+            debug_assert_eq!(acts.d8.len(), acts.d.len() * 8);
+            offsets.resize(2 * acts.cols / 32, 0.0);
+            let mut i = 0;
+            while i < dst.len() {
+                let left = dst.len() - i;
+                let out = &mut dst[i..];
+                let step = match left {
+                    1..=3 => left,
+                    4..=7 => 4,
+                    8..=15 => 8,
+                    _ => R512,
+                };
+                match step {
+                    1 => tile512_narrow::<F, 1>(wrow, acts, r0 + i, out, offsets),
+                    2 => tile512_narrow::<F, 2>(wrow, acts, r0 + i, out, offsets),
+                    3 => tile512_narrow::<F, 3>(wrow, acts, r0 + i, out, offsets),
+                    4 => tile512::<F, 4>(wrow, acts, r0 + i, out, offsets),
+                    8 => tile512::<F, 8>(wrow, acts, r0 + i, out, offsets),
+                    _ => tile512::<F, R512>(wrow, acts, r0 + i, out, offsets),
+                }
+                i += step;
+            }
+        }
+
         /// Whole blocks of `bytes` as f32 into `out`.
         #[inline(always)]
         unsafe fn dequantize<F: SimdFormat, X: BitExpand>(bytes: &[u8], out: &mut [f32]) {
@@ -810,10 +1049,10 @@ mod tests {
     #[test]
     fn every_kernel_matches_dequantised_matmul_for_every_type() {
         let (rows, cols) = (37, 512);
-        for ty in GgmlType::ALL {
+        for (ty, cols) in GgmlType::ALL.into_iter().map(|t| (t, cols)).chain([(GgmlType::Q5_0, 96), (GgmlType::Q4_1, 160)]) {
             let m = QMatrix::from_f32(values(rows * cols, 1), rows, cols, ty).unwrap();
             let w = m.to_f32().unwrap();
-            for n in [1, 3, 5, 70] {
+            for n in [1, 3, 5, 17, 70] {
                 let x = values(n * cols, 2 + n as u64);
                 let mut expect = vec![0f32; n * rows];
                 for r in 0..n {
@@ -833,6 +1072,9 @@ mod tests {
                     }
                     if is_x86_feature_detected!("avxvnni") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl") {
                         kernels.push(Kernel::AvxVnniBw);
+                    }
+                    if avx512() {
+                        kernels.push(Kernel::Avx512Vnni);
                     }
                 }
                 for k in kernels {
@@ -884,6 +1126,25 @@ mod tests {
         }
     }
 
+    /// A row's product is bit for bit the same alone or among others (below `GEMM_ROWS`), so
+    /// a sequence decodes the same text whatever else shares its steps; odd group counts too.
+    #[test]
+    fn a_rows_product_does_not_depend_on_its_batch() {
+        for (ty, cols) in [(GgmlType::Q4_0, 96), (GgmlType::Q5_0, 544), (GgmlType::Q8_0, 512), (GgmlType::Q4K, 768), (GgmlType::Q6K, 512), (GgmlType::Q5_1, 288)] {
+            let rows = 23;
+            let m = QMatrix::from_f32(values(rows * cols, 11), rows, cols, ty).unwrap();
+            let n = GEMM_ROWS - 1;
+            let x = values(n * cols, 12);
+            let mut all = vec![0f32; n * rows];
+            m.matmul(&x, n, &mut all);
+            for r in [0, 5, 16, n - 1] {
+                let mut one = vec![0f32; rows];
+                m.matmul(&x[r * cols..(r + 1) * cols], 1, &mut one);
+                assert_eq!(one, all[r * rows..(r + 1) * rows], "{} row {r}", ty.name());
+            }
+        }
+    }
+
     /// The integer kernels compute identical sums: their outputs agree to rounding.
     #[test]
     fn kernels_agree_with_each_other() {
@@ -893,8 +1154,9 @@ mod tests {
             let x = values(6 * cols, 8);
             let base = matmul_with(&m, &x, 6, Kernel::Portable);
             #[cfg(target_arch = "x86_64")]
-            for k in [Kernel::Avx2, Kernel::AvxVnni, Kernel::AvxVnniBw] {
+            for k in [Kernel::Avx2, Kernel::AvxVnni, Kernel::AvxVnniBw, Kernel::Avx512Vnni] {
                 let ok = match k {
+                    Kernel::Avx512Vnni => avx512(),
                     Kernel::AvxVnni => is_x86_feature_detected!("avxvnni"),
                     Kernel::AvxVnniBw => is_x86_feature_detected!("avxvnni") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl"),
                     _ => is_x86_feature_detected!("avx2"),
@@ -910,13 +1172,22 @@ mod tests {
         }
     }
 
+    #[cfg(target_arch = "x86_64")]
+    fn avx512() -> bool {
+        is_x86_feature_detected!("avxvnni") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni")
+    }
+
     fn matmul_with(m: &QMatrix, x: &[f32], n: usize, k: Kernel) -> Vec<f32> {
         let mut y = vec![0f32; n * m.rows];
         if m.is_float() {
             m.matmul(x, n, &mut y);
             return y;
         }
-        let acts = QuantizedRows::new(x, n, m.cols);
+        let mut acts = QuantizedRows::new(x, n, m.cols);
+        if acts.d8.is_empty() {
+            acts.d8 = acts.d.iter().flat_map(|&v| [v; 8]).collect();
+        }
+        let mut offsets = Vec::new();
         let row_bytes = m.dtype.bytes_for(m.cols);
         let w = m.bytes();
         for o in 0..m.rows {
@@ -932,6 +1203,8 @@ mod tests {
                         Kernel::AvxVnni => unsafe { x86::row_dots_vnni::<$f>(wr, &acts, 0, &mut col) },
                         #[cfg(target_arch = "x86_64")]
                         Kernel::AvxVnniBw => unsafe { x86::row_dots_vnni_bw::<$f>(wr, &acts, 0, &mut col) },
+                        #[cfg(target_arch = "x86_64")]
+                        Kernel::Avx512Vnni => unsafe { x86::row_dots_512::<$f>(wr, &acts, 0, &mut col, &mut offsets) },
                         #[allow(unreachable_patterns)]
                         _ => unreachable!(),
                     }
