@@ -1,0 +1,351 @@
+//! Documents as the library stores them, and reading them from files: `.txt`, `.md`,
+//! `.html`, `.jsonl` and `.csv` (one document per file or per row). Errors name the file and,
+//! for rows, the line; a non-UTF-8 file names the byte offset.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// Files larger than this are refused (a library holds texts, not dumps).
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Document {
+    pub id: String,
+    pub title: String,
+    pub text: String,
+    /// Where it came from (the file, and the row for JSONL and CSV), unless a field says.
+    pub source: String,
+    pub date: Option<String>,
+    pub tags: Vec<String>,
+    /// Every other field of a JSONL or CSV row.
+    pub metadata: Map<String, Value>,
+}
+
+impl Document {
+    /// A hash of everything stored about the document: re-adding an identical one is a no-op.
+    pub fn content_hash(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(serde_json::to_vec(self).expect("a document serialises"));
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// An id for a document that has none: from where it came from, so that adding the same file
+/// again replaces it.
+pub fn derived_id(source: &str) -> String {
+    let h = Sha256::digest(source.as_bytes());
+    format!("doc-{}", h.iter().take(6).map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+/// The files under `paths` the library can read (directories are walked, sorted by name).
+pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        let meta = std::fs::metadata(p).with_context(|| format!("{}: cannot read", p.display()))?;
+        if meta.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(p).with_context(|| format!("{}: cannot list", p.display()))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            entries.sort();
+            let (dirs, files): (Vec<PathBuf>, Vec<PathBuf>) = entries.into_iter().partition(|e| e.is_dir());
+            out.extend(files.into_iter().filter(|f| kind(f).is_some()));
+            out.extend(collect_files(&dirs)?);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Text,
+    Markdown,
+    Html,
+    Jsonl,
+    Csv,
+    Pdf,
+}
+
+pub fn kind(path: &Path) -> Option<Kind> {
+    let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+    Some(match ext.as_str() {
+        "txt" | "text" => Kind::Text,
+        "md" | "markdown" => Kind::Markdown,
+        "html" | "htm" => Kind::Html,
+        "jsonl" | "ndjson" => Kind::Jsonl,
+        "csv" => Kind::Csv,
+        "pdf" => Kind::Pdf,
+        _ => return None,
+    })
+}
+
+/// Reads the documents of one file.
+pub fn read_file(path: &Path) -> Result<Vec<Document>> {
+    let Some(kind) = kind(path) else {
+        bail!("{}: unsupported file type (the library reads .txt, .md, .html, .jsonl and .csv)", path.display())
+    };
+    let size = std::fs::metadata(path).with_context(|| format!("{}: cannot read", path.display()))?.len();
+    if size > MAX_FILE_BYTES {
+        bail!("{}: {} MB is over the limit of {} MB per file; split it", path.display(), size >> 20, MAX_FILE_BYTES >> 20)
+    }
+    if kind == Kind::Pdf {
+        bail!("{}: PDF files cannot be read yet; convert it to text first (e.g. pdftotext)", path.display())
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = match std::str::from_utf8(&bytes) {
+        Ok(t) => t.strip_prefix('\u{feff}').unwrap_or(t),
+        Err(e) => bail!("{}: not UTF-8 text (invalid byte at offset {})", path.display(), e.valid_up_to()),
+    };
+    let source = path.display().to_string();
+    match kind {
+        Kind::Text | Kind::Markdown | Kind::Html => {
+            let (title, body) = match kind {
+                Kind::Html => html_to_text(text),
+                Kind::Markdown => markdown_title(text),
+                _ => (first_line_title(text), text.to_string()),
+            };
+            let body = body.trim().to_string();
+            if body.is_empty() {
+                bail!("{}: empty document", path.display())
+            }
+            let title = title.unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+            Ok(vec![Document { id: derived_id(&source), title, text: body, source, date: None, tags: Vec::new(), metadata: Map::new() }])
+        }
+        Kind::Jsonl => read_jsonl(path, text),
+        Kind::Csv => read_csv(path, text),
+        Kind::Pdf => unreachable!(),
+    }
+}
+
+fn first_line_title(text: &str) -> Option<String> {
+    let line = text.lines().map(str::trim).find(|l| !l.is_empty())?;
+    Some(line.chars().take(80).collect())
+}
+
+fn markdown_title(text: &str) -> (Option<String>, String) {
+    let title = text.lines().map(str::trim).find(|l| l.starts_with("# ")).map(|l| l[2..].trim().to_string()).or_else(|| first_line_title(text));
+    (title, text.to_string())
+}
+
+/// Visible text of an HTML page: tags dropped (script and style with their content), block
+/// elements ending lines, the common entities decoded; the title from `<title>`.
+pub fn html_to_text(html: &str) -> (Option<String>, String) {
+    let mut out = String::new();
+    let mut title = None;
+    let lower = html.to_ascii_lowercase();
+    let mut i = 0;
+    let bytes = html.as_bytes();
+    while i < bytes.len() {
+        if bytes[i] == b'<' {
+            let Some(close) = html[i..].find('>') else { break };
+            let tag = lower[i + 1..i + close].trim_start_matches('/');
+            let name: String = tag.chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+            let end = i + close + 1;
+            if (name == "script" || name == "style" || name == "title") && !lower[i + 1..].starts_with('/') {
+                let closing = format!("</{name}");
+                let stop = lower[end..].find(&closing).map_or(html.len(), |p| end + p);
+                if name == "title" {
+                    title = Some(decode_entities(html[end..stop].trim()));
+                }
+                i = lower[stop..].find('>').map_or(html.len(), |p| stop + p + 1);
+                continue;
+            }
+            if matches!(name.as_str(), "p" | "div" | "br" | "li" | "h1" | "h2" | "h3" | "h4" | "h5" | "h6" | "tr" | "section" | "article") {
+                out.push('\n');
+            }
+            i = end;
+        } else {
+            let next = html[i..].find('<').map_or(html.len(), |p| i + p);
+            out.push_str(&decode_entities(&html[i..next]));
+            i = next;
+        }
+    }
+    // Collapse runs of blank lines and spaces.
+    let lines: Vec<String> = out.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
+    let mut text = String::new();
+    let mut blank = false;
+    for l in lines {
+        if l.is_empty() {
+            blank = !text.is_empty();
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(if blank { "\n\n" } else { "\n" });
+        }
+        text.push_str(&l);
+        blank = false;
+    }
+    (title.filter(|t| !t.is_empty()), text)
+}
+
+fn decode_entities(s: &str) -> String {
+    if !s.contains('&') {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(p) = rest.find('&') {
+        out.push_str(&rest[..p]);
+        rest = &rest[p..];
+        let end = rest[..rest.len().min(12)].find(';');
+        let decoded = end.and_then(|e| {
+            let name = &rest[1..e];
+            let c = match name {
+                "amp" => Some('&'),
+                "lt" => Some('<'),
+                "gt" => Some('>'),
+                "quot" => Some('"'),
+                "apos" | "#39" => Some('\''),
+                "nbsp" => Some(' '),
+                _ if name.starts_with("#x") || name.starts_with("#X") => u32::from_str_radix(&name[2..], 16).ok().and_then(char::from_u32),
+                _ if name.starts_with('#') => name[1..].parse().ok().and_then(char::from_u32),
+                _ => None,
+            }?;
+            Some((c, e + 1))
+        });
+        match decoded {
+            Some((c, len)) => {
+                out.push(c);
+                rest = &rest[len..];
+            }
+            None => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A row's fields as a document: `id`, `title`, `text` (required; `content` and `body` are
+/// taken too), `source`, `date`, `tags` (a list, or a string split on commas); the rest is
+/// metadata.
+fn row_document(mut fields: Map<String, Value>, source: String, at: &str) -> Result<Document> {
+    let take_str = |fields: &mut Map<String, Value>, key: &str| -> Option<String> {
+        match fields.remove(key)? {
+            Value::String(s) => Some(s),
+            Value::Null => None,
+            other => Some(other.to_string()),
+        }
+    };
+    let text = ["text", "content", "body"].iter().find_map(|k| take_str(&mut fields, k)).unwrap_or_default();
+    if text.trim().is_empty() {
+        bail!("{at}: the row has no text (a \"text\" field is required and must not be empty)")
+    }
+    let id = take_str(&mut fields, "id").filter(|s| !s.trim().is_empty()).unwrap_or_else(|| derived_id(&source));
+    let title = take_str(&mut fields, "title").unwrap_or_else(|| first_line_title(&text).unwrap_or_default());
+    let src = take_str(&mut fields, "source").unwrap_or(source);
+    let date = take_str(&mut fields, "date");
+    let tags = match fields.remove("tags") {
+        Some(Value::Array(a)) => a.into_iter().map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())).collect(),
+        Some(Value::String(s)) => s.split([',', '，', ';']).map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect(),
+        Some(Value::Null) | None => Vec::new(),
+        Some(other) => vec![other.to_string()],
+    };
+    Ok(Document { id, title, text: text.trim().to_string(), source: src, date, tags, metadata: fields })
+}
+
+fn read_jsonl(path: &Path, text: &str) -> Result<Vec<Document>> {
+    let mut docs = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = format!("{}:{}", path.display(), i + 1);
+        let fields: Map<String, Value> = match serde_json::from_str(line) {
+            Ok(Value::Object(m)) => m,
+            Ok(_) => bail!("{at}: each line must be a JSON object"),
+            Err(e) => bail!("{at}: invalid JSON ({e})"),
+        };
+        docs.push(row_document(fields, format!("{}#{}", path.display(), i + 1), &at)?);
+    }
+    if docs.is_empty() {
+        bail!("{}: no documents (empty file)", path.display())
+    }
+    Ok(docs)
+}
+
+fn read_csv(path: &Path, text: &str) -> Result<Vec<Document>> {
+    let mut reader = csv::ReaderBuilder::new().flexible(false).from_reader(text.as_bytes());
+    let headers: Vec<String> = reader.headers().with_context(|| format!("{}:1: cannot read the header row", path.display()))?.iter().map(|h| h.trim().to_string()).collect();
+    if !headers.iter().any(|h| h == "text" || h == "content" || h == "body") {
+        bail!("{}:1: no \"text\" column (columns: {})", path.display(), headers.join(", "))
+    }
+    let mut docs = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|e| {
+            let line = e.position().map_or(0, |p| p.line());
+            anyhow::anyhow!("{}:{line}: {e}", path.display())
+        })?;
+        let line = record.position().map_or(0, |p| p.line());
+        let at = format!("{}:{line}", path.display());
+        let fields: Map<String, Value> = headers.iter().zip(record.iter()).map(|(h, v)| (h.clone(), Value::String(v.to_string()))).collect();
+        docs.push(row_document(fields, format!("{}#{line}", path.display()), &at)?);
+    }
+    if docs.is_empty() {
+        bail!("{}: no documents (only a header row)", path.display())
+    }
+    Ok(docs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, content).unwrap();
+        p
+    }
+
+    #[test]
+    fn jsonl_rows_become_documents_with_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "a.jsonl", "{\"id\": \"n1\", \"title\": \"标题\", \"text\": \"正文。\", \"tags\": [\"财经\"], \"author\": \"李\"}\n\n{\"text\": \"second\", \"tags\": \"a, b\"}\n".as_bytes());
+        let docs = read_file(&p).unwrap();
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[0].id, "n1");
+        assert_eq!(docs[0].title, "标题");
+        assert_eq!(docs[0].tags, ["财经"]);
+        assert_eq!(docs[0].metadata["author"], "李");
+        assert!(docs[1].id.starts_with("doc-"));
+        assert_eq!(docs[1].tags, ["a", "b"]);
+    }
+
+    #[test]
+    fn bad_rows_name_the_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "bad.jsonl", b"{\"text\": \"ok\"}\n{\"text\": \n");
+        assert!(read_file(&p).unwrap_err().to_string().ends_with("bad.jsonl:2: invalid JSON (EOF while parsing a value at line 1 column 9)"));
+        let p = write(dir.path(), "empty.jsonl", b"{\"title\": \"t\", \"text\": \"  \"}\n");
+        assert!(read_file(&p).unwrap_err().to_string().contains("empty.jsonl:1: the row has no text"));
+        let p = write(dir.path(), "x.csv", b"id,title,body2\n1,a,b\n");
+        assert!(read_file(&p).unwrap_err().to_string().contains("x.csv:1: no \"text\" column"));
+        let p = write(dir.path(), "y.csv", b"id,text\n1,a\n2,b,c\n");
+        assert!(read_file(&p).unwrap_err().to_string().contains("y.csv:3:"), "{}", read_file(&p).unwrap_err());
+        let p = write(dir.path(), "latin.txt", b"caf\xe9 au lait");
+        assert!(read_file(&p).unwrap_err().to_string().contains("invalid byte at offset 3"));
+        let p = write(dir.path(), "blank.md", b"  \n\n");
+        assert!(read_file(&p).unwrap_err().to_string().contains("empty document"));
+    }
+
+    #[test]
+    fn csv_rows_and_text_files_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "b.csv", "id,title,text,date,level\nq1,问,答案在这里,2024-01-02,3\n".as_bytes());
+        let d = &read_file(&p).unwrap()[0];
+        assert_eq!((d.id.as_str(), d.date.as_deref(), d.metadata["level"].as_str()), ("q1", Some("2024-01-02"), Some("3")));
+        let p = write(dir.path(), "c.md", b"intro\n# The Title\n\nBody text.");
+        assert_eq!(read_file(&p).unwrap()[0].title, "The Title");
+    }
+
+    #[test]
+    fn html_keeps_visible_text_only() {
+        let (title, text) = html_to_text("<html><head><title>T &amp; U</title><style>p{}</style></head><body><p>One&nbsp;two</p><script>x<1</script><div>三&#22235;</div></body></html>");
+        assert_eq!(title.as_deref(), Some("T & U"));
+        assert_eq!(text, "One two\n\n三四");
+    }
+}

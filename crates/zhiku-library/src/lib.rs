@@ -1,0 +1,378 @@
+//! The content library: documents cut into chunks, searched by BM25 (Chinese segmented with
+//! jieba), by embeddings from any encoder zhiku loads, or by both fused with reciprocal rank
+//! fusion. A library is a folder; see [`store::embedded`] for what lies in it and why it stays
+//! consistent after a crash.
+
+pub mod analyzer;
+pub mod chunk;
+pub mod document;
+pub mod hnsw;
+pub mod store;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use chunk::ChunkOptions;
+use document::Document;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use store::embedded::EmbeddedStore;
+use store::{DocumentSummary, Store, StoredChunk};
+use tantivy::tokenizer::TextAnalyzer;
+use zhiku_models::TextModel;
+
+/// The version of the folder layout this build writes and reads.
+pub const FORMAT: u32 = 1;
+/// Longest query accepted, in characters.
+pub const MAX_QUERY_CHARS: usize = 4000;
+
+/// `library.json`: how the library was created.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LibraryConfig {
+    pub format: u32,
+    /// The encoder folder that embeds chunks and queries (none: full-text search only).
+    pub encoder: Option<PathBuf>,
+    pub dimensions: Option<usize>,
+    pub chunk_size: usize,
+    pub chunk_overlap: usize,
+    /// Whether `user_dict.txt` in the folder extends jieba's dictionary.
+    pub user_dict: bool,
+}
+
+/// Choices made when a library is first created (ignored afterwards).
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    pub encoder: Option<PathBuf>,
+    pub chunk: ChunkOptions,
+    pub user_dict: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Bm25,
+    Dense,
+    Hybrid,
+}
+
+#[derive(Debug, Clone)]
+pub struct SearchOptions {
+    pub mode: Option<Mode>,
+    pub top_k: usize,
+    /// Hybrid: the dense ranking's weight in the fusion (BM25 gets 1 - weight).
+    pub dense_weight: f64,
+}
+
+impl Default for SearchOptions {
+    fn default() -> Self {
+        Self { mode: None, top_k: 10, dense_weight: 0.5 }
+    }
+}
+
+/// A retriever's view of a hit: its rank (1 = best) and raw score.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Ranked {
+    pub rank: usize,
+    pub score: f32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchResult {
+    /// The document's id.
+    pub id: String,
+    pub title: String,
+    pub source: String,
+    pub chunk: String,
+    pub chunk_id: i64,
+    pub position: usize,
+    /// Character span of the chunk in the document.
+    pub start: usize,
+    pub end: usize,
+    /// BM25 score, cosine similarity, or the fused score (hybrid).
+    pub score: f64,
+    pub bm25: Option<Ranked>,
+    pub dense: Option<Ranked>,
+    /// The chunk with the query's terms in **bold**.
+    pub highlighted: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AddReport {
+    pub added: usize,
+    pub replaced: usize,
+    pub unchanged: usize,
+    pub chunks: usize,
+}
+
+pub struct Library {
+    dir: PathBuf,
+    pub config: LibraryConfig,
+    store: EmbeddedStore,
+    analyzer: TextAnalyzer,
+    encoder: OnceLock<TextModel>,
+    _lock: Option<std::fs::File>,
+}
+
+/// Reciprocal rank fusion's constant: ranks deep in either list still count, a little.
+const RRF_K: f64 = 60.0;
+
+impl Library {
+    fn read_config(dir: &Path) -> Result<Option<LibraryConfig>> {
+        let path = dir.join("library.json");
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let raw: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
+        if let Some(f) = raw.get("format").and_then(|f| f.as_u64()) {
+            if f > FORMAT as u64 {
+                bail!("{}: written by a newer zhiku (library format {f}; this one reads up to {FORMAT}); upgrade zhiku", path.display())
+            }
+        }
+        Ok(Some(serde_json::from_value(raw).with_context(|| format!("{}: not a library description", path.display()))?))
+    }
+
+    fn analyzer_for(dir: &Path, config: &LibraryConfig) -> Result<TextAnalyzer> {
+        let dict = dir.join("user_dict.txt");
+        analyzer::analyzer(config.user_dict.then_some(dict.as_path()))
+    }
+
+    /// Opens an existing library to read it.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let Some(config) = Self::read_config(dir)? else { bail!("{}: not a library (no library.json); create one with `zhiku library add`", dir.display()) };
+        let analyzer = Self::analyzer_for(dir, &config)?;
+        // Take the writer's lock if free, to replay what an interrupted writer left out.
+        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock"))?;
+        let writable = lock.try_lock().is_ok();
+        let mut store = EmbeddedStore::open(dir, config.dimensions, analyzer.clone(), writable)?;
+        if writable && store.pending()? > 0 {
+            store.sync_indexes()?;
+        }
+        Ok(Self { dir: dir.to_path_buf(), config, store, analyzer, encoder: OnceLock::new(), _lock: writable.then_some(lock) })
+    }
+
+    /// Opens a library to change it, creating it with `create` when the folder has none. Waits
+    /// while another process writes to it.
+    pub fn open_for_writing(dir: &Path, create: &CreateOptions) -> Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock"))?;
+        if lock.try_lock().is_err() {
+            eprintln!("waiting for another process writing to {} ...", dir.display());
+            lock.lock()?;
+        }
+        let (config, encoder) = match Self::read_config(dir)? {
+            Some(c) => (c, OnceLock::new()),
+            None => {
+                let encoder = OnceLock::new();
+                let (enc_path, dims) = match &create.encoder {
+                    Some(p) => {
+                        let m = TextModel::open(p, &Device::Cpu).with_context(|| format!("{}: cannot load the encoder", p.display()))?;
+                        let dims = m.dimensions();
+                        let _ = encoder.set(m);
+                        (Some(std::fs::canonicalize(p)?), Some(dims))
+                    }
+                    None => (None, None),
+                };
+                if let Some(d) = &create.user_dict {
+                    std::fs::copy(d, dir.join("user_dict.txt")).with_context(|| format!("{}: cannot read the user dictionary", d.display()))?;
+                }
+                let config = LibraryConfig { format: FORMAT, encoder: enc_path, dimensions: dims, chunk_size: create.chunk.size, chunk_overlap: create.chunk.overlap, user_dict: create.user_dict.is_some() };
+                let path = dir.join("library.json");
+                let tmp = dir.join("library.json.tmp");
+                std::fs::write(&tmp, serde_json::to_string_pretty(&config)?)?;
+                std::fs::rename(&tmp, &path)?;
+                (config, encoder)
+            }
+        };
+        let analyzer = Self::analyzer_for(dir, &config)?;
+        let mut store = EmbeddedStore::open(dir, config.dimensions, analyzer.clone(), true)?;
+        if store.pending()? > 0 {
+            store.sync_indexes()?;
+        }
+        Ok(Self { dir: dir.to_path_buf(), config, store, analyzer, encoder, _lock: Some(lock) })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn encoder(&self) -> Result<Option<&TextModel>> {
+        let Some(path) = &self.config.encoder else { return Ok(None) };
+        if self.encoder.get().is_none() {
+            let m = TextModel::open(path, &Device::Cpu).with_context(|| format!("{}: cannot load the library's encoder", path.display()))?;
+            let _ = self.encoder.set(m);
+        }
+        Ok(self.encoder.get())
+    }
+
+    fn embed(&self, texts: &[&str]) -> Result<Option<Vec<Vec<f32>>>> {
+        let Some(m) = self.encoder()? else { return Ok(None) };
+        let mut out = Vec::with_capacity(texts.len());
+        for batch in texts.chunks(32) {
+            let items = m.tokenizer.encode_many(batch, None)?;
+            let refs: Vec<_> = items.iter().collect();
+            out.extend(m.embed(&refs, true)?);
+        }
+        Ok(Some(out))
+    }
+
+    /// Adds documents (a new id is added, a changed one replaces its chunks, an identical one
+    /// is skipped), committing each to the store as it goes; the indexes catch up every
+    /// `sync_every` documents and at the end. `progress` is told how many are done.
+    pub fn add(&mut self, docs: &[Document], mut progress: impl FnMut(usize)) -> Result<AddReport> {
+        let mut report = AddReport::default();
+        let options = ChunkOptions { size: self.config.chunk_size, overlap: self.config.chunk_overlap };
+        let mut since_sync = 0;
+        for (i, doc) in docs.iter().enumerate() {
+            let hash = doc.content_hash();
+            let old = self.store.document_hash(&doc.id)?;
+            if old.as_deref() == Some(hash.as_str()) {
+                report.unchanged += 1;
+                progress(i + 1);
+                continue;
+            }
+            let chunks = chunk::chunk(&doc.text, options);
+            if chunks.is_empty() {
+                bail!("{} ({}): empty document", doc.id, doc.source)
+            }
+            let texts: Vec<&str> = chunks.iter().map(|c| c.text.as_str()).collect();
+            let embeddings = self.embed(&texts)?;
+            self.store.put(doc, &hash, &chunks, embeddings.as_deref())?;
+            report.chunks += chunks.len();
+            if old.is_some() {
+                report.replaced += 1;
+            } else {
+                report.added += 1;
+            }
+            since_sync += 1;
+            if since_sync >= 256 {
+                self.store.sync_indexes()?;
+                since_sync = 0;
+            }
+            progress(i + 1);
+        }
+        self.store.sync_indexes()?;
+        Ok(report)
+    }
+
+    pub fn remove(&mut self, id: &str) -> Result<bool> {
+        let removed = self.store.remove(id)?;
+        self.store.sync_indexes()?;
+        Ok(removed)
+    }
+
+    pub fn list(&self) -> Result<Vec<DocumentSummary>> {
+        self.store.list()
+    }
+
+    pub fn document(&self, id: &str) -> Result<Option<(Document, Vec<StoredChunk>)>> {
+        let Some(d) = self.store.document(id)? else { return Ok(None) };
+        let chunks = self.store.document_chunks(id)?;
+        Ok(Some((d, chunks)))
+    }
+
+    /// The mode a search runs in when none is asked for: hybrid with an encoder, else BM25.
+    pub fn default_mode(&self) -> Mode {
+        if self.config.encoder.is_some() { Mode::Hybrid } else { Mode::Bm25 }
+    }
+
+    pub fn search(&self, query: &str, options: &SearchOptions) -> Result<Vec<SearchResult>> {
+        let chars = query.chars().count();
+        if query.trim().is_empty() {
+            bail!("empty query")
+        }
+        if chars > MAX_QUERY_CHARS {
+            bail!("the query is {chars} characters long; the limit is {MAX_QUERY_CHARS}")
+        }
+        if !(0.0..=1.0).contains(&options.dense_weight) {
+            bail!("--dense-weight must be between 0 and 1 (got {})", options.dense_weight)
+        }
+        let mode = options.mode.unwrap_or_else(|| self.default_mode());
+        if mode != Mode::Bm25 && self.config.encoder.is_none() {
+            bail!("this library was created without an encoder: only --mode bm25 works (recreate it with --encoder DIR for dense and hybrid search)")
+        }
+        let k = options.top_k.max(1);
+        let depth = if mode == Mode::Hybrid { (4 * k).max(50) } else { k };
+        let mut analyzer = self.analyzer.clone();
+        let terms: Vec<String> = analyzer::terms(&mut analyzer, query).into_iter().map(|t| t.0).collect();
+        let bm25 = if mode != Mode::Dense { self.store.full_text(&terms, depth)? } else { Vec::new() };
+        let dense = if mode != Mode::Bm25 {
+            let v = self.embed(&[query])?.expect("an encoder").remove(0);
+            self.store.nearest(&v, depth)?
+        } else {
+            Vec::new()
+        };
+        let rank_of = |list: &[(i64, f32)], id: i64| list.iter().position(|x| x.0 == id).map(|p| Ranked { rank: p + 1, score: list[p].1 });
+        let mut scored: Vec<(i64, f64)> = match mode {
+            Mode::Bm25 => bm25.iter().map(|&(id, s)| (id, s as f64)).collect(),
+            Mode::Dense => dense.iter().map(|&(id, s)| (id, s as f64)).collect(),
+            Mode::Hybrid => {
+                let w = options.dense_weight;
+                let mut ids: Vec<i64> = bm25.iter().chain(dense.iter()).map(|x| x.0).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                ids.into_iter()
+                    .map(|id| {
+                        let b = rank_of(&bm25, id).map_or(0.0, |r| (1.0 - w) / (RRF_K + r.rank as f64));
+                        let d = rank_of(&dense, id).map_or(0.0, |r| w / (RRF_K + r.rank as f64));
+                        (id, b + d)
+                    })
+                    .collect()
+            }
+        };
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        // Hits are looked up in SQLite: a chunk an index still holds but the store no longer
+        // does is dropped.
+        let wanted: Vec<i64> = scored.iter().map(|x| x.0).collect();
+        let chunks = self.store.chunks(&wanted)?;
+        let mut out = Vec::new();
+        let query_terms: std::collections::HashSet<&str> = terms.iter().map(String::as_str).collect();
+        for c in chunks {
+            if out.len() >= k {
+                break;
+            }
+            let score = scored.iter().find(|x| x.0 == c.id).map_or(0.0, |x| x.1);
+            let Some(doc) = self.store.document(&c.doc_id)? else { continue };
+            let highlighted = highlight(&mut analyzer, &c.text, &query_terms);
+            out.push(SearchResult {
+                id: c.doc_id.clone(),
+                title: doc.title,
+                source: doc.source,
+                chunk_id: c.id,
+                position: c.position,
+                start: c.start,
+                end: c.end,
+                score,
+                bm25: rank_of(&bm25, c.id),
+                dense: rank_of(&dense, c.id),
+                highlighted,
+                chunk: c.text,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// `text` with every run of characters that analyses to a query term in **bold**.
+pub fn highlight(analyzer: &mut TextAnalyzer, text: &str, terms: &std::collections::HashSet<&str>) -> String {
+    let mut spans: Vec<(usize, usize)> = analyzer::terms(analyzer, text).into_iter().filter(|t| terms.contains(t.0.as_str())).map(|t| (t.1, t.2)).collect();
+    spans.sort_unstable();
+    let mut merged: Vec<(usize, usize)> = Vec::new();
+    for (s, e) in spans {
+        match merged.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    let mut out = String::with_capacity(text.len() + 4 * merged.len());
+    let mut at = 0;
+    for (s, e) in merged {
+        out.push_str(&text[at..s]);
+        out.push_str("**");
+        out.push_str(&text[s..e]);
+        out.push_str("**");
+        at = e;
+    }
+    out.push_str(&text[at..]);
+    out
+}

@@ -1,0 +1,55 @@
+//! The store interface: documents and their chunks, a full-text index and a vector index.
+//! `embedded` keeps them in a folder (SQLite, tantivy, our HNSW); a PostgreSQL store with
+//! pgvector is the second implementation to come (for several servers sharing one library).
+
+pub mod embedded;
+
+use crate::chunk::Chunk;
+use crate::document::Document;
+use anyhow::Result;
+use serde::Serialize;
+
+/// A chunk as stored: its id (stable until its document changes), document and place.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StoredChunk {
+    pub id: i64,
+    pub doc_id: String,
+    pub position: usize,
+    pub start: usize,
+    pub end: usize,
+    pub text: String,
+}
+
+/// What `list` shows of a document.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DocumentSummary {
+    pub id: String,
+    pub title: String,
+    pub source: String,
+    pub date: Option<String>,
+    pub tags: Vec<String>,
+    pub chunks: usize,
+    pub characters: usize,
+}
+
+pub trait Store: Send {
+    /// The content hash stored with a document, if the library has it.
+    fn document_hash(&self, id: &str) -> Result<Option<String>>;
+    /// Stores a document with its chunks (and one embedding per chunk when the library has an
+    /// encoder), replacing any earlier version and its chunks, in one transaction.
+    fn put(&mut self, doc: &Document, hash: &str, chunks: &[Chunk], embeddings: Option<&[Vec<f32>]>) -> Result<()>;
+    /// Removes a document and its chunks. Returns whether it was there.
+    fn remove(&mut self, id: &str) -> Result<bool>;
+    /// Brings the full-text and vector indexes up to date with the stored chunks.
+    fn sync_indexes(&mut self) -> Result<()>;
+    fn document(&self, id: &str) -> Result<Option<Document>>;
+    fn list(&self) -> Result<Vec<DocumentSummary>>;
+    /// Chunks by id, in the order asked; ids no longer stored are left out.
+    fn chunks(&self, ids: &[i64]) -> Result<Vec<StoredChunk>>;
+    /// The chunks of a document, in order.
+    fn document_chunks(&self, id: &str) -> Result<Vec<StoredChunk>>;
+    /// The best chunks for the query's terms by BM25, best first.
+    fn full_text(&self, terms: &[String], k: usize) -> Result<Vec<(i64, f32)>>;
+    /// The chunks whose embeddings are nearest the vector (cosine), best first.
+    fn nearest(&self, vector: &[f32], k: usize) -> Result<Vec<(i64, f32)>>;
+}
