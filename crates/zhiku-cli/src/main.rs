@@ -5,6 +5,7 @@ mod bench_cmd;
 mod columns;
 mod eval_cmd;
 mod generate_cmd;
+mod library_cmd;
 mod merge_cmd;
 mod predict_cmd;
 mod serve_cmd;
@@ -57,6 +58,8 @@ enum Command {
     Generate(generate_cmd::GenerateArgs),
     /// Talk with a language model in the terminal; the conversation's history is kept.
     Chat(generate_cmd::ChatArgs),
+    /// A content library: add documents, then search them (BM25, dense or hybrid).
+    Library(library_cmd::LibraryArgs),
 }
 
 fn main() {
@@ -76,6 +79,7 @@ fn main() {
         Command::Serve(a) => serve_cmd::run(a),
         Command::Generate(a) => generate_cmd::run_generate(a),
         Command::Chat(a) => generate_cmd::run_chat(a),
+        Command::Library(a) => library_cmd::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

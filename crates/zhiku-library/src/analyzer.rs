@@ -1,12 +1,12 @@
 //! Text analysis for full-text search: Chinese segmented with jieba's search mode (a long
 //! word also yields the shorter dictionary words inside it, so 农业 finds 中国农业发展银行),
-//! other scripts split into words; then lower-cased and stemmed (English).
+//! other scripts split into words; then lower-cased, English stop words dropped, and stemmed.
 
 use anyhow::{Context, Result};
 use jieba_rs::{Jieba, TokenizeMode};
 use std::path::Path;
 use std::sync::Arc;
-use tantivy::tokenizer::{Language, LowerCaser, RemoveLongFilter, Stemmer, TextAnalyzer, Token, TokenStream, Tokenizer};
+use tantivy::tokenizer::{Language, LowerCaser, RemoveLongFilter, Stemmer, StopWordFilter, TextAnalyzer, Token, TokenStream, Tokenizer};
 
 /// The name the full-text index registers the analyzer under.
 pub const ANALYZER: &str = "zhiku_text";
@@ -66,7 +66,7 @@ impl Tokenizer for JiebaTokenizer {
 
 /// The analyzer used both to index chunks and to parse queries.
 pub fn analyzer(user_dict: Option<&Path>) -> Result<TextAnalyzer> {
-    Ok(TextAnalyzer::builder(JiebaTokenizer::new(user_dict)?).filter(RemoveLongFilter::limit(40)).filter(LowerCaser).filter(Stemmer::new(Language::English)).build())
+    Ok(TextAnalyzer::builder(JiebaTokenizer::new(user_dict)?).filter(RemoveLongFilter::limit(40)).filter(LowerCaser).filter(StopWordFilter::new(Language::English).expect("English stop words")).filter(Stemmer::new(Language::English)).build())
 }
 
 /// The terms of `text` with their byte spans.
@@ -94,11 +94,11 @@ mod tests {
     #[test]
     fn english_is_lowercased_and_stemmed_and_spans_are_bytes() {
         let mut a = analyzer(None).unwrap();
-        let text = "学习 Running Dogs!";
+        let text = "学习 the Running Dogs!";
         let got = terms(&mut a, text);
         let words: Vec<&str> = got.iter().map(|t| t.0.as_str()).collect();
         assert_eq!(words, ["学习", "run", "dog"]);
-        assert_eq!(&text[got[1].1..got[1].2], "Running");
+        assert_eq!(&text[got[1].1..got[1].2], "Running", "spans are byte offsets, stop words dropped");
     }
 
     #[test]

@@ -261,6 +261,11 @@ impl Library {
         Ok(removed)
     }
 
+    /// Whether the store's parts agree (see [`store::StoreCheck`]).
+    pub fn check(&self) -> Result<store::StoreCheck> {
+        self.store.check()
+    }
+
     pub fn list(&self) -> Result<Vec<DocumentSummary>> {
         self.store.list()
     }

@@ -7,7 +7,7 @@
 //! `kill -9` in between leaves an index behind, never ahead, and the next writer replays the
 //! changes it missed; searches look their hits up in SQLite, so a removed chunk never shows.
 
-use super::{DocumentSummary, Store, StoredChunk};
+use super::{DocumentSummary, Store, StoreCheck, StoredChunk};
 use crate::analyzer::ANALYZER;
 use crate::chunk::Chunk;
 use crate::document::Document;
@@ -130,6 +130,31 @@ fn row_chunk(r: &rusqlite::Row) -> rusqlite::Result<StoredChunk> {
 }
 
 impl Store for EmbeddedStore {
+    fn check(&self) -> Result<StoreCheck> {
+        let documents: i64 = self.db.query_row("SELECT COUNT(*) FROM documents", [], |r| r.get(0))?;
+        let ids: Vec<i64> = self.db.prepare("SELECT id FROM chunks")?.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+        let stored: std::collections::HashSet<i64> = ids.iter().copied().collect();
+        let searcher = self.reader.searcher();
+        let mut indexed = std::collections::HashSet::new();
+        for segment in searcher.segment_readers() {
+            let column = segment.fast_fields().u64("chunk")?;
+            let alive = segment.alive_bitset();
+            for doc in 0..segment.max_doc() {
+                if alive.is_none_or(|a| a.is_alive(doc)) {
+                    if let Some(v) = column.first(doc) {
+                        indexed.insert(v as i64);
+                    }
+                }
+            }
+        }
+        let mut mismatched = stored.symmetric_difference(&indexed).count();
+        let vectors = self.vectors.as_ref().map(|v| {
+            mismatched += ids.iter().filter(|&&id| !v.contains(id)).count();
+            v.len()
+        });
+        Ok(StoreCheck { documents: documents as usize, chunks: ids.len(), fulltext: indexed.len(), vectors, pending: self.pending()?, mismatched })
+    }
+
     fn document_hash(&self, id: &str) -> Result<Option<String>> {
         Ok(self.db.query_row("SELECT hash FROM documents WHERE id = ?1", [id], |r| r.get(0)).optional()?)
     }

@@ -32,7 +32,30 @@ pub struct DocumentSummary {
     pub characters: usize,
 }
 
+/// What each part of a store holds: after a write (or a replay) they agree.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StoreCheck {
+    pub documents: usize,
+    pub chunks: usize,
+    /// Chunks in the full-text index.
+    pub fulltext: usize,
+    /// Chunks in the vector index (None without an encoder).
+    pub vectors: Option<usize>,
+    /// Logged changes an index has not applied yet.
+    pub pending: i64,
+    /// Stored chunks missing from an index, or indexed chunks no longer stored.
+    pub mismatched: usize,
+}
+
+impl StoreCheck {
+    pub fn consistent(&self) -> bool {
+        self.pending == 0 && self.mismatched == 0 && self.fulltext == self.chunks && self.vectors.is_none_or(|v| v == self.chunks)
+    }
+}
+
 pub trait Store: Send {
+    /// Compares the parts of the store, chunk by chunk.
+    fn check(&self) -> Result<StoreCheck>;
     /// The content hash stored with a document, if the library has it.
     fn document_hash(&self, id: &str) -> Result<Option<String>>;
     /// Stores a document with its chunks (and one embedding per chunk when the library has an

@@ -1,0 +1,245 @@
+//! `zhiku library`: add documents to a content library, list, show and remove them, search it.
+
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use zhiku_library::chunk::ChunkOptions;
+use zhiku_library::document::{collect_files, read_file};
+use zhiku_library::{CreateOptions, Library, Mode, SearchOptions};
+
+#[derive(Args, Debug)]
+pub struct LibraryArgs {
+    #[command(subcommand)]
+    command: LibraryCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum LibraryCommand {
+    /// Add files or folders (.txt, .md, .html, .jsonl, .csv; a JSONL or CSV row per document) to a
+    /// library, creating it on first use. Unchanged documents are skipped, changed ones replaced.
+    Add(AddArgs),
+    /// List the documents.
+    List(ListArgs),
+    /// Show one document with its chunks.
+    Show(ShowArgs),
+    /// Remove a document and its chunks.
+    Remove(RemoveArgs),
+    /// Search the library: BM25, dense (the library's encoder) or hybrid (both, fused).
+    Search(SearchArgs),
+    /// Check that the document store, the full-text index and the vector index agree (replaying
+    /// what an interrupted writer left out first). Exits 1 when they do not.
+    Check(ListArgs),
+}
+
+#[derive(Args, Debug)]
+struct LibraryDir {
+    /// The library's folder.
+    #[arg(long, short = 'l', value_name = "DIR")]
+    library: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct AddArgs {
+    #[command(flatten)]
+    dir: LibraryDir,
+    /// Files and folders to add (folders are walked for the file types above).
+    #[arg(required = true, value_name = "FILES|DIRS")]
+    paths: Vec<PathBuf>,
+    /// When the library is created: the encoder folder that embeds chunks for dense and hybrid
+    /// search (m3e-small, all-MiniLM-L6-v2, or one fine-tuned by zhiku). Without one, the library
+    /// searches by BM25 only.
+    #[arg(long, value_name = "MODEL_DIR")]
+    encoder: Option<PathBuf>,
+    /// When the library is created: most characters per chunk.
+    #[arg(long, default_value_t = 400)]
+    chunk_size: usize,
+    /// When the library is created: characters of sentences repeated between neighbouring chunks.
+    #[arg(long, default_value_t = 50)]
+    chunk_overlap: usize,
+    /// When the library is created: extra words for Chinese segmentation (jieba's format: `word [freq] [tag]` per line).
+    #[arg(long, value_name = "FILE")]
+    user_dict: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct ListArgs {
+    #[command(flatten)]
+    dir: LibraryDir,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct ShowArgs {
+    #[command(flatten)]
+    dir: LibraryDir,
+    id: String,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct RemoveArgs {
+    #[command(flatten)]
+    dir: LibraryDir,
+    id: String,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ModeArg {
+    Bm25,
+    Dense,
+    Hybrid,
+}
+
+#[derive(Args, Debug)]
+struct SearchArgs {
+    #[command(flatten)]
+    dir: LibraryDir,
+    query: String,
+    /// How to rank: bm25, dense or hybrid (default: hybrid when the library has an encoder, else bm25).
+    #[arg(long, value_enum)]
+    mode: Option<ModeArg>,
+    /// How many results.
+    #[arg(long, short = 'k', default_value_t = 10)]
+    top_k: usize,
+    /// Hybrid: the weight of the dense ranking in the fusion, from 0 (BM25 only) to 1 (dense only).
+    #[arg(long, default_value_t = 0.5)]
+    dense_weight: f64,
+    /// Print `{"results": [{"id", "title", "chunk", "score", ...}]}`, best first.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: LibraryArgs) -> Result<i32> {
+    match args.command {
+        LibraryCommand::Add(a) => add(a),
+        LibraryCommand::List(a) => {
+            let lib = Library::open(&a.dir.library)?;
+            let docs = lib.list()?;
+            if a.json {
+                println!("{}", serde_json::json!({ "documents": docs }));
+            } else {
+                for d in &docs {
+                    println!("{}\t{}\t{} chunks\t{}", d.id, d.title, d.chunks, d.source);
+                }
+                eprintln!("{} documents", docs.len());
+            }
+            Ok(0)
+        }
+        LibraryCommand::Show(a) => {
+            let lib = Library::open(&a.dir.library)?;
+            let Some((doc, chunks)) = lib.document(&a.id)? else { bail!("no document {} in {}", a.id, a.dir.library.display()) };
+            if a.json {
+                println!("{}", serde_json::json!({ "document": doc, "chunks": chunks }));
+            } else {
+                println!("{}  {}\nsource: {}", doc.id, doc.title, doc.source);
+                if let Some(d) = &doc.date {
+                    println!("date: {d}");
+                }
+                if !doc.tags.is_empty() {
+                    println!("tags: {}", doc.tags.join(", "));
+                }
+                for (k, v) in &doc.metadata {
+                    println!("{k}: {v}");
+                }
+                println!("{} chunks\n\n{}", chunks.len(), doc.text);
+            }
+            Ok(0)
+        }
+        LibraryCommand::Remove(a) => {
+            let mut lib = Library::open_for_writing(&a.dir.library, &CreateOptions::default())?;
+            if !lib.remove(&a.id)? {
+                bail!("no document {} in {}", a.id, a.dir.library.display())
+            }
+            eprintln!("removed {}", a.id);
+            Ok(0)
+        }
+        LibraryCommand::Search(a) => search(a),
+        LibraryCommand::Check(a) => {
+            let lib = Library::open(&a.dir.library)?;
+            let c = lib.check()?;
+            if a.json {
+                println!("{}", serde_json::json!({ "consistent": c.consistent(), "check": c }));
+            } else {
+                let vectors = c.vectors.map_or("no vector index".to_string(), |v| format!("{v} vectors"));
+                println!("{} documents, {} chunks; {} in the full-text index, {vectors}; {} changes pending, {} mismatched: {}", c.documents, c.chunks, c.fulltext, c.pending, c.mismatched, if c.consistent() { "consistent" } else { "NOT consistent" });
+            }
+            Ok(if c.consistent() { 0 } else { 1 })
+        }
+    }
+}
+
+fn add(a: AddArgs) -> Result<i32> {
+    let create = CreateOptions { encoder: a.encoder.clone(), chunk: ChunkOptions { size: a.chunk_size, overlap: a.chunk_overlap }, user_dict: a.user_dict.clone() };
+    if a.chunk_size == 0 {
+        bail!("--chunk-size must be at least 1")
+    }
+    let files = collect_files(&a.paths)?;
+    if files.is_empty() {
+        bail!("no .txt, .md, .html, .jsonl or .csv files under the paths given")
+    }
+    let mut lib = Library::open_for_writing(&a.dir.library, &create)?;
+    if a.encoder.is_some() && lib.config.encoder.as_deref() != a.encoder.as_deref().and_then(|p| std::fs::canonicalize(p).ok()).as_deref() {
+        eprintln!("note: the library already exists; its encoder stays {}", lib.config.encoder.as_ref().map_or("none".to_string(), |p| p.display().to_string()));
+    }
+    // Files are read and added one at a time: a bad file is reported and the rest still go in.
+    let mut errors = Vec::new();
+    let mut total = zhiku_library::AddReport::default();
+    let bar = if std::io::stderr().is_terminal() && !a.json { ProgressBar::new(files.len() as u64) } else { ProgressBar::hidden() };
+    bar.set_style(ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} files [{elapsed_precise}<{eta_precise}] {msg}").unwrap());
+    for f in &files {
+        match read_file(f).and_then(|docs| lib.add(&docs, |_| {})) {
+            Ok(r) => {
+                total.added += r.added;
+                total.replaced += r.replaced;
+                total.unchanged += r.unchanged;
+                total.chunks += r.chunks;
+            }
+            Err(e) => {
+                bar.suspend(|| eprintln!("error: {e:#}"));
+                errors.push(format!("{e:#}"));
+            }
+        }
+        bar.inc(1);
+        bar.set_message(format!("{} added, {} chunks", total.added + total.replaced, total.chunks));
+    }
+    bar.finish_and_clear();
+    if a.json {
+        println!("{}", serde_json::json!({ "added": total.added, "replaced": total.replaced, "unchanged": total.unchanged, "chunks": total.chunks, "errors": errors }));
+    } else {
+        eprintln!("{} added, {} replaced, {} unchanged ({} chunks); {} files with errors", total.added, total.replaced, total.unchanged, total.chunks, errors.len());
+    }
+    Ok(if errors.is_empty() { 0 } else { 1 })
+}
+
+fn search(a: SearchArgs) -> Result<i32> {
+    let lib = Library::open(&a.dir.library)?;
+    let mode = a.mode.map(|m| match m {
+        ModeArg::Bm25 => Mode::Bm25,
+        ModeArg::Dense => Mode::Dense,
+        ModeArg::Hybrid => Mode::Hybrid,
+    });
+    if a.top_k == 0 {
+        bail!("--top-k must be at least 1")
+    }
+    let results = lib.search(&a.query, &SearchOptions { mode, top_k: a.top_k, dense_weight: a.dense_weight })?;
+    if a.json {
+        println!("{}", serde_json::json!({ "mode": mode.unwrap_or_else(|| lib.default_mode()), "results": results }));
+        return Ok(0);
+    }
+    if results.is_empty() {
+        eprintln!("no results");
+    }
+    for (i, r) in results.iter().enumerate() {
+        let why = [r.bm25.map(|b| format!("bm25 #{} {:.2}", b.rank, b.score)), r.dense.map(|d| format!("dense #{} {:.3}", d.rank, d.score))].into_iter().flatten().collect::<Vec<_>>().join(", ");
+        println!("{}. {} [{}] score {:.4} ({why})", i + 1, r.title, r.id, r.score);
+        println!("   {}", r.highlighted.replace('\n', " "));
+    }
+    Ok(0)
+}
