@@ -111,6 +111,18 @@ struct SearchArgs {
     /// Hybrid: the weight of the dense ranking in the fusion, from 0 (BM25 only) to 1 (dense only).
     #[arg(long, default_value_t = 0.5)]
     dense_weight: f64,
+    /// Only documents from this source (repeat for any of several).
+    #[arg(long, value_name = "SOURCE")]
+    source: Vec<String>,
+    /// Only documents with this tag (repeat: all of them).
+    #[arg(long, value_name = "TAG")]
+    tag: Vec<String>,
+    /// Only documents dated on or after this day (YYYY-MM-DD).
+    #[arg(long, value_name = "DATE")]
+    from: Option<String>,
+    /// Only documents dated on or before this day (YYYY-MM-DD).
+    #[arg(long, value_name = "DATE")]
+    to: Option<String>,
     /// Print `{"results": [{"id", "title", "chunk", "score", ...}]}`, best first.
     #[arg(long)]
     json: bool,
@@ -228,7 +240,8 @@ fn search(a: SearchArgs) -> Result<i32> {
     if a.top_k == 0 {
         bail!("--top-k must be at least 1")
     }
-    let results = lib.search(&a.query, &SearchOptions { mode, top_k: a.top_k, dense_weight: a.dense_weight })?;
+    let filter = zhiku_library::store::Filter { sources: a.source.clone(), tags: a.tag.clone(), date_from: a.from.clone(), date_to: a.to.clone() };
+    let results = lib.search(&a.query, &SearchOptions { mode, top_k: a.top_k, dense_weight: a.dense_weight, filter })?;
     if a.json {
         println!("{}", serde_json::json!({ "mode": mode.unwrap_or_else(|| lib.default_mode()), "results": results }));
         return Ok(0);

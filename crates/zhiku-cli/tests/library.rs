@@ -68,6 +68,17 @@ fn add_search_replace_remove_and_check_through_the_binary() {
     // English is stemmed: "run" and "fox" find "running" and "foxes".
     assert_eq!(ids(&json(&run(&["library", "search", "-l", &lib, "run fox", "--json"])))[0], "fox");
 
+    // Filters: tags (all of them), sources, dates (normalised to YYYY-MM-DD at ingestion).
+    assert_eq!(ids(&json(&run(&["library", "search", "-l", &lib, "银行", "--tag", "金融", "--json"]))), ["bank"]);
+    assert!(ids(&json(&run(&["library", "search", "-l", &lib, "银行", "--tag", "体育", "--json"]))).is_empty());
+    assert_eq!(ids(&json(&run(&["library", "search", "-l", &lib, "退货", "--from", "2024-01-01", "--json"]))), ["q1"]);
+    assert!(ids(&json(&run(&["library", "search", "-l", &lib, "退货", "--to", "2023/12/31", "--json"]))).is_empty());
+    let notes = s(&docs.join("notes.txt"));
+    assert_eq!(ids(&json(&run(&["library", "search", "-l", &lib, "检索", "--source", &notes, "--json"]))).len(), 1);
+    assert!(ids(&json(&run(&["library", "search", "-l", &lib, "银行", "--source", &notes, "--json"]))).is_empty());
+    let o = run(&["library", "search", "-l", &lib, "银行", "--from", "soon"]);
+    assert!(stderr(&o).contains("soon: not a date"), "{}", stderr(&o));
+
     let list = json(&run(&["library", "list", "-l", &lib, "--json"]));
     assert_eq!(list["documents"].as_array().unwrap().len(), 4);
     let show = json(&run(&["library", "show", "-l", &lib, "bank", "--json"]));
@@ -147,7 +158,7 @@ fn dense_and_hybrid_search_show_each_retrievers_rank() {
     let enc = tiny_encoder(dir.path());
     let docs = dir.path().join("fruit.jsonl");
     let texts = ["apple banana cherry", "car truck train", "plane boat bus", "grape lemon mango"];
-    let lines: String = texts.iter().enumerate().map(|(i, t)| format!("{{\"id\": \"d{i}\", \"text\": \"{t}\"}}\n")).collect();
+    let lines: String = texts.iter().enumerate().map(|(i, t)| format!("{{\"id\": \"d{i}\", \"text\": \"{t}\", \"tags\": [\"t{}\"]}}\n", i % 2)).collect();
     std::fs::write(&docs, lines).unwrap();
     let lib = s(&dir.path().join("lib"));
     json(&run(&["library", "add", "-l", &lib, "--encoder", &s(&enc), &s(&docs), "--json"]));
@@ -163,6 +174,11 @@ fn dense_and_hybrid_search_show_each_retrievers_rank() {
     let top = &r["results"][0];
     assert_eq!((top["bm25"]["rank"].as_u64(), top["dense"]["rank"].as_u64()), (Some(1), Some(1)), "{top}");
     assert_eq!(r["results"].as_array().unwrap().len(), 2);
+    // A filtered dense search scans the allowed chunks exactly.
+    let r = json(&run(&["library", "search", "-l", &lib, "car truck train", "--mode", "dense", "--tag", "t0", "--json"]));
+    let mut got = ids(&r);
+    got.sort();
+    assert_eq!(got, ["d0", "d2"]);
     let check = json(&run(&["library", "check", "-l", &lib, "--json"]));
     assert_eq!((check["consistent"].as_bool(), check["check"]["vectors"].as_u64()), (Some(true), Some(4)), "{check}");
 }

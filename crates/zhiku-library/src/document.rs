@@ -238,7 +238,8 @@ fn row_document(mut fields: Map<String, Value>, source: String, at: &str) -> Res
     let id = take_str(&mut fields, "id").filter(|s| !s.trim().is_empty()).unwrap_or_else(|| derived_id(&source));
     let title = take_str(&mut fields, "title").unwrap_or_else(|| first_line_title(&text).unwrap_or_default());
     let src = take_str(&mut fields, "source").unwrap_or(source);
-    let date = take_str(&mut fields, "date");
+    // Dates are kept as YYYY-MM-DD when they read as one (so that ranges compare), else as given.
+    let date = take_str(&mut fields, "date").map(|d| normalize_date(&d).unwrap_or(d));
     let tags = match fields.remove("tags") {
         Some(Value::Array(a)) => a.into_iter().map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())).collect(),
         Some(Value::String(s)) => s.split([',', '，', ';']).map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect(),
@@ -246,6 +247,34 @@ fn row_document(mut fields: Map<String, Value>, source: String, at: &str) -> Res
         Some(other) => vec![other.to_string()],
     };
     Ok(Document { id, title, text: text.trim().to_string(), source: src, date, tags, metadata: fields })
+}
+
+/// `2017/2/7`, `2017-02-07`, `2017.2.7` or `2017年2月7日` (anything may follow) as `2017-02-07`.
+pub fn normalize_date(s: &str) -> Option<String> {
+    let s = s.trim();
+    let mut parts = Vec::new();
+    let mut num = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+        } else {
+            if !num.is_empty() {
+                parts.push(std::mem::take(&mut num));
+            }
+            if parts.len() >= 3 || !matches!(c, '-' | '/' | '.' | '年' | '月' | '日') {
+                break;
+            }
+        }
+    }
+    if !num.is_empty() && parts.len() < 3 {
+        parts.push(num);
+    }
+    let [y, m, d] = parts.get(..3)? else { return None };
+    let (y, m, d): (u32, u32, u32) = (y.parse().ok()?, m.parse().ok()?, d.parse().ok()?);
+    if y.to_string().len() != 4 || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    Some(format!("{y:04}-{m:02}-{d:02}"))
 }
 
 fn read_jsonl(path: &Path, text: &str) -> Result<Vec<Document>> {
@@ -340,6 +369,16 @@ mod tests {
         assert_eq!((d.id.as_str(), d.date.as_deref(), d.metadata["level"].as_str()), ("q1", Some("2024-01-02"), Some("3")));
         let p = write(dir.path(), "c.md", b"intro\n# The Title\n\nBody text.");
         assert_eq!(read_file(&p).unwrap()[0].title, "The Title");
+    }
+
+    #[test]
+    fn dates_normalise_to_iso() {
+        assert_eq!(normalize_date("2017/2/7").as_deref(), Some("2017-02-07"));
+        assert_eq!(normalize_date("2024-05-01T10:00:00").as_deref(), Some("2024-05-01"));
+        assert_eq!(normalize_date("2023年12月3日").as_deref(), Some("2023-12-03"));
+        assert_eq!(normalize_date("yesterday"), None);
+        assert_eq!(normalize_date("17/2/7"), None);
+        assert_eq!(normalize_date("2017/13/7"), None);
     }
 
     #[test]

@@ -61,11 +61,12 @@ pub struct SearchOptions {
     pub top_k: usize,
     /// Hybrid: the dense ranking's weight in the fusion (BM25 gets 1 - weight).
     pub dense_weight: f64,
+    pub filter: store::Filter,
 }
 
 impl Default for SearchOptions {
     fn default() -> Self {
-        Self { mode: None, top_k: 10, dense_weight: 0.5 }
+        Self { mode: None, top_k: 10, dense_weight: 0.5, filter: store::Filter::default() }
     }
 }
 
@@ -300,10 +301,15 @@ impl Library {
         let depth = if mode == Mode::Hybrid { (4 * k).max(50) } else { k };
         let mut analyzer = self.analyzer.clone();
         let terms: Vec<String> = analyzer::terms(&mut analyzer, query).into_iter().map(|t| t.0).collect();
-        let bm25 = if mode != Mode::Dense { self.store.full_text(&terms, depth)? } else { Vec::new() };
+        let mut filter = options.filter.clone();
+        for d in [&mut filter.date_from, &mut filter.date_to].into_iter().flatten() {
+            *d = document::normalize_date(d).ok_or_else(|| anyhow::anyhow!("{d}: not a date (YYYY-MM-DD)"))?;
+        }
+        let allowed = if filter.is_empty() { None } else { Some(self.store.filter(&filter)?) };
+        let bm25 = if mode != Mode::Dense { self.store.full_text(&terms, depth, allowed.as_deref())? } else { Vec::new() };
         let dense = if mode != Mode::Bm25 {
             let v = self.embed(&[query])?.expect("an encoder").remove(0);
-            self.store.nearest(&v, depth)?
+            self.store.nearest(&v, depth, allowed.as_deref())?
         } else {
             Vec::new()
         };

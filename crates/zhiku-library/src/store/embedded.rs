@@ -7,7 +7,7 @@
 //! `kill -9` in between leaves an index behind, never ahead, and the next writer replays the
 //! changes it missed; searches look their hits up in SQLite, so a removed chunk never shows.
 
-use super::{DocumentSummary, Store, StoreCheck, StoredChunk};
+use super::{DocumentSummary, Filter, Store, StoreCheck, StoredChunk};
 use crate::analyzer::ANALYZER;
 use crate::chunk::Chunk;
 use crate::document::Document;
@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 use tantivy::collector::TopDocs;
-use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
+use tantivy::query::{BooleanQuery, BoostQuery, Occur, Query, TermQuery, TermSetQuery};
 use tantivy::schema::{IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, FAST, INDEXED, STORED};
 use tantivy::tokenizer::TextAnalyzer;
 use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
@@ -274,7 +274,7 @@ impl Store for EmbeddedStore {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    fn full_text(&self, terms: &[String], k: usize) -> Result<Vec<(i64, f32)>> {
+    fn full_text(&self, terms: &[String], k: usize, allowed: Option<&[i64]>) -> Result<Vec<(i64, f32)>> {
         if terms.is_empty() || k == 0 {
             return Ok(Vec::new());
         }
@@ -284,7 +284,13 @@ impl Store for EmbeddedStore {
             .filter(|t| seen.insert(t.as_str()))
             .map(|t| (Occur::Should, Box::new(TermQuery::new(Term::from_field_text(self.text_field, t), IndexRecordOption::WithFreqs)) as Box<dyn Query>))
             .collect();
-        let query = BooleanQuery::new(clauses);
+        let mut query: Box<dyn Query> = Box::new(BooleanQuery::new(clauses));
+        if let Some(allowed) = allowed {
+            // The filter must match but adds nothing to the score (boost 0).
+            let ids = allowed.iter().map(|&id| Term::from_field_u64(self.chunk_field, id as u64));
+            let only: Box<dyn Query> = Box::new(BoostQuery::new(Box::new(TermSetQuery::new(ids)), 0.0));
+            query = Box::new(BooleanQuery::new(vec![(Occur::Must, query), (Occur::Must, only)]));
+        }
         let searcher = self.reader.searcher();
         let top = searcher.search(&query, &TopDocs::with_limit(k))?;
         let mut out = Vec::with_capacity(top.len());
@@ -297,8 +303,60 @@ impl Store for EmbeddedStore {
         Ok(out)
     }
 
-    fn nearest(&self, vector: &[f32], k: usize) -> Result<Vec<(i64, f32)>> {
+    fn nearest(&self, vector: &[f32], k: usize, allowed: Option<&[i64]>) -> Result<Vec<(i64, f32)>> {
         let Some(v) = self.vectors.as_ref() else { bail!("this library has no encoder, so no vectors: search it with --mode bm25") };
-        Ok(v.search(vector, k, (2 * k).max(64)))
+        let Some(allowed) = allowed else { return Ok(v.search(vector, k, (2 * k).max(64))) };
+        // A filtered search scans the allowed chunks' embeddings: exact, whatever the filter
+        // keeps.
+        let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
+        let mut st = self.db.prepare_cached("SELECT embedding FROM chunks WHERE id = ?1")?;
+        let mut scored = Vec::with_capacity(allowed.len());
+        for &id in allowed {
+            if let Some(Some(blob)) = st.query_row([id], |r| r.get::<_, Option<Vec<u8>>>(0)).optional()? {
+                let e = from_blob(&blob);
+                let en = e.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
+                let dot: f32 = e.iter().zip(vector).map(|(a, b)| a * b).sum();
+                scored.push((id, dot / (norm * en)));
+            }
+        }
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        scored.truncate(k);
+        Ok(scored)
+    }
+
+    fn filter(&self, filter: &Filter) -> Result<Vec<i64>> {
+        let mut sql = String::from("SELECT c.id, d.source, d.tags, d.date FROM chunks c JOIN documents d ON d.id = c.doc_id");
+        let mut conds = Vec::new();
+        let mut args: Vec<String> = Vec::new();
+        if !filter.sources.is_empty() {
+            conds.push(format!("d.source IN ({})", vec!["?"; filter.sources.len()].join(", ")));
+            args.extend(filter.sources.iter().cloned());
+        }
+        if let Some(from) = &filter.date_from {
+            conds.push("d.date >= ?".to_string());
+            args.push(from.clone());
+        }
+        if let Some(to) = &filter.date_to {
+            conds.push("d.date <= ?".to_string());
+            args.push(to.clone());
+        }
+        if !conds.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conds.join(" AND "));
+        }
+        let mut st = self.db.prepare(&sql)?;
+        let rows = st.query_map(rusqlite::params_from_iter(args.iter()), |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(2)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, tags) = row?;
+            if !filter.tags.is_empty() {
+                let have: Vec<String> = serde_json::from_str(&tags).unwrap_or_default();
+                if !filter.tags.iter().all(|t| have.contains(t)) {
+                    continue;
+                }
+            }
+            out.push(id);
+        }
+        Ok(out)
     }
 }

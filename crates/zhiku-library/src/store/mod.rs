@@ -9,6 +9,24 @@ use crate::document::Document;
 use anyhow::Result;
 use serde::Serialize;
 
+/// Which documents a search may return: all conditions must hold.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filter {
+    /// The document's source is one of these.
+    pub sources: Vec<String>,
+    /// The document has every one of these tags.
+    pub tags: Vec<String>,
+    /// Dates (YYYY-MM-DD) from and to, inclusive; documents without a date are left out.
+    pub date_from: Option<String>,
+    pub date_to: Option<String>,
+}
+
+impl Filter {
+    pub fn is_empty(&self) -> bool {
+        *self == Filter::default()
+    }
+}
+
 /// A chunk as stored: its id (stable until its document changes), document and place.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct StoredChunk {
@@ -71,8 +89,12 @@ pub trait Store: Send {
     fn chunks(&self, ids: &[i64]) -> Result<Vec<StoredChunk>>;
     /// The chunks of a document, in order.
     fn document_chunks(&self, id: &str) -> Result<Vec<StoredChunk>>;
-    /// The best chunks for the query's terms by BM25, best first.
-    fn full_text(&self, terms: &[String], k: usize) -> Result<Vec<(i64, f32)>>;
-    /// The chunks whose embeddings are nearest the vector (cosine), best first.
-    fn nearest(&self, vector: &[f32], k: usize) -> Result<Vec<(i64, f32)>>;
+    /// The best chunks for the query's terms by BM25, best first; only chunks in `allowed`
+    /// when given.
+    fn full_text(&self, terms: &[String], k: usize, allowed: Option<&[i64]>) -> Result<Vec<(i64, f32)>>;
+    /// The chunks whose embeddings are nearest the vector (cosine), best first; only chunks
+    /// in `allowed` when given (an exact scan of their embeddings).
+    fn nearest(&self, vector: &[f32], k: usize, allowed: Option<&[i64]>) -> Result<Vec<(i64, f32)>>;
+    /// The chunks of the documents that pass the filter.
+    fn filter(&self, filter: &Filter) -> Result<Vec<i64>>;
 }
