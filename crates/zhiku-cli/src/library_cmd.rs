@@ -28,6 +28,10 @@ enum LibraryCommand {
     Remove(RemoveArgs),
     /// Search the library: BM25, dense (the library's encoder) or hybrid (both, fused).
     Search(SearchArgs),
+    /// Answer a question from a library of question-answer pairs (rows with "question" and
+    /// "answer"): the stored answer of the most similar question, with a confidence, or none
+    /// when no match reaches the threshold.
+    Faq(FaqArgs),
     /// Check that the document store, the full-text index and the vector index agree (replaying
     /// what an interrupted writer left out first). Exits 1 when they do not.
     Check(ListArgs),
@@ -128,6 +132,29 @@ struct SearchArgs {
     json: bool,
 }
 
+#[derive(Args, Debug)]
+struct FaqArgs {
+    #[command(flatten)]
+    dir: LibraryDir,
+    question: String,
+    /// The confidence an answer must reach (default: cosine 0.8 with an encoder, else 0.5 of the
+    /// question's terms found).
+    #[arg(long)]
+    threshold: Option<f64>,
+    #[arg(long, value_enum)]
+    mode: Option<ModeArg>,
+    #[arg(long)]
+    json: bool,
+}
+
+fn mode_of(m: Option<ModeArg>) -> Option<Mode> {
+    m.map(|m| match m {
+        ModeArg::Bm25 => Mode::Bm25,
+        ModeArg::Dense => Mode::Dense,
+        ModeArg::Hybrid => Mode::Hybrid,
+    })
+}
+
 pub fn run(args: LibraryArgs) -> Result<i32> {
     match args.command {
         LibraryCommand::Add(a) => add(a),
@@ -173,6 +200,25 @@ pub fn run(args: LibraryArgs) -> Result<i32> {
             Ok(0)
         }
         LibraryCommand::Search(a) => search(a),
+        LibraryCommand::Faq(a) => {
+            if a.threshold.is_some_and(|t| !(0.0..=1.0).contains(&t)) {
+                bail!("--threshold must be between 0 and 1")
+            }
+            let lib = Library::open(&a.dir.library)?;
+            let r = lib.faq(&a.question, a.threshold, mode_of(a.mode))?;
+            if a.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else if r.found {
+                println!("{}", r.answer.as_deref().unwrap_or_default());
+                eprintln!("(matched \"{}\", confidence {:.3})", r.matched_question.as_deref().unwrap_or_default(), r.confidence);
+            } else {
+                println!("no stored answer matches this question well enough");
+                if let Some(q) = &r.matched_question {
+                    eprintln!("(closest: \"{q}\", confidence {:.3} below the threshold {:.3})", r.confidence, r.threshold);
+                }
+            }
+            Ok(0)
+        }
         LibraryCommand::Check(a) => {
             let lib = Library::open(&a.dir.library)?;
             let c = lib.check()?;
@@ -232,11 +278,7 @@ fn add(a: AddArgs) -> Result<i32> {
 
 fn search(a: SearchArgs) -> Result<i32> {
     let lib = Library::open(&a.dir.library)?;
-    let mode = a.mode.map(|m| match m {
-        ModeArg::Bm25 => Mode::Bm25,
-        ModeArg::Dense => Mode::Dense,
-        ModeArg::Hybrid => Mode::Hybrid,
-    });
+    let mode = mode_of(a.mode);
     if a.top_k == 0 {
         bail!("--top-k must be at least 1")
     }

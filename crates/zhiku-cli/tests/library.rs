@@ -238,3 +238,30 @@ fn kill_during_ingestion_loses_nothing_committed_and_searches_keep_working() {
     let check = json(&run(&["library", "check", "-l", &s(&lib), "--json"]));
     assert_eq!(check["consistent"], true, "{check}");
 }
+
+#[test]
+fn faq_answers_from_the_best_matching_question_or_says_it_has_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let faq = dir.path().join("faq.jsonl");
+    std::fs::write(
+        &faq,
+        concat!(
+            "{\"question\": \"什么时候发货\", \"answer\": \"下单后48小时内发货哦\"}\n",
+            "{\"question\": \"可以退货吗\", \"answer\": \"支持七天无理由退货\"}\n",
+            "{\"question\": \"有没有优惠券\", \"answer\": \"店铺首页可以领券\"}\n",
+        ),
+    )
+    .unwrap();
+    let lib = s(&dir.path().join("lib"));
+    json(&run(&["library", "add", "-l", &lib, &s(&faq), "--json"]));
+    let r = json(&run(&["library", "faq", "-l", &lib, "请问什么时候发货呢", "--json"]));
+    assert_eq!(r["found"], true, "{r}");
+    assert_eq!(r["answer"], "下单后48小时内发货哦");
+    assert_eq!(r["matched_question"], "什么时候发货");
+    assert!(r["confidence"].as_f64().unwrap() >= 0.5);
+    let r = json(&run(&["library", "faq", "-l", &lib, "今天天气怎么样", "--json"]));
+    assert_eq!(r["found"], false, "{r}");
+    assert!(r["answer"].is_null() || r["confidence"].as_f64().unwrap() < r["threshold"].as_f64().unwrap());
+    let o = run(&["library", "faq", "-l", &lib, "可以退货吗", "--threshold", "2"]);
+    assert_eq!(o.status.code(), Some(1));
+}

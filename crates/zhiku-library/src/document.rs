@@ -231,9 +231,15 @@ fn row_document(mut fields: Map<String, Value>, source: String, at: &str) -> Res
             other => Some(other.to_string()),
         }
     };
-    let text = ["text", "content", "body"].iter().find_map(|k| take_str(&mut fields, k)).unwrap_or_default();
+    // A question-answer row (FAQ): the question is what is searched, the answer stays in the
+    // metadata for `Library::faq`.
+    let faq_question = if !fields.contains_key("text") && fields.contains_key("answer") { fields.get("question").and_then(|q| q.as_str()).map(str::to_string) } else { None };
+    let text = match faq_question {
+        Some(q) => q,
+        None => ["text", "content", "body"].iter().find_map(|k| take_str(&mut fields, k)).unwrap_or_default(),
+    };
     if text.trim().is_empty() {
-        bail!("{at}: the row has no text (a \"text\" field is required and must not be empty)")
+        bail!("{at}: the row has no text (a \"text\" field, or \"question\" and \"answer\", is required and must not be empty)")
     }
     let id = take_str(&mut fields, "id").filter(|s| !s.trim().is_empty()).unwrap_or_else(|| derived_id(&source));
     let title = take_str(&mut fields, "title").unwrap_or_else(|| first_line_title(&text).unwrap_or_default());
@@ -300,8 +306,9 @@ fn read_jsonl(path: &Path, text: &str) -> Result<Vec<Document>> {
 fn read_csv(path: &Path, text: &str) -> Result<Vec<Document>> {
     let mut reader = csv::ReaderBuilder::new().flexible(false).from_reader(text.as_bytes());
     let headers: Vec<String> = reader.headers().with_context(|| format!("{}:1: cannot read the header row", path.display()))?.iter().map(|h| h.trim().to_string()).collect();
-    if !headers.iter().any(|h| h == "text" || h == "content" || h == "body") {
-        bail!("{}:1: no \"text\" column (columns: {})", path.display(), headers.join(", "))
+    let faq = headers.iter().any(|h| h == "question") && headers.iter().any(|h| h == "answer");
+    if !faq && !headers.iter().any(|h| h == "text" || h == "content" || h == "body") {
+        bail!("{}:1: no \"text\" column, nor \"question\" and \"answer\" (columns: {})", path.display(), headers.join(", "))
     }
     let mut docs = Vec::new();
     for record in reader.records() {

@@ -364,6 +364,63 @@ impl Library {
     }
 }
 
+/// The answer to a question from a library of question-answer pairs.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaqAnswer {
+    /// Whether the best match's confidence reached the threshold.
+    pub found: bool,
+    pub answer: Option<String>,
+    /// The stored question that matched best, its document id, and how sure the match is:
+    /// cosine similarity with an encoder, else the share of the question's terms it contains.
+    pub matched_question: Option<String>,
+    pub id: Option<String>,
+    pub confidence: f64,
+    pub threshold: f64,
+    /// The next best matches (question, answer, confidence).
+    pub alternatives: Vec<(String, Option<String>, f64)>,
+}
+
+impl Library {
+    /// The default confidence a FAQ answer must reach: cosine similarity with an encoder, share
+    /// of the question's terms without.
+    pub fn default_faq_threshold(&self) -> f64 {
+        if self.config.encoder.is_some() { 0.8 } else { 0.5 }
+    }
+
+    /// Answers `question` with the stored answer of the most similar stored question, or says
+    /// there is none whose confidence reaches `threshold`.
+    pub fn faq(&self, question: &str, threshold: Option<f64>, mode: Option<Mode>) -> Result<FaqAnswer> {
+        let threshold = threshold.unwrap_or_else(|| self.default_faq_threshold());
+        let results = self.search(question, &SearchOptions { mode, top_k: 4, ..Default::default() })?;
+        let mut analyzer = self.analyzer.clone();
+        let q_terms: std::collections::HashSet<String> = analyzer::terms(&mut analyzer, question).into_iter().map(|t| t.0).collect();
+        let mut scored = Vec::new();
+        for r in &results {
+            let confidence = match self.config.encoder {
+                Some(_) => match r.dense {
+                    Some(d) => d.score as f64,
+                    None => {
+                        let v = self.embed(&[question, &r.chunk])?.expect("an encoder");
+                        v[0].iter().zip(&v[1]).map(|(a, b)| (a * b) as f64).sum()
+                    }
+                },
+                None => {
+                    let have: std::collections::HashSet<String> = analyzer::terms(&mut analyzer, &r.chunk).into_iter().map(|t| t.0).collect();
+                    if q_terms.is_empty() { 0.0 } else { q_terms.iter().filter(|t| have.contains(*t)).count() as f64 / q_terms.len() as f64 }
+                }
+            };
+            let answer = self.store.document(&r.id)?.and_then(|d| d.metadata.get("answer").and_then(|a| a.as_str()).map(str::to_string));
+            scored.push((r.id.clone(), r.chunk.clone(), answer, confidence));
+        }
+        let mut rest = scored.into_iter();
+        let Some((id, q, answer, confidence)) = rest.next() else {
+            return Ok(FaqAnswer { found: false, answer: None, matched_question: None, id: None, confidence: 0.0, threshold, alternatives: Vec::new() });
+        };
+        let found = confidence >= threshold && answer.is_some();
+        Ok(FaqAnswer { found, answer, matched_question: Some(q), id: Some(id), confidence, threshold, alternatives: rest.map(|(_, q, a, c)| (q, a, c)).collect() })
+    }
+}
+
 /// `text` with every run of characters that analyses to a query term in **bold**.
 pub fn highlight(analyzer: &mut TextAnalyzer, text: &str, terms: &std::collections::HashSet<&str>) -> String {
     let mut spans: Vec<(usize, usize)> = analyzer::terms(analyzer, text).into_iter().filter(|t| terms.contains(t.0.as_str())).map(|t| (t.1, t.2)).collect();
