@@ -32,6 +32,9 @@ enum LibraryCommand {
     /// "answer"): the stored answer of the most similar question, with a confidence, or none
     /// when no match reaches the threshold.
     Faq(FaqArgs),
+    /// Measure retrieval on queries with known answers: recall@1/5/10 and MRR. QUERIES is JSONL
+    /// with "query" and "relevant" (a document id or a list of them) per line.
+    Eval(EvalArgs),
     /// Check that the document store, the full-text index and the vector index agree (replaying
     /// what an interrupted writer left out first). Exits 1 when they do not.
     Check(ListArgs),
@@ -147,6 +150,42 @@ struct FaqArgs {
     json: bool,
 }
 
+#[derive(Args, Debug)]
+struct EvalArgs {
+    #[command(flatten)]
+    dir: LibraryDir,
+    #[arg(long, value_name = "FILE")]
+    queries: PathBuf,
+    #[arg(long, value_enum)]
+    mode: Option<ModeArg>,
+    #[arg(long)]
+    json: bool,
+}
+
+fn read_queries(path: &std::path::Path) -> Result<Vec<(String, Vec<String>)>> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: cannot read ({e})", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = format!("{}:{}", path.display(), i + 1);
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| anyhow::anyhow!("{at}: invalid JSON ({e})"))?;
+        let Some(q) = v.get("query").and_then(|q| q.as_str()) else { bail!("{at}: no \"query\" string") };
+        let relevant: Vec<String> = match v.get("relevant") {
+            Some(serde_json::Value::String(s)) => vec![s.clone()],
+            Some(serde_json::Value::Array(a)) => a.iter().map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string())).collect(),
+            Some(serde_json::Value::Number(n)) => vec![n.to_string()],
+            _ => bail!("{at}: no \"relevant\" document id (a string or a list)"),
+        };
+        out.push((q.to_string(), relevant));
+    }
+    if out.is_empty() {
+        bail!("{}: no queries", path.display())
+    }
+    Ok(out)
+}
+
 fn mode_of(m: Option<ModeArg>) -> Option<Mode> {
     m.map(|m| match m {
         ModeArg::Bm25 => Mode::Bm25,
@@ -200,6 +239,20 @@ pub fn run(args: LibraryArgs) -> Result<i32> {
             Ok(0)
         }
         LibraryCommand::Search(a) => search(a),
+        LibraryCommand::Eval(a) => {
+            let queries = read_queries(&a.queries)?;
+            let lib = Library::open(&a.dir.library)?;
+            let bar = if std::io::stderr().is_terminal() { ProgressBar::new(queries.len() as u64) } else { ProgressBar::hidden() };
+            bar.set_style(ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} queries [{elapsed_precise}<{eta_precise}]").unwrap());
+            let m = lib.evaluate(&queries, mode_of(a.mode), |i| bar.set_position(i as u64))?;
+            bar.finish_and_clear();
+            if a.json {
+                println!("{}", serde_json::to_string(&m)?);
+            } else {
+                println!("{} queries, {:?}: recall@1 {:.4}, recall@5 {:.4}, recall@10 {:.4}, MRR {:.4} ({:.1} s)", m.queries, m.mode, m.recall_1, m.recall_5, m.recall_10, m.mrr, m.seconds);
+            }
+            Ok(0)
+        }
         LibraryCommand::Faq(a) => {
             if a.threshold.is_some_and(|t| !(0.0..=1.0).contains(&t)) {
                 bail!("--threshold must be between 0 and 1")

@@ -421,6 +421,51 @@ impl Library {
     }
 }
 
+/// Retrieval quality over queries with known relevant documents.
+#[derive(Debug, Clone, Serialize)]
+pub struct RetrievalMetrics {
+    pub queries: usize,
+    /// Share of queries with a relevant document among the first k results, for k = 1, 5, 10.
+    #[serde(rename = "recall@1")]
+    pub recall_1: f64,
+    #[serde(rename = "recall@5")]
+    pub recall_5: f64,
+    #[serde(rename = "recall@10")]
+    pub recall_10: f64,
+    /// Mean reciprocal rank of the first relevant document within the first 10 (0 beyond).
+    pub mrr: f64,
+    pub mode: Mode,
+    pub seconds: f64,
+}
+
+impl Library {
+    /// Runs every query and scores where its first relevant document ranks (documents, not
+    /// chunks: a document's first chunk in the results is its rank).
+    pub fn evaluate(&self, queries: &[(String, Vec<String>)], mode: Option<Mode>, mut progress: impl FnMut(usize)) -> Result<RetrievalMetrics> {
+        let start = std::time::Instant::now();
+        let mode = mode.unwrap_or_else(|| self.default_mode());
+        let (mut r1, mut r5, mut r10, mut mrr) = (0usize, 0usize, 0usize, 0f64);
+        for (i, (q, relevant)) in queries.iter().enumerate() {
+            let results = self.search(q, &SearchOptions { mode: Some(mode), top_k: 30, ..Default::default() })?;
+            let mut docs: Vec<&str> = Vec::new();
+            for r in &results {
+                if !docs.contains(&r.id.as_str()) {
+                    docs.push(&r.id);
+                }
+            }
+            if let Some(rank) = docs.iter().take(10).position(|d| relevant.iter().any(|x| x == d)) {
+                r1 += (rank < 1) as usize;
+                r5 += (rank < 5) as usize;
+                r10 += 1;
+                mrr += 1.0 / (rank + 1) as f64;
+            }
+            progress(i + 1);
+        }
+        let n = queries.len().max(1) as f64;
+        Ok(RetrievalMetrics { queries: queries.len(), recall_1: r1 as f64 / n, recall_5: r5 as f64 / n, recall_10: r10 as f64 / n, mrr: mrr / n, mode, seconds: start.elapsed().as_secs_f64() })
+    }
+}
+
 /// `text` with every run of characters that analyses to a query term in **bold**.
 pub fn highlight(analyzer: &mut TextAnalyzer, text: &str, terms: &std::collections::HashSet<&str>) -> String {
     let mut spans: Vec<(usize, usize)> = analyzer::terms(analyzer, text).into_iter().filter(|t| terms.contains(t.0.as_str())).map(|t| (t.1, t.2)).collect();
