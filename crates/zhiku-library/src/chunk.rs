@@ -35,9 +35,9 @@ pub fn sentences(chars: &[char]) -> Vec<(usize, usize)> {
     while i < n {
         let c = chars[i];
         let mut end = None;
-        if matches!(c, '。' | '！' | '？' | '；' | '…') {
-            end = Some(i + 1);
-        } else if matches!(c, '.' | '!' | '?' | ';') && (i + 1 == n || chars[i + 1].is_whitespace() || is_closer(chars[i + 1])) {
+        let cjk_end = matches!(c, '。' | '！' | '？' | '；' | '…');
+        let latin_end = matches!(c, '.' | '!' | '?' | ';') && (i + 1 == n || chars[i + 1].is_whitespace() || is_closer(chars[i + 1]));
+        if cjk_end || latin_end {
             end = Some(i + 1);
         } else if c == '\n' && i + 1 < n && chars[i + 1] == '\n' {
             end = Some(i);

@@ -810,6 +810,7 @@ pub(crate) mod x86 {
 
         impl<const R: usize> Narrow<'_, R> {
             #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
             unsafe fn add(accs: &mut [__m256; R], codes: __m256i, wscale: __m256, q: *const i8, d8: *const f32, row0: usize, gpr: usize, gi: usize) {
                 for (r, acc) in accs.iter_mut().enumerate() {
                     let ag = (row0 + r) * gpr + gi;
