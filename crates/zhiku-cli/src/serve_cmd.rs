@@ -12,16 +12,21 @@ POST /v1/chat/completions and POST /v1/completions (OpenAI-compatible, stream: t
 POST /v1/admin/models and DELETE /v1/admin/models/NAME (load and unload while serving), GET /health,\n\
 GET /metrics (Prometheus), GET /openapi.json, and a page to try the models at /.\n\n\
 API keys: --api-keys FILE or ZHIKU_API_KEYS hold `KEY SCOPE[,SCOPE]` entries (one per line; `;` also\n\
-separates them in the variable). Scopes: predict (the /v1 routes) and admin (everything, including\n\
-/v1/admin and /metrics). Without keys the server only listens on a loopback address.\n\n\
+separates them in the variable). Scopes: predict (the /v1 model routes), library:NAME and\n\
+library:NAME:write (a content library), and admin (everything, including /v1/admin and /metrics). Without keys the server only listens on a loopback address.\n\n\
 Example:\n  zhiku serve --model news=runs/news --model minilm=models/all-MiniLM-L6-v2\n  \
 curl -s localhost:8080/v1/classify -d '{\"model\": \"news\", \"texts\": [\"Stocks rallied\"], \"top_k\": 3}'")]
 pub struct ServeArgs {
     /// A model to serve, as NAME=DIR or NAME=FILE.gguf (repeat for several): a classifier written
     /// by `zhiku train`, an encoder folder (embeddings only), or a language model in a GGUF file
     /// (OpenAI-compatible /v1/chat/completions and /v1/completions).
-    #[arg(long = "model", value_name = "NAME=PATH", required = true)]
+    #[arg(long = "model", value_name = "NAME=PATH", required_unless_present = "libraries")]
     models: Vec<String>,
+    /// A content library to serve, as NAME=DIR (made by `zhiku library add`; repeat for several):
+    /// POST /v1/libraries/NAME/documents, GET and DELETE /v1/libraries/NAME/documents/ID,
+    /// POST /v1/search. Keys need the scope library:NAME to read it, library:NAME:write to change it.
+    #[arg(long = "library", value_name = "NAME=DIR")]
+    libraries: Vec<String>,
     /// Run the named model with int8 linear layers (repeat for several): faster on the CPU,
     /// scores change slightly (see the README for measured accuracy).
     #[arg(long = "int8", value_name = "NAME")]
@@ -93,6 +98,17 @@ pub fn run(a: ServeArgs) -> Result<i32> {
             models.push((name.to_string(), path));
         }
     }
+    let mut libraries: Vec<(String, PathBuf)> = Vec::new();
+    for l in &a.libraries {
+        let Some((name, dir)) = l.split_once('=') else { bail!("--library {l:?}: expected NAME=DIR") };
+        if !zhiku_serve::valid_model_name(name) {
+            bail!("--library {l:?}: names are letters, digits, '.', '_' and '-'")
+        }
+        if libraries.iter().any(|(n, _)| n == name) {
+            bail!("--library: the name {name:?} is given twice")
+        }
+        libraries.push((name.to_string(), PathBuf::from(dir)));
+    }
     let long_text = match a.long_text.as_str() {
         "truncate" => LongText::Truncate,
         "reject" => LongText::Reject,
@@ -109,6 +125,7 @@ pub fn run(a: ServeArgs) -> Result<i32> {
         },
         models,
         llms,
+        libraries,
         llm_limits: {
             if a.max_sequences == 0 || a.kv_cache_mib == 0 {
                 bail!("--max-sequences and --kv-cache-mib must be at least 1")

@@ -223,7 +223,7 @@ fn decode_entities(s: &str) -> String {
 /// A row's fields as a document: `id`, `title`, `text` (required; `content` and `body` are
 /// taken too), `source`, `date`, `tags` (a list, or a string split on commas); the rest is
 /// metadata.
-fn row_document(mut fields: Map<String, Value>, source: String, at: &str) -> Result<Document> {
+pub fn row_document(mut fields: Map<String, Value>, source: String, at: &str) -> Result<Document> {
     let take_str = |fields: &mut Map<String, Value>, key: &str| -> Option<String> {
         match fields.remove(key)? {
             Value::String(s) => Some(s),

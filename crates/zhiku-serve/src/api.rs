@@ -39,6 +39,10 @@ impl ApiError {
     pub fn overloaded(message: impl Into<String>) -> Self {
         Self { status: StatusCode::SERVICE_UNAVAILABLE, message: message.into(), retry_after: Some(1) }
     }
+    /// 429 with a `Retry-After`.
+    pub fn rate_limited(after: u64) -> Self {
+        Self { status: StatusCode::TOO_MANY_REQUESTS, message: "rate limit exceeded for this API key".into(), retry_after: Some(after) }
+    }
     fn bad(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
@@ -81,6 +85,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/embeddings", post(openai_embeddings))
         .route("/v1/chat/completions", post(crate::llm::chat_completions))
         .route("/v1/completions", post(crate::llm::completions))
+        .route("/v1/libraries/{name}/documents", post(crate::library::add_documents))
+        .route("/v1/libraries/{name}/documents/{id}", get(crate::library::get_document).delete(crate::library::remove_document))
+        .route("/v1/search", post(crate::library::search))
         .route("/v1/admin/models", post(admin_load))
         .route("/v1/admin/models/{name}", delete(admin_unload))
         .fallback(not_found)
@@ -104,12 +111,18 @@ fn route_label(path: &str) -> &'static str {
         "/v1/chat/completions" => "/v1/chat/completions",
         "/v1/completions" => "/v1/completions",
         p if p.starts_with("/v1/admin/models") => "/v1/admin/models",
+        "/v1/search" => "/v1/search",
+        p if p.starts_with("/v1/libraries/") => "/v1/libraries",
         _ => "other",
     }
 }
 
+/// The scope a route needs, checked before its handler runs; library routes check their
+/// library's scope themselves (the name may be in the body).
 fn required_scope(path: &str) -> Option<Scope> {
-    if path.starts_with("/v1/admin/") || path == "/metrics" {
+    if path == "/v1/search" || path.starts_with("/v1/libraries/") {
+        None
+    } else if path.starts_with("/v1/admin/") || path == "/metrics" {
         Some(Scope::Admin)
     } else if path.starts_with("/v1/") {
         Some(Scope::Predict)

@@ -34,7 +34,13 @@ impl Scope {
 struct Key {
     secret: Vec<u8>,
     scopes: Vec<Scope>,
+    /// Libraries this key may use: (name, may write). `library:NAME` reads (search, documents),
+    /// `library:NAME:write` also adds and removes.
+    libraries: Vec<(String, bool)>,
 }
+
+/// One line of a key file: the key, its scopes and its libraries.
+pub type ParsedKey = (String, Vec<Scope>, Vec<(String, bool)>);
 
 /// Token bucket per key: `rate` requests per second, bursts up to `rate` (at least 1).
 struct Bucket {
@@ -61,7 +67,7 @@ pub enum Decision {
 impl ApiKeys {
     /// Parses `KEY SCOPE[,SCOPE...]` lines (blank lines and `#` comments skipped); `origin` names
     /// the source in errors ("keys.txt", "ZHIKU_API_KEYS").
-    pub fn parse(text: &str, origin: &str) -> Result<Vec<(String, Vec<Scope>)>> {
+    pub fn parse(text: &str, origin: &str) -> Result<Vec<ParsedKey>> {
         let mut out = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -77,11 +83,23 @@ impl ApiKeys {
             if key.len() < 16 {
                 bail!("{origin}:{}: keys must be at least 16 characters", i + 1)
             }
-            let scopes = scopes
-                .split(',')
-                .map(|s| Scope::parse(s.trim()).with_context(|| format!("{origin}:{}: unknown scope {s:?} (expected predict or admin)", i + 1)))
-                .collect::<Result<Vec<_>>>()?;
-            out.push((key.to_string(), scopes));
+            let mut parsed = Vec::new();
+            let mut libraries = Vec::new();
+            for s in scopes.split(',').map(str::trim) {
+                if let Some(lib) = s.strip_prefix("library:") {
+                    let (name, write) = match lib.strip_suffix(":write") {
+                        Some(n) => (n, true),
+                        None => (lib.strip_suffix(":read").unwrap_or(lib), false),
+                    };
+                    if !crate::valid_model_name(name) {
+                        bail!("{origin}:{}: {s:?}: expected library:NAME or library:NAME:write", i + 1)
+                    }
+                    libraries.push((name.to_string(), write));
+                } else {
+                    parsed.push(Scope::parse(s).with_context(|| format!("{origin}:{}: unknown scope {s:?} (expected predict, admin, library:NAME or library:NAME:write)", i + 1))?);
+                }
+            }
+            out.push((key.to_string(), parsed, libraries));
         }
         Ok(out)
     }
@@ -102,7 +120,7 @@ impl ApiKeys {
                 bail!("--rate-limit must be a positive number of requests per second")
             }
         }
-        Ok(Self { keys: keys.into_iter().map(|(k, s)| Key { secret: k.into_bytes(), scopes: s }).collect(), rate, buckets: Mutex::new(HashMap::new()) })
+        Ok(Self { keys: keys.into_iter().map(|(k, s, l)| Key { secret: k.into_bytes(), scopes: s, libraries: l }).collect(), rate, buckets: Mutex::new(HashMap::new()) })
     }
 
     pub fn enabled(&self) -> bool {
@@ -119,6 +137,16 @@ impl ApiKeys {
 
     /// Checks an `Authorization` header value against `needed`.
     pub fn check(&self, header: Option<&str>, needed: Scope) -> Decision {
+        self.check_with(header, |k| k.scopes.contains(&needed) || k.scopes.contains(&Scope::Admin))
+    }
+
+    /// Checks a header against a library: reading it needs `library:NAME` (or `:write`),
+    /// changing it `library:NAME:write`; `admin` may do both. Without keys, everything is allowed.
+    pub fn check_library(&self, header: Option<&str>, library: &str, write: bool) -> Decision {
+        self.check_with(header, |k| k.scopes.contains(&Scope::Admin) || k.libraries.iter().any(|(n, w)| n == library && (*w || !write)))
+    }
+
+    fn check_with(&self, header: Option<&str>, allowed: impl Fn(&Key) -> bool) -> Decision {
         if !self.enabled() {
             return Decision::Allow;
         }
@@ -131,8 +159,7 @@ impl ApiKeys {
             }
         }
         let Some(i) = found else { return Decision::Unauthorized };
-        let scopes = &self.keys[i].scopes;
-        if !(scopes.contains(&needed) || scopes.contains(&Scope::Admin)) {
+        if !allowed(&self.keys[i]) {
             return Decision::Forbidden;
         }
         if let Some(rate) = self.rate {
@@ -189,6 +216,22 @@ mod tests {
         assert!(matches!(k.check(Some(&h), Scope::Predict), Decision::RateLimited(1)));
         // Another key has its own bucket.
         assert!(matches!(k.check(Some(&format!("Bearer {A}")), Scope::Predict), Decision::Allow));
+    }
+
+    #[test]
+    fn library_scopes_read_and_write_only_their_library() {
+        let r = "rrrrrrrrrrrrrrrr3";
+        let w = "wwwwwwwwwwwwwwww4";
+        let k = ApiKeys::load(None, Some(&format!("{P} predict;{A} admin;{r} library:news;{w} library:news:write,library:faq")), None).unwrap();
+        let h = |k: &str| format!("Bearer {k}");
+        assert!(matches!(k.check_library(Some(&h(r)), "news", false), Decision::Allow));
+        assert!(matches!(k.check_library(Some(&h(r)), "news", true), Decision::Forbidden));
+        assert!(matches!(k.check_library(Some(&h(r)), "faq", false), Decision::Forbidden));
+        assert!(matches!(k.check_library(Some(&h(w)), "news", true), Decision::Allow));
+        assert!(matches!(k.check_library(Some(&h(w)), "faq", true), Decision::Forbidden));
+        assert!(matches!(k.check_library(Some(&h(P)), "news", false), Decision::Forbidden), "predict does not open libraries");
+        assert!(matches!(k.check_library(Some(&h(A)), "faq", true), Decision::Allow));
+        assert!(ApiKeys::parse("abcdefghijklmnopq library:a/b\n", "k").unwrap_err().to_string().contains("library:NAME"));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod auth;
 pub mod batcher;
+pub mod library;
 pub mod llm;
 pub mod metrics;
 pub mod openapi;
@@ -38,6 +39,8 @@ pub struct ServeConfig {
     pub models: Vec<(String, PathBuf)>,
     /// `(name, GGUF file)` language models to load at start.
     pub llms: Vec<(String, PathBuf)>,
+    /// Content libraries (NAME, folder made by `zhiku library add`).
+    pub libraries: Vec<(String, PathBuf)>,
     /// Each language model's batch bounds (sequences, KV-cache bytes).
     pub llm_limits: zhiku_infer::scheduler::Limits,
     /// Map GGUF files (the default) instead of reading them into memory.
@@ -59,6 +62,9 @@ pub struct ServeConfig {
 
 pub struct AppState {
     pub registry: registry::Registry,
+    /// Content libraries by name, each opened for writing by this server (one lock each:
+    /// requests to a library take turns).
+    pub libraries: std::collections::HashMap<String, Arc<std::sync::Mutex<zhiku_library::Library>>>,
     pub llms: Vec<Arc<llm::LlmWorker>>,
     pub keys: auth::ApiKeys,
     pub metrics: Arc<metrics::Metrics>,
@@ -76,8 +82,8 @@ pub fn run(config: ServeConfig) -> Result<()> {
             config.host
         )
     }
-    if config.models.is_empty() && config.llms.is_empty() {
-        bail!("no models: give at least one --model NAME=DIR or NAME=FILE.gguf")
+    if config.models.is_empty() && config.llms.is_empty() && config.libraries.is_empty() {
+        bail!("nothing to serve: give at least one --model NAME=DIR (or NAME=FILE.gguf) or --library NAME=DIR")
     }
     let metrics = Arc::new(metrics::Metrics::new());
     let registry = registry::Registry::new(config.batch, metrics.clone());
@@ -92,7 +98,16 @@ pub fn run(config: ServeConfig) -> Result<()> {
         eprintln!("zhiku serve: loaded language model {name} from {}", file.display());
         llms.push(Arc::new(w));
     }
-    let state = Arc::new(AppState { registry, llms, keys, metrics, config: config.clone() });
+    let mut libraries = std::collections::HashMap::new();
+    for (name, dir) in &config.libraries {
+        if !dir.join("library.json").exists() {
+            bail!("--library {name}={}: not a library; create it with `zhiku library add --library {} FILES`", dir.display(), dir.display())
+        }
+        let lib = zhiku_library::Library::open_for_writing(dir, &zhiku_library::CreateOptions::default()).with_context(|| format!("cannot open library {name:?} at {}", dir.display()))?;
+        eprintln!("zhiku serve: opened library {name} at {}", dir.display());
+        libraries.insert(name.clone(), Arc::new(std::sync::Mutex::new(lib)));
+    }
+    let state = Arc::new(AppState { registry, libraries, llms, keys, metrics, config: config.clone() });
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(SocketAddr::new(config.host, config.port))

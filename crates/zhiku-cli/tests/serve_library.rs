@@ -1,0 +1,92 @@
+//! `zhiku serve --library`: documents added, shown, removed and searched over HTTP, and keys
+//! that only ever see the libraries their scopes name.
+
+use serde_json::{json, Value};
+use std::process::Command;
+mod common;
+use common::Server;
+
+const NEWS_READER: &str = "news-reader-key-0001";
+const NEWS_WRITER: &str = "news-writer-key-0002";
+const FAQ_READER: &str = "faq-reader-key-00003";
+const PREDICT: &str = "predict-only-key-004";
+
+fn make_library(dir: &std::path::Path, name: &str, line: &str) -> String {
+    let src = dir.join(format!("{name}.jsonl"));
+    std::fs::write(&src, line).unwrap();
+    let lib = dir.join(name);
+    let o = Command::new(env!("CARGO_BIN_EXE_zhiku")).args(["library", "add", "--library"]).arg(&lib).arg(&src).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    lib.display().to_string()
+}
+
+fn ids(v: &Value) -> Vec<String> {
+    v["results"].as_array().map(|a| a.iter().map(|r| r["id"].as_str().unwrap().to_string()).collect()).unwrap_or_default()
+}
+
+#[test]
+fn libraries_over_http_with_scoped_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let news = make_library(dir.path(), "news", "{\"id\": \"n1\", \"title\": \"银行\", \"text\": \"中国农业发展银行发布了新的贷款政策。\"}\n");
+    let faq = make_library(dir.path(), "faq", "{\"id\": \"f1\", \"text\": \"退货政策：七天无理由退货。\"}\n");
+    let keys = format!("{NEWS_READER} library:news;{NEWS_WRITER} library:news:write;{FAQ_READER} library:faq;{PREDICT} predict");
+    let srv = Server::start(&["--library", &format!("news={news}"), "--library", &format!("faq={faq}")], &[("ZHIKU_API_KEYS", &keys)]);
+
+    // Reading with the right scope.
+    let (s, r) = srv.json("POST", "/v1/search", Some(NEWS_READER), &json!({"library": "news", "query": "农业"}));
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(ids(&r), ["n1"]);
+    assert!(r["results"][0]["highlighted"].as_str().unwrap().contains("**农业**"));
+
+    // A key never sees another library: 403 whether the library exists or not.
+    for (lib, key) in [("faq", NEWS_READER), ("nope", NEWS_READER), ("news", FAQ_READER), ("news", PREDICT)] {
+        let (s, r) = srv.json("POST", "/v1/search", Some(key), &json!({"library": lib, "query": "政策"}));
+        assert_eq!(s, 403, "{lib} with {key}: {r}");
+        assert!(r["results"].is_null());
+    }
+    let (s, _) = srv.json("GET", "/v1/libraries/faq/documents/f1", Some(NEWS_WRITER), &Value::Null);
+    assert_eq!(s, 403);
+    let (s, _) = srv.json("POST", "/v1/search", None, &json!({"library": "news", "query": "x"}));
+    assert_eq!(s, 401);
+
+    // Writing needs :write.
+    let doc = json!({"documents": [{"id": "n2", "title": "Rates", "text": "The central bank cut interest rates today.", "tags": ["finance"], "date": "2024/3/5"}]});
+    let (s, _) = srv.json("POST", "/v1/libraries/news/documents", Some(NEWS_READER), &doc);
+    assert_eq!(s, 403);
+    let (s, r) = srv.json("POST", "/v1/libraries/news/documents", Some(NEWS_WRITER), &doc);
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["added"], 1);
+    let (s, r) = srv.json("POST", "/v1/search", Some(NEWS_READER), &json!({"library": "news", "query": "interest rate", "filter": {"tags": ["finance"], "from": "2024-01-01"}}));
+    assert_eq!((s, ids(&r)), (200, vec!["n2".to_string()]), "{r}");
+    let (s, r) = srv.json("GET", "/v1/libraries/news/documents/n2", Some(NEWS_READER), &Value::Null);
+    assert_eq!(s, 200);
+    assert_eq!(r["document"]["date"], "2024-03-05");
+
+    // Bad requests are 4xx with a message, and the server keeps serving.
+    let (s, r) = srv.json("POST", "/v1/libraries/news/documents", Some(NEWS_WRITER), &json!({"documents": [{"title": "no text"}]}));
+    assert_eq!(s, 422);
+    assert!(r["error"]["message"].as_str().unwrap().contains("documents[0]"), "{r}");
+    let (s, _) = srv.json("POST", "/v1/search", Some(NEWS_READER), &json!({"library": "news", "query": "x", "mode": "dense"}));
+    assert_eq!(s, 422, "no encoder: dense is refused");
+    let (s, _) = srv.json("POST", "/v1/search", Some(NEWS_READER), &json!({"library": "news", "query": "x", "top_k": 0}));
+    assert_eq!(s, 422);
+    let (s, _, _) = srv.raw("POST", "/v1/search", &[("Authorization", &format!("Bearer {NEWS_READER}"))], b"{\"library\": ");
+    assert_eq!(s, 400);
+
+    let (s, _) = srv.json("DELETE", "/v1/libraries/news/documents/n2", Some(NEWS_READER), &Value::Null);
+    assert_eq!(s, 403);
+    let (s, r) = srv.json("DELETE", "/v1/libraries/news/documents/n2", Some(NEWS_WRITER), &Value::Null);
+    assert_eq!((s, r["removed"].clone()), (200, json!(true)));
+    let (s, _) = srv.json("DELETE", "/v1/libraries/news/documents/n2", Some(NEWS_WRITER), &Value::Null);
+    assert_eq!(s, 404);
+    let (_, r) = srv.json("POST", "/v1/search", Some(NEWS_READER), &json!({"library": "news", "query": "interest rate"}));
+    assert!(ids(&r).is_empty(), "{r}");
+}
+
+#[test]
+fn a_folder_that_is_not_a_library_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_zhiku")).args(["serve", "--port", "0", "--library"]).arg(format!("x={}", dir.path().display())).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a library"), "{}", String::from_utf8_lossy(&o.stderr));
+}
