@@ -35,6 +35,10 @@ enum LibraryCommand {
     /// Measure retrieval on queries with known answers: recall@1/5/10 and MRR. QUERIES is JSONL
     /// with "query" and "relevant" (a document id or a list of them) per line.
     Eval(EvalArgs),
+    /// Mask personal data (e-mail, phone, ID-card and bank-card numbers) in text from FILE or
+    /// standard input, line by line, as `add --mask-pii` would; the counts go to stderr (or with
+    /// --json, one object per line with the masked text and counts).
+    MaskPii(MaskArgs),
     /// Check that the document store, the full-text index and the vector index agree (replaying
     /// what an interrupted writer left out first). Exits 1 when they do not.
     Check(ListArgs),
@@ -68,6 +72,10 @@ struct AddArgs {
     /// When the library is created: extra words for Chinese segmentation (jieba's format: `word [freq] [tag]` per line).
     #[arg(long, value_name = "FILE")]
     user_dict: Option<PathBuf>,
+    /// When the library is created: mask e-mail addresses, phone numbers, ID-card and bank-card
+    /// numbers (Chinese and international formats) before anything is stored.
+    #[arg(long)]
+    mask_pii: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -146,6 +154,13 @@ struct FaqArgs {
     threshold: Option<f64>,
     #[arg(long, value_enum)]
     mode: Option<ModeArg>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct MaskArgs {
+    file: Option<PathBuf>,
     #[arg(long)]
     json: bool,
 }
@@ -239,6 +254,26 @@ pub fn run(args: LibraryArgs) -> Result<i32> {
             Ok(0)
         }
         LibraryCommand::Search(a) => search(a),
+        LibraryCommand::MaskPii(a) => {
+            use std::io::BufRead;
+            let reader: Box<dyn BufRead> = match &a.file {
+                Some(p) => Box::new(std::io::BufReader::new(std::fs::File::open(p).map_err(|e| anyhow::anyhow!("{}: cannot read ({e})", p.display()))?)),
+                None => Box::new(std::io::BufReader::new(std::io::stdin())),
+            };
+            let mut total = zhiku_library::pii::PiiCounts::default();
+            for (i, line) in reader.lines().enumerate() {
+                let line = line.map_err(|e| anyhow::anyhow!("line {}: {e}", i + 1))?;
+                let (masked, c) = zhiku_library::pii::mask(&line);
+                total.add(&c);
+                if a.json {
+                    println!("{}", serde_json::json!({ "text": masked, "masked": c }));
+                } else {
+                    println!("{masked}");
+                }
+            }
+            eprintln!("masked: {} e-mail addresses, {} phone numbers, {} ID numbers, {} card numbers", total.email, total.phone, total.id_card, total.bank_card);
+            Ok(0)
+        }
         LibraryCommand::Eval(a) => {
             let queries = read_queries(&a.queries)?;
             let lib = Library::open(&a.dir.library)?;
@@ -287,7 +322,7 @@ pub fn run(args: LibraryArgs) -> Result<i32> {
 }
 
 fn add(a: AddArgs) -> Result<i32> {
-    let create = CreateOptions { encoder: a.encoder.clone(), chunk: ChunkOptions { size: a.chunk_size, overlap: a.chunk_overlap }, user_dict: a.user_dict.clone() };
+    let create = CreateOptions { encoder: a.encoder.clone(), chunk: ChunkOptions { size: a.chunk_size, overlap: a.chunk_overlap }, user_dict: a.user_dict.clone(), mask_pii: a.mask_pii };
     if a.chunk_size == 0 {
         bail!("--chunk-size must be at least 1")
     }
@@ -311,6 +346,7 @@ fn add(a: AddArgs) -> Result<i32> {
                 total.replaced += r.replaced;
                 total.unchanged += r.unchanged;
                 total.chunks += r.chunks;
+                total.masked.add(&r.masked);
             }
             Err(e) => {
                 bar.suspend(|| eprintln!("error: {e:#}"));
@@ -322,9 +358,13 @@ fn add(a: AddArgs) -> Result<i32> {
     }
     bar.finish_and_clear();
     if a.json {
-        println!("{}", serde_json::json!({ "added": total.added, "replaced": total.replaced, "unchanged": total.unchanged, "chunks": total.chunks, "errors": errors }));
+        println!("{}", serde_json::json!({ "added": total.added, "replaced": total.replaced, "unchanged": total.unchanged, "chunks": total.chunks, "masked": total.masked, "errors": errors }));
     } else {
         eprintln!("{} added, {} replaced, {} unchanged ({} chunks); {} files with errors", total.added, total.replaced, total.unchanged, total.chunks, errors.len());
+        if lib.config.mask_pii {
+            let m = total.masked;
+            eprintln!("masked: {} e-mail addresses, {} phone numbers, {} ID numbers, {} card numbers", m.email, m.phone, m.id_card, m.bank_card);
+        }
     }
     Ok(if errors.is_empty() { 0 } else { 1 })
 }

@@ -265,3 +265,20 @@ fn faq_answers_from_the_best_matching_question_or_says_it_has_none() {
     let o = run(&["library", "faq", "-l", &lib, "可以退货吗", "--threshold", "2"]);
     assert_eq!(o.status.code(), Some(1));
 }
+
+#[test]
+fn mask_pii_masks_before_anything_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("tickets.jsonl");
+    std::fs::write(&f, "{\"id\": \"t1\", \"text\": \"客户电话13812345678，邮箱 li@example.com，身份证11010519491231002X。\", \"contact\": \"13912345678\"}\n").unwrap();
+    let lib = s(&dir.path().join("lib"));
+    let r = json(&run(&["library", "add", "-l", &lib, "--mask-pii", &s(&f), "--json"]));
+    // The title (the text's first line here), the text and the metadata each count.
+    assert_eq!(r["masked"], serde_json::json!({"email": 2, "phone": 3, "id_card": 2, "bank_card": 0}), "{r}");
+    let show = json(&run(&["library", "show", "-l", &lib, "t1", "--json"]));
+    assert_eq!(show["document"]["text"], "客户电话[PHONE]，邮箱 [EMAIL]，身份证[ID]。");
+    assert_eq!(show["document"]["metadata"]["contact"], "[PHONE]");
+    let raw = std::fs::read(dir.path().join("lib/library.sqlite")).unwrap();
+    assert!(!raw.windows(11).any(|w| w == b"13812345678"), "the number is nowhere in the database");
+    assert!(ids(&json(&run(&["library", "search", "-l", &lib, "13812345678", "--json"]))).is_empty());
+}

@@ -7,6 +7,7 @@ pub mod analyzer;
 pub mod chunk;
 pub mod document;
 pub mod hnsw;
+pub mod pii;
 pub mod store;
 
 use anyhow::{bail, Context, Result};
@@ -37,6 +38,9 @@ pub struct LibraryConfig {
     pub chunk_overlap: usize,
     /// Whether `user_dict.txt` in the folder extends jieba's dictionary.
     pub user_dict: bool,
+    /// Whether personal data (e-mail, phone, ID and card numbers) is masked before storing.
+    #[serde(default)]
+    pub mask_pii: bool,
 }
 
 /// Choices made when a library is first created (ignored afterwards).
@@ -45,6 +49,7 @@ pub struct CreateOptions {
     pub encoder: Option<PathBuf>,
     pub chunk: ChunkOptions,
     pub user_dict: Option<PathBuf>,
+    pub mask_pii: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,6 +108,8 @@ pub struct AddReport {
     pub replaced: usize,
     pub unchanged: usize,
     pub chunks: usize,
+    /// Personal data masked (libraries created with `mask_pii`).
+    pub masked: pii::PiiCounts,
 }
 
 pub struct Library {
@@ -177,7 +184,7 @@ impl Library {
                 if let Some(d) = &create.user_dict {
                     std::fs::copy(d, dir.join("user_dict.txt")).with_context(|| format!("{}: cannot read the user dictionary", d.display()))?;
                 }
-                let config = LibraryConfig { format: FORMAT, encoder: enc_path, dimensions: dims, chunk_size: create.chunk.size, chunk_overlap: create.chunk.overlap, user_dict: create.user_dict.is_some() };
+                let config = LibraryConfig { format: FORMAT, encoder: enc_path, dimensions: dims, chunk_size: create.chunk.size, chunk_overlap: create.chunk.overlap, user_dict: create.user_dict.is_some(), mask_pii: create.mask_pii };
                 let path = dir.join("library.json");
                 let tmp = dir.join("library.json.tmp");
                 std::fs::write(&tmp, serde_json::to_string_pretty(&config)?)?;
@@ -225,6 +232,15 @@ impl Library {
         let options = ChunkOptions { size: self.config.chunk_size, overlap: self.config.chunk_overlap };
         let mut since_sync = 0;
         for (i, doc) in docs.iter().enumerate() {
+            let masked;
+            let doc = if self.config.mask_pii {
+                let (d, counts) = mask_document(doc);
+                report.masked.add(&counts);
+                masked = d;
+                &masked
+            } else {
+                doc
+            };
             let hash = doc.content_hash();
             let old = self.store.document_hash(&doc.id)?;
             if old.as_deref() == Some(hash.as_str()) {
@@ -362,6 +378,25 @@ impl Library {
         }
         Ok(out)
     }
+}
+
+/// A document with personal data masked in its title, text and string metadata.
+pub fn mask_document(doc: &Document) -> (Document, pii::PiiCounts) {
+    let mut counts = pii::PiiCounts::default();
+    let mut d = doc.clone();
+    let mut m = |s: &mut String| {
+        let (t, c) = pii::mask(s);
+        counts.add(&c);
+        *s = t;
+    };
+    m(&mut d.title);
+    m(&mut d.text);
+    for v in d.metadata.values_mut() {
+        if let serde_json::Value::String(s) = v {
+            m(s);
+        }
+    }
+    (d, counts)
 }
 
 /// The answer to a question from a library of question-answer pairs.
