@@ -28,6 +28,9 @@ enum LibraryCommand {
     Remove(RemoveArgs),
     /// Search the library: BM25, dense (the library's encoder) or hybrid (both, fused).
     Search(SearchArgs),
+    /// Answer a question from the library with a generative model (GGUF), citing the passages
+    /// it used as [1], [2]; "not found in the library" when they do not hold the answer.
+    Ask(AskArgs),
     /// Answer a question from a library of question-answer pairs (rows with "question" and
     /// "answer"): the stored answer of the most similar question, with a confidence, or none
     /// when no match reaches the threshold.
@@ -159,6 +162,31 @@ struct FaqArgs {
 }
 
 #[derive(Args, Debug)]
+struct AskArgs {
+    #[command(flatten)]
+    dir: LibraryDir,
+    question: String,
+    /// The language model (a GGUF file, e.g. Qwen2.5-0.5B-Instruct).
+    #[arg(long, value_name = "FILE.gguf")]
+    model: PathBuf,
+    /// Passages given to the model.
+    #[arg(long, short = 'k', default_value_t = 4)]
+    top_k: usize,
+    #[arg(long, value_enum)]
+    mode: Option<ModeArg>,
+    #[arg(long, default_value_t = 384)]
+    max_tokens: usize,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Print one JSON object (answer, found, citations) instead of streaming.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
 struct MaskArgs {
     file: Option<PathBuf>,
     #[arg(long)]
@@ -254,6 +282,33 @@ pub fn run(args: LibraryArgs) -> Result<i32> {
             Ok(0)
         }
         LibraryCommand::Search(a) => search(a),
+        LibraryCommand::Ask(a) => {
+            use std::io::Write;
+            if a.top_k == 0 || a.max_tokens == 0 || !(0.0..=2.0).contains(&a.temperature) {
+                bail!("--top-k and --max-tokens must be at least 1, --temperature from 0 to 2")
+            }
+            let lib = Library::open(&a.dir.library)?;
+            let lm = zhiku_infer::LanguageModel::open(&a.model)?;
+            let options = zhiku_library::ask::AskOptions { top_k: a.top_k, mode: mode_of(a.mode), max_tokens: a.max_tokens, temperature: a.temperature, seed: a.seed };
+            let stream = !a.json;
+            let answer = zhiku_library::ask::ask(&lib, &lm, &a.question, &options, |t| {
+                if stream {
+                    print!("{t}");
+                    let _ = std::io::stdout().flush();
+                }
+            })?;
+            if a.json {
+                println!("{}", serde_json::to_string(&answer)?);
+            } else {
+                println!();
+                // The passages the answer cites; if it cites none, every passage it was given.
+                let any_cited = answer.citations.iter().any(|c| c.cited);
+                for c in answer.citations.iter().filter(|c| c.cited || !any_cited) {
+                    println!("[{}] {} ({}, characters {}-{})", c.n, c.title, c.id, c.start, c.end);
+                }
+            }
+            Ok(0)
+        }
         LibraryCommand::MaskPii(a) => {
             use std::io::BufRead;
             let reader: Box<dyn BufRead> = match &a.file {

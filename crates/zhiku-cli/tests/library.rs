@@ -282,3 +282,47 @@ fn mask_pii_masks_before_anything_is_stored() {
     assert!(!raw.windows(11).any(|w| w == b"13812345678"), "the number is nowhere in the database");
     assert!(ids(&json(&run(&["library", "search", "-l", &lib, "13812345678", "--json"]))).is_empty());
 }
+
+fn qwen() -> PathBuf {
+    let base = std::env::var_os("ZHIKU_MODELS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/models"));
+    base.join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
+}
+
+/// Qwen2.5-0.5B answers from the library, citing the passage; what the passages do not
+/// support is "not found" (here the model invents a stock code, and the answer drops it).
+#[test]
+fn ask_answers_with_citations_or_says_not_found() {
+    let model = qwen();
+    assert!(model.exists(), "{} missing: run scripts/fetch-llms.sh", model.display());
+    let dir = tempfile::tempdir().unwrap();
+    let docs = dir.path().join("kb.jsonl");
+    std::fs::write(
+        &docs,
+        concat!(
+            "{\"id\": \"hq\", \"title\": \"公司介绍\", \"text\": \"知库科技成立于2019年，总部位于杭州市西湖区。公司主要提供在线课程和知识问答服务。\"}\n",
+            "{\"id\": \"refund\", \"title\": \"退款政策\", \"text\": \"购买课程后七天内可以申请全额退款，超过七天不再退款。\"}\n",
+            "{\"id\": \"hours\", \"title\": \"Opening hours\", \"text\": \"The support desk is open from 9 am to 6 pm on weekdays.\"}\n",
+        ),
+    )
+    .unwrap();
+    let lib = s(&dir.path().join("lib"));
+    json(&run(&["library", "add", "-l", &lib, &s(&docs), "--json"]));
+    let m = s(&model);
+    let r = json(&run(&["library", "ask", "-l", &lib, "--model", &m, "知库科技的总部在哪里？", "--json"]));
+    assert_eq!(r["found"], true, "{r}");
+    let answer = r["answer"].as_str().unwrap();
+    assert!(answer.contains("杭州") && answer.contains("[1]"), "{r}");
+    assert_eq!((r["citations"][0]["id"].as_str(), r["citations"][0]["cited"].as_bool()), (Some("hq"), Some(true)), "{r}");
+    let r = json(&run(&["library", "ask", "-l", &lib, "--model", &m, "When is the support desk open?", "--json"]));
+    assert!(r["answer"].as_str().unwrap().contains("[1]") && r["found"] == true, "{r}");
+
+    let r = json(&run(&["library", "ask", "-l", &lib, "--model", &m, "公司的股票代码是多少？", "--json"]));
+    assert_eq!((r["found"].as_bool(), r["answer"].as_str()), (Some(false), Some("资料库中没有找到答案。")), "{r}");
+    // Nothing retrieved: no generation at all.
+    let r = json(&run(&["library", "ask", "-l", &lib, "--model", &m, "天气", "--json"]));
+    assert_eq!((r["found"].as_bool(), r["completion_tokens"].as_u64()), (Some(false), Some(0)), "{r}");
+    // Streaming: the answer arrives on stdout with its sources after it.
+    let o = run(&["library", "ask", "-l", &lib, "--model", &m, "课程可以退款吗？"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && out.contains("退款") && out.contains("[1] 退款政策 (refund"), "{out}");
+}

@@ -4,6 +4,7 @@
 //! consistent after a crash.
 
 pub mod analyzer;
+pub mod ask;
 pub mod chunk;
 pub mod document;
 pub mod hnsw;
