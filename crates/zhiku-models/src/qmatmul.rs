@@ -22,6 +22,48 @@ use crate::gguf::GgufTensor;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 
+/// Evaluates `$body` with the type alias `$f` naming the block format of `$dtype`, a
+/// quantised type (float types never reach the block kernels).
+macro_rules! with_block_format {
+    ($dtype:expr, $f:ident => $body:expr) => {
+        match $dtype {
+            GgmlType::Q4_0 => {
+                type $f = Q4_0;
+                $body
+            }
+            GgmlType::Q4_1 => {
+                type $f = Q4_1;
+                $body
+            }
+            GgmlType::Q5_0 => {
+                type $f = Q5_0;
+                $body
+            }
+            GgmlType::Q5_1 => {
+                type $f = Q5_1;
+                $body
+            }
+            GgmlType::Q8_0 => {
+                type $f = Q8_0;
+                $body
+            }
+            GgmlType::Q4K => {
+                type $f = Q4K;
+                $body
+            }
+            GgmlType::Q5K => {
+                type $f = Q5K;
+                $body
+            }
+            GgmlType::Q6K => {
+                type $f = Q6K;
+                $body
+            }
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => unreachable!("float weights take float_matmul"),
+        }
+    };
+}
+
 /// Activation rows quantised to 8 bits in groups of 32.
 pub struct QuantizedRows {
     pub rows: usize,
@@ -66,8 +108,16 @@ impl QuantizedRows {
                 }
             });
         let dsum_total = dsum.iter().map(|s| s[0] + s[1]).collect();
-        let d8 = if kernel() == Kernel::Avx512Vnni { d.iter().flat_map(|&v| [v; 8]).collect() } else { Vec::new() };
-        Self { rows, cols, q, d, dsum, dsum_total, d8 }
+        let mut rows = Self { rows, cols, q, d, dsum, dsum_total, d8: Vec::new() };
+        if kernel() == Kernel::Avx512Vnni {
+            rows.expand_scales();
+        }
+        rows
+    }
+
+    /// Fills `d8` from `d` (what the AVX-512 kernel reads).
+    pub fn expand_scales(&mut self) {
+        self.d8 = self.d.iter().flat_map(|&v| [v; 8]).collect();
     }
 }
 
@@ -218,30 +268,14 @@ impl QMatrix {
     fn dequantize_rows(&self, first: usize, count: usize, out: &mut [f32]) {
         let row_bytes = self.dtype.bytes_for(self.cols);
         let bytes = &self.bytes()[first * row_bytes..(first + count) * row_bytes];
-        let k = kernel();
-        macro_rules! simd {
-            ($f:ty) => {
-                match k {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: `kernel()` checked the CPU features.
-                    Kernel::AvxVnniBw | Kernel::Avx512Vnni => unsafe { x86::dequantize_bw::<$f>(bytes, out) },
-                    #[cfg(target_arch = "x86_64")]
-                    Kernel::AvxVnni | Kernel::Avx2 => unsafe { x86::dequantize_avx2::<$f>(bytes, out) },
-                    _ => self.dtype.dequantize(bytes, out).expect("whole blocks"),
-                }
-            };
-        }
-        match self.dtype {
-            GgmlType::Q4_0 => simd!(Q4_0),
-            GgmlType::Q4_1 => simd!(Q4_1),
-            GgmlType::Q5_0 => simd!(Q5_0),
-            GgmlType::Q5_1 => simd!(Q5_1),
-            GgmlType::Q8_0 => simd!(Q8_0),
-            GgmlType::Q4K => simd!(Q4K),
-            GgmlType::Q5K => simd!(Q5K),
-            GgmlType::Q6K => simd!(Q6K),
-            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => unreachable!("float weights take float_matmul"),
-        }
+        with_block_format!(self.dtype, F => match kernel() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `kernel()` checked the CPU features.
+            Kernel::AvxVnniBw | Kernel::Avx512Vnni => unsafe { x86::dequantize_bw::<F>(bytes, out) },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::AvxVnni | Kernel::Avx2 => unsafe { x86::dequantize_avx2::<F>(bytes, out) },
+            _ => self.dtype.dequantize(bytes, out).expect("whole blocks"),
+        })
     }
 
     /// The product in f32 with each weight row dequantised (no rounding of the activations):
@@ -317,18 +351,7 @@ impl QMatrix {
 
     /// The product with activations already quantised (several matrices reading one input).
     pub fn matmul_quantized(&self, acts: &QuantizedRows, y: &mut [f32]) {
-        let w = self.bytes();
-        match self.dtype {
-            GgmlType::Q4_0 => run::<Q4_0>(w, self.rows, acts, y),
-            GgmlType::Q4_1 => run::<Q4_1>(w, self.rows, acts, y),
-            GgmlType::Q5_0 => run::<Q5_0>(w, self.rows, acts, y),
-            GgmlType::Q5_1 => run::<Q5_1>(w, self.rows, acts, y),
-            GgmlType::Q8_0 => run::<Q8_0>(w, self.rows, acts, y),
-            GgmlType::Q4K => run::<Q4K>(w, self.rows, acts, y),
-            GgmlType::Q5K => run::<Q5K>(w, self.rows, acts, y),
-            GgmlType::Q6K => run::<Q6K>(w, self.rows, acts, y),
-            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => unreachable!("float weights take float_matmul"),
-        }
+        with_block_format!(self.dtype, F => run::<F>(self.bytes(), self.rows, acts, y))
     }
 
     pub fn is_float(&self) -> bool {
@@ -708,7 +731,7 @@ pub(crate) mod x86 {
                     let codes = F::codes_avx2::<D::Expand>(block, g);
                     let col_group = b * groups + g;
                     // The weights' scale once per group; each row's scale is broadcast from memory.
-                    let wscale = if F::SPLIT_SCALES { _mm256_set_m128(_mm_set1_ps(p.scale[1]), _mm_set1_ps(p.scale[0])) } else { _mm256_set1_ps(p.scale[0]) };
+                    let wscale = lane_scales::<F>(&p);
                     for r in 0..R {
                         let ag = (row0 + r) * gpr + col_group;
                         let a = _mm256_loadu_si256(q.add(ag * 32) as *const __m256i);
@@ -889,7 +912,7 @@ pub(crate) mod x86 {
             group_pairs::<F, _>(wrow, ofs, &mut Wide { acc: &mut acc, q, d8, row0, gpr });
             let count = if F::SPLIT_SCALES { 2 * gpr } else { gpr };
             for (r, acc) in acc.iter().enumerate() {
-                let sums: *const f32 = if F::SPLIT_SCALES { acts.dsum.as_ptr().add((row0 + r) * gpr) as *const f32 } else { acts.dsum_total.as_ptr().add((row0 + r) * gpr) };
+                let sums = offset_sums::<F>(acts, row0 + r);
                 let mut o = _mm512_setzero_ps();
                 let mut i = 0;
                 while i + 16 <= count {
@@ -902,6 +925,15 @@ pub(crate) mod x86 {
                 }
                 *dst.get_unchecked_mut(r) = hsum512(_mm512_add_ps(*acc, o));
             }
+        }
+
+        /// A row's activation sums that the weight offsets multiply: d·Σa per half-group for
+        /// formats with two offsets per group, per group otherwise (`count` of them in
+        /// `tile512`'s order).
+        #[inline(always)]
+        unsafe fn offset_sums<F: SimdFormat>(acts: &QuantizedRows, row: usize) -> *const f32 {
+            let gpr = acts.cols / 32;
+            if F::SPLIT_SCALES { acts.dsum.as_ptr().add(row * gpr) as *const f32 } else { acts.dsum_total.as_ptr().add(row * gpr) }
         }
 
         /// The sum of 16 lanes in a fixed order: the upper 8 onto the lower 8, then `hsum`.
@@ -926,7 +958,7 @@ pub(crate) mod x86 {
             group_pairs::<F, _>(wrow, ofs, &mut Narrow { even: &mut even, odd: &mut odd, q, d8, row0, gpr });
             let count = if F::SPLIT_SCALES { 2 * gpr } else { gpr };
             for r in 0..R {
-                let sums: *const f32 = if F::SPLIT_SCALES { acts.dsum.as_ptr().add((row0 + r) * gpr) as *const f32 } else { acts.dsum_total.as_ptr().add((row0 + r) * gpr) };
+                let sums = offset_sums::<F>(acts, row0 + r);
                 let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
                 let mut i = 0;
                 while i + 16 <= count {
@@ -1186,7 +1218,7 @@ mod tests {
         }
         let mut acts = QuantizedRows::new(x, n, m.cols);
         if acts.d8.is_empty() {
-            acts.d8 = acts.d.iter().flat_map(|&v| [v; 8]).collect();
+            acts.expand_scales();
         }
         let mut offsets = Vec::new();
         let row_bytes = m.dtype.bytes_for(m.cols);
@@ -1194,34 +1226,19 @@ mod tests {
         for o in 0..m.rows {
             let mut col = vec![0f32; n];
             let wr = &w[o * row_bytes..(o + 1) * row_bytes];
-            macro_rules! go {
-                ($f:ty) => {
-                    match k {
-                        Kernel::Portable => row_dots_portable::<$f>(wr, &acts, 0, &mut col),
-                        #[cfg(target_arch = "x86_64")]
-                        Kernel::Avx2 => unsafe { x86::row_dots_avx2::<$f>(wr, &acts, 0, &mut col) },
-                        #[cfg(target_arch = "x86_64")]
-                        Kernel::AvxVnni => unsafe { x86::row_dots_vnni::<$f>(wr, &acts, 0, &mut col) },
-                        #[cfg(target_arch = "x86_64")]
-                        Kernel::AvxVnniBw => unsafe { x86::row_dots_vnni_bw::<$f>(wr, &acts, 0, &mut col) },
-                        #[cfg(target_arch = "x86_64")]
-                        Kernel::Avx512Vnni => unsafe { x86::row_dots_512::<$f>(wr, &acts, 0, &mut col, &mut offsets) },
-                        #[allow(unreachable_patterns)]
-                        _ => unreachable!(),
-                    }
-                };
-            }
-            match m.dtype {
-                GgmlType::Q4_0 => go!(Q4_0),
-                GgmlType::Q4_1 => go!(Q4_1),
-                GgmlType::Q5_0 => go!(Q5_0),
-                GgmlType::Q5_1 => go!(Q5_1),
-                GgmlType::Q8_0 => go!(Q8_0),
-                GgmlType::Q4K => go!(Q4K),
-                GgmlType::Q5K => go!(Q5K),
-                GgmlType::Q6K => go!(Q6K),
+            with_block_format!(m.dtype, F => match k {
+                Kernel::Portable => row_dots_portable::<F>(wr, &acts, 0, &mut col),
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx2 => unsafe { x86::row_dots_avx2::<F>(wr, &acts, 0, &mut col) },
+                #[cfg(target_arch = "x86_64")]
+                Kernel::AvxVnni => unsafe { x86::row_dots_vnni::<F>(wr, &acts, 0, &mut col) },
+                #[cfg(target_arch = "x86_64")]
+                Kernel::AvxVnniBw => unsafe { x86::row_dots_vnni_bw::<F>(wr, &acts, 0, &mut col) },
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx512Vnni => unsafe { x86::row_dots_512::<F>(wr, &acts, 0, &mut col, &mut offsets) },
+                #[allow(unreachable_patterns)]
                 _ => unreachable!(),
-            }
+            });
             for r in 0..n {
                 y[r * m.rows + o] = col[r];
             }
