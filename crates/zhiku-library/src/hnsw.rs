@@ -70,6 +70,11 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     s.iter().sum::<f32>() + tail
 }
 
+/// Cosine similarity of two vectors of any length (0 for a zero vector).
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    dot(a, b) / (dot(a, a).sqrt() * dot(b, b).sqrt()).max(f32::MIN_POSITIVE)
+}
+
 impl Hnsw {
     pub fn new(dim: usize, params: HnswParams) -> Self {
         Self { dim, params, vectors: Vec::new(), keys: Vec::new(), links: Vec::new(), removed: HashSet::new(), by_key: HashMap::new(), entry: None, rng: 0x2545F4914F6CDD1D, applied: 0 }

@@ -122,6 +122,10 @@ pub struct Library {
     _lock: Option<std::fs::File>,
 }
 
+/// Documents stored between two updates of the indexes during an add (each update commits
+/// tantivy and rewrites the vector index file).
+const SYNC_EVERY: usize = 256;
+
 /// Reciprocal rank fusion's constant: ranks deep in either list still count, a little.
 const RRF_K: f64 = 60.0;
 
@@ -146,17 +150,29 @@ impl Library {
         analyzer::analyzer(config.user_dict.then_some(dict.as_path()))
     }
 
+    /// The file whose lock admits one writer at a time.
+    fn lock_file(dir: &Path) -> Result<std::fs::File> {
+        Ok(std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock"))?)
+    }
+
+    /// The store, with its indexes brought up to date (replaying what an interrupted writer
+    /// left out) when this process may write.
+    fn open_store(dir: &Path, config: &LibraryConfig, analyzer: &TextAnalyzer, writable: bool) -> Result<EmbeddedStore> {
+        let mut store = EmbeddedStore::open(dir, config.dimensions, analyzer.clone(), writable)?;
+        if writable {
+            store.sync_indexes()?;
+        }
+        Ok(store)
+    }
+
     /// Opens an existing library to read it.
     pub fn open(dir: &Path) -> Result<Self> {
         let Some(config) = Self::read_config(dir)? else { bail!("{}: not a library (no library.json); create one with `zhiku library add`", dir.display()) };
         let analyzer = Self::analyzer_for(dir, &config)?;
         // Take the writer's lock if free, to replay what an interrupted writer left out.
-        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock"))?;
+        let lock = Self::lock_file(dir)?;
         let writable = lock.try_lock().is_ok();
-        let mut store = EmbeddedStore::open(dir, config.dimensions, analyzer.clone(), writable)?;
-        if writable && store.pending()? > 0 {
-            store.sync_indexes()?;
-        }
+        let store = Self::open_store(dir, &config, &analyzer, writable)?;
         Ok(Self { dir: dir.to_path_buf(), config, store, analyzer, encoder: OnceLock::new(), _lock: writable.then_some(lock) })
     }
 
@@ -164,7 +180,7 @@ impl Library {
     /// while another process writes to it.
     pub fn open_for_writing(dir: &Path, create: &CreateOptions) -> Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock"))?;
+        let lock = Self::lock_file(dir)?;
         if lock.try_lock().is_err() {
             eprintln!("waiting for another process writing to {} ...", dir.display());
             lock.lock()?;
@@ -194,10 +210,7 @@ impl Library {
             }
         };
         let analyzer = Self::analyzer_for(dir, &config)?;
-        let mut store = EmbeddedStore::open(dir, config.dimensions, analyzer.clone(), true)?;
-        if store.pending()? > 0 {
-            store.sync_indexes()?;
-        }
+        let store = Self::open_store(dir, &config, &analyzer, true)?;
         Ok(Self { dir: dir.to_path_buf(), config, store, analyzer, encoder, _lock: Some(lock) })
     }
 
@@ -227,7 +240,7 @@ impl Library {
 
     /// Adds documents (a new id is added, a changed one replaces its chunks, an identical one
     /// is skipped), committing each to the store as it goes; the indexes catch up every
-    /// `sync_every` documents and at the end. `progress` is told how many are done.
+    /// `SYNC_EVERY` documents and at the end. `progress` is told how many are done.
     pub fn add(&mut self, docs: &[Document], mut progress: impl FnMut(usize)) -> Result<AddReport> {
         let mut report = AddReport::default();
         let options = ChunkOptions { size: self.config.chunk_size, overlap: self.config.chunk_overlap };
@@ -263,7 +276,7 @@ impl Library {
                 report.added += 1;
             }
             since_sync += 1;
-            if since_sync >= 256 {
+            if since_sync >= SYNC_EVERY {
                 self.store.sync_indexes()?;
                 since_sync = 0;
             }
@@ -360,12 +373,12 @@ impl Library {
                 break;
             }
             let score = scored.iter().find(|x| x.0 == c.id).map_or(0.0, |x| x.1);
-            let Some(doc) = self.store.document(&c.doc_id)? else { continue };
+            let Some((title, source)) = self.store.title_and_source(&c.doc_id)? else { continue };
             let highlighted = highlight(&mut analyzer, &c.text, &query_terms);
             out.push(SearchResult {
                 id: c.doc_id.clone(),
-                title: doc.title,
-                source: doc.source,
+                title,
+                source,
                 chunk_id: c.id,
                 position: c.position,
                 start: c.start,

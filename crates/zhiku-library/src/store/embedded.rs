@@ -96,13 +96,6 @@ impl EmbeddedStore {
         Ok(metas.payload.as_deref().and_then(|p| p.parse().ok()).unwrap_or(0))
     }
 
-    /// Changes after `seq`: (seq, op, chunk id).
-    fn changes_after(&self, seq: i64) -> Result<Vec<(i64, String, i64)>> {
-        let mut st = self.db.prepare("SELECT seq, op, chunk_id FROM changes WHERE seq > ?1 ORDER BY seq")?;
-        let rows = st.query_map([seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
     /// How many changes the indexes have yet to apply (0 when current).
     pub fn pending(&self) -> Result<i64> {
         let last = self.last_change()?;
@@ -115,6 +108,19 @@ impl EmbeddedStore {
         tx.execute("INSERT INTO changes (op, chunk_id) SELECT ?1, id FROM chunks WHERE doc_id = ?2 ORDER BY id", params![op, doc_id])?;
         Ok(())
     }
+}
+
+/// Changes after `seq`: (op, chunk id), oldest first.
+fn changes_after(db: &Connection, seq: i64) -> Result<Vec<(String, i64)>> {
+    let mut st = db.prepare_cached("SELECT op, chunk_id FROM changes WHERE seq > ?1 ORDER BY seq")?;
+    let rows = st.query_map([seq], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// A chunk's embedding, if the chunk is stored and has one.
+fn embedding(db: &Connection, chunk: i64) -> Result<Option<Vec<f32>>> {
+    let mut st = db.prepare_cached("SELECT embedding FROM chunks WHERE id = ?1")?;
+    Ok(st.query_row([chunk], |r| r.get::<_, Option<Vec<u8>>>(0)).optional()?.flatten().map(|b| from_blob(&b)))
 }
 
 fn to_blob(v: &[f32]) -> Vec<u8> {
@@ -198,10 +204,10 @@ impl Store for EmbeddedStore {
         let last = self.last_change()?;
         let ft_applied = self.fulltext_applied()?;
         if ft_applied < last {
-            let changes = self.changes_after(ft_applied)?;
+            let changes = changes_after(&self.db, ft_applied)?;
             let Some(writer) = self.writer.as_mut() else { bail!("the store was opened read-only") };
             let mut text_of = self.db.prepare("SELECT text FROM chunks WHERE id = ?1")?;
-            for (_, op, chunk) in &changes {
+            for (op, chunk) in &changes {
                 writer.delete_term(Term::from_field_u64(self.chunk_field, *chunk as u64));
                 if op == "add" {
                     // A chunk added and removed again within the changes is no longer there.
@@ -217,14 +223,11 @@ impl Store for EmbeddedStore {
         }
         if let Some(vectors) = self.vectors.as_mut() {
             if vectors.applied < last {
-                let mut st = self.db.prepare("SELECT seq, op, chunk_id FROM changes WHERE seq > ?1 ORDER BY seq")?;
-                let changes: Vec<(i64, String, i64)> = st.query_map([vectors.applied], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<rusqlite::Result<_>>()?;
-                let mut emb = self.db.prepare("SELECT embedding FROM chunks WHERE id = ?1")?;
-                for (_, op, chunk) in &changes {
-                    vectors.remove(*chunk);
+                for (op, chunk) in changes_after(&self.db, vectors.applied)? {
+                    vectors.remove(chunk);
                     if op == "add" {
-                        if let Some(Some(blob)) = emb.query_row([chunk], |r| r.get::<_, Option<Vec<u8>>>(0)).optional()? {
-                            vectors.insert(*chunk, &from_blob(&blob))?;
+                        if let Some(e) = embedding(&self.db, chunk)? {
+                            vectors.insert(chunk, &e)?;
                         }
                     }
                 }
@@ -244,6 +247,10 @@ impl Store for EmbeddedStore {
             .optional()?;
         let Some((id, title, text, source, date, tags, metadata)) = row else { return Ok(None) };
         Ok(Some(Document { id, title, text, source, date, tags: serde_json::from_str(&tags)?, metadata: serde_json::from_str(&metadata)? }))
+    }
+
+    fn title_and_source(&self, id: &str) -> Result<Option<(String, String)>> {
+        Ok(self.db.prepare_cached("SELECT title, source FROM documents WHERE id = ?1")?.query_row([id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?)
     }
 
     fn list(&self) -> Result<Vec<DocumentSummary>> {
@@ -308,15 +315,10 @@ impl Store for EmbeddedStore {
         let Some(allowed) = allowed else { return Ok(v.search(vector, k, (2 * k).max(64))) };
         // A filtered search scans the allowed chunks' embeddings: exact, whatever the filter
         // keeps.
-        let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
-        let mut st = self.db.prepare_cached("SELECT embedding FROM chunks WHERE id = ?1")?;
         let mut scored = Vec::with_capacity(allowed.len());
         for &id in allowed {
-            if let Some(Some(blob)) = st.query_row([id], |r| r.get::<_, Option<Vec<u8>>>(0)).optional()? {
-                let e = from_blob(&blob);
-                let en = e.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
-                let dot: f32 = e.iter().zip(vector).map(|(a, b)| a * b).sum();
-                scored.push((id, dot / (norm * en)));
+            if let Some(e) = embedding(&self.db, id)? {
+                scored.push((id, crate::hnsw::cosine(vector, &e)));
             }
         }
         scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -325,7 +327,7 @@ impl Store for EmbeddedStore {
     }
 
     fn filter(&self, filter: &Filter) -> Result<Vec<i64>> {
-        let mut sql = String::from("SELECT c.id, d.source, d.tags, d.date FROM chunks c JOIN documents d ON d.id = c.doc_id");
+        let mut sql = String::from("SELECT c.id, d.tags FROM chunks c JOIN documents d ON d.id = c.doc_id");
         let mut conds = Vec::new();
         let mut args: Vec<String> = Vec::new();
         if !filter.sources.is_empty() {
@@ -345,7 +347,7 @@ impl Store for EmbeddedStore {
             sql.push_str(&conds.join(" AND "));
         }
         let mut st = self.db.prepare(&sql)?;
-        let rows = st.query_map(rusqlite::params_from_iter(args.iter()), |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(2)?)))?;
+        let rows = st.query_map(rusqlite::params_from_iter(args.iter()), |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
         let mut out = Vec::new();
         for row in rows {
             let (id, tags) = row?;

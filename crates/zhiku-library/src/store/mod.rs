@@ -84,6 +84,8 @@ pub trait Store: Send {
     /// Brings the full-text and vector indexes up to date with the stored chunks.
     fn sync_indexes(&mut self) -> Result<()>;
     fn document(&self, id: &str) -> Result<Option<Document>>;
+    /// A document's title and source (what a search hit shows), without its text.
+    fn title_and_source(&self, id: &str) -> Result<Option<(String, String)>>;
     fn list(&self) -> Result<Vec<DocumentSummary>>;
     /// Chunks by id, in the order asked; ids no longer stored are left out.
     fn chunks(&self, ids: &[i64]) -> Result<Vec<StoredChunk>>;
