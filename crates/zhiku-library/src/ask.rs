@@ -93,6 +93,20 @@ fn support(sentence: &str, grams: &[std::collections::HashSet<(char, char)>]) ->
     (!own.is_empty() && n * 2 >= own.len()).then_some(i)
 }
 
+/// Whether a sentence already carries a citation mark.
+fn cites(sentence: &str) -> bool {
+    sentence.contains('[') && sentence.contains(']')
+}
+
+/// `sentence` with passage `i`'s mark before its closing punctuation: "...西湖区[1]。",
+/// "... weekdays [1]."
+fn mark(sentence: &str, i: usize) -> String {
+    let body = sentence.trim_end_matches(['。', '.', '！', '!', '？', '?', '；', ';']);
+    let tail = &sentence[body.len()..];
+    let space = if body.chars().last().is_some_and(|c| c.is_ascii()) { " " } else { "" };
+    format!("{body}{space}[{}]{tail}", i + 1)
+}
+
 /// Marks each sentence of `answer` with the passage it shares most character pairs with
 /// (at least half of its own), unless the sentence already cites one.
 pub fn attribute(answer: &str, passages: &[&str]) -> String {
@@ -103,17 +117,8 @@ pub fn attribute(answer: &str, passages: &[&str]) -> String {
     for (s, e) in crate::chunk::sentences(&chars) {
         out.extend(&chars[at..s]);
         let sentence: String = chars[s..e].iter().collect();
-        let own = bigrams(&sentence);
-        let cited = sentence.contains('[') && sentence.contains(']');
-        let best = grams.iter().enumerate().map(|(i, g)| (i, own.intersection(g).count())).max_by_key(|&(i, n)| (n, std::cmp::Reverse(i)));
-        match best {
-            Some((i, n)) if !cited && !own.is_empty() && n * 2 >= own.len() => {
-                // Before the closing punctuation: "...西湖区[1]。", "... weekdays [1]."
-                let body = sentence.trim_end_matches(['。', '.', '！', '!', '？', '?', '；', ';']);
-                let tail = &sentence[body.len()..];
-                let space = if body.chars().last().is_some_and(|c| c.is_ascii()) { " " } else { "" };
-                out.push_str(&format!("{body}{space}[{}]{tail}", i + 1));
-            }
+        match support(&sentence, &grams) {
+            Some(i) if !cites(&sentence) => out.push_str(&mark(&sentence, i)),
             _ => out.push_str(&sentence),
         }
         at = e;
@@ -140,8 +145,7 @@ pub fn ask(lib: &Library, lm: &LanguageModel, question: &str, options: &AskOptio
     let params = SamplingParams { temperature: options.temperature, seed: options.seed, ..SamplingParams::default() };
     let request = Request { prompt: Prompt::Chat(prompt(question, &hits)), params, max_tokens: options.max_tokens, stop: Vec::new(), truncate: true };
     let phrase = not_found_phrase(zh);
-    let passages: Vec<&str> = hits.iter().map(|h| h.chunk.as_str()).collect();
-    let grams: Vec<_> = passages.iter().map(|p| bigrams(p)).collect();
+    let grams: Vec<_> = hits.iter().map(|h| bigrams(&h.chunk)).collect();
     // The answer goes out a sentence at a time: a sentence the passages support gets its
     // citation; one they do not support (the model's own knowledge, or an invention) is
     // dropped; if nothing is left, the library has no answer.
@@ -153,9 +157,8 @@ pub fn ask(lib: &Library, lm: &LanguageModel, question: &str, options: &AskOptio
         if trimmed.is_empty() || trimmed.contains(phrase.trim_end_matches(['.', '。'])) {
             return;
         }
-        let cited = trimmed.contains('[') && trimmed.contains(']');
-        if cited || support(trimmed, &grams).is_some() {
-            let marked = if cited { trimmed.to_string() } else { attribute(trimmed, &passages) };
+        let marked = if cites(trimmed) { Some(trimmed.to_string()) } else { support(trimmed, &grams).map(|i| mark(trimmed, i)) };
+        if let Some(marked) = marked {
             let piece = if kept.is_empty() || zh { marked } else { format!(" {marked}") };
             on_text(&piece);
             kept.push_str(&piece);
