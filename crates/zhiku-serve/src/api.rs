@@ -139,18 +139,24 @@ async fn guard(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
         None => next.run(req).await,
         Some(scope) => {
             let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-            match state.keys.check(header, scope) {
-                Decision::Allow => next.run(req).await,
-                Decision::Unauthorized => ApiError::new(StatusCode::UNAUTHORIZED, "missing or unknown API key: send `Authorization: Bearer KEY`").into_response(),
-                Decision::Forbidden => ApiError::new(StatusCode::FORBIDDEN, format!("this API key lacks the {} scope", scope.name())).into_response(),
-                Decision::RateLimited(after) => {
-                    ApiError { status: StatusCode::TOO_MANY_REQUESTS, message: "rate limit exceeded for this API key".into(), retry_after: Some(after) }.into_response()
-                }
+            match refusal(state.keys.check(header, scope), scope.name()) {
+                None => next.run(req).await,
+                Some(e) => e.into_response(),
             }
         }
     };
     state.metrics.observe_request(route, resp.status().as_u16(), start.elapsed().as_secs_f64());
     resp
+}
+
+/// The error for a key's refused request (None when allowed); `scope` names what it lacks.
+pub fn refusal(decision: Decision, scope: &str) -> Option<ApiError> {
+    match decision {
+        Decision::Allow => None,
+        Decision::Unauthorized => Some(ApiError::new(StatusCode::UNAUTHORIZED, "missing or unknown API key: send `Authorization: Bearer KEY`")),
+        Decision::Forbidden => Some(ApiError::new(StatusCode::FORBIDDEN, format!("this API key lacks the {scope} scope"))),
+        Decision::RateLimited(after) => Some(ApiError::rate_limited(after)),
+    }
 }
 
 async fn not_found() -> ApiError {

@@ -3,8 +3,7 @@
 //! is told 403 for any library it lacks, whether or not that library exists, so it cannot
 //! learn of other libraries, let alone see their documents.
 
-use crate::api::ApiError;
-use crate::auth::Decision;
+use crate::api::{parse, refusal, ApiError};
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -23,22 +22,11 @@ const MAX_DOCUMENTS: usize = 1000;
 
 fn authorize(state: &AppState, headers: &HeaderMap, name: &str, write: bool) -> AppResult<Arc<Mutex<Library>>> {
     let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    match state.keys.check_library(auth, name, write) {
-        Decision::Allow => {}
-        Decision::Unauthorized => return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing or unknown API key: send `Authorization: Bearer KEY`")),
-        Decision::Forbidden => {
-            let scope = if write { format!("library:{name}:write") } else { format!("library:{name}") };
-            return Err(ApiError::new(StatusCode::FORBIDDEN, format!("this API key lacks the {scope} scope")));
-        }
-        Decision::RateLimited(after) => return Err(ApiError::rate_limited(after)),
+    let scope = if write { format!("library:{name}:write") } else { format!("library:{name}") };
+    if let Some(e) = refusal(state.keys.check_library(auth, name, write), &scope) {
+        return Err(e);
     }
     state.libraries.get(name).cloned().ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no library {name:?} on this server")))
-}
-
-fn parse_body(body: Result<Bytes, BytesRejection>) -> AppResult<Value> {
-    let bytes = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
-    let text = std::str::from_utf8(&bytes).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("the body is not UTF-8 (invalid byte at offset {})", e.valid_up_to())))?;
-    serde_json::from_str(text).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("the body is not valid JSON: {e}")))
 }
 
 /// Runs `f` with the library locked, on the blocking pool.
@@ -55,7 +43,7 @@ async fn with_library<T: Send + 'static>(lib: Arc<Mutex<Library>>, f: impl FnOnc
 /// "date", "tags", ...}]}`: adds them (unchanged ones skipped, changed ones replaced).
 pub async fn add_documents(State(state): State<Arc<AppState>>, Path(name): Path<String>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> AppResult<Json<Value>> {
     let lib = authorize(&state, &headers, &name, true)?;
-    let v = parse_body(body)?;
+    let v = parse::<Value>(body)?;
     let Some(items) = v.get("documents").and_then(|d| d.as_array()) else { return Err(ApiError::unprocessable("expected {\"documents\": [{\"text\": ...}, ...]}")) };
     if items.is_empty() || items.len() > MAX_DOCUMENTS {
         return Err(ApiError::unprocessable(format!("documents: give 1 to {MAX_DOCUMENTS} documents (got {})", items.len())));
@@ -96,7 +84,7 @@ pub async fn remove_document(State(state): State<Arc<AppState>>, Path((name, id)
 /// `POST /v1/search` with `{"library", "query", "mode", "top_k", "dense_weight", "filter":
 /// {"sources", "tags", "from", "to"}}`: `{"mode", "results": [...]}` as `zhiku library search --json`.
 pub async fn search(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> AppResult<Json<Value>> {
-    let v = parse_body(body)?;
+    let v = parse::<Value>(body)?;
     let Some(name) = v.get("library").and_then(|l| l.as_str()) else { return Err(ApiError::unprocessable("library: a library name is required")) };
     let lib = authorize(&state, &headers, name, false)?;
     let Some(query) = v.get("query").and_then(|q| q.as_str()).map(str::to_string) else { return Err(ApiError::unprocessable("query: a string is required")) };
