@@ -90,3 +90,63 @@ fn a_folder_that_is_not_a_library_is_refused_at_start() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("not a library"), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// `POST /v1/ask` with Qwen2.5-0.5B: the same answer and citations as `zhiku library ask`,
+/// whole or streamed sentence by sentence; "not found" without generating when nothing is
+/// retrieved; a key of another library gets 403.
+#[test]
+fn ask_over_http_answers_like_the_cli_whole_and_streamed() {
+    let base = std::env::var_os("ZHIKU_MODELS").map(std::path::PathBuf::from).unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/models"));
+    let model = base.join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+    assert!(model.is_file(), "{} missing: run scripts/fetch-llms.sh", model.display());
+    let dir = tempfile::tempdir().unwrap();
+    let kb = make_library(
+        dir.path(),
+        "kb",
+        concat!(
+            "{\"id\": \"hq\", \"title\": \"公司介绍\", \"text\": \"知库科技成立于2019年，总部位于杭州市西湖区。公司主要提供在线课程和知识问答服务。\"}\n",
+            "{\"id\": \"refund\", \"title\": \"退款政策\", \"text\": \"购买课程后七天内可以申请全额退款，超过七天不再退款。\"}\n",
+        ),
+    );
+    let question = "知库科技的总部在哪里？";
+    let o = Command::new(env!("CARGO_BIN_EXE_zhiku")).args(["library", "ask", "--library", &kb, "--model"]).arg(&model).args([question, "--json"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cli: Value = serde_json::from_slice(&o.stdout).unwrap();
+
+    let keys = format!("{NEWS_READER} library:kb;{FAQ_READER} library:faq");
+    let srv = Server::start(&["--library", &format!("kb={kb}"), "--model", &format!("qwen={}", model.display())], &[("ZHIKU_API_KEYS", &keys)]);
+    let (s, r) = srv.json("POST", "/v1/ask", Some(NEWS_READER), &json!({"library": "kb", "question": question}));
+    assert_eq!(s, 200, "{r}");
+    assert_eq!((&r["answer"], &r["found"], &r["model"]), (&cli["answer"], &json!(true), &json!("qwen")), "{r}\n{cli}");
+    assert_eq!(r["citations"][0]["id"], "hq");
+    assert_eq!(r["citations"][0]["cited"], true);
+
+    let body = json!({"library": "kb", "question": question, "stream": true});
+    let auth = format!("Bearer {NEWS_READER}");
+    let (s, head, raw) = srv.raw("POST", "/v1/ask", &[("Authorization", &auth), ("Content-Type", "application/json")], body.to_string().as_bytes());
+    assert_eq!(s, 200);
+    assert!(head.contains("text/event-stream"), "{head}");
+    let data: Vec<String> = String::from_utf8_lossy(&raw).lines().filter_map(|l| l.strip_prefix("data: ").map(str::to_string)).collect();
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
+    let events: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    let streamed: String = events.iter().filter_map(|e| e["delta"].as_str()).collect();
+    assert_eq!(streamed, cli["answer"].as_str().unwrap());
+    let last = events.last().unwrap();
+    assert_eq!((&last["done"], &last["answer"]), (&json!(true), &cli["answer"]));
+
+    // Nothing retrieved: not found, and no tokens generated.
+    let (s, r) = srv.json("POST", "/v1/ask", Some(NEWS_READER), &json!({"library": "kb", "question": "天气"}));
+    assert_eq!((s, &r["found"], &r["completion_tokens"]), (200, &json!(false), &json!(0)), "{r}");
+    let (s, head, raw) = srv.raw("POST", "/v1/ask", &[("Authorization", &auth)], json!({"library": "kb", "question": "天气", "stream": true}).to_string().as_bytes());
+    assert!(s == 200 && head.contains("text/event-stream") && String::from_utf8_lossy(&raw).contains("资料库中没有找到答案"), "{}", String::from_utf8_lossy(&raw));
+
+    // Another library's key, no key, and bad fields.
+    let (s, _) = srv.json("POST", "/v1/ask", Some(FAQ_READER), &json!({"library": "kb", "question": question}));
+    assert_eq!(s, 403);
+    let (s, _) = srv.json("POST", "/v1/ask", None, &json!({"library": "kb", "question": question}));
+    assert_eq!(s, 401);
+    for bad in [json!({"library": "kb"}), json!({"library": "kb", "question": "x", "top_k": 0}), json!({"library": "kb", "question": "x", "model": "nope"}), json!({"library": "kb", "question": "x", "temperature": 9})] {
+        let (s, r) = srv.json("POST", "/v1/ask", Some(NEWS_READER), &bad);
+        assert!(s == 422 || s == 404, "{bad} -> {s} {r}");
+    }
+}

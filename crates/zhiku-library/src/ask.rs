@@ -127,72 +127,113 @@ pub fn attribute(answer: &str, passages: &[&str]) -> String {
     out
 }
 
-/// Retrieves, generates (streaming the text to `on_text`) and lists what the answer cites.
-pub fn ask(lib: &Library, lm: &LanguageModel, question: &str, options: &AskOptions, mut on_text: impl FnMut(&str)) -> Result<Answer> {
+/// What to generate for a question: the passages found and the request for the model (None
+/// when nothing was found, and the answer is "not found" without generating).
+pub struct AskPlan {
+    pub hits: Vec<SearchResult>,
+    pub request: Option<Request>,
+    zh: bool,
+}
+
+/// Retrieves the passages for `question` and builds the model's request.
+pub fn plan(lib: &Library, question: &str, options: &AskOptions) -> Result<AskPlan> {
     let zh = chinese(question);
     let hits = lib.search(question, &SearchOptions { mode: options.mode, top_k: options.top_k.max(1), ..Default::default() })?;
-    let citations_of = |answer: &str| -> Vec<Citation> {
-        hits.iter()
-            .enumerate()
-            .map(|(i, h)| Citation { n: i + 1, id: h.id.clone(), title: h.title.clone(), source: h.source.clone(), chunk: h.chunk.clone(), start: h.start, end: h.end, cited: answer.contains(&format!("[{}]", i + 1)) })
-            .collect()
-    };
-    if hits.is_empty() {
-        let text = not_found_phrase(zh).to_string();
-        on_text(&text);
-        return Ok(Answer { answer: text, found: false, citations: Vec::new(), prompt_tokens: 0, completion_tokens: 0, unsupported_sentences: 0 });
+    let request = (!hits.is_empty()).then(|| {
+        let params = SamplingParams { temperature: options.temperature, seed: options.seed, ..SamplingParams::default() };
+        Request { prompt: Prompt::Chat(prompt(question, &hits)), params, max_tokens: options.max_tokens, stop: Vec::new(), truncate: true }
+    });
+    Ok(AskPlan { hits, request, zh })
+}
+
+/// Turns the model's streamed text into the answer, a sentence at a time: a sentence the
+/// passages support goes out with its citation; one they do not support (the model's own
+/// knowledge, or an invention) is dropped; if nothing is left, the library has no answer.
+pub struct AnswerWriter {
+    plan: AskPlan,
+    grams: Vec<std::collections::HashSet<(char, char)>>,
+    pending: String,
+    kept: String,
+    dropped: usize,
+}
+
+impl AnswerWriter {
+    pub fn new(plan: AskPlan) -> Self {
+        let grams = plan.hits.iter().map(|h| bigrams(&h.chunk)).collect();
+        Self { plan, grams, pending: String::new(), kept: String::new(), dropped: 0 }
     }
-    let params = SamplingParams { temperature: options.temperature, seed: options.seed, ..SamplingParams::default() };
-    let request = Request { prompt: Prompt::Chat(prompt(question, &hits)), params, max_tokens: options.max_tokens, stop: Vec::new(), truncate: true };
-    let phrase = not_found_phrase(zh);
-    let grams: Vec<_> = hits.iter().map(|h| bigrams(&h.chunk)).collect();
-    // The answer goes out a sentence at a time: a sentence the passages support gets its
-    // citation; one they do not support (the model's own knowledge, or an invention) is
-    // dropped; if nothing is left, the library has no answer.
-    let mut pending = String::new();
-    let mut kept = String::new();
-    let mut dropped = 0usize;
-    let mut emit = |sentence: &str, on_text: &mut dyn FnMut(&str)| {
+
+    /// Takes a piece of the model's text; `on_text` hears each accepted sentence.
+    pub fn push(&mut self, text: &str, on_text: &mut dyn FnMut(&str)) {
+        self.pending.push_str(text);
+        loop {
+            let chars: Vec<char> = self.pending.chars().collect();
+            let spans = crate::chunk::sentences(&chars);
+            // Every sentence but the last is complete (the last may still grow).
+            if spans.len() < 2 {
+                break;
+            }
+            let (s, e) = spans[0];
+            let sentence: String = chars[s..e].iter().collect();
+            self.pending = chars[spans[1].0..].iter().collect();
+            self.emit(&sentence, on_text);
+        }
+    }
+
+    fn emit(&mut self, sentence: &str, on_text: &mut dyn FnMut(&str)) {
+        let phrase = not_found_phrase(self.plan.zh);
         let trimmed = sentence.trim();
         if trimmed.is_empty() || trimmed.contains(phrase.trim_end_matches(['.', '。'])) {
             return;
         }
-        let marked = if cites(trimmed) { Some(trimmed.to_string()) } else { support(trimmed, &grams).map(|i| mark(trimmed, i)) };
-        if let Some(marked) = marked {
-            let piece = if kept.is_empty() || zh { marked } else { format!(" {marked}") };
-            on_text(&piece);
-            kept.push_str(&piece);
-        } else {
-            dropped += 1;
-        }
-    };
-    let done = lm
-        .generate(&[request], |_, t| {
-            pending.push_str(t);
-            loop {
-                let chars: Vec<char> = pending.chars().collect();
-                let spans = crate::chunk::sentences(&chars);
-                // Every sentence but the last is complete (the last may still grow).
-                if spans.len() < 2 {
-                    break;
-                }
-                let (s, e) = spans[0];
-                let sentence: String = chars[s..e].iter().collect();
-                let rest: String = chars[spans[1].0..].iter().collect();
-                emit(&sentence, &mut on_text);
-                pending = rest;
+        let marked = if cites(trimmed) { Some(trimmed.to_string()) } else { support(trimmed, &self.grams).map(|i| mark(trimmed, i)) };
+        match marked {
+            Some(marked) => {
+                let piece = if self.kept.is_empty() || self.plan.zh { marked } else { format!(" {marked}") };
+                on_text(&piece);
+                self.kept.push_str(&piece);
             }
-        })?
-        .remove(0);
-    let rest = std::mem::take(&mut pending);
-    emit(&rest, &mut on_text);
-    let found = !kept.is_empty();
-    let text = if found { kept } else { phrase.to_string() };
-    if !found {
-        on_text(&text);
+            None => self.dropped += 1,
+        }
     }
-    let citations = if found { citations_of(&text) } else { Vec::new() };
-    Ok(Answer { answer: text, found, citations, prompt_tokens: done.prompt_tokens, completion_tokens: done.completion_tokens, unsupported_sentences: dropped })
+
+    /// The end of the model's text: the last sentence, then the answer with what it cites.
+    pub fn finish(mut self, prompt_tokens: usize, completion_tokens: usize, on_text: &mut dyn FnMut(&str)) -> Answer {
+        let rest = std::mem::take(&mut self.pending);
+        self.emit(&rest, on_text);
+        let found = !self.kept.is_empty();
+        if !found {
+            let text = not_found_phrase(self.plan.zh).to_string();
+            on_text(&text);
+            return Answer { answer: text, found, citations: Vec::new(), prompt_tokens, completion_tokens, unsupported_sentences: self.dropped };
+        }
+        let citations = self
+            .plan
+            .hits
+            .iter()
+            .enumerate()
+            .map(|(i, h)| Citation {
+                n: i + 1,
+                id: h.id.clone(),
+                title: h.title.clone(),
+                source: h.source.clone(),
+                chunk: h.chunk.clone(),
+                start: h.start,
+                end: h.end,
+                cited: self.kept.contains(&format!("[{}]", i + 1)),
+            })
+            .collect();
+        Answer { answer: self.kept, found, citations, prompt_tokens, completion_tokens, unsupported_sentences: self.dropped }
+    }
+}
+
+/// Retrieves, generates (streaming the text to `on_text`) and lists what the answer cites.
+pub fn ask(lib: &Library, lm: &LanguageModel, question: &str, options: &AskOptions, mut on_text: impl FnMut(&str)) -> Result<Answer> {
+    let mut plan = plan(lib, question, options)?;
+    let Some(request) = plan.request.take() else { return Ok(AnswerWriter::new(plan).finish(0, 0, &mut on_text)) };
+    let mut writer = AnswerWriter::new(plan);
+    let done = lm.generate(&[request], |_, t| writer.push(t, &mut on_text))?.remove(0);
+    Ok(writer.finish(done.prompt_tokens, done.completion_tokens, &mut on_text))
 }
 
 #[cfg(test)]

@@ -88,6 +88,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/libraries/{name}/documents", post(crate::library::add_documents))
         .route("/v1/libraries/{name}/documents/{id}", get(crate::library::get_document).delete(crate::library::remove_document))
         .route("/v1/search", post(crate::library::search))
+        .route("/v1/ask", post(crate::library::ask))
         .route("/v1/admin/models", post(admin_load))
         .route("/v1/admin/models/{name}", delete(admin_unload))
         .fallback(not_found)
@@ -112,6 +113,7 @@ fn route_label(path: &str) -> &'static str {
         "/v1/completions" => "/v1/completions",
         p if p.starts_with("/v1/admin/models") => "/v1/admin/models",
         "/v1/search" => "/v1/search",
+        "/v1/ask" => "/v1/ask",
         p if p.starts_with("/v1/libraries/") => "/v1/libraries",
         _ => "other",
     }
@@ -120,7 +122,7 @@ fn route_label(path: &str) -> &'static str {
 /// The scope a route needs, checked before its handler runs; library routes check their
 /// library's scope themselves (the name may be in the body).
 fn required_scope(path: &str) -> Option<Scope> {
-    if path == "/v1/search" || path.starts_with("/v1/libraries/") {
+    if path == "/v1/search" || path == "/v1/ask" || path.starts_with("/v1/libraries/") {
         None
     } else if path.starts_with("/v1/admin/") || path == "/metrics" {
         Some(Scope::Admin)

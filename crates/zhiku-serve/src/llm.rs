@@ -64,7 +64,7 @@ impl LlmWorker {
     }
 
     /// Queues a request; its events arrive on the returned channel. 503 when the queue is full.
-    fn submit(&self, request: Request, prepared: Prepared) -> Result<UnboundedReceiver<Msg>, ApiError> {
+    pub(crate) fn submit(&self, request: Request, prepared: Prepared) -> Result<UnboundedReceiver<Msg>, ApiError> {
         let (tx, rx) = unbounded_channel();
         match self.queue.try_send(Job { request, prepared, events: tx }) {
             Ok(()) => Ok(rx),
@@ -223,7 +223,7 @@ fn rand_seed() -> u64 {
     h.finish()
 }
 
-fn pick(state: &AppState, name: Option<&str>) -> Result<Arc<LlmWorker>, ApiError> {
+pub(crate) fn pick(state: &AppState, name: Option<&str>) -> Result<Arc<LlmWorker>, ApiError> {
     let llms = &state.llms;
     match name {
         Some(n) => llms.iter().find(|w| w.name == n).cloned().ok_or_else(|| {
@@ -236,7 +236,7 @@ fn pick(state: &AppState, name: Option<&str>) -> Result<Arc<LlmWorker>, ApiError
 }
 
 /// Checks the prompt against the model and tokenises it (on the blocking pool).
-async fn check(worker: &Arc<LlmWorker>, request: Request) -> Result<(Request, Prepared), ApiError> {
+pub(crate) async fn check(worker: &Arc<LlmWorker>, request: Request) -> Result<(Request, Prepared), ApiError> {
     let w = worker.clone();
     tokio::task::spawn_blocking(move || w.lm.prepare(&request).map(|p| (request, p)))
         .await
@@ -303,7 +303,7 @@ async fn respond(worker: Arc<LlmWorker>, request: Request, common: &Common, kind
     }
 }
 
-fn usage_json(c: &Completion) -> Value {
+pub(crate) fn usage_json(c: &Completion) -> Value {
     json!({"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens, "total_tokens": c.prompt_tokens + c.completion_tokens})
 }
 

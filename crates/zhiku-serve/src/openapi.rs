@@ -62,6 +62,11 @@ pub fn document() -> Value {
                     "dense_weight": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.5},
                     "filter": {"type": "object", "properties": {"sources": {"type": "array", "items": {"type": "string"}}, "tags": {"type": "array", "items": {"type": "string"}},
                         "from": {"type": "string", "format": "date"}, "to": {"type": "string", "format": "date"}}}}},
+                "AskRequest": {"type": "object", "required": ["library", "question"], "properties": {"library": {"type": "string"}, "question": {"type": "string", "maxLength": 4000},
+                    "model": {"type": "string", "description": "a served language model (optional when one is served)"},
+                    "mode": {"type": "string", "enum": ["bm25", "dense", "hybrid"]}, "top_k": {"type": "integer", "minimum": 1, "maximum": 100, "default": 4},
+                    "max_tokens": {"type": "integer", "minimum": 1, "maximum": 8192, "default": 384}, "temperature": {"type": "number", "minimum": 0, "maximum": 2, "default": 0},
+                    "seed": {"type": "integer", "default": 42}, "stream": {"type": "boolean", "default": false}}},
                 "LoadRequest": {"type": "object", "additionalProperties": false, "required": ["name", "path"], "properties": {
                     "int8": {"type": "boolean", "default": false, "description": "run the encoder with int8 linear layers"},
                     "name": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}, "path": {"type": "string", "description": "A model folder on the server"}}}
@@ -88,6 +93,8 @@ pub fn document() -> Value {
                     "responses": with(json!({"description": "Removed"}), &[401, 403, 404, 429])}},
             "/v1/search": {"post": {"summary": "Search a library (BM25, dense or hybrid) with filters; scope library:NAME", "requestBody": body("SearchRequest"),
                 "responses": with(json!({"description": "{\"mode\", \"results\": [{\"id\", \"title\", \"chunk\", \"score\", \"bm25\", \"dense\", \"highlighted\", ...}]}"}), &[400, 401, 403, 404, 422, 429])}},
+            "/v1/ask": {"post": {"summary": "Answer a question from a library with a served language model, citing the passages as [n] (\"stream\": true for server-sent events: {\"delta\"} per sentence, then {\"done\": true, ...}, then [DONE]); scope library:NAME", "requestBody": body("AskRequest"),
+                "responses": with(json!({"description": "{\"answer\", \"found\", \"citations\": [{\"n\", \"id\", \"title\", \"source\", \"chunk\", \"cited\"}], \"prompt_tokens\", \"completion_tokens\", \"unsupported_sentences\"}", "content": {"application/json": {}, "text/event-stream": {}}}), &[400, 401, 403, 404, 422, 429, 503])}},
             "/health": {"get": {"summary": "Liveness and loaded model names", "security": [], "responses": {"200": {"description": "OK"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": with(json!({"description": "Prometheus text format", "content": {"text/plain": {}}}), &[401, 403])}},
             "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OK"}}}},
