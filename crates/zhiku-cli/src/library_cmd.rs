@@ -17,7 +17,7 @@ pub struct LibraryArgs {
 
 #[derive(Subcommand, Debug)]
 enum LibraryCommand {
-    /// Add files or folders (.txt, .md, .html, .jsonl, .csv; a JSONL or CSV row per document) to a
+    /// Add files or folders (.txt, .md, .html, .pdf, .jsonl, .csv; a JSONL or CSV row per document) to a
     /// library, creating it on first use. Unchanged documents are skipped, changed ones replaced.
     Add(AddArgs),
     /// List the documents.
@@ -304,7 +304,8 @@ pub fn run(args: LibraryArgs) -> Result<i32> {
                 // The passages the answer cites; if it cites none, every passage it was given.
                 let any_cited = answer.citations.iter().any(|c| c.cited);
                 for c in answer.citations.iter().filter(|c| c.cited || !any_cited) {
-                    println!("[{}] {} ({}, characters {}-{})", c.n, c.title, c.id, c.start, c.end);
+                    let page = c.page.map(|p| format!("page {p}, ")).unwrap_or_default();
+                    println!("[{}] {} ({}, {page}characters {}-{})", c.n, c.title, c.id, c.start, c.end);
                 }
             }
             Ok(0)
@@ -383,7 +384,7 @@ fn add(a: AddArgs) -> Result<i32> {
     }
     let files = collect_files(&a.paths)?;
     if files.is_empty() {
-        bail!("no .txt, .md, .html, .jsonl or .csv files under the paths given")
+        bail!("no .txt, .md, .html, .pdf, .jsonl or .csv files under the paths given")
     }
     let mut lib = Library::open_for_writing(&a.dir.library, &create)?;
     if a.encoder.is_some() && lib.config.encoder.as_deref() != a.encoder.as_deref().and_then(|p| std::fs::canonicalize(p).ok()).as_deref() {
@@ -441,7 +442,8 @@ fn search(a: SearchArgs) -> Result<i32> {
     }
     for (i, r) in results.iter().enumerate() {
         let why = [r.bm25.map(|b| format!("bm25 #{} {:.2}", b.rank, b.score)), r.dense.map(|d| format!("dense #{} {:.3}", d.rank, d.score))].into_iter().flatten().collect::<Vec<_>>().join(", ");
-        println!("{}. {} [{}] score {:.4} ({why})", i + 1, r.title, r.id, r.score);
+        let page = r.page.map(|p| format!(" page {p}")).unwrap_or_default();
+        println!("{}. {} [{}]{page} score {:.4} ({why})", i + 1, r.title, r.id, r.score);
         println!("   {}", r.highlighted.replace('\n', " "));
     }
     Ok(0)

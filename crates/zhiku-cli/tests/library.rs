@@ -114,14 +114,24 @@ fn bad_input_gets_clear_errors_and_loses_nothing() {
     let docs = write_corpus(dir.path());
     std::fs::write(docs.join("bad.jsonl"), "{\"text\": \"fine row\"}\n{\"text\": oops}\n").unwrap();
     std::fs::write(docs.join("latin.txt"), b"caf\xe9").unwrap();
+    let pdfs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/pdf");
+    for name in ["handbook.pdf", "broken.pdf", "locked.pdf", "scan.pdf"] {
+        std::fs::copy(pdfs.join(name), docs.join(name)).unwrap();
+    }
     let lib = s(&dir.path().join("lib"));
     let o = run(&["library", "add", "-l", &lib, &s(&docs)]);
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
     assert!(err.contains("bad.jsonl:2: invalid JSON"), "{err}");
     assert!(err.contains("latin.txt: not UTF-8 text (invalid byte at offset 3)"), "{err}");
-    // The good files went in all the same.
-    assert_eq!(json(&run(&["library", "list", "-l", &lib, "--json"]))["documents"].as_array().unwrap().len(), 4);
+    assert!(err.contains("broken.pdf: not a readable PDF"), "{err}");
+    assert!(err.contains("locked.pdf: the PDF is encrypted"), "{err}");
+    assert!(err.contains("scan.pdf: no text layer"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // The good files went in all the same, the PDF with the page of each hit.
+    assert_eq!(json(&run(&["library", "list", "-l", &lib, "--json"]))["documents"].as_array().unwrap().len(), 5);
+    let hit = &json(&run(&["library", "search", "-l", &lib, "合作伙伴", "--json"]))["results"][0];
+    assert_eq!((hit["title"].as_str(), hit["page"].as_u64()), (Some("知库产品手册 / zhiku handbook"), Some(1)), "{hit}");
 
     let o = run(&["library", "search", "-l", &lib, "x", "--mode", "dense"]);
     assert_eq!(o.status.code(), Some(1));

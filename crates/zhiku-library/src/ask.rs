@@ -38,6 +38,9 @@ pub struct Citation {
     pub chunk: String,
     pub start: usize,
     pub end: usize,
+    /// The page the passage starts on (PDF documents).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub page: Option<usize>,
     /// Whether the answer cites it.
     pub cited: bool,
 }
@@ -220,6 +223,7 @@ impl AnswerWriter {
                 chunk: h.chunk.clone(),
                 start: h.start,
                 end: h.end,
+                page: h.page,
                 cited: self.kept.contains(&format!("[{}]", i + 1)),
             })
             .collect();

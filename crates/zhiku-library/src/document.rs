@@ -1,6 +1,7 @@
 //! Documents as the library stores them, and reading them from files: `.txt`, `.md`,
-//! `.html`, `.jsonl` and `.csv` (one document per file or per row). Errors name the file and,
-//! for rows, the line; a non-UTF-8 file names the byte offset.
+//! `.html`, `.pdf`, `.jsonl` and `.csv` (one document per file or per row). Errors name the
+//! file and, for rows, the line (for PDF pages, the page); a non-UTF-8 file names the byte
+//! offset.
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -84,16 +85,16 @@ pub fn kind(path: &Path) -> Option<Kind> {
 /// Reads the documents of one file.
 pub fn read_file(path: &Path) -> Result<Vec<Document>> {
     let Some(kind) = kind(path) else {
-        bail!("{}: unsupported file type (the library reads .txt, .md, .html, .jsonl and .csv)", path.display())
+        bail!("{}: unsupported file type (the library reads .txt, .md, .html, .pdf, .jsonl and .csv)", path.display())
     };
     let size = std::fs::metadata(path).with_context(|| format!("{}: cannot read", path.display()))?.len();
     if size > MAX_FILE_BYTES {
         bail!("{}: {} MB is over the limit of {} MB per file; split it", path.display(), size >> 20, MAX_FILE_BYTES >> 20)
     }
-    if kind == Kind::Pdf {
-        bail!("{}: PDF files cannot be read yet; convert it to text first (e.g. pdftotext)", path.display())
-    }
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    if kind == Kind::Pdf {
+        return read_pdf(path, &bytes);
+    }
     let text = match std::str::from_utf8(&bytes) {
         Ok(t) => t.strip_prefix('\u{feff}').unwrap_or(t),
         Err(e) => bail!("{}: not UTF-8 text (invalid byte at offset {})", path.display(), e.valid_up_to()),
@@ -115,8 +116,28 @@ pub fn read_file(path: &Path) -> Result<Vec<Document>> {
         }
         Kind::Jsonl => read_jsonl(path, text),
         Kind::Csv => read_csv(path, text),
-        Kind::Pdf => unreachable!(),
+        Kind::Pdf => unreachable!("read above"),
     }
+}
+
+/// A PDF is one document: its pages' text, the title and date from its information
+/// dictionary, and `pages` (count) and `page_starts` (character offsets) as metadata, so a
+/// chunk's span tells its page.
+fn read_pdf(path: &Path, bytes: &[u8]) -> Result<Vec<Document>> {
+    let pdf = crate::pdf::read(path, bytes)?;
+    let (text, starts) = pdf.joined();
+    let source = path.display().to_string();
+    let title = pdf.title.clone().or_else(|| first_line_title(&text)).unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+    let mut metadata = Map::new();
+    metadata.insert("pages".into(), Value::from(pdf.pages.len()));
+    metadata.insert("page_starts".into(), Value::from(starts));
+    Ok(vec![Document { id: derived_id(&source), title, text, source, date: pdf.date, tags: Vec::new(), metadata }])
+}
+
+/// The page (from 1) that character offset `at` of a PDF document's text falls on.
+pub fn page_of(metadata: &Map<String, Value>, at: usize) -> Option<usize> {
+    let starts = metadata.get("page_starts")?.as_array()?;
+    Some(starts.iter().filter_map(Value::as_u64).take_while(|&s| s as usize <= at).count().max(1))
 }
 
 fn first_line_title(text: &str) -> Option<String> {
@@ -393,5 +414,36 @@ mod tests {
         let (title, text) = html_to_text("<html><head><title>T &amp; U</title><style>p{}</style></head><body><p>One&nbsp;two</p><script>x<1</script><div>三&#22235;</div></body></html>");
         assert_eq!(title.as_deref(), Some("T & U"));
         assert_eq!(text, "One two\n\n三四");
+    }
+
+    fn pdf_fixture(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/pdf").join(name)
+    }
+
+    #[test]
+    fn pdf_pages_become_one_document_with_page_offsets() {
+        let docs = read_file(&pdf_fixture("handbook.pdf")).unwrap();
+        let d = &docs[0];
+        assert_eq!((d.title.as_str(), d.date.as_deref()), ("知库产品手册 / zhiku handbook", Some("2000-01-01")));
+        assert!(d.text.contains("知库科技成立于2019年，总部位于杭州市西湖区。"), "{}", d.text);
+        assert!(d.text.contains("中国农业发展银行"), "{}", d.text);
+        assert!(d.text.contains("The support desk is open from 9 am to 6 pm on weekdays."), "{}", d.text);
+        assert_eq!(d.metadata["pages"], 2);
+        let english = d.text.chars().collect::<String>().find("The support").map(|b| d.text[..b].chars().count()).unwrap();
+        assert_eq!((page_of(&d.metadata, 0), page_of(&d.metadata, english)), (Some(1), Some(2)));
+    }
+
+    #[test]
+    fn unreadable_pdfs_say_why() {
+        let err = |name: &str| format!("{:#}", read_file(&pdf_fixture(name)).unwrap_err());
+        let e = err("broken.pdf");
+        assert!(e.contains("broken.pdf") && e.contains("not a readable PDF"), "{e}");
+        let e = err("locked.pdf");
+        assert!(e.contains("locked.pdf") && e.contains("encrypted"), "{e}");
+        let e = err("scan.pdf");
+        assert!(e.contains("scan.pdf") && e.contains("no text layer"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let e = format!("{:#}", read_file(&write(dir.path(), "fake.pdf", b"hello, not a pdf")).unwrap_err());
+        assert!(e.contains("fake.pdf") && e.contains("not a readable PDF"), "{e}");
     }
 }

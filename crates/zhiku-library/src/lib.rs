@@ -8,6 +8,7 @@ pub mod ask;
 pub mod chunk;
 pub mod document;
 pub mod hnsw;
+pub mod pdf;
 pub mod pii;
 pub mod store;
 
@@ -95,6 +96,9 @@ pub struct SearchResult {
     /// Character span of the chunk in the document.
     pub start: usize,
     pub end: usize,
+    /// The page (from 1) the chunk starts on, for PDF documents.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub page: Option<usize>,
     /// BM25 score, cosine similarity, or the fused score (hybrid).
     pub score: f64,
     pub bm25: Option<Ranked>,
@@ -373,7 +377,7 @@ impl Library {
                 break;
             }
             let score = scored.iter().find(|x| x.0 == c.id).map_or(0.0, |x| x.1);
-            let Some((title, source)) = self.store.title_and_source(&c.doc_id)? else { continue };
+            let Some((title, source, metadata)) = self.store.document_head(&c.doc_id)? else { continue };
             let highlighted = highlight(&mut analyzer, &c.text, &query_terms);
             out.push(SearchResult {
                 id: c.doc_id.clone(),
@@ -383,6 +387,7 @@ impl Library {
                 position: c.position,
                 start: c.start,
                 end: c.end,
+                page: document::page_of(&metadata, c.start),
                 score,
                 bm25: rank_of(&bm25, c.id),
                 dense: rank_of(&dense, c.id),

@@ -249,8 +249,9 @@ impl Store for EmbeddedStore {
         Ok(Some(Document { id, title, text, source, date, tags: serde_json::from_str(&tags)?, metadata: serde_json::from_str(&metadata)? }))
     }
 
-    fn title_and_source(&self, id: &str) -> Result<Option<(String, String)>> {
-        Ok(self.db.prepare_cached("SELECT title, source FROM documents WHERE id = ?1")?.query_row([id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?)
+    fn document_head(&self, id: &str) -> Result<Option<super::DocumentHead>> {
+        let row: Option<(String, String, String)> = self.db.prepare_cached("SELECT title, source, metadata FROM documents WHERE id = ?1")?.query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?;
+        Ok(row.map(|(t, s, m)| (t, s, serde_json::from_str(&m).unwrap_or_default())))
     }
 
     fn list(&self) -> Result<Vec<DocumentSummary>> {

@@ -9,6 +9,9 @@ use crate::document::Document;
 use anyhow::Result;
 use serde::Serialize;
 
+/// A document's title, source and metadata.
+pub type DocumentHead = (String, String, serde_json::Map<String, serde_json::Value>);
+
 /// Which documents a search may return: all conditions must hold.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Filter {
@@ -85,7 +88,8 @@ pub trait Store: Send {
     fn sync_indexes(&mut self) -> Result<()>;
     fn document(&self, id: &str) -> Result<Option<Document>>;
     /// A document's title and source (what a search hit shows), without its text.
-    fn title_and_source(&self, id: &str) -> Result<Option<(String, String)>>;
+    /// A document's title, source and metadata (what a search hit shows beside its chunk).
+    fn document_head(&self, id: &str) -> Result<Option<DocumentHead>>;
     fn list(&self) -> Result<Vec<DocumentSummary>>;
     /// Chunks by id, in the order asked; ids no longer stored are left out.
     fn chunks(&self, ids: &[i64]) -> Result<Vec<StoredChunk>>;
