@@ -1,7 +1,7 @@
 //! Resumable training state: parameters, optimizer moments and the loop's position, written
 //! together into `checkpoint/` via a temporary folder and renames (never a torn checkpoint).
 
-use crate::trainer::TrainerState;
+use crate::state::TrainerState;
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;

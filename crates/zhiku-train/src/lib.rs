@@ -15,7 +15,9 @@ pub mod report;
 pub mod schedule;
 pub mod setfit;
 pub mod sharded;
+pub mod state;
 pub mod task;
+pub mod train_loop;
 pub mod trainer;
 
 pub use metrics::{ClassificationReport, MultiLabelReport};

@@ -1,6 +1,6 @@
 //! The end-of-training report: `report.svg` (loss and dev-metric curves) and `report.md`.
 
-use crate::trainer::{TrainConfig, TrainSummary, TrainerState};
+use crate::state::{TrainConfig, TrainSummary, TrainerState};
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 use std::path::Path;

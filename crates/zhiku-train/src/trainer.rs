@@ -1,235 +1,22 @@
-//! The training loop.
+//! Classification training: [`Trainer`] checks the settings and runs a [`ClassificationTask`]
+//! (a `SequenceClassifier` with cross-entropy or BCE, R-Drop, FGM, class weights, label
+//! smoothing, PEFT, mixed precision) on the shared loop in [`crate::train_loop`].
 
-use crate::checkpoint;
 use crate::loss::{bce_with_logits_sum, cross_entropy_sum, multi_hot, symmetric_kl_sum};
 use crate::metrics::{tune_thresholds, ClassificationReport, MultiLabelReport};
-use crate::optim::{AdamW, AdamWConfig};
-use crate::report;
-use crate::schedule::{LrSchedule, ScheduleKind};
 use crate::sharded::{self, add_grads};
+pub use crate::state::*;
 use crate::task::TaskData;
-use anyhow::{bail, Context, Result};
+use crate::train_loop::{self, DevScores, FinalScores, LoopControl, TrainTask};
+use anyhow::{bail, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Instant;
 use zhiku_data::Dataset;
-use zhiku_models::{AdapterFolder, ClassifierConfig, DropoutRng, ModelFolder, PeftConfig, Pooling, Precision, ProblemType, SequenceClassifier, TextTokenizer, TokenizedText};
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub enum ClassWeights {
-    None,
-    /// Inverse class frequency.
-    Balanced,
-    Explicit(Vec<f32>),
-}
-
-/// Every knob of a run. Defaults follow common fine-tuning recipes (CLUE / transformers).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct TrainConfig {
-    pub epochs: usize,
-    /// Examples per forward pass (a micro-batch).
-    pub batch_size: usize,
-    /// Micro-batches per optimizer step: the effective batch is `batch_size * grad_accum`.
-    pub grad_accum: usize,
-    pub lr: f64,
-    pub max_length: usize,
-    pub seed: u64,
-    pub weight_decay: f64,
-    pub warmup_ratio: f64,
-    pub schedule: String,
-    pub max_grad_norm: Option<f64>,
-    pub label_smoothing: f64,
-    pub class_weights: ClassWeights,
-    pub pooling: String,
-    /// Dev metric that picks the best checkpoint and drives early stopping.
-    pub metric: String,
-    /// Stop after this many evaluations without improvement.
-    pub patience: Option<usize>,
-    /// Evaluate every N optimizer steps (otherwise at the end of every epoch).
-    pub eval_steps: Option<u64>,
-    /// Stop after this many optimizer steps in total (for quick runs and benchmarks).
-    pub max_steps: Option<u64>,
-    pub eval_batch_size: usize,
-    /// A parameter-efficient method (LoRA, bottleneck adapters, prefix tuning): only its modules
-    /// and the head train, and the output is an adapter folder on the base model.
-    #[serde(default)]
-    pub peft: Option<PeftConfig>,
-    /// FGM adversarial training: size of the step on the word embeddings (None: off).
-    #[serde(default)]
-    pub fgm_epsilon: Option<f64>,
-    /// R-Drop: weight of the symmetric KL between two dropout passes (0: off).
-    #[serde(default)]
-    pub rdrop_alpha: f64,
-    /// Overrides the encoder's hidden and attention dropout probabilities.
-    #[serde(default)]
-    pub dropout: Option<f64>,
-    /// Also save the model at the end of every epoch, as `epoch-N/` in the output folder (for
-    /// checkpoint averaging with `zhiku average`).
-    #[serde(default)]
-    pub save_every_epoch: bool,
-    /// Mixed precision: fp32 (off), or bf16 / fp16 activations over f32 master weights; fp16
-    /// adds dynamic loss scaling.
-    #[serde(default)]
-    pub precision: Precision,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        Self {
-            epochs: 3,
-            batch_size: 16,
-            grad_accum: 1,
-            lr: 5e-5,
-            max_length: 128,
-            seed: 42,
-            weight_decay: 0.01,
-            warmup_ratio: 0.1,
-            schedule: "linear".into(),
-            max_grad_norm: Some(1.0),
-            label_smoothing: 0.0,
-            class_weights: ClassWeights::None,
-            pooling: "pooler".into(),
-            metric: "macro_f1".into(),
-            patience: None,
-            eval_steps: None,
-            max_steps: None,
-            eval_batch_size: 64,
-            peft: None,
-            fgm_epsilon: None,
-            rdrop_alpha: 0.0,
-            dropout: None,
-            save_every_epoch: false,
-            precision: Precision::Fp32,
-        }
-    }
-}
-
-/// Where the loop is; saved in checkpoints so `--resume` continues exactly.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-pub struct TrainerState {
-    pub global_step: u64,
-    pub epoch: usize,
-    /// Optimizer steps already done within `epoch`.
-    pub step_in_epoch: usize,
-    pub best_metric: Option<f64>,
-    pub best_step: u64,
-    pub evals_without_improvement: usize,
-    pub history: Vec<EvalRecord>,
-    pub losses: Vec<(u64, f64)>,
-    /// The run's configuration (a resumed run must use the same one).
-    pub config: Option<TrainConfig>,
-    pub fingerprint: String,
-    /// fp16 dynamic loss scaling: the current scale and finite steps since it last changed.
-    #[serde(default)]
-    pub loss_scale: Option<LossScale>,
-}
-
-/// Dynamic loss scaling for fp16 (PyTorch's `GradScaler` rule): the loss is multiplied by
-/// `scale` before the backward pass so small gradients do not vanish in fp16; a step whose
-/// gradients overflow is skipped and the scale halved; after `GROWTH_INTERVAL` finite steps in
-/// a row it doubles.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
-pub struct LossScale {
-    pub scale: f64,
-    pub finite_steps: u64,
-}
-
-impl LossScale {
-    pub const INITIAL: f64 = 65536.0;
-    pub const GROWTH_INTERVAL: u64 = 2000;
-
-    pub fn new() -> Self {
-        Self { scale: Self::INITIAL, finite_steps: 0 }
-    }
-
-    /// Records whether this step's gradients were finite.
-    pub fn update(&mut self, finite: bool) {
-        if finite {
-            self.finite_steps += 1;
-            if self.finite_steps >= Self::GROWTH_INTERVAL {
-                self.scale *= 2.0;
-                self.finite_steps = 0;
-            }
-        } else {
-            self.scale = (self.scale * 0.5).max(1.0);
-            self.finite_steps = 0;
-        }
-    }
-}
-
-impl Default for LossScale {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StepRecord {
-    pub step: u64,
-    pub epoch: f64,
-    pub loss: f64,
-    pub lr: f64,
-    pub grad_norm: f64,
-    pub examples_per_s: f64,
-    pub elapsed_s: f64,
-    /// fp16: the loss scale this step used.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub loss_scale: Option<f64>,
-    /// Whether the update was skipped (gradients not finite).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub skipped: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EvalRecord {
-    pub step: u64,
-    pub epoch: f64,
-    pub dev_loss: f64,
-    pub metric: f64,
-    pub metrics: serde_json::Value,
-}
-
-pub enum TrainEvent<'a> {
-    /// `trainable` of `total` parameters are trained.
-    Started { total_steps: u64, done_steps: u64, train_examples: usize, dev_examples: usize, labels: &'a [String], trainable: usize, total: usize },
-    Step(&'a StepRecord),
-    Eval(&'a EvalRecord, bool),
-    Checkpoint(&'a Path),
-    Message(String),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum StopReason {
-    Finished,
-    EarlyStopped,
-    MaxSteps,
-    Interrupted,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct TrainSummary {
-    pub stop: StopReason,
-    pub steps: u64,
-    pub best_step: u64,
-    pub best_dev_metric: Option<f64>,
-    pub metric: String,
-    pub dev: Option<serde_json::Value>,
-    pub test: Option<serde_json::Value>,
-    pub output: PathBuf,
-    pub seconds: f64,
-    /// Parameters trained, of all the model's parameters.
-    pub trainable_params: usize,
-    pub total_params: usize,
-}
+use zhiku_models::{AdapterFolder, ClassifierConfig, DropoutRng, ModelFolder, Params, Pooling, ProblemType, SequenceClassifier, TextTokenizer, TokenizedText};
 
 /// Tokenised examples with label ids, tokenised once per run.
 struct Encoded {
@@ -251,15 +38,7 @@ pub struct Trainer {
 impl Trainer {
     pub fn new(model_dir: &Path, data: TaskData, output: &Path, config: TrainConfig, device: Device) -> Result<Self> {
         let model_folder = ModelFolder::open(model_dir)?;
-        if config.batch_size == 0 || config.grad_accum == 0 || config.epochs == 0 {
-            bail!("--batch-size, --grad-accum and --epochs must be at least 1")
-        }
-        if !(config.lr > 0.0 && config.lr.is_finite()) {
-            bail!("--lr must be a positive number, got {}", config.lr)
-        }
-        if ScheduleKind::parse(&config.schedule).is_none() {
-            bail!("unknown --schedule {:?}: expected linear, cosine or constant", config.schedule)
-        }
+        train_loop::validate(&config)?;
         Pooling::parse(&config.pooling)?;
         if !(0.0..1.0).contains(&config.label_smoothing) {
             bail!("--label-smoothing must be in [0, 1)")
@@ -309,11 +88,65 @@ impl Trainer {
         self.interrupt = flag;
     }
 
+    /// Runs (or resumes) training; `on_event` sees progress. Writes into the output folder:
+    /// the best model (Hugging Face layout, or an adapter folder under PEFT), `checkpoint/`,
+    /// `train_log.jsonl`, `metrics.json`, `report.svg` and `report.md`.
+    pub fn run(&mut self, resume: bool, on_event: &mut dyn FnMut(TrainEvent)) -> Result<TrainSummary> {
+        let mut task = ClassificationTask::new(&self.model_folder, &self.data, &self.config, &self.device)?;
+        let control = LoopControl { interrupt: self.interrupt.clone(), stop_after: self.stop_after };
+        train_loop::run(&mut task, &self.config, &self.output, resume, &control, on_event)
+    }
+}
+
+/// A sequence classifier trained on labelled texts (or text pairs).
+pub struct ClassificationTask<'a> {
+    folder: &'a ModelFolder,
+    data: &'a TaskData,
+    config: &'a TrainConfig,
+    device: &'a Device,
+    model: SequenceClassifier,
+    tok: TextTokenizer,
+    train: Encoded,
+    dev: Encoded,
+    class_weights: Option<Vec<f32>>,
+    /// Multi-label thresholds tuned at the last evaluation, saved with the model.
+    thresholds: Option<Vec<f32>>,
+}
+
+impl<'a> ClassificationTask<'a> {
+    pub fn new(folder: &'a ModelFolder, data: &'a TaskData, config: &'a TrainConfig, device: &'a Device) -> Result<Self> {
+        let head = ClassifierConfig {
+            labels: data.labels.names().to_vec(),
+            pooling: Pooling::parse(&config.pooling)?,
+            problem_type: if data.multi_label { ProblemType::MultiLabel } else { ProblemType::SingleLabel },
+            thresholds: None,
+            text_pairs: data.train.examples[0].pair.is_some(),
+        };
+        let mut model = SequenceClassifier::from_folder_peft(folder, Some(head), config.seed, device, config.peft.as_ref())?;
+        model.set_precision(config.precision);
+        let tok = folder.tokenizer(config.max_length)?;
+        let encode = |d: &Dataset| -> Result<Encoded> { Ok(Encoded { items: tok.encode_many(&d.texts(), d.pairs().as_deref())?, labels: data.label_ids(d) }) };
+        let train = encode(&data.training_set())?;
+        let dev = encode(&data.dev)?;
+        let class_weights = match &config.class_weights {
+            ClassWeights::None => None,
+            ClassWeights::Balanced => Some(data.balanced_class_weights()),
+            ClassWeights::Explicit(w) => Some(w.clone()),
+        };
+        Ok(Self { folder, data, config, device, model, tok, train, dev, class_weights, thresholds: None })
+    }
+
+    fn encode(&self, data: &Dataset) -> Result<Encoded> {
+        Ok(Encoded { items: self.tok.encode_many(&data.texts(), data.pairs().as_deref())?, labels: self.data.label_ids(data) })
+    }
+}
+
+impl TrainTask for ClassificationTask<'_> {
     fn fingerprint(&self) -> String {
-        let d = &self.data;
+        let d = self.data;
         format!(
             "model={} train={}:{}+{} dev={}:{} labels={}",
-            self.model_folder.dir.display(),
+            self.folder.dir.display(),
             d.train.path.display(),
             d.train.len(),
             d.augmented.len(),
@@ -323,206 +156,93 @@ impl Trainer {
         )
     }
 
-    fn encode(&self, tok: &TextTokenizer, data: &Dataset) -> Result<Encoded> {
-        let items = tok.encode_many(&data.texts(), data.pairs().as_deref())?;
-        Ok(Encoded { items, labels: self.data.label_ids(data) })
+    fn params(&self) -> &Params {
+        &self.model.params
     }
 
-    /// Runs (or resumes) training; `on_event` sees progress. Writes into the output folder:
-    /// the best model (Hugging Face layout), `checkpoint/`, `train_log.jsonl`, `metrics.json`,
-    /// `report.svg` and `report.md`.
-    pub fn run(&mut self, resume: bool, on_event: &mut dyn FnMut(TrainEvent)) -> Result<TrainSummary> {
-        let started = Instant::now();
-        let cfg = self.config.clone();
-        let out = self.output.clone();
-        let ckpt_dir = out.join("checkpoint");
+    fn total_params(&self) -> usize {
+        self.model.params.num_elements() + self.model.fixed.values().map(|t| t.elem_count()).sum::<usize>()
+    }
+
+    fn train_len(&self) -> usize {
+        self.train.items.len()
+    }
+
+    fn dev_len(&self) -> usize {
+        self.dev.items.len()
+    }
+
+    fn labels(&self) -> &[String] {
+        self.data.labels.names()
+    }
+
+    fn metrics(&self) -> Vec<(&'static str, bool)> {
+        if self.data.multi_label {
+            vec![("micro_f1", true), ("macro_f1", true), ("subset_accuracy", true), ("loss", false)]
+        } else {
+            vec![("accuracy", true), ("macro_f1", true), ("weighted_f1", true), ("loss", false)]
+        }
+    }
+
+    fn accumulate(&self, group: &[&[usize]], step: u64, loss_scale: f64) -> Result<(f64, GradStore)> {
+        self.accumulate_classification(group, step, loss_scale)
+    }
+
+    fn evaluate(&mut self) -> Result<DevScores> {
+        let view = self.model.inference_view(&self.folder.config)?;
+        let eval = evaluate(&view, &self.tok, &self.dev, self.data.multi_label, self.config.eval_batch_size, self.device, self.class_weights.as_deref())?;
+        drop(view);
+        self.thresholds = eval.thresholds;
+        Ok(DevScores { loss: eval.loss, metrics: eval.metrics })
+    }
+
+    fn save(&mut self, dir: &Path) -> Result<()> {
+        self.model.config.thresholds = self.thresholds.clone();
+        if self.model.peft.is_some() {
+            self.model.save_adapter(dir, self.folder, &self.tok)
+        } else {
+            self.model.save(dir, &self.folder.config, &self.tok)
+        }
+    }
+
+    fn prepare_output(&self, output: &Path) -> Result<()> {
+        self.data.save_splits(&output.join("splits"))
+    }
+
+    fn final_scores(&self, output: &Path) -> Result<FinalScores> {
+        let best = if self.config.peft.is_some() {
+            let adapter = AdapterFolder::open(output, Some(&self.folder.dir))?;
+            SequenceClassifier::from_adapter(&adapter, &self.folder.load_weights(self.device)?, self.device)?
+        } else {
+            SequenceClassifier::for_inference(&ModelFolder::open(output)?, None, self.device)?
+        };
         let multi = self.data.multi_label;
-        let labels = self.data.labels.names().to_vec();
-        let head = ClassifierConfig {
-            labels: labels.clone(),
-            pooling: Pooling::parse(&cfg.pooling)?,
-            problem_type: if multi { ProblemType::MultiLabel } else { ProblemType::SingleLabel },
-            thresholds: None,
-            text_pairs: self.data.train.examples[0].pair.is_some(),
+        let bs = self.config.eval_batch_size;
+        let dev = evaluate(&best, &self.tok, &self.encode(&self.data.dev)?, multi, bs, self.device, None)?;
+        let test = match &self.data.test {
+            Some(t) => Some(evaluate(&best, &self.tok, &self.encode(t)?, multi, bs, self.device, None)?.report),
+            None => None,
         };
-        let mut model = SequenceClassifier::from_folder_peft(&self.model_folder, Some(head), cfg.seed, &self.device, cfg.peft.as_ref())?;
-        model.set_precision(cfg.precision);
-        let tok = self.model_folder.tokenizer(cfg.max_length)?;
-        let mut opt = AdamW::new(&model.params, AdamWConfig { weight_decay: cfg.weight_decay, ..Default::default() })?;
-
-        let loss_scale = (cfg.precision == Precision::Fp16).then(LossScale::new);
-        let mut state = TrainerState { config: Some(cfg.clone()), fingerprint: self.fingerprint(), loss_scale, ..Default::default() };
-        if resume {
-            let ck = checkpoint::load(&ckpt_dir, &self.device)?;
-            if ck.state.fingerprint != state.fingerprint || ck.state.config.as_ref() != Some(&cfg) {
-                bail!(
-                    "{} was written by a run with other data or settings; resume with the same command line (or start afresh with --overwrite)\n  checkpoint: {}\n  now:        {}",
-                    ckpt_dir.display(),
-                    ck.state.fingerprint,
-                    state.fingerprint
-                )
-            }
-            model.params.load_values(&ck.params)?;
-            opt.load_state(&ck.optimizer)?;
-            state = ck.state;
-        }
-        std::fs::create_dir_all(&out).with_context(|| format!("cannot create output folder {}", out.display()))?;
-        self.data.save_splits(&out.join("splits"))?;
-
-        let train = self.encode(&tok, &self.data.training_set())?;
-        let dev = self.encode(&tok, &self.data.dev)?;
-        let class_weights: Option<Vec<f32>> = match &cfg.class_weights {
-            ClassWeights::None => None,
-            ClassWeights::Balanced => Some(self.data.balanced_class_weights()),
-            ClassWeights::Explicit(w) => Some(w.clone()),
-        };
-        let n = train.items.len();
-        let micro_per_epoch = n.div_ceil(cfg.batch_size);
-        let steps_per_epoch = micro_per_epoch.div_ceil(cfg.grad_accum);
-        let mut total_steps = (steps_per_epoch * cfg.epochs) as u64;
-        if let Some(m) = cfg.max_steps {
-            total_steps = total_steps.min(m);
-        }
-        let warmup = (cfg.warmup_ratio * total_steps as f64).ceil() as u64;
-        let schedule = LrSchedule { kind: ScheduleKind::parse(&cfg.schedule).unwrap(), base_lr: cfg.lr, warmup_steps: warmup, total_steps };
-        let params = (model.params.num_elements(), model.params.num_elements() + model.fixed.values().map(|t| t.elem_count()).sum::<usize>());
-        on_event(TrainEvent::Started {
-            total_steps,
-            done_steps: state.global_step,
-            train_examples: n,
-            dev_examples: dev.items.len(),
-            labels: &labels,
-            trainable: params.0,
-            total: params.1,
+        let d = self.data;
+        let extra = serde_json::json!({
+            "labels": d.labels.names(),
+            "train_examples": d.train.len(),
+            "augmented_examples": d.augmented.len(),
+            "dev_examples": d.dev.len(),
+            "test_examples": d.test.as_ref().map(|t| t.len()),
         });
-
-        let mut log = std::fs::OpenOptions::new().create(true).append(true).open(out.join("train_log.jsonl"))?;
-        let mut stop = StopReason::Finished;
-        let mut window = (Instant::now(), 0usize);
-        'epochs: while state.epoch < cfg.epochs {
-            let mut order: Vec<usize> = (0..n).collect();
-            order.shuffle(&mut ChaCha8Rng::seed_from_u64(cfg.seed ^ (state.epoch as u64 + 1).wrapping_mul(0x9E37_79B9)));
-            let micro: Vec<&[usize]> = order.chunks(cfg.batch_size).collect();
-            while state.step_in_epoch < steps_per_epoch {
-                let first = state.step_in_epoch * cfg.grad_accum;
-                let group = &micro[first..(first + cfg.grad_accum).min(micro.len())];
-                let scale = state.loss_scale.map_or(1.0, |s| s.scale);
-                let (loss, grads) = self.accumulate(&model, &tok, &train, group, multi, class_weights.as_deref(), state.global_step, scale)?;
-                let loss = loss / scale;
-                let norm = opt.grad_norm(&grads, 1.0 / scale)?;
-                let clip = match cfg.max_grad_norm {
-                    Some(max) if norm > max => max / (norm + 1e-6),
-                    _ => 1.0,
-                };
-                let lr = schedule.lr(state.global_step);
-                // Gradients that overflowed (fp16) or went bad are not applied: the step is
-                // skipped (and under fp16 the loss scale halved), as PyTorch's GradScaler does.
-                if norm.is_finite() {
-                    opt.update(&grads, lr, clip / scale)?;
-                } else {
-                    let why = if state.loss_scale.is_some() { format!(" (fp16 loss scale {scale} halved)") } else { String::new() };
-                    on_event(TrainEvent::Message(format!("step {}: gradients not finite, update skipped{why}", state.global_step + 1)));
-                }
-                if let Some(s) = &mut state.loss_scale {
-                    s.update(norm.is_finite());
-                }
-                state.global_step += 1;
-                state.step_in_epoch += 1;
-                window.1 += group.iter().map(|g| g.len()).sum::<usize>();
-                let rec = StepRecord {
-                    step: state.global_step,
-                    epoch: state.epoch as f64 + state.step_in_epoch as f64 / steps_per_epoch as f64,
-                    loss,
-                    lr,
-                    grad_norm: norm,
-                    examples_per_s: window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9),
-                    elapsed_s: started.elapsed().as_secs_f64(),
-                    loss_scale: state.loss_scale.map(|_| scale),
-                    skipped: !norm.is_finite(),
-                };
-                if window.0.elapsed().as_secs_f64() > 10.0 {
-                    window = (Instant::now(), 0);
-                }
-                state.losses.push((rec.step, rec.loss));
-                writeln!(log, "{}", serde_json::to_string(&rec)?)?;
-                on_event(TrainEvent::Step(&rec));
-
-                let end_of_epoch = state.step_in_epoch == steps_per_epoch;
-                let last_step = state.global_step >= total_steps;
-                let due = match cfg.eval_steps {
-                    Some(k) => state.global_step.is_multiple_of(k) || last_step,
-                    None => end_of_epoch || last_step,
-                };
-                if due {
-                    let improved = self.evaluate_and_keep_best(&mut model, &tok, &dev, &mut state, class_weights.as_deref(), &mut log, on_event)?;
-                    if let (false, Some(p)) = (improved, cfg.patience) {
-                        if state.evals_without_improvement >= p {
-                            stop = StopReason::EarlyStopped;
-                        }
-                    }
-                }
-                if last_step && stop == StopReason::Finished && !(end_of_epoch && state.epoch + 1 == cfg.epochs) {
-                    stop = StopReason::MaxSteps;
-                }
-                if end_of_epoch {
-                    state.epoch += 1;
-                    state.step_in_epoch = 0;
-                    if cfg.save_every_epoch {
-                        let dir = out.join(format!("epoch-{}", state.epoch));
-                        if model.peft.is_some() {
-                            model.save_adapter(&dir, &self.model_folder, &tok)?;
-                        } else {
-                            model.save(&dir, &self.model_folder.config, &tok)?;
-                        }
-                    }
-                }
-                let interrupted = self.interrupt.load(Ordering::SeqCst) || self.stop_after.is_some_and(|s| state.global_step >= s);
-                if interrupted || end_of_epoch || last_step || stop != StopReason::Finished {
-                    checkpoint::save(&ckpt_dir, &model.params.tensors(), &opt.state()?, &state)?;
-                    on_event(TrainEvent::Checkpoint(&ckpt_dir));
-                }
-                if interrupted {
-                    return Ok(TrainSummary {
-                        stop: StopReason::Interrupted,
-                        steps: state.global_step,
-                        best_step: state.best_step,
-                        best_dev_metric: state.best_metric,
-                        metric: cfg.metric.clone(),
-                        dev: None,
-                        test: None,
-                        output: out,
-                        seconds: started.elapsed().as_secs_f64(),
-                        trainable_params: params.0,
-                        total_params: params.1,
-                    });
-                }
-                if last_step || stop != StopReason::Finished {
-                    break 'epochs;
-                }
-                if end_of_epoch {
-                    break; // next epoch, with a new order
-                }
-            }
-        }
-        self.finish(stop, state, &tok, multi, started, params, on_event)
+        let serde_json::Value::Object(extra) = extra else { unreachable!("an object") };
+        Ok(FinalScores { dev: dev.report, test, extra })
     }
+}
 
+impl ClassificationTask<'_> {
     /// Forward and backward over the micro-batches of one optimizer step, with the loss divided
     /// by the normaliser of the whole step, so gradients equal those of one large batch, and
     /// multiplied by `loss_scale` (fp16 loss scaling; the caller unscales). Returns the scaled
     /// loss.
-    #[allow(clippy::too_many_arguments)]
-    fn accumulate(
-        &self,
-        model: &SequenceClassifier,
-        tok: &TextTokenizer,
-        data: &Encoded,
-        group: &[&[usize]],
-        multi: bool,
-        class_weights: Option<&[f32]>,
-        step: u64,
-        loss_scale: f64,
-    ) -> Result<(f64, GradStore)> {
+    fn accumulate_classification(&self, group: &[&[usize]], step: u64, loss_scale: f64) -> Result<(f64, GradStore)> {
+        let (model, tok, data, multi, class_weights) = (&self.model, &self.tok, &self.train, self.data.multi_label, self.class_weights.as_deref());
         let k = model.config.labels.len();
         let total_norm: f64 = group
             .iter()
@@ -536,16 +256,16 @@ impl Trainer {
             .sum();
         let mut loss_total = 0.0;
         let mut acc: Option<GradStore> = None;
-        let cfg = &self.config;
+        let cfg = self.config;
         for (m, idx) in group.iter().enumerate() {
             let items: Vec<&TokenizedText> = idx.iter().map(|&i| &data.items[i]).collect();
-            let batch = tok.pad_batch(&items, &self.device)?;
+            let batch = tok.pad_batch(&items, self.device)?;
             // The task loss of the micro-batch's rows `rows` (a data-parallel shard).
             let task_loss = |logits: &Tensor, rows: &Range<usize>| -> Result<Tensor> {
                 let idx = &idx[rows.clone()];
                 Ok(if multi {
                     let ids: Vec<Vec<u32>> = idx.iter().map(|&i| data.labels[i].clone()).collect();
-                    bce_with_logits_sum(logits, &multi_hot(&ids, k, &self.device)?)?.0
+                    bce_with_logits_sum(logits, &multi_hot(&ids, k, self.device)?)?.0
                 } else {
                     let y: Vec<u32> = idx.iter().map(|&i| data.labels[i][0]).collect();
                     cross_entropy_sum(logits, &y, class_weights, cfg.label_smoothing)?.0
@@ -596,90 +316,6 @@ impl Trainer {
             });
         }
         Ok((loss_total, acc.expect("a step has at least one micro-batch")))
-    }
-
-    /// Evaluates on dev; saves the model into the output folder when the metric improves.
-    #[allow(clippy::too_many_arguments)]
-    fn evaluate_and_keep_best(
-        &self,
-        model: &mut SequenceClassifier,
-        tok: &TextTokenizer,
-        dev: &Encoded,
-        state: &mut TrainerState,
-        class_weights: Option<&[f32]>,
-        log: &mut std::fs::File,
-        on_event: &mut dyn FnMut(TrainEvent),
-    ) -> Result<bool> {
-        let cfg = &self.config;
-        let view = model.inference_view(&self.model_folder.config)?;
-        let eval = evaluate(&view, tok, dev, self.data.multi_label, cfg.eval_batch_size, &self.device, class_weights)?;
-        drop(view);
-        let value = if cfg.metric == "loss" { eval.loss } else { eval.metrics[&cfg.metric].as_f64().unwrap_or(0.0) };
-        let better = match state.best_metric {
-            None => true,
-            Some(b) if cfg.metric == "loss" => value < b - 1e-12,
-            Some(b) => value > b + 1e-12,
-        };
-        let rec = EvalRecord { step: state.global_step, epoch: state.epoch as f64, dev_loss: eval.loss, metric: value, metrics: eval.metrics.clone() };
-        writeln!(log, "{}", serde_json::json!({ "eval": &rec }))?;
-        state.history.push(rec.clone());
-        if better {
-            state.best_metric = Some(value);
-            state.best_step = state.global_step;
-            state.evals_without_improvement = 0;
-            model.config.thresholds = eval.thresholds.clone();
-            if model.peft.is_some() {
-                model.save_adapter(&self.output, &self.model_folder, tok)?;
-            } else {
-                model.save(&self.output, &self.model_folder.config, tok)?;
-            }
-        } else {
-            state.evals_without_improvement += 1;
-        }
-        on_event(TrainEvent::Eval(&rec, better));
-        Ok(better)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn finish(&self, stop: StopReason, state: TrainerState, tok: &TextTokenizer, multi: bool, started: Instant, params: (usize, usize), on_event: &mut dyn FnMut(TrainEvent)) -> Result<TrainSummary> {
-        // The output folder now holds the best model: evaluate exactly what was saved.
-        on_event(TrainEvent::Message(format!("best dev {} {:.4} at step {}", self.config.metric, state.best_metric.unwrap_or(f64::NAN), state.best_step)));
-        let best = if self.config.peft.is_some() {
-            let adapter = AdapterFolder::open(&self.output, Some(&self.model_folder.dir))?;
-            SequenceClassifier::from_adapter(&adapter, &self.model_folder.load_weights(&self.device)?, &self.device)?
-        } else {
-            SequenceClassifier::for_inference(&ModelFolder::open(&self.output)?, None, &self.device)?
-        };
-        let dev = evaluate(&best, tok, &self.encode(tok, &self.data.dev)?, multi, self.config.eval_batch_size, &self.device, None)?;
-        let test = match &self.data.test {
-            Some(t) => Some(evaluate(&best, tok, &self.encode(tok, t)?, multi, self.config.eval_batch_size, &self.device, None)?),
-            None => None,
-        };
-        let summary = TrainSummary {
-            stop,
-            steps: state.global_step,
-            best_step: state.best_step,
-            best_dev_metric: state.best_metric,
-            metric: self.config.metric.clone(),
-            dev: Some(dev.report.clone()),
-            test: test.as_ref().map(|t| t.report.clone()),
-            output: self.output.clone(),
-            seconds: started.elapsed().as_secs_f64(),
-            trainable_params: params.0,
-            total_params: params.1,
-        };
-        let metrics = serde_json::json!({
-            "summary": &summary,
-            "config": &self.config,
-            "labels": self.data.labels.names(),
-            "train_examples": self.data.train.len(),
-            "augmented_examples": self.data.augmented.len(),
-            "dev_examples": self.data.dev.len(),
-            "test_examples": self.data.test.as_ref().map(|t| t.len()),
-        });
-        zhiku_models::classifier::write_atomic(&self.output.join("metrics.json"), serde_json::to_string_pretty(&metrics)?.as_bytes())?;
-        report::write(&self.output, &state, &summary, &self.config)?;
-        Ok(summary)
     }
 }
 
@@ -760,27 +396,4 @@ pub fn argmax(v: &[f32]) -> usize {
 /// Loads model tensors for tests and tools that compare runs.
 pub fn load_model_tensors(dir: &Path) -> Result<std::collections::HashMap<String, Tensor>> {
     Ok(candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu)?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::LossScale;
-
-    #[test]
-    fn loss_scale_halves_on_overflow_and_grows_after_a_run_of_finite_steps() {
-        let mut s = LossScale::new();
-        s.update(false);
-        assert_eq!(s.scale, LossScale::INITIAL / 2.0);
-        for _ in 0..LossScale::GROWTH_INTERVAL - 1 {
-            s.update(true);
-        }
-        assert_eq!(s.scale, LossScale::INITIAL / 2.0);
-        s.update(true);
-        assert_eq!(s.scale, LossScale::INITIAL);
-        assert_eq!(s.finite_steps, 0);
-        for _ in 0..40 {
-            s.update(false);
-        }
-        assert_eq!(s.scale, 1.0, "the scale never drops below 1");
-    }
 }
