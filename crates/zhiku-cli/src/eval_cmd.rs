@@ -9,12 +9,36 @@ use zhiku_train::trainer::argmax;
 use zhiku_train::Predictor;
 
 #[derive(Args, Debug)]
+#[command(after_help = "Retrieval (--task retrieval): DATA is JSONL pairs ({\"query\", \"positive\"}: every query ranks\n\
+the file's distinct positives plus --corpus; recall@1/5/10 and MRR) or labelled candidates\n\
+({\"context\" or \"query\", \"response\", \"label\"}, consecutive rows of one context a group: R@1/2/5 and MRR).\n\
+MODEL is any encoder folder (sentence-transformers or Hugging Face; not needed for --mode bm25).")]
 pub struct EvalArgs {
+    /// What to score: classification (a classifier on labelled data) or retrieval (an encoder
+    /// ranking passages, or BM25).
+    #[arg(long, default_value = "classification")]
+    task: String,
     /// A fine-tuned classifier folder or adapter folder (from `zhiku train`, or any
     /// BertForSequenceClassification folder). Repeat it for an ensemble: the models'
-    /// probabilities are averaged (they must predict the same labels).
-    #[arg(long, required = true)]
+    /// probabilities are averaged (they must predict the same labels). For retrieval, an
+    /// encoder folder.
+    #[arg(long)]
     model: Vec<PathBuf>,
+    /// Retrieval: bm25, dense or hybrid (reciprocal rank fusion).
+    #[arg(long, default_value = "dense")]
+    mode: String,
+    /// Retrieval, hybrid: the dense ranking's weight.
+    #[arg(long, default_value_t = 0.5)]
+    dense_weight: f64,
+    /// Retrieval: passages ranked beside the pairs' own (JSONL, a "text" or "answer" per line).
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    /// Retrieval: a cross-encoder (from `zhiku train --task reranker`) that reorders the first
+    /// stage's best --rerank-top candidates by its probability of label "1".
+    #[arg(long)]
+    rerank: Option<PathBuf>,
+    #[arg(long, default_value_t = 20)]
+    rerank_top: usize,
     /// Base model folder for adapter folders, instead of the one their adapter_config.json names.
     #[arg(long)]
     base: Option<PathBuf>,
@@ -37,6 +61,12 @@ pub struct EvalArgs {
 }
 
 pub fn run(a: EvalArgs) -> Result<i32> {
+    match a.task.as_str() {
+        "classification" if a.model.is_empty() => anyhow::bail!("--model is required"),
+        "classification" => {}
+        "retrieval" => return run_retrieval(&a),
+        other => anyhow::bail!("unknown --task {other:?}: expected classification or retrieval"),
+    }
     let data = read_file(&a.data, &a.text.columns(Some(&a.label)), a.text.format()?, true)?;
     let device = zhiku_models::default_device();
     let mut predictor = Predictor::open_ensemble(&a.model, a.base.as_deref(), &device)?;
@@ -70,6 +100,55 @@ pub fn run(a: EvalArgs) -> Result<i32> {
     };
     if a.json {
         println!("{}", serde_json::to_string(&value)?);
+    }
+    Ok(0)
+}
+
+fn run_retrieval(a: &EvalArgs) -> Result<i32> {
+    use zhiku_train::retrieval::{read_corpus, read_eval_set, RankMode};
+    let mode = match a.mode.as_str() {
+        "bm25" => RankMode::Bm25,
+        "dense" => RankMode::Dense,
+        "hybrid" if (0.0..=1.0).contains(&a.dense_weight) => RankMode::Hybrid(a.dense_weight),
+        "hybrid" => anyhow::bail!("--dense-weight must be between 0 and 1"),
+        other => anyhow::bail!("unknown --mode {other:?}: expected bm25, dense or hybrid"),
+    };
+    if mode != RankMode::Bm25 && a.model.len() != 1 {
+        anyhow::bail!("--mode {} needs one --model encoder folder", a.mode)
+    }
+    let set = read_eval_set(&a.data)?;
+    let corpus = a.corpus.as_deref().map(read_corpus).transpose()?.unwrap_or_default();
+    let device = zhiku_models::default_device();
+    let model = match mode {
+        RankMode::Bm25 => None,
+        _ => Some(zhiku_models::TextModel::open(&a.model[0], &device)?),
+    };
+    let batch = a.batch_size.max(1);
+    let mut embed = |texts: &[&str]| -> Result<Vec<Vec<f32>>> {
+        let m = model.as_ref().expect("dense modes open a model");
+        let items = m.tokenizer.encode_many(texts, None)?;
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        order.sort_by_key(|&i| items[i].ids.len());
+        let mut out = vec![Vec::new(); items.len()];
+        for idx in order.chunks(batch) {
+            let refs: Vec<&zhiku_models::TokenizedText> = idx.iter().map(|&i| &items[i]).collect();
+            for (row, &i) in m.embed(&refs, true)?.into_iter().zip(idx) {
+                out[i] = row;
+            }
+        }
+        Ok(out)
+    };
+    let reranker = a.rerank.as_deref().map(|d| zhiku_library::rerank::CrossEncoder::open(d, &device)).transpose()?;
+    let mut rerank_score = |query: &str, passages: &[&str]| -> Result<Vec<f32>> { reranker.as_ref().expect("given").score(query, passages) };
+    let second = reranker.as_ref().map(|_| zhiku_train::retrieval::Reranker { top: a.rerank_top.max(1), score: &mut rerank_score });
+    let mut scores = zhiku_train::retrieval::evaluate_reranked(&set, &corpus, mode, &mut embed, second)?;
+    scores["mode"] = serde_json::json!(if a.rerank.is_some() { format!("{} + rerank top {}", a.mode, a.rerank_top) } else { a.mode.clone() });
+    if a.json {
+        println!("{}", serde_json::to_string(&scores)?);
+    } else {
+        let keys: Vec<&str> = scores.as_object().map(|o| o.keys().map(String::as_str).filter(|k| k.contains('@') || *k == "mrr").collect()).unwrap_or_default();
+        let line: Vec<String> = keys.iter().map(|k| format!("{k} {:.4}", scores[*k].as_f64().unwrap_or(f64::NAN))).collect();
+        println!("{} ({} queries, {} candidates, {})", line.join("  "), scores["queries"], scores["candidates"], scores["mode"].as_str().unwrap_or_default());
     }
     Ok(0)
 }

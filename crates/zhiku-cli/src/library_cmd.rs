@@ -141,6 +141,12 @@ struct SearchArgs {
     /// Only documents dated on or before this day (YYYY-MM-DD).
     #[arg(long, value_name = "DATE")]
     to: Option<String>,
+    /// A cross-encoder (`zhiku train --task reranker`) that reorders the best --rerank-top
+    /// chunks by how well each answers the query; each result then shows its "rerank" score.
+    #[arg(long, value_name = "MODEL_DIR")]
+    rerank: Option<PathBuf>,
+    #[arg(long, default_value_t = 20)]
+    rerank_top: usize,
     /// Print `{"results": [{"id", "title", "chunk", "score", ...}]}`, best first.
     #[arg(long)]
     json: bool,
@@ -432,7 +438,13 @@ fn search(a: SearchArgs) -> Result<i32> {
         bail!("--top-k must be at least 1")
     }
     let filter = zhiku_library::store::Filter { sources: a.source.clone(), tags: a.tag.clone(), date_from: a.from.clone(), date_to: a.to.clone() };
-    let results = lib.search(&a.query, &SearchOptions { mode, top_k: a.top_k, dense_weight: a.dense_weight, filter })?;
+    let reranker = a.rerank.as_deref().map(|d| zhiku_library::rerank::CrossEncoder::open(d, &zhiku_models::default_device())).transpose()?;
+    let first_stage = if reranker.is_some() { a.top_k.max(a.rerank_top) } else { a.top_k };
+    let mut results = lib.search(&a.query, &SearchOptions { mode, top_k: first_stage, dense_weight: a.dense_weight, filter })?;
+    if let Some(r) = &reranker {
+        zhiku_library::rerank::rerank(&mut results, &a.query, r, a.rerank_top)?;
+        results.truncate(a.top_k);
+    }
     if a.json {
         println!("{}", serde_json::json!({ "mode": mode.unwrap_or_else(|| lib.default_mode()), "results": results }));
         return Ok(0);
@@ -441,7 +453,7 @@ fn search(a: SearchArgs) -> Result<i32> {
         eprintln!("no results");
     }
     for (i, r) in results.iter().enumerate() {
-        let why = [r.bm25.map(|b| format!("bm25 #{} {:.2}", b.rank, b.score)), r.dense.map(|d| format!("dense #{} {:.3}", d.rank, d.score))].into_iter().flatten().collect::<Vec<_>>().join(", ");
+        let why = [r.bm25.map(|b| format!("bm25 #{} {:.2}", b.rank, b.score)), r.dense.map(|d| format!("dense #{} {:.3}", d.rank, d.score)), r.rerank.map(|s| format!("rerank {s:.3}"))].into_iter().flatten().collect::<Vec<_>>().join(", ");
         let page = r.page.map(|p| format!(" page {p}")).unwrap_or_default();
         println!("{}. {} [{}]{page} score {:.4} ({why})", i + 1, r.title, r.id, r.score);
         println!("   {}", r.highlighted.replace('\n', " "));

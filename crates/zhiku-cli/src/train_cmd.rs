@@ -19,6 +19,13 @@ tokenizer.json of the best checkpoint on dev; checkpoint/ (resume state), train_
 per step), metrics.json, report.md and report.svg (loss and dev-metric curves).\n\n\
 Ctrl-C writes a checkpoint; run the same command with --resume to continue to the same result.")]
 pub struct TrainArgs {
+    /// What to train: classification (a classifier on labelled texts or text pairs), retrieval
+    /// (a bi-encoder on query-passage pairs with in-batch negatives; the output is a
+    /// sentence-transformers folder) or reranker (a cross-encoder on the same pairs: each query
+    /// with its passage labelled 1 and --hard-negatives BM25 negatives labelled 0; a classifier
+    /// folder for `library search --rerank` and `eval --task retrieval --rerank`).
+    #[arg(long, default_value = "classification")]
+    task: String,
     /// Pretrained encoder folder (Hugging Face layout) or an earlier zhiku output to continue from.
     #[arg(long)]
     model: PathBuf,
@@ -152,6 +159,16 @@ pub struct TrainArgs {
     /// SetFit: epochs over the pairs.
     #[arg(long, default_value_t = 1, help_heading = "Few-shot (SetFit)")]
     setfit_epochs: usize,
+    /// Retrieval: BM25 hard negatives mined per training pair (among the other pairs'
+    /// passages), added to the in-batch negatives.
+    #[arg(long, default_value_t = 0, help_heading = "Retrieval (--task retrieval)")]
+    hard_negatives: usize,
+    /// Retrieval: passages ranked beside the test pairs' own (JSONL, a "text" or "answer" per line).
+    #[arg(long, help_heading = "Retrieval (--task retrieval)")]
+    corpus: Option<PathBuf>,
+    /// Retrieval: scale of the cosine similarities in MultipleNegativesRankingLoss.
+    #[arg(long, default_value_t = 20.0, help_heading = "Retrieval (--task retrieval)")]
+    scale: f64,
 }
 
 /// Parameter-efficient fine-tuning: train a small module on a frozen base encoder.
@@ -215,12 +232,39 @@ fn default_lr(peft: Option<&PeftConfig>) -> f64 {
 }
 
 pub fn run(a: TrainArgs) -> Result<i32> {
+    match a.task.as_str() {
+        "classification" => {}
+        "retrieval" => return run_retrieval(&a),
+        "reranker" => {}
+        other => bail!("unknown --task {other:?}: expected classification, retrieval or reranker"),
+    }
     let peft = a.peft.config()?;
     let mut data = DataConfig::new(&a.train);
     data.dev = a.dev.clone();
     data.test = a.test.clone();
     data.columns = a.text.columns(Some(&a.label));
     data.format = a.text.format()?;
+    if a.task == "reranker" {
+        // Query-passage pairs become labelled text pairs, written beside the run (the same
+        // seed mines the same negatives again on --resume).
+        if a.hard_negatives == 0 {
+            bail!("--task reranker learns from negatives: give --hard-negatives N (3 is a good start)")
+        }
+        let options = zhiku_train::retrieval::RetrievalOptions { hard_negatives: a.hard_negatives, dev_fraction: a.dev_fraction, split_seed: a.seed, ..Default::default() };
+        let mut pairs = zhiku_train::retrieval::RetrievalData::load(&a.train, a.dev.as_deref(), None, None, &options)?;
+        let zhiku_train::retrieval::EvalSet::Pairs(mut dev) = pairs.dev else { bail!("--task reranker: --dev must hold query-passage pairs") };
+        zhiku_train::retrieval::mine_hard_negatives(&mut pairs.train, a.hard_negatives, a.seed, &mut |_, _| {});
+        zhiku_train::retrieval::mine_hard_negatives(&mut dev, a.hard_negatives, a.seed ^ 1, &mut |_, _| {});
+        prepare_output(&a)?;
+        let dir = a.output.join("splits");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("rerank-train.jsonl"), zhiku_train::retrieval::reranker_rows(&pairs.train))?;
+        std::fs::write(dir.join("rerank-dev.jsonl"), zhiku_train::retrieval::reranker_rows(&dev))?;
+        data = DataConfig::new(dir.join("rerank-train.jsonl"));
+        data.dev = Some(dir.join("rerank-dev.jsonl"));
+        data.columns = zhiku_data::Columns { text: "text".into(), pair: Some("pair".into()), label: "label".into(), label_separator: None };
+        data.split_seed = a.seed;
+    }
     data.dev_fraction = a.dev_fraction;
     data.test_fraction = a.test_fraction;
     data.split_seed = a.seed;
@@ -250,11 +294,27 @@ pub fn run(a: TrainArgs) -> Result<i32> {
         ),
     };
     let metric = a.metric.clone().unwrap_or_else(|| if task.multi_label { "micro_f1".into() } else { "macro_f1".into() });
-    let config = TrainConfig {
+    let config = TrainConfig { class_weights, lr: a.lr.unwrap_or_else(|| default_lr(peft.as_ref())), metric, peft, ..loop_config(&a) };
+    let device = device_for(&a);
+    if a.setfit {
+        return run_setfit(&a, task, device);
+    }
+    let mut trainer = Trainer::new(&a.model, task, &a.output, config, device)?;
+    if a.task != "reranker" {
+        prepare_output(&a)?;
+    }
+    let interrupt = Arc::new(AtomicBool::new(false));
+    trainer.set_interrupt_flag(interrupt.clone());
+    drive(&a, interrupt, |on_event| trainer.run(a.resume, on_event))
+}
+
+/// The settings every task shares, from the command line.
+fn loop_config(a: &TrainArgs) -> TrainConfig {
+    TrainConfig {
         epochs: a.epochs,
         batch_size: a.batch_size,
         grad_accum: a.grad_accum,
-        lr: a.lr.unwrap_or_else(|| default_lr(peft.as_ref())),
+        lr: a.lr.unwrap_or(5e-5),
         max_length: a.max_length,
         seed: a.seed,
         weight_decay: a.weight_decay,
@@ -262,32 +322,59 @@ pub fn run(a: TrainArgs) -> Result<i32> {
         schedule: a.schedule.clone(),
         max_grad_norm: if a.max_grad_norm > 0.0 { Some(a.max_grad_norm) } else { None },
         label_smoothing: a.label_smoothing,
-        class_weights,
+        class_weights: ClassWeights::None,
         pooling: a.pooling.clone(),
-        metric,
+        metric: a.metric.clone().unwrap_or_default(),
         patience: a.patience,
         eval_steps: a.eval_steps,
         max_steps: a.max_steps,
         eval_batch_size: 64,
-        peft,
+        peft: None,
         fgm_epsilon: a.fgm_epsilon,
         rdrop_alpha: a.rdrop_alpha,
         dropout: a.dropout,
         save_every_epoch: a.save_every_epoch,
         precision: a.precision,
-    };
+    }
+}
+
+fn device_for(a: &TrainArgs) -> candle_core::Device {
     let device = zhiku_models::default_device();
     if a.precision != Precision::Fp32 && device.is_cpu() && !a.quiet {
         eprintln!("note: --precision {} on the CPU uses candle's generic half-precision kernels, which are slower than fp32; mixed precision is meant for GPUs", a.precision);
     }
-    if a.setfit {
-        return run_setfit(&a, task, device);
-    }
-    let mut trainer = Trainer::new(&a.model, task, &a.output, config, device)?;
-    prepare_output(&a)?;
+    device
+}
 
+/// `--task retrieval`: a bi-encoder on query-passage pairs, on the same loop.
+fn run_retrieval(a: &TrainArgs) -> Result<i32> {
+    if a.setfit || a.peft.config()?.is_some() || a.fgm_epsilon.is_some() || a.rdrop_alpha > 0.0 || a.augment > 0 || a.class_weights.is_some() || a.multi_label {
+        bail!("--task retrieval fine-tunes the whole encoder with MultipleNegativesRankingLoss; --setfit, --peft, --fgm-epsilon, --rdrop-alpha, --augment, --class-weights and --multi-label are for classification")
+    }
+    let options = zhiku_train::retrieval::RetrievalOptions { scale: a.scale, hard_negatives: a.hard_negatives, dev_fraction: a.dev_fraction, split_seed: a.seed };
+    let mut data = zhiku_train::retrieval::RetrievalData::load(&a.train, a.dev.as_deref(), a.test.as_deref(), a.corpus.as_deref(), &options)?;
+    if a.hard_negatives > 0 {
+        let bar = if !a.quiet && crate::util::stderr_is_terminal() { ProgressBar::new(data.train.len() as u64) } else { ProgressBar::hidden() };
+        bar.set_style(ProgressStyle::with_template("mining BM25 hard negatives {bar:30.cyan/blue} {pos}/{len}").unwrap());
+        zhiku_train::retrieval::mine_hard_negatives(&mut data.train, a.hard_negatives, a.seed, &mut |done, _| bar.set_position(done as u64));
+        bar.finish_and_clear();
+    }
+    let config = TrainConfig { lr: a.lr.unwrap_or(2e-5), metric: a.metric.clone().unwrap_or_else(|| "mrr".into()), pooling: "mean".into(), ..loop_config(a) };
+    zhiku_train::train_loop::validate(&config)?;
+    let device = device_for(a);
+    let folder = zhiku_models::ModelFolder::open(&a.model)?;
+    if config.max_length > folder.config.max_position_embeddings {
+        bail!("--max-length {} exceeds the model's limit of {} positions", config.max_length, folder.config.max_position_embeddings)
+    }
+    let mut task = zhiku_train::retrieval::RetrievalTask::new(&folder, &data, &config, options, &device)?;
+    prepare_output(a)?;
     let interrupt = Arc::new(AtomicBool::new(false));
-    trainer.set_interrupt_flag(interrupt.clone());
+    let control = zhiku_train::train_loop::LoopControl { interrupt: interrupt.clone(), stop_after: None };
+    drive(a, interrupt, |on_event| zhiku_train::train_loop::run(&mut task, &config, &a.output, a.resume, &control, on_event))
+}
+
+/// Runs a training with Ctrl-C handling, a progress bar and the summary printed at the end.
+fn drive(a: &TrainArgs, interrupt: Arc<AtomicBool>, train: impl FnOnce(&mut dyn FnMut(TrainEvent)) -> Result<zhiku_train::TrainSummary>) -> Result<i32> {
     let flag = interrupt.clone();
     let _ = ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
@@ -304,10 +391,9 @@ pub fn run(a: TrainArgs) -> Result<i32> {
     let mut on_event = |ev: TrainEvent| match ev {
         TrainEvent::Started { total_steps, done_steps, train_examples, dev_examples, labels, trainable, total } => {
             if !quiet {
+                let labels = if labels.is_empty() { String::new() } else { format!(", {} labels: {}", labels.len(), preview(labels)) };
                 eprintln!(
-                    "training on {train_examples} examples ({dev_examples} dev), {} labels: {}; {:.2}M of {:.1}M parameters trainable ({:.2}%); {total_steps} steps",
-                    labels.len(),
-                    preview(labels),
+                    "training on {train_examples} examples ({dev_examples} dev){labels}; {:.2}M of {:.1}M parameters trainable ({:.2}%); {total_steps} steps",
                     trainable as f64 / 1e6,
                     total as f64 / 1e6,
                     100.0 * trainable as f64 / total.max(1) as f64
@@ -343,7 +429,7 @@ pub fn run(a: TrainArgs) -> Result<i32> {
             }
         }
     };
-    let summary = trainer.run(a.resume, &mut on_event)?;
+    let summary = train(&mut on_event)?;
     bar.finish_and_clear();
     if summary.stop == StopReason::Interrupted {
         eprintln!(
@@ -357,13 +443,16 @@ pub fn run(a: TrainArgs) -> Result<i32> {
         println!("{}", serde_json::to_string(&summary)?);
     } else {
         println!("model saved to {} ({:?}, {} steps, {:.0} s)", a.output.display(), summary.stop, summary.steps, summary.seconds);
+        let show = |r: &serde_json::Value, key: &str| r.get(key).and_then(|v| v.as_f64()).map_or("-".into(), |v| format!("{v:.4}"));
         for (name, part) in [("dev", &summary.dev), ("test", &summary.test)] {
             if let Some(r) = part {
-                println!(
-                    "{name}: accuracy {} macro-F1 {}",
-                    r.get("accuracy").or(r.get("subset_accuracy")).and_then(|v| v.as_f64()).map_or("-".into(), |v| format!("{v:.4}")),
-                    r.get("macro_f1").and_then(|v| v.as_f64()).map_or("-".into(), |v| format!("{v:.4}"))
-                );
+                if r.get("mrr").is_some() {
+                    let first = if r.get("r@1").is_some() { "r@1" } else { "recall@1" };
+                    let second = if r.get("r@1").is_some() { "r@2" } else { "recall@10" };
+                    println!("{name}: MRR {} {first} {} {second} {}", show(r, "mrr"), show(r, first), show(r, second));
+                } else {
+                    println!("{name}: accuracy {} macro-F1 {}", show(r, if r.get("accuracy").is_some() { "accuracy" } else { "subset_accuracy" }), show(r, "macro_f1"));
+                }
             }
         }
         println!("report: {}", a.output.join("report.md").display());

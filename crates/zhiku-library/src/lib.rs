@@ -10,6 +10,7 @@ pub mod document;
 pub mod hnsw;
 pub mod pdf;
 pub mod pii;
+pub mod rerank;
 pub mod store;
 
 use anyhow::{bail, Context, Result};
@@ -103,6 +104,9 @@ pub struct SearchResult {
     pub score: f64,
     pub bm25: Option<Ranked>,
     pub dense: Option<Ranked>,
+    /// The cross-encoder's relevance, when a reranker reordered the results.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rerank: Option<f64>,
     /// The chunk with the query's terms in **bold**.
     pub highlighted: String,
 }
@@ -391,6 +395,7 @@ impl Library {
                 score,
                 bm25: rank_of(&bm25, c.id),
                 dense: rank_of(&dense, c.id),
+                rerank: None,
                 highlighted,
                 chunk: c.text,
             });

@@ -167,6 +167,11 @@ pub fn normalize_l2(v: &mut [f32]) {
     v.iter_mut().for_each(|x| *x /= norm);
 }
 
+/// The pooling a folder's sentence-transformers `1_Pooling/config.json` names (mean when absent).
+pub fn folder_pooling(dir: &Path) -> EmbeddingPooling {
+    read_pooling(dir)
+}
+
 fn read_pooling(dir: &Path) -> EmbeddingPooling {
     let Ok(text) = std::fs::read_to_string(dir.join("1_Pooling/config.json")) else { return EmbeddingPooling::Mean };
     let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { return EmbeddingPooling::Mean };

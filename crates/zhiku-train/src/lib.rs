@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod optim;
 pub mod predict;
 pub mod report;
+pub mod retrieval;
 pub mod schedule;
 pub mod setfit;
 pub mod sharded;
