@@ -12,7 +12,8 @@
 # Rows: BM25, base m3e-small, zhiku-tuned, ST-tuned, hybrid (zhiku-tuned + BM25, RRF 0.5), and
 # the zhiku-tuned retriever's top 10 reordered by a cross-encoder (`zhiku train --task reranker`
 # on the same training pairs, one BM25 negative each).
-#   bench/retrieval.sh        (about 12 minutes on 2 cores; writes bench/results/retrieval.json)
+#   bench/retrieval.sh        (about 17 minutes on 2 cores; writes bench/results/retrieval.json)
+#   SKIP_TRAIN=1 bench/retrieval.sh   (scores the models of the last run again)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${DATASETS:-../shared/datasets}/taobao-qa"
@@ -41,6 +42,7 @@ write("test.jsonl", pairs[4000:], lambda p: {"query": p["question"], "positive":
 write("corpus.jsonl", pairs, lambda p: {"text": p["answer"]})
 PY
 
+if [ -z "${SKIP_TRAIN:-}" ]; then
 recipe=(--epochs 1 --batch-size 32 --max-length 64 --lr 2e-5 --weight-decay 0.01 --warmup-ratio 0.1 --seed 42)
 echo "== zhiku train --task retrieval ==" >&2
 /usr/bin/time -f "%e %M" -o "$work/zhiku.time" "$zhiku" train --task retrieval --model "$base" --train "$work/train.jsonl" \
@@ -54,6 +56,7 @@ echo "== zhiku train --task reranker ==" >&2
 /usr/bin/time -f "%e %M" -o "$work/reranker.time" "$zhiku" train --task reranker --model "$base" --train "$work/train.jsonl" \
   --hard-negatives 1 --output runs/retrieval-reranker --overwrite --epochs 1 --batch-size 32 --max-length 128 --lr 2e-5 \
   --seed 42 --quiet --json > "$work/reranker.json"
+fi
 
 score() { # name mode model data [corpus]
   local extra=(); [ -n "${5:-}" ] && extra=(--corpus "$5")
@@ -89,7 +92,7 @@ print()
 for r in rows:
     if "st_check" in r:
         print(f"sentence-transformers scoring {r['st_check']}: FAQ R@10 {r['faq']['recall@10']:.3f} MRR {r['faq']['mrr']:.4f}")
-print(f"\ntraining: zhiku {float(t['zhiku'][0]):.0f} s wall ({zj['seconds']:.0f} s in the loop, peak RSS {int(t['zhiku'][1])//1024} MB); "
+print(f"\ntraining: zhiku {float(t['zhiku'][0]):.0f} s wall ({zj['seconds']:.0f} s in the run, peak RSS {int(t['zhiku'][1])//1024} MB); "
       f"sentence-transformers {float(t['st'][0]):.0f} s wall ({sj['seconds']:.0f} s in trainer.train, peak RSS {int(t['st'][1])//1024} MB); "
       f"{sj['pairs']} pairs, {sj['negatives_per_pair']} hard negative each")
 json.dump({"rows": rows, "zhiku": zj, "st": sj, "times": t}, open("bench/results/retrieval.json", "w"), indent=1)

@@ -49,8 +49,10 @@ enum LibraryCommand {
 
 #[derive(Args, Debug)]
 struct LibraryDir {
-    /// The library's folder.
-    #[arg(long, short = 'l', value_name = "DIR")]
+    /// The library's folder, or a library in PostgreSQL with pgvector:
+    /// postgres://USER[:PASSWORD]@HOST[:PORT]/DB#NAME (NAME: a-z, 0-9, _), which several
+    /// servers can share.
+    #[arg(long, short = 'l', value_name = "DIR|postgres://...#NAME")]
     library: PathBuf,
 }
 

@@ -22,9 +22,11 @@ pub struct ServeArgs {
     /// (OpenAI-compatible /v1/chat/completions and /v1/completions).
     #[arg(long = "model", value_name = "NAME=PATH", required_unless_present = "libraries")]
     models: Vec<String>,
-    /// A content library to serve, as NAME=DIR (made by `zhiku library add`; repeat for several):
+    /// A content library to serve, as NAME=DIR (made by `zhiku library add`; repeat for several)
+    /// or NAME=postgres://USER@HOST/DB#LIB (several servers may share it):
     /// POST /v1/libraries/NAME/documents, GET and DELETE /v1/libraries/NAME/documents/ID,
-    /// POST /v1/search. Keys need the scope library:NAME to read it, library:NAME:write to change it.
+    /// POST /v1/search, POST /v1/ask. Keys need the scope library:NAME to read it,
+    /// library:NAME:write to change it.
     #[arg(long = "library", value_name = "NAME=DIR")]
     libraries: Vec<String>,
     /// Run the named model with int8 linear layers (repeat for several): faster on the CPU,

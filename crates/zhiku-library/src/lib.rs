@@ -1,7 +1,8 @@
 //! The content library: documents cut into chunks, searched by BM25 (Chinese segmented with
 //! jieba), by embeddings from any encoder zhiku loads, or by both fused with reciprocal rank
-//! fusion. A library is a folder; see [`store::embedded`] for what lies in it and why it stays
-//! consistent after a crash.
+//! fusion. A library is a folder (see [`store::embedded`] for what lies in it and why it stays
+//! consistent after a crash) or tables in PostgreSQL with pgvector (`postgres://...#NAME`, see
+//! [`store::postgres`]), which several servers can share.
 
 pub mod analyzer;
 pub mod ask;
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use store::embedded::EmbeddedStore;
+use store::postgres::PgLocation;
 use store::{DocumentSummary, Store, StoredChunk};
 use tantivy::tokenizer::TextAnalyzer;
 use zhiku_models::TextModel;
@@ -124,7 +126,7 @@ pub struct AddReport {
 pub struct Library {
     dir: PathBuf,
     pub config: LibraryConfig,
-    store: EmbeddedStore,
+    store: Box<dyn Store>,
     analyzer: TextAnalyzer,
     encoder: OnceLock<TextModel>,
     _lock: Option<std::fs::File>,
@@ -133,6 +135,9 @@ pub struct Library {
 /// Documents stored between two updates of the indexes during an add (each update commits
 /// tantivy and rewrites the vector index file).
 const SYNC_EVERY: usize = 256;
+
+/// Chunk texts to their unit vectors.
+pub type ChunkEmbedder<'a> = dyn FnMut(&[&str]) -> Result<Vec<Vec<f32>>> + 'a;
 
 /// Reciprocal rank fusion's constant: ranks deep in either list still count, a little.
 const RRF_K: f64 = 60.0;
@@ -165,16 +170,19 @@ impl Library {
 
     /// The store, with its indexes brought up to date (replaying what an interrupted writer
     /// left out) when this process may write.
-    fn open_store(dir: &Path, config: &LibraryConfig, analyzer: &TextAnalyzer, writable: bool) -> Result<EmbeddedStore> {
+    fn open_store(dir: &Path, config: &LibraryConfig, analyzer: &TextAnalyzer, writable: bool) -> Result<Box<dyn Store>> {
         let mut store = EmbeddedStore::open(dir, config.dimensions, analyzer.clone(), writable)?;
         if writable {
             store.sync_indexes()?;
         }
-        Ok(store)
+        Ok(Box::new(store))
     }
 
-    /// Opens an existing library to read it.
+    /// Opens an existing library to read it: a folder, or `postgres://...#NAME`.
     pub fn open(dir: &Path) -> Result<Self> {
+        if let Some(location) = dir.to_str().and_then(PgLocation::parse) {
+            return Self::open_postgres(&location?, None);
+        }
         let Some(config) = Self::read_config(dir)? else { bail!("{}: not a library (no library.json); create one with `zhiku library add`", dir.display()) };
         let analyzer = Self::analyzer_for(dir, &config)?;
         // Take the writer's lock if free, to replay what an interrupted writer left out.
@@ -184,9 +192,58 @@ impl Library {
         Ok(Self { dir: dir.to_path_buf(), config, store, analyzer, encoder: OnceLock::new(), _lock: writable.then_some(lock) })
     }
 
+    /// A new library's description, loading its encoder (kept for its first use).
+    fn new_config(create: &CreateOptions, encoder: &OnceLock<TextModel>) -> Result<LibraryConfig> {
+        let (enc_path, dims) = match &create.encoder {
+            Some(p) => {
+                let m = TextModel::open(p, &Device::Cpu).with_context(|| format!("{}: cannot load the encoder", p.display()))?;
+                let dims = m.dimensions();
+                let _ = encoder.set(m);
+                (Some(std::fs::canonicalize(p)?), Some(dims))
+            }
+            None => (None, None),
+        };
+        Ok(LibraryConfig { format: FORMAT, encoder: enc_path, dimensions: dims, chunk_size: create.chunk.size, chunk_overlap: create.chunk.overlap, user_dict: create.user_dict.is_some(), mask_pii: create.mask_pii })
+    }
+
+    /// A library in PostgreSQL: its description in `zhiku_libraries`, created from `create`
+    /// when given and absent. Writers need no lock of ours: every write is one transaction.
+    fn open_postgres(location: &PgLocation, create: Option<&CreateOptions>) -> Result<Self> {
+        let mut client = store::postgres::connect(location)?;
+        let encoder = OnceLock::new();
+        let shown = format!("{}#{}", location.url, location.name);
+        let config = match (store::postgres::read_config(&mut client, &location.name)?, create) {
+            (Some(text), _) => {
+                let config: LibraryConfig = serde_json::from_str(&text).with_context(|| format!("{shown}: not a library description"))?;
+                if config.format > FORMAT {
+                    bail!("{shown}: written by a newer zhiku (library format {}; this one reads up to {FORMAT}); upgrade zhiku", config.format)
+                }
+                config
+            }
+            (None, Some(create)) => {
+                if create.user_dict.is_some() {
+                    bail!("--user-dict is for libraries in a folder; a PostgreSQL library uses jieba's dictionary")
+                }
+                let config = Self::new_config(create, &encoder)?;
+                store::postgres::write_config(&mut client, &location.name, &serde_json::to_string_pretty(&config)?)?;
+                // Another process may have created it at the same moment: use what is stored.
+                let text = store::postgres::read_config(&mut client, &location.name)?.expect("just written");
+                serde_json::from_str(&text)?
+            }
+            (None, None) => bail!("{shown}: no such library; create it with `zhiku library add --library {shown} FILES`"),
+        };
+        drop(client);
+        let analyzer = analyzer::analyzer(None)?;
+        let store = store::postgres::PgStore::open(location, config.dimensions, analyzer.clone())?;
+        Ok(Self { dir: PathBuf::from(shown), config, store: Box::new(store), analyzer, encoder, _lock: None })
+    }
+
     /// Opens a library to change it, creating it with `create` when the folder has none. Waits
-    /// while another process writes to it.
+    /// while another process writes to it. `dir` may be `postgres://...#NAME`.
     pub fn open_for_writing(dir: &Path, create: &CreateOptions) -> Result<Self> {
+        if let Some(location) = dir.to_str().and_then(PgLocation::parse) {
+            return Self::open_postgres(&location?, Some(create));
+        }
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
         let lock = Self::lock_file(dir)?;
         if lock.try_lock().is_err() {
@@ -197,19 +254,10 @@ impl Library {
             Some(c) => (c, OnceLock::new()),
             None => {
                 let encoder = OnceLock::new();
-                let (enc_path, dims) = match &create.encoder {
-                    Some(p) => {
-                        let m = TextModel::open(p, &Device::Cpu).with_context(|| format!("{}: cannot load the encoder", p.display()))?;
-                        let dims = m.dimensions();
-                        let _ = encoder.set(m);
-                        (Some(std::fs::canonicalize(p)?), Some(dims))
-                    }
-                    None => (None, None),
-                };
+                let config = Self::new_config(create, &encoder)?;
                 if let Some(d) = &create.user_dict {
                     std::fs::copy(d, dir.join("user_dict.txt")).with_context(|| format!("{}: cannot read the user dictionary", d.display()))?;
                 }
-                let config = LibraryConfig { format: FORMAT, encoder: enc_path, dimensions: dims, chunk_size: create.chunk.size, chunk_overlap: create.chunk.overlap, user_dict: create.user_dict.is_some(), mask_pii: create.mask_pii };
                 let path = dir.join("library.json");
                 let tmp = dir.join("library.json.tmp");
                 std::fs::write(&tmp, serde_json::to_string_pretty(&config)?)?;
@@ -249,7 +297,14 @@ impl Library {
     /// Adds documents (a new id is added, a changed one replaces its chunks, an identical one
     /// is skipped), committing each to the store as it goes; the indexes catch up every
     /// `SYNC_EVERY` documents and at the end. `progress` is told how many are done.
-    pub fn add(&mut self, docs: &[Document], mut progress: impl FnMut(usize)) -> Result<AddReport> {
+    pub fn add(&mut self, docs: &[Document], progress: impl FnMut(usize)) -> Result<AddReport> {
+        self.add_embedded_by(docs, None, progress)
+    }
+
+    /// [`Self::add`] with the chunks' vectors from `embed` instead of the library's encoder
+    /// (vectors computed elsewhere, e.g. on a GPU or by a benchmark; they must come from the
+    /// same model for searches to make sense).
+    pub fn add_embedded_by(&mut self, docs: &[Document], mut embed: Option<&mut ChunkEmbedder>, mut progress: impl FnMut(usize)) -> Result<AddReport> {
         let mut report = AddReport::default();
         let options = ChunkOptions { size: self.config.chunk_size, overlap: self.config.chunk_overlap };
         let mut since_sync = 0;
@@ -275,7 +330,15 @@ impl Library {
                 bail!("{} ({}): empty document", doc.id, doc.source)
             }
             let texts: Vec<&str> = chunks.iter().map(|c| c.text.as_str()).collect();
-            let embeddings = self.embed(&texts)?;
+            let embeddings = match embed.as_mut() {
+                Some(f) if self.config.dimensions.is_some() => Some(f(&texts)?),
+                _ => self.embed(&texts)?,
+            };
+            if let (Some(e), Some(d)) = (&embeddings, self.config.dimensions) {
+                if e.len() != texts.len() || e.iter().any(|v| v.len() != d) {
+                    bail!("{}: expected {} vectors of {d} dimensions", doc.id, texts.len())
+                }
+            }
             self.store.put(doc, &hash, &chunks, embeddings.as_deref())?;
             report.chunks += chunks.len();
             if old.is_some() {
@@ -292,6 +355,24 @@ impl Library {
         }
         self.store.sync_indexes()?;
         Ok(report)
+    }
+
+    /// The chunks nearest a unit vector in the vector index (approximate: HNSW), best first.
+    pub fn nearest(&self, vector: &[f32], k: usize) -> Result<Vec<(i64, f32)>> {
+        self.store.nearest(vector, k, None)
+    }
+
+    /// Stored chunks by id (ids no longer stored are left out).
+    pub fn chunks_by_id(&self, ids: &[i64]) -> Result<Vec<StoredChunk>> {
+        self.store.chunks(ids)
+    }
+
+    /// The unit vector of a query under the library's encoder.
+    pub fn embed_query(&self, text: &str) -> Result<Vec<f32>> {
+        match self.embed(&[text])? {
+            Some(mut v) => Ok(v.remove(0)),
+            None => bail!("this library has no encoder"),
+        }
     }
 
     pub fn remove(&mut self, id: &str) -> Result<bool> {

@@ -59,12 +59,19 @@ impl ModelFolder {
         TextTokenizer::from_folder(&self.dir, max_length)
     }
 
-    /// The token limit for inference: what training used (`zhiku_max_length`), else 512, never
-    /// over the position table.
+    /// The token limit for inference: what training used (`zhiku_max_length`), else a
+    /// sentence-transformers folder's `max_seq_length`, else 512; never over the position table.
     pub fn inference_max_length(&self) -> usize {
+        // A sentence-transformers folder says how long a text its encoder reads, as
+        // `SentenceTransformer` does; zhiku's own folders record what they were trained with.
+        let sentence_transformers = std::fs::read_to_string(self.dir.join("sentence_bert_config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v.get("max_seq_length").and_then(|m| m.as_u64()));
         self.raw_config()
             .get("zhiku_max_length")
             .and_then(|v| v.as_u64())
+            .or(sentence_transformers)
             .map(|v| v as usize)
             .unwrap_or(512)
             .min(self.config.max_position_embeddings)

@@ -39,7 +39,7 @@ pub struct ServeConfig {
     pub models: Vec<(String, PathBuf)>,
     /// `(name, GGUF file)` language models to load at start.
     pub llms: Vec<(String, PathBuf)>,
-    /// Content libraries (NAME, folder made by `zhiku library add`).
+    /// Content libraries (NAME, folder made by `zhiku library add`, or `postgres://...#LIB`).
     pub libraries: Vec<(String, PathBuf)>,
     /// Each language model's batch bounds (sequences, KV-cache bytes).
     pub llm_limits: zhiku_infer::scheduler::Limits,
@@ -100,7 +100,8 @@ pub fn run(config: ServeConfig) -> Result<()> {
     }
     let mut libraries = std::collections::HashMap::new();
     for (name, dir) in &config.libraries {
-        if !dir.join("library.json").exists() {
+        let postgres = dir.to_str().is_some_and(|d| d.starts_with("postgres://") || d.starts_with("postgresql://"));
+        if !postgres && !dir.join("library.json").exists() {
             bail!("--library {name}={}: not a library; create it with `zhiku library add --library {} FILES`", dir.display(), dir.display())
         }
         let lib = zhiku_library::Library::open_for_writing(dir, &zhiku_library::CreateOptions::default()).with_context(|| format!("cannot open library {name:?} at {}", dir.display()))?;

@@ -1,8 +1,9 @@
 //! The store interface: documents and their chunks, a full-text index and a vector index.
-//! `embedded` keeps them in a folder (SQLite, tantivy, our HNSW); a PostgreSQL store with
-//! pgvector is the second implementation to come (for several servers sharing one library).
+//! `embedded` keeps them in a folder (SQLite, tantivy, our HNSW); `postgres` keeps them in
+//! PostgreSQL with pgvector, for several servers sharing one library.
 
 pub mod embedded;
+pub mod postgres;
 
 use crate::chunk::Chunk;
 use crate::document::Document;
