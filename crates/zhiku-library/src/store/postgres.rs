@@ -327,7 +327,8 @@ impl Store for PgStore {
             )?,
             None => {
                 let mut tx = c.transaction()?;
-                tx.batch_execute(&format!("SET LOCAL hnsw.ef_search = {}", (2 * k).max(64)))?;
+                // pgvector takes at most 1000.
+                tx.batch_execute(&format!("SET LOCAL hnsw.ef_search = {}", crate::hnsw::ef_search(k).min(1000)))?;
                 let rows = tx.query(&format!("SELECT id, (1 - (embedding <=> $1::text::vector))::float4 FROM {p}chunks ORDER BY embedding <=> $1::text::vector LIMIT $2"), &[&v, &limit])?;
                 tx.commit()?;
                 rows
