@@ -8,6 +8,7 @@
 # query at a time on one thread as a server answers them (its index is built on 2 threads;
 # zhiku's is built on 1, while it also stores the chunks and indexes their text).
 #   bench/library_scale.sh 100000     (about 10 minutes)   bench/library_scale.sh 1000000
+#   SCALE_ARGS="--pool 10000 --sample 500" bench/library_scale.sh 1000000   (a smaller sentence pool and embedding sample)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-100000}"
@@ -23,7 +24,7 @@ fi
 cargo build --release -q -p zhiku-library --example scale
 mkdir -p "$out" bench/results
 /usr/bin/time -f "%e %M" -o "$out/zhiku.time" target/release/examples/scale --encoder "$encoder" \
-  --articles "$DATA/news-articles/articles.jsonl" --chunks "$n" --out "$out" > /dev/null
+  --articles "$DATA/news-articles/articles.jsonl" --chunks "$n" --out "$out" ${SCALE_ARGS:-} > /dev/null
 "$venv/bin/python" bench/faiss_scale.py "$out" > "$out/faiss.json"
 python3 - "$out" "$n" <<'PY'
 import json, sys, datetime
