@@ -174,7 +174,7 @@ impl Library {
     fn open_store(dir: &Path, config: &LibraryConfig, analyzer: &TextAnalyzer, writable: bool) -> Result<Box<dyn Store>> {
         let mut store = EmbeddedStore::open(dir, config.dimensions, analyzer.clone(), writable)?;
         if writable {
-            store.sync_indexes()?;
+            store.persist()?;
         }
         Ok(Box::new(store))
     }
@@ -354,7 +354,7 @@ impl Library {
             }
             progress(i + 1);
         }
-        self.store.sync_indexes()?;
+        self.store.persist()?;
         Ok(report)
     }
 
@@ -378,7 +378,7 @@ impl Library {
 
     pub fn remove(&mut self, id: &str) -> Result<bool> {
         let removed = self.store.remove(id)?;
-        self.store.sync_indexes()?;
+        self.store.persist()?;
         Ok(removed)
     }
 

@@ -42,7 +42,12 @@ pub struct EmbeddedStore {
     text_field: tantivy::schema::Field,
     vectors: Option<Hnsw>,
     dimensions: Option<usize>,
+    /// Vector changes applied in memory since `vectors.hnsw` was last written.
+    vectors_unsaved: usize,
 }
+
+/// The fewest unsaved vector changes that make `sync_indexes` rewrite the vector index file.
+const VECTORS_SAVE_MIN: usize = 256;
 
 impl EmbeddedStore {
     /// Opens (creating when absent) the store in `dir`. `writable` takes tantivy's writer,
@@ -84,7 +89,7 @@ impl EmbeddedStore {
             Some(d) => Some(Hnsw::new(d, HnswParams::default())),
             None => None,
         };
-        Ok(Self { dir: dir.to_path_buf(), db, index, reader, writer, chunk_field, text_field, vectors, dimensions })
+        Ok(Self { dir: dir.to_path_buf(), db, index, reader, writer, chunk_field, text_field, vectors, dimensions, vectors_unsaved: 0 })
     }
 
     fn last_change(&self) -> Result<i64> {
@@ -231,9 +236,26 @@ impl Store for EmbeddedStore {
                         }
                     }
                 }
+                self.vectors_unsaved += (last - vectors.applied) as usize;
                 vectors.applied = last;
-                vectors.save(&self.dir.join("vectors.hnsw"))?;
+                // The file is rewritten whole, so it is written only once the changes since the
+                // last write reach a quarter of the index (and at `persist`): total writes stay
+                // a few times the final size instead of growing with its square. What a crash
+                // loses here the change log replays.
+                if self.vectors_unsaved >= (vectors.len() / 4).max(VECTORS_SAVE_MIN) {
+                    vectors.save(&self.dir.join("vectors.hnsw"))?;
+                    self.vectors_unsaved = 0;
+                }
             }
+        }
+        Ok(())
+    }
+
+    fn persist(&mut self) -> Result<()> {
+        self.sync_indexes()?;
+        if let (Some(vectors), true) = (self.vectors.as_ref(), self.vectors_unsaved > 0) {
+            vectors.save(&self.dir.join("vectors.hnsw"))?;
+            self.vectors_unsaved = 0;
         }
         Ok(())
     }

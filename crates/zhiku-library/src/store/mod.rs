@@ -87,6 +87,11 @@ pub trait Store: Send {
     fn remove(&mut self, id: &str) -> Result<bool>;
     /// Brings the full-text and vector indexes up to date with the stored chunks.
     fn sync_indexes(&mut self) -> Result<()>;
+    /// Brings the indexes up to date and writes whatever they keep in memory to disk (the end
+    /// of an add or a removal; `sync_indexes` may defer writing a large index).
+    fn persist(&mut self) -> Result<()> {
+        self.sync_indexes()
+    }
     fn document(&self, id: &str) -> Result<Option<Document>>;
     /// A document's title and source (what a search hit shows), without its text.
     /// A document's title, source and metadata (what a search hit shows beside its chunk).
