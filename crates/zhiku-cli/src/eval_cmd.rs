@@ -124,20 +124,7 @@ fn run_retrieval(a: &EvalArgs) -> Result<i32> {
         _ => Some(zhiku_models::TextModel::open(&a.model[0], &device)?),
     };
     let batch = a.batch_size.max(1);
-    let mut embed = |texts: &[&str]| -> Result<Vec<Vec<f32>>> {
-        let m = model.as_ref().expect("dense modes open a model");
-        let items = m.tokenizer.encode_many(texts, None)?;
-        let mut order: Vec<usize> = (0..items.len()).collect();
-        order.sort_by_key(|&i| items[i].ids.len());
-        let mut out = vec![Vec::new(); items.len()];
-        for idx in order.chunks(batch) {
-            let refs: Vec<&zhiku_models::TokenizedText> = idx.iter().map(|&i| &items[i]).collect();
-            for (row, &i) in m.embed(&refs, true)?.into_iter().zip(idx) {
-                out[i] = row;
-            }
-        }
-        Ok(out)
-    };
+    let mut embed = |texts: &[&str]| -> Result<Vec<Vec<f32>>> { model.as_ref().expect("dense modes open a model").embed_texts(texts, batch) };
     let reranker = a.rerank.as_deref().map(|d| zhiku_library::rerank::CrossEncoder::open(d, &device)).transpose()?;
     let mut rerank_score = |query: &str, passages: &[&str]| -> Result<Vec<f32>> { reranker.as_ref().expect("given").score(query, passages) };
     let second = reranker.as_ref().map(|_| zhiku_train::retrieval::Reranker { top: a.rerank_top.max(1), score: &mut rerank_score });

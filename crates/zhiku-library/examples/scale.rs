@@ -71,14 +71,6 @@ fn sentences(path: &Path, want: usize) -> Result<Vec<String>> {
     Ok(out)
 }
 
-fn embed(model: &zhiku_models::TextModel, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-    let mut out = Vec::with_capacity(texts.len());
-    for batch in texts.chunks(64) {
-        let items = model.tokenizer.encode_many(batch, None)?;
-        out.extend(model.embed(&items.iter().collect::<Vec<_>>(), true)?);
-    }
-    Ok(out)
-}
 
 /// Chunk `i`: three distinct pool sentences (seeded by `i`).
 fn parts(i: usize, pool: usize) -> [usize; 3] {
@@ -150,7 +142,7 @@ fn main() -> Result<()> {
     let (pool, queries) = all.split_at(a.pool);
     let t = Instant::now();
     let pool_refs: Vec<&str> = pool.iter().map(String::as_str).collect();
-    let vecs = embed(&model, &pool_refs)?;
+    let vecs = model.embed_texts(&pool_refs, 64)?;
     let pool_embed_s = t.elapsed().as_secs_f64();
     eprintln!("embedded {} pool sentences in {pool_embed_s:.0} s", pool.len());
 
@@ -203,7 +195,7 @@ fn main() -> Result<()> {
     // 3. The vector index alone: latency and recall@10 against exact search.
     let qrefs: Vec<&str> = queries.iter().map(String::as_str).collect();
     let t = Instant::now();
-    let qvecs = embed(&model, &qrefs)?;
+    let qvecs = model.embed_texts(&qrefs, 64)?;
     let query_embed_ms = t.elapsed().as_secs_f64() * 1e3 / queries.len() as f64;
     let mut ms = Vec::new();
     let mut approx = Vec::new();

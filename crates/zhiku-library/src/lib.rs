@@ -286,13 +286,7 @@ impl Library {
 
     fn embed(&self, texts: &[&str]) -> Result<Option<Vec<Vec<f32>>>> {
         let Some(m) = self.encoder()? else { return Ok(None) };
-        let mut out = Vec::with_capacity(texts.len());
-        for batch in texts.chunks(32) {
-            let items = m.tokenizer.encode_many(batch, None)?;
-            let refs: Vec<_> = items.iter().collect();
-            out.extend(m.embed(&refs, true)?);
-        }
-        Ok(Some(out))
+        Ok(Some(m.embed_texts(texts, 32)?))
     }
 
     /// Adds documents (a new id is added, a changed one replaces its chunks, an identical one
@@ -335,12 +329,8 @@ impl Library {
                 Some(f) if self.config.dimensions.is_some() => Some(f(&texts)?),
                 _ => self.embed(&texts)?,
             };
-            if let (Some(e), Some(d)) = (&embeddings, self.config.dimensions) {
-                if e.len() != texts.len() || e.iter().any(|v| v.len() != d) {
-                    bail!("{}: expected {} vectors of {d} dimensions", doc.id, texts.len())
-                }
-            }
-            self.store.put(doc, &hash, &chunks, embeddings.as_deref())?;
+            // The store checks the vectors' count and size (given ones may be wrong).
+            self.store.put(doc, &hash, &chunks, embeddings.as_deref()).with_context(|| format!("{} ({})", doc.id, doc.source))?;
             report.chunks += chunks.len();
             if old.is_some() {
                 report.replaced += 1;

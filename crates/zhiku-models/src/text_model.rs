@@ -77,7 +77,7 @@ impl TextModel {
             let tokenizer = adapter.tokenizer(&base)?;
             let hidden_size = base.config.hidden_size;
             let about = (adapter.peft.method(), adapter.base_dir.clone());
-            return Ok(Self { net: Net::Classifier(model), tokenizer, pooling: read_pooling(&base.dir), device: device.clone(), hidden_size, adapter: Some(about) });
+            return Ok(Self { net: Net::Classifier(model), tokenizer, pooling: folder_pooling(&base.dir), device: device.clone(), hidden_size, adapter: Some(about) });
         }
         let folder = ModelFolder::open(dir)?;
         let tokenizer = folder.tokenizer(folder.inference_max_length())?;
@@ -91,7 +91,7 @@ impl TextModel {
             }
             Net::Encoder(encoder)
         };
-        Ok(Self { net, tokenizer, pooling: read_pooling(dir), device: device.clone(), hidden_size: folder.config.hidden_size, adapter: None })
+        Ok(Self { net, tokenizer, pooling: folder_pooling(dir), device: device.clone(), hidden_size: folder.config.hidden_size, adapter: None })
     }
 
     /// Int8 weights for the encoder's linear layers (about 1/4 of their memory; see
@@ -145,6 +145,22 @@ impl TextModel {
         Ok(p.to_dtype(DType::F32)?.to_vec2()?)
     }
 
+    /// Unit sentence vectors of texts, tokenised and run in batches of `batch_size` texts of
+    /// similar length (little padding), returned in the texts' order.
+    pub fn embed_texts(&self, texts: &[&str], batch_size: usize) -> Result<Vec<Vec<f32>>> {
+        let items = self.tokenizer.encode_many(texts, None)?;
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        order.sort_by_key(|&i| items[i].ids.len());
+        let mut out = vec![Vec::new(); items.len()];
+        for idx in order.chunks(batch_size.max(1)) {
+            let refs: Vec<&TokenizedText> = idx.iter().map(|&i| &items[i]).collect();
+            for (row, &i) in self.embed(&refs, true)?.into_iter().zip(idx) {
+                out[i] = row;
+            }
+        }
+        Ok(out)
+    }
+
     /// Sentence vectors (optionally scaled to unit length), one row per item.
     pub fn embed(&self, items: &[&TokenizedText], normalize: bool) -> Result<Vec<Vec<f32>>> {
         let batch = self.tokenizer.pad_batch(items, &self.device)?;
@@ -169,10 +185,6 @@ pub fn normalize_l2(v: &mut [f32]) {
 
 /// The pooling a folder's sentence-transformers `1_Pooling/config.json` names (mean when absent).
 pub fn folder_pooling(dir: &Path) -> EmbeddingPooling {
-    read_pooling(dir)
-}
-
-fn read_pooling(dir: &Path) -> EmbeddingPooling {
     let Ok(text) = std::fs::read_to_string(dir.join("1_Pooling/config.json")) else { return EmbeddingPooling::Mean };
     let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { return EmbeddingPooling::Mean };
     if v.get("pooling_mode_cls_token").and_then(|x| x.as_bool()) == Some(true) {

@@ -181,7 +181,7 @@ pub async fn ask(State(state): State<Arc<AppState>>, headers: HeaderMap, body: R
     let q = question.clone();
     let mut plan = with_library(lib, move |l| zhiku_library::ask::plan(l, &q, &options)).await?.map_err(|e| ApiError::unprocessable(format!("{e:#}")))?;
     let request = plan.request.take();
-    let writer = AnswerWriter::new(plan);
+    let mut writer = AnswerWriter::new(plan);
     let rx = match request {
         Some(r) => {
             let (r, prepared) = crate::llm::check(&worker, r).await?;
@@ -193,7 +193,6 @@ pub async fn ask(State(state): State<Arc<AppState>>, headers: HeaderMap, body: R
     if stream {
         return Ok(Sse::new(ask_events(rx, writer, head)).keep_alive(KeepAlive::default()).into_response());
     }
-    let mut writer = writer;
     let mut ignore = |_: &str| {};
     let answer = match rx {
         None => writer.finish(0, 0, &mut ignore),
@@ -201,8 +200,8 @@ pub async fn ask(State(state): State<Arc<AppState>>, headers: HeaderMap, body: R
             match rx.recv().await {
                 Some(Msg::Text(t)) => writer.push(&t, &mut ignore),
                 Some(Msg::Done(c)) => break writer.finish(c.prompt_tokens, c.completion_tokens, &mut ignore),
-                Some(Msg::Failed(status, m)) => return Err(ApiError::new(StatusCode::from_u16(status).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY), m)),
-                None => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "generation stopped (see the server's log)")),
+                Some(Msg::Failed(status, m)) => return Err(crate::llm::failure(Some((status, m)))),
+                None => return Err(crate::llm::failure(None)),
             }
         },
     };
@@ -241,11 +240,11 @@ fn ask_events(rx: Option<tokio::sync::mpsc::UnboundedReceiver<Msg>>, writer: Ans
                 Some(Msg::Text(t)) => w.push(&t, &mut |s| out.push_back(delta(s))),
                 Some(Msg::Done(c)) => finish(writer.take().expect("present"), c.prompt_tokens, c.completion_tokens, &mut out, &head),
                 Some(Msg::Failed(status, m)) => {
-                    out.push_back(SseEvent::default().data(json!({"error": {"message": m, "code": status}}).to_string()));
+                    out.push_back(crate::llm::failure_event(Some((status, m))));
                     writer = None;
                 }
                 None => {
-                    out.push_back(SseEvent::default().data(json!({"error": {"message": "generation stopped", "code": 500}}).to_string()));
+                    out.push_back(crate::llm::failure_event(None));
                     writer = None;
                 }
             }

@@ -297,10 +297,25 @@ async fn respond(worker: Arc<LlmWorker>, request: Request, common: &Common, kind
                 }))
                 .into_response());
             }
-            Some(Msg::Failed(status, m)) => return Err(ApiError::new(StatusCode::from_u16(status).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY), m)),
-            None => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "generation stopped (see the server's log)")),
+            Some(Msg::Failed(status, m)) => return Err(failure(Some((status, m)))),
+            None => return Err(failure(None)),
         }
     }
+}
+
+/// A request that could not run (`Some((status, message))` from `Msg::Failed`) or whose
+/// worker dropped it (`None`, the channel closed), as the error of a whole answer.
+pub(crate) fn failure(failed: Option<(u16, String)>) -> ApiError {
+    match failed {
+        Some((status, m)) => ApiError::new(StatusCode::from_u16(status).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY), m),
+        None => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "generation stopped (see the server's log)"),
+    }
+}
+
+/// The same, as the last server-sent event of a stream.
+pub(crate) fn failure_event(failed: Option<(u16, String)>) -> SseEvent {
+    let (status, message) = failed.unwrap_or((500, "generation stopped".into()));
+    SseEvent::default().data(json!({"error": {"message": message, "code": status}}).to_string())
 }
 
 pub(crate) fn usage_json(c: &Completion) -> Value {
@@ -354,11 +369,11 @@ fn sse_stream(rx: UnboundedReceiver<Msg>, c: Chunker) -> impl futures_util::Stre
                     ended = true;
                 }
                 Some(Msg::Failed(status, m)) => {
-                    out.push_back(SseEvent::default().data(json!({"error": {"message": m, "code": status}}).to_string()));
+                    out.push_back(failure_event(Some((status, m))));
                     ended = true;
                 }
                 None => {
-                    out.push_back(SseEvent::default().data(json!({"error": {"message": "generation stopped", "code": 500}}).to_string()));
+                    out.push_back(failure_event(None));
                     ended = true;
                 }
             }

@@ -14,6 +14,7 @@
 //! a group, as in response selection) ranks each group's candidates (R@1, R@2, R@5, MRR).
 
 use crate::loss::cross_entropy_sum;
+use crate::sharded::sum_grads;
 use crate::train_loop::{DevScores, FinalScores, TrainTask};
 use crate::state::TrainConfig;
 use anyhow::{bail, Context, Result};
@@ -714,31 +715,11 @@ impl<'a> RetrievalTask<'a> {
                 Ok((&parts[s] * grad.narrow(0, r.start, r.len())?)?.sum_all()?.backward()?)
             })?;
             for grads in shard_grads {
-                acc = Some(match acc {
-                    None => grads,
-                    Some(mut a) => {
-                        add_param_grads(&mut a, &grads, &self.model.params)?;
-                        a
-                    }
-                });
+                sum_grads(&mut acc, grads, &self.model.params)?;
             }
         }
         Ok((value, acc.expect("a batch has queries")))
     }
-}
-
-/// `into += from` for every parameter of `params`.
-fn add_param_grads(into: &mut GradStore, from: &GradStore, params: &Params) -> Result<()> {
-    for (_, var) in params.iter() {
-        if let Some(g) = from.get(var) {
-            let sum = match into.get(var) {
-                Some(prev) => (prev + g)?,
-                None => g.clone(),
-            };
-            into.insert(var, sum);
-        }
-    }
-    Ok(())
 }
 
 impl TrainTask for RetrievalTask<'_> {
@@ -784,13 +765,7 @@ impl TrainTask for RetrievalTask<'_> {
         for (m, idx) in group.iter().enumerate() {
             let (loss, grads) = self.cached_step(idx, step, m as u64, loss_scale / total as f64)?;
             loss_total += loss;
-            acc = Some(match acc {
-                None => grads,
-                Some(mut a) => {
-                    add_param_grads(&mut a, &grads, &self.model.params)?;
-                    a
-                }
-            });
+            sum_grads(&mut acc, grads, &self.model.params)?;
         }
         Ok((loss_total, acc.expect("a step has at least one micro-batch")))
     }

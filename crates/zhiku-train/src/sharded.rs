@@ -8,7 +8,7 @@ use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 use std::ops::Range;
 use std::time::Instant;
-use zhiku_models::{shard, EncodedBatch, SequenceClassifier};
+use zhiku_models::{shard, EncodedBatch, Params, SequenceClassifier};
 
 pub struct ShardedPass {
     /// The summed loss value.
@@ -43,7 +43,7 @@ fn forward_backward_in(model: &SequenceClassifier, batch: &EncodedBatch, shards:
         pass = Some(match pass {
             None => ShardedPass { loss, grads, forward_s, backward_s },
             Some(mut p) => {
-                add_grads(&mut p.grads, &grads, model)?;
+                add_grads(&mut p.grads, &grads, &model.params)?;
                 p.loss += loss;
                 p.forward_s = p.forward_s.max(forward_s);
                 p.backward_s = p.backward_s.max(backward_s);
@@ -54,9 +54,9 @@ fn forward_backward_in(model: &SequenceClassifier, batch: &EncodedBatch, shards:
     Ok(pass.expect("a batch has at least one shard"))
 }
 
-/// `into += from` for every trainable parameter.
-pub fn add_grads(into: &mut GradStore, from: &GradStore, model: &SequenceClassifier) -> Result<()> {
-    for (_, var) in model.params.iter() {
+/// `into += from` for every parameter of `params`.
+pub fn add_grads(into: &mut GradStore, from: &GradStore, params: &Params) -> Result<()> {
+    for (_, var) in params.iter() {
         if let Some(g) = from.get(var) {
             let sum = match into.get(var) {
                 Some(prev) => (prev + g)?,
@@ -64,6 +64,15 @@ pub fn add_grads(into: &mut GradStore, from: &GradStore, model: &SequenceClassif
             };
             into.insert(var, sum);
         }
+    }
+    Ok(())
+}
+
+/// Adds `grads` to the running sum `acc` of a step's passes (the first pass's become it).
+pub fn sum_grads(acc: &mut Option<GradStore>, grads: GradStore, params: &Params) -> Result<()> {
+    match acc {
+        None => *acc = Some(grads),
+        Some(a) => add_grads(a, &grads, params)?,
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 
 use crate::loss::{bce_with_logits_sum, cross_entropy_sum, multi_hot, symmetric_kl_sum};
 use crate::metrics::{tune_thresholds, ClassificationReport, MultiLabelReport};
-use crate::sharded::{self, add_grads};
+use crate::sharded::{self, add_grads, sum_grads};
 pub use crate::state::*;
 use crate::task::TaskData;
 use crate::train_loop::{self, DevScores, FinalScores, LoopControl, TrainTask};
@@ -125,9 +125,8 @@ impl<'a> ClassificationTask<'a> {
         let mut model = SequenceClassifier::from_folder_peft(folder, Some(head), config.seed, device, config.peft.as_ref())?;
         model.set_precision(config.precision);
         let tok = folder.tokenizer(config.max_length)?;
-        let encode = |d: &Dataset| -> Result<Encoded> { Ok(Encoded { items: tok.encode_many(&d.texts(), d.pairs().as_deref())?, labels: data.label_ids(d) }) };
-        let train = encode(&data.training_set())?;
-        let dev = encode(&data.dev)?;
+        let train = encode(&tok, data, &data.training_set())?;
+        let dev = encode(&tok, data, &data.dev)?;
         let class_weights = match &config.class_weights {
             ClassWeights::None => None,
             ClassWeights::Balanced => Some(data.balanced_class_weights()),
@@ -136,9 +135,11 @@ impl<'a> ClassificationTask<'a> {
         Ok(Self { folder, data, config, device, model, tok, train, dev, class_weights, thresholds: None })
     }
 
-    fn encode(&self, data: &Dataset) -> Result<Encoded> {
-        Ok(Encoded { items: self.tok.encode_many(&data.texts(), data.pairs().as_deref())?, labels: self.data.label_ids(data) })
-    }
+}
+
+/// Tokenises `d`'s texts (or text pairs) and looks up its label ids in `task`.
+fn encode(tok: &TextTokenizer, task: &TaskData, d: &Dataset) -> Result<Encoded> {
+    Ok(Encoded { items: tok.encode_many(&d.texts(), d.pairs().as_deref())?, labels: task.label_ids(d) })
 }
 
 impl TrainTask for ClassificationTask<'_> {
@@ -218,9 +219,9 @@ impl TrainTask for ClassificationTask<'_> {
         };
         let multi = self.data.multi_label;
         let bs = self.config.eval_batch_size;
-        let dev = evaluate(&best, &self.tok, &self.encode(&self.data.dev)?, multi, bs, self.device, None)?;
+        let dev = evaluate(&best, &self.tok, &encode(&self.tok, self.data, &self.data.dev)?, multi, bs, self.device, None)?;
         let test = match &self.data.test {
-            Some(t) => Some(evaluate(&best, &self.tok, &self.encode(t)?, multi, bs, self.device, None)?.report),
+            Some(t) => Some(evaluate(&best, &self.tok, &encode(&self.tok, self.data, t)?, multi, bs, self.device, None)?.report),
             None => None,
         };
         let d = self.data;
@@ -303,17 +304,11 @@ impl ClassificationTask<'_> {
                             Ok((task_loss(&logits, &rows)? * (loss_scale / total_norm))?)
                         });
                         word.set(&clean)?;
-                        add_grads(&mut grads, &adversarial?.grads, model)?;
+                        add_grads(&mut grads, &adversarial?.grads, &model.params)?;
                     }
                 }
             }
-            acc = Some(match acc {
-                None => grads,
-                Some(mut a) => {
-                    add_grads(&mut a, &grads, model)?;
-                    a
-                }
-            });
+            sum_grads(&mut acc, grads, &model.params)?;
         }
         Ok((loss_total, acc.expect("a step has at least one micro-batch")))
     }

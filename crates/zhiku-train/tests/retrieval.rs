@@ -50,17 +50,12 @@ fn train(dir: &Path, out: &str, cfg: &TrainConfig, stop_after: Option<u64>, resu
     train_loop::run(&mut task, cfg, &dir.join(out), resume, &control, &mut |_| {}).unwrap()
 }
 
-fn embed_with(m: &zhiku_models::TextModel, texts: &[&str]) -> anyhow::Result<Vec<Vec<f32>>> {
-    let items = m.tokenizer.encode_many(texts, None)?;
-    m.embed(&items.iter().collect::<Vec<_>>(), true)
-}
-
 #[test]
 fn learns_the_mapping_and_writes_an_encoder_folder() {
     let dir = setup();
     let d = data(dir.path(), 0);
     let base = zhiku_models::TextModel::open(&dir.path().join("model"), &Device::Cpu).unwrap();
-    let before = evaluate_set(&d.dev, &[], RankMode::Dense, &mut |t: &[&str]| embed_with(&base, t)).unwrap();
+    let before = evaluate_set(&d.dev, &[], RankMode::Dense, &mut |t: &[&str]| base.embed_texts(t, 32)).unwrap();
     let summary = train(dir.path(), "out", &config(), None, false);
     assert_eq!(summary.stop, StopReason::Finished);
     let out = dir.path().join("out");
@@ -68,7 +63,7 @@ fn learns_the_mapping_and_writes_an_encoder_folder() {
         assert!(out.join(f).is_file(), "{f} missing");
     }
     let tuned = zhiku_models::TextModel::open(&out, &Device::Cpu).unwrap();
-    let after = evaluate_set(&d.dev, &[], RankMode::Dense, &mut |t: &[&str]| embed_with(&tuned, t)).unwrap();
+    let after = evaluate_set(&d.dev, &[], RankMode::Dense, &mut |t: &[&str]| tuned.embed_texts(t, 32)).unwrap();
     let (b, a) = (before["mrr"].as_f64().unwrap(), after["mrr"].as_f64().unwrap());
     assert!(a >= 0.9 && a > b + 0.2, "dev MRR {b:.3} -> {a:.3}");
     // What the loop scored at the end is what the saved folder scores.
