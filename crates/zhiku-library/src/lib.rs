@@ -233,9 +233,8 @@ impl Library {
             }
             (None, None) => bail!("{shown}: no such library; create it with `zhiku library add --library {shown} FILES`"),
         };
-        drop(client);
         let analyzer = analyzer::analyzer(None)?;
-        let store = store::postgres::PgStore::open(location, config.dimensions, analyzer.clone())?;
+        let store = store::postgres::PgStore::open(client, location, config.dimensions, analyzer.clone())?;
         Ok(Self { dir: PathBuf::from(shown), config, store: Box::new(store), analyzer, encoder, _lock: None })
     }
 

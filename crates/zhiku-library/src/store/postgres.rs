@@ -90,9 +90,9 @@ fn vector_literal(v: &[f32]) -> String {
 }
 
 impl PgStore {
-    /// Opens the library's tables, creating them (and the `vector` extension) when absent.
-    pub fn open(location: &PgLocation, dimensions: Option<usize>, analyzer: TextAnalyzer) -> Result<Self> {
-        let mut client = connect(location)?;
+    /// Opens the library's tables over `client` (from [`connect`]), creating them (and the
+    /// `vector` extension) when absent.
+    pub fn open(mut client: Client, location: &PgLocation, dimensions: Option<usize>, analyzer: TextAnalyzer) -> Result<Self> {
         let p = format!("zk_{}_", location.name);
         let vector_column = match dimensions {
             Some(d) => {
