@@ -23,13 +23,17 @@ pub struct TrainArgs {
     /// (a bi-encoder on query-passage pairs with in-batch negatives; the output is a
     /// sentence-transformers folder) or reranker (a cross-encoder on the same pairs: each query
     /// with its passage labelled 1 and --hard-negatives BM25 negatives labelled 0; a classifier
-    /// folder for `library search --rerank` and `eval --task retrieval --rerank`).
+    /// folder for `library search --rerank` and `eval --task retrieval --rerank`), or sft
+    /// (supervised fine-tuning of a decoder, GGUF file or Hugging Face folder, with LoRA on
+    /// JSONL conversations; the output is a PEFT adapter folder).
     #[arg(long, default_value = "classification")]
     task: String,
-    /// Pretrained encoder folder (Hugging Face layout) or an earlier zhiku output to continue from.
+    /// Pretrained encoder folder (Hugging Face layout) or an earlier zhiku output to continue
+    /// from; for --task sft a decoder (GGUF file or Hugging Face folder).
     #[arg(long)]
     model: PathBuf,
-    /// Training data (.csv, .tsv or .jsonl).
+    /// Training data (.csv, .tsv or .jsonl; for --task sft JSONL with {"prompt", "response"} or
+    /// {"messages": [{"role", "content"}, ...]} per line).
     #[arg(long)]
     train: PathBuf,
     /// Dev data for model selection and early stopping (default: split off --train).
@@ -65,9 +69,11 @@ pub struct TrainArgs {
     /// Peak learning rate [default: 5e-5 for full fine-tuning, 5e-4 for LoRA, 1e-3 for adapters, 1e-2 for prefix tuning].
     #[arg(long)]
     lr: Option<f64>,
-    /// Tokens per text (longer texts are truncated; batches are padded only to their longest text).
-    #[arg(long, default_value_t = 128)]
-    max_length: usize,
+    /// Tokens per text (longer texts are truncated; batches are padded only to their longest
+    /// text) [default: 128; 512 for --task sft, where --overlong says what happens to longer
+    /// conversations].
+    #[arg(long)]
+    max_length: Option<usize>,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// AdamW decoupled weight decay (not applied to biases and LayerNorm).
@@ -169,6 +175,18 @@ pub struct TrainArgs {
     /// Retrieval: scale of the cosine similarities in MultipleNegativesRankingLoss.
     #[arg(long, default_value_t = 20.0, help_heading = "Retrieval (--task retrieval)")]
     scale: f64,
+    /// SFT: pack several short conversations into each row of --max-length tokens (each still
+    /// attends only to itself and starts at position 0): fewer padded tokens per step.
+    #[arg(long, help_heading = "Generative models (--task sft)")]
+    packing: bool,
+    /// SFT: a conversation longer than --max-length is cut to its first tokens (truncate) or
+    /// left out (skip); either way they are counted and reported.
+    #[arg(long, default_value = "truncate", help_heading = "Generative models (--task sft)")]
+    overlong: String,
+    /// SFT: keep every layer's activations for the backward pass instead of recomputing each
+    /// layer in it (faster; memory grows with layers x tokens).
+    #[arg(long, help_heading = "Generative models (--task sft)")]
+    no_recompute: bool,
 }
 
 /// Parameter-efficient fine-tuning: train a small module on a frozen base encoder.
@@ -179,21 +197,24 @@ pub struct PeftArgs {
     /// (learned attention prefixes). With a method, the base stays frozen and OUTPUT is an
     /// adapter folder (adapter_model.safetensors with the module and the head, adapter_config.json
     /// naming the base); `zhiku merge` turns a LoRA adapter into a plain model folder.
-    #[arg(long, default_value = "none")]
-    peft: String,
+    /// [default: none; lora for --task sft]
+    #[arg(long)]
+    peft: Option<String>,
     /// LoRA rank.
     #[arg(long, default_value_t = 8)]
     lora_r: usize,
     /// LoRA scaling numerator: the update is (alpha / r) · B A x.
     #[arg(long, default_value_t = 16.0)]
     lora_alpha: f64,
-    /// Dropout on LoRA's input.
-    #[arg(long, default_value_t = 0.1)]
-    lora_dropout: f64,
+    /// Dropout on LoRA's input [default: 0.1; --task sft has none].
+    #[arg(long)]
+    lora_dropout: Option<f64>,
     /// Linear layers that get LoRA, comma-separated, matched as name suffixes: query, key, value,
-    /// attention.output.dense, intermediate.dense, output.dense, dense (all dense layers), all.
-    #[arg(long, default_value = "query,value")]
-    lora_targets: String,
+    /// attention.output.dense, intermediate.dense, output.dense, dense (all dense layers), all
+    /// [default: query,value]. For --task sft: q_proj, k_proj, v_proj, o_proj, gate_proj,
+    /// up_proj, down_proj, or all [default: all].
+    #[arg(long)]
+    lora_targets: Option<String>,
     /// Bottleneck width of each adapter.
     #[arg(long, default_value_t = 64)]
     adapter_size: usize,
@@ -204,13 +225,13 @@ pub struct PeftArgs {
 
 impl PeftArgs {
     pub fn config(&self) -> Result<Option<PeftConfig>> {
-        let c = match self.peft.as_str() {
+        let c = match self.peft.as_deref().unwrap_or("none") {
             "none" | "full" => return Ok(None),
             "lora" => PeftConfig::Lora {
                 r: self.lora_r,
                 alpha: self.lora_alpha,
-                dropout: self.lora_dropout,
-                targets: self.lora_targets.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect(),
+                dropout: self.lora_dropout.unwrap_or(0.1),
+                targets: self.lora_targets.as_deref().unwrap_or("query,value").split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect(),
             },
             "adapter" => PeftConfig::Adapter { size: self.adapter_size },
             "prefix" => PeftConfig::Prefix { length: self.prefix_length },
@@ -236,7 +257,8 @@ pub fn run(a: TrainArgs) -> Result<i32> {
         "classification" => {}
         "retrieval" => return run_retrieval(&a),
         "reranker" => {}
-        other => bail!("unknown --task {other:?}: expected classification, retrieval or reranker"),
+        "sft" => return run_sft(&a),
+        other => bail!("unknown --task {other:?}: expected classification, retrieval, reranker or sft"),
     }
     let peft = a.peft.config()?;
     let mut data = DataConfig::new(&a.train);
@@ -315,7 +337,7 @@ fn loop_config(a: &TrainArgs) -> TrainConfig {
         batch_size: a.batch_size,
         grad_accum: a.grad_accum,
         lr: a.lr.unwrap_or(5e-5),
-        max_length: a.max_length,
+        max_length: a.max_length.unwrap_or(128),
         seed: a.seed,
         weight_decay: a.weight_decay,
         warmup_ratio: a.warmup_ratio,
@@ -367,6 +389,60 @@ fn run_retrieval(a: &TrainArgs) -> Result<i32> {
         bail!("--max-length {} exceeds the model's limit of {} positions", config.max_length, folder.config.max_position_embeddings)
     }
     let mut task = zhiku_train::retrieval::RetrievalTask::new(&folder, &data, &config, options, &device)?;
+    prepare_output(a)?;
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let control = zhiku_train::train_loop::LoopControl { interrupt: interrupt.clone(), stop_after: None };
+    drive(a, interrupt, |on_event| zhiku_train::train_loop::run(&mut task, &config, &a.output, a.resume, &control, on_event))
+}
+
+/// `--task sft`: LoRA on a decoder, on the same loop.
+fn run_sft(a: &TrainArgs) -> Result<i32> {
+    if a.setfit || a.fgm_epsilon.is_some() || a.rdrop_alpha > 0.0 || a.augment > 0 || a.class_weights.is_some() || a.multi_label || a.hard_negatives > 0 || a.corpus.is_some() {
+        bail!("--setfit, --fgm-epsilon, --rdrop-alpha, --augment, --class-weights, --multi-label, --hard-negatives and --corpus are not for --task sft")
+    }
+    match a.peft.peft.as_deref().unwrap_or("lora") {
+        "lora" => {}
+        "none" | "full" => bail!("full fine-tuning of decoders is not available yet; use --peft lora (the default for --task sft)"),
+        other => bail!("--task sft trains LoRA adapters; --peft {other} is for encoders"),
+    }
+    if a.peft.lora_dropout.is_some_and(|d| d > 0.0) {
+        bail!("--lora-dropout: the decoder's LoRA has no dropout yet; leave it out")
+    }
+    if a.precision != Precision::Fp32 {
+        bail!("--task sft trains in fp32 (on the CPU the fastest); leave out --precision")
+    }
+    let targets: Vec<String> = match a.peft.lora_targets.as_deref().unwrap_or("all") {
+        "all" => zhiku_models::decoder::graph::PROJECTIONS.iter().map(|p| p.to_string()).collect(),
+        list => list.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect(),
+    };
+    let options = zhiku_train::sft::SftOptions {
+        rank: a.peft.lora_r,
+        alpha: a.peft.lora_alpha,
+        targets,
+        packing: a.packing,
+        overlong: zhiku_train::sft::Overlong::parse(&a.overlong)?,
+        recompute: !a.no_recompute,
+        dev_fraction: a.dev_fraction,
+    };
+    if !(0.0..0.9).contains(&a.dev_fraction) {
+        bail!("--dev-fraction must be below 0.9")
+    }
+    // Everything is read and checked before the output folder is touched.
+    let parts = zhiku_infer::ModelParts::open(&a.model, true)?;
+    let max_length = a.max_length.unwrap_or(512.min(parts.model.config.context_length));
+    let config = TrainConfig { lr: a.lr.unwrap_or(2e-4), max_length, metric: a.metric.clone().unwrap_or_else(|| "loss".into()), ..loop_config(a) };
+    zhiku_train::train_loop::validate(&config)?;
+    let data = zhiku_train::sft::SftData::load(&parts, &a.train, a.dev.as_deref(), a.test.as_deref(), max_length, &options, a.seed)?;
+    let r = &data.report;
+    if !a.quiet && (r.truncated > 0 || r.skipped > 0) {
+        let lines = if r.skipped_lines.is_empty() { String::new() } else { format!(" (lines {:?}{})", r.skipped_lines, if r.skipped > r.skipped_lines.len() { ", ..." } else { "" }) };
+        eprintln!("{} conversations longer than --max-length {max_length}: {} truncated, {} skipped{lines}", r.truncated + r.skipped, r.truncated, r.skipped);
+    }
+    let mut task = zhiku_train::sft::SftTask::new(parts, &a.model, data, &config, options)?;
+    if !a.quiet {
+        let r = task.report();
+        eprintln!("{} conversations, {} tokens ({} learned) in {} rows of up to {max_length} tokens", r.examples, r.tokens, r.learned_tokens, task.rows());
+    }
     prepare_output(a)?;
     let interrupt = Arc::new(AtomicBool::new(false));
     let control = zhiku_train::train_loop::LoopControl { interrupt: interrupt.clone(), stop_after: None };
@@ -446,7 +522,9 @@ fn drive(a: &TrainArgs, interrupt: Arc<AtomicBool>, train: impl FnOnce(&mut dyn 
         let show = |r: &serde_json::Value, key: &str| r.get(key).and_then(|v| v.as_f64()).map_or("-".into(), |v| format!("{v:.4}"));
         for (name, part) in [("dev", &summary.dev), ("test", &summary.test)] {
             if let Some(r) = part {
-                if r.get("mrr").is_some() {
+                if r.get("perplexity").is_some() {
+                    println!("{name}: loss {} perplexity {} token accuracy {}", show(r, "loss"), show(r, "perplexity"), show(r, "token_accuracy"));
+                } else if r.get("mrr").is_some() {
                     let first = if r.get("r@1").is_some() { "r@1" } else { "recall@1" };
                     let second = if r.get("r@1").is_some() { "r@2" } else { "recall@10" };
                     println!("{name}: MRR {} {first} {} {second} {}", show(r, "mrr"), show(r, first), show(r, second));
@@ -472,7 +550,7 @@ fn run_setfit(a: &TrainArgs, task: TaskData, device: candle_core::Device) -> Res
         epochs: a.setfit_epochs,
         batch_size: a.batch_size,
         lr: a.lr.unwrap_or(2e-5),
-        max_length: a.max_length,
+        max_length: a.max_length.unwrap_or(128),
         seed: a.seed,
         c: 1.0,
     };
@@ -507,7 +585,7 @@ fn preview(labels: &[String]) -> String {
 /// Refuses to mix a new run into an existing output unless told to replace or resume it.
 fn prepare_output(a: &TrainArgs) -> Result<()> {
     let out = &a.output;
-    let used = out.join("config.json").exists() || out.join("checkpoint").exists() || out.join("train_log.jsonl").exists();
+    let used = out.join("config.json").exists() || out.join("adapter_config.json").exists() || out.join("checkpoint").exists() || out.join("train_log.jsonl").exists();
     if a.resume {
         if !out.join("checkpoint/state.json").exists() {
             bail!("--resume: {} holds no checkpoint to continue from", out.display())

@@ -140,30 +140,36 @@ impl Completion {
     }
 }
 
-impl LanguageModel {
+/// A decoder as loaded from disk, before an engine takes it: the weights, the tokenizer, the
+/// chat template. Training builds its differentiable model from these; [`LanguageModel`] runs
+/// them.
+pub struct ModelParts {
+    pub model: DecoderModel,
+    pub tokenizer: Tokenizer,
+    pub info: TokenizerInfo,
+    pub template: ChatTemplate,
+    pub name: String,
+    pub file_size: usize,
+}
+
+impl ModelParts {
     /// Loads a GGUF file, or a Hugging Face folder (`config.json`, `model.safetensors`,
     /// `tokenizer.json`, `tokenizer_config.json` with its chat template).
-    /// With the default [`OpenOptions`] (engine from [`Engine::auto`], file mapped).
-    pub fn open(path: &Path) -> Result<Self> {
-        Self::open_with(path, &OpenOptions::default())
-    }
-
-    pub fn open_with(path: &Path, options: &OpenOptions) -> Result<Self> {
-        let engine = options.engine.clone();
+    pub fn open(path: &Path, mmap: bool) -> Result<Self> {
         if !path.exists() {
             bail!("model file {} does not exist", path.display())
         }
         if path.is_dir() {
-            return Self::open_folder(path, engine);
+            return Self::open_folder(path);
         }
-        let file = GgufFile::open_with(path, options.mmap)?;
+        let file = GgufFile::open_with(path, mmap)?;
         let model = DecoderModel::from_gguf(&file)?;
         let (tokenizer, info) = gguf_tokenizer::from_gguf(&file)?;
         let name = file.get_str("general.name").unwrap_or("model").to_string();
-        Self::assemble(model, engine, tokenizer, info, name, file.file_size(), path)
+        Self::assemble(model, tokenizer, info, name, file.file_size(), path)
     }
 
-    fn open_folder(dir: &Path, engine: Engine) -> Result<Self> {
+    fn open_folder(dir: &Path) -> Result<Self> {
         let model = DecoderModel::from_hf_folder(dir)?;
         let tok_path = dir.join("tokenizer.json");
         let tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| anyhow!("cannot load {}: {e}", tok_path.display()))?;
@@ -203,10 +209,10 @@ impl LanguageModel {
         let info = TokenizerInfo { bos, eos, add_bos: tc["add_bos_token"].as_bool().unwrap_or(false), stop_tokens, chat_template };
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
         let size = std::fs::metadata(dir.join("model.safetensors")).map(|m| m.len() as usize).unwrap_or(0);
-        Self::assemble(model, engine, tokenizer, info, name, size, dir)
+        Self::assemble(model, tokenizer, info, name, size, dir)
     }
 
-    fn assemble(model: DecoderModel, engine: Engine, tokenizer: Tokenizer, info: TokenizerInfo, name: String, file_size: usize, path: &Path) -> Result<Self> {
+    fn assemble(model: DecoderModel, tokenizer: Tokenizer, info: TokenizerInfo, name: String, file_size: usize, path: &Path) -> Result<Self> {
         let token = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i)).unwrap_or_default();
         let (bos, eos) = (token(info.bos), token(info.eos));
         // A model without a template gets its family's generic one.
@@ -216,6 +222,25 @@ impl LanguageModel {
             None => template::CHATML.to_string(),
         };
         let template = ChatTemplate::new(&source, &bos, &eos).with_context(|| format!("{}", path.display()))?;
+        Ok(Self { model, tokenizer, info, template, name, file_size })
+    }
+}
+
+impl LanguageModel {
+    /// Loads a GGUF file, or a Hugging Face folder (`config.json`, `model.safetensors`,
+    /// `tokenizer.json`, `tokenizer_config.json` with its chat template).
+    /// With the default [`OpenOptions`] (engine from [`Engine::auto`], file mapped).
+    pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, &OpenOptions::default())
+    }
+
+    pub fn open_with(path: &Path, options: &OpenOptions) -> Result<Self> {
+        Self::from_parts(ModelParts::open(path, options.mmap)?, options.engine.clone())
+    }
+
+    /// Puts loaded parts on an engine.
+    pub fn from_parts(parts: ModelParts, engine: Engine) -> Result<Self> {
+        let ModelParts { model, tokenizer, info, template, name, file_size } = parts;
         let model: Box<dyn CausalLm> = match engine {
             Engine::Cpu => Box::new(model),
             Engine::Graph { device, dtype } => Box::new(GraphDecoder::new(model, &GraphOptions { device, dtype, dense: true, lora: None })?),

@@ -441,8 +441,134 @@ fn splitmix64(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+// ---------------------------------------------------------------- cross-entropy
+
+/// `loss_i = logsumexp(logits_i) − logits_i[target_i]` for each row of `[n, vocab]` logits.
+/// The backward pass recomputes the softmax from the logits, so neither probabilities nor
+/// log-probabilities are stored: with a vocabulary of 150k, that is what bounds the memory of
+/// a language-model loss.
+struct CrossEntropyRows(std::sync::Arc<Vec<u32>>);
+
+fn check_targets(targets: &[u32], n: usize, vocab: usize) -> Result<()> {
+    if targets.len() != n {
+        candle_core::bail!("cross-entropy: {} targets for {n} rows", targets.len())
+    }
+    if let Some(t) = targets.iter().find(|&&t| t as usize >= vocab) {
+        candle_core::bail!("cross-entropy: target {t} is outside the vocabulary of {vocab}")
+    }
+    Ok(())
+}
+
+/// `(max, ln Σ exp(x − max))` of a row.
+fn log_sum_exp(row: &[f32]) -> f32 {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let mut acc = [0f32; 8];
+    let chunks = row.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().map(|&x| fast_exp(x - max)).sum();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] += fast_exp(c[i] - max);
+        }
+    }
+    max + (acc.iter().sum::<f32>() + tail).ln()
+}
+
+impl CustomOp1 for CrossEntropyRows {
+    fn name(&self) -> &'static str {
+        "fused-cross-entropy"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, "logits")?;
+        let (n, v) = l.shape().dims2()?;
+        check_targets(&self.0, n, v)?;
+        let mut out = vec![0f32; n];
+        out.par_iter_mut().zip(x.par_chunks(v)).zip(self.0.par_iter()).for_each(|((o, row), &t)| *o = log_sum_exp(row) - row[t as usize]);
+        Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+
+    fn bwd(&self, logits: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let op = CrossEntropyRowsBwd(self.0.clone());
+        Ok(Some(logits.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &op)?))
+    }
+}
+
+/// `dlogits_i = g_i · (softmax(logits_i) − onehot(target_i))`.
+struct CrossEntropyRowsBwd(std::sync::Arc<Vec<u32>>);
+
+impl CustomOp2 for CrossEntropyRowsBwd {
+    fn name(&self) -> &'static str {
+        "fused-cross-entropy-bwd"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "logits")?;
+        let g = slice(s2, l2, "loss gradient")?;
+        let (n, v) = l1.shape().dims2()?;
+        check_targets(&self.0, n, v)?;
+        let lse: Vec<f32> = x.par_chunks(v).map(log_sum_exp).collect();
+        let out = par_fill(n * v, |start, chunk| {
+            // Chunks are whole numbers of elements, not rows: walk the rows they cover.
+            let mut i = 0;
+            while i < chunk.len() {
+                let (r, c0) = ((start + i) / v, (start + i) % v);
+                let (row, lse) = (&x[r * v..(r + 1) * v], lse[r]);
+                let take = (v - c0).min(chunk.len() - i);
+                for (k, o) in chunk[i..i + take].iter_mut().enumerate() {
+                    let c = c0 + k;
+                    let p = fast_exp(row[c] - lse) - if c == self.0[r] as usize { 1.0 } else { 0.0 };
+                    o.write(g[r] * p);
+                }
+                i += take;
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Per-row cross-entropy of `[n, vocab]` logits against `targets` (fused on the CPU in f32;
+/// composed candle operations elsewhere).
+pub fn cross_entropy_rows(logits: &Tensor, targets: &[u32]) -> anyhow::Result<Tensor> {
+    if fused_ok(logits) {
+        return Ok(logits.contiguous()?.apply_op1(CrossEntropyRows(std::sync::Arc::new(targets.to_vec())))?);
+    }
+    let max = logits.max_keepdim(1)?.detach();
+    let shifted = logits.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(1)?.log()?;
+    let idx = Tensor::new(targets, logits.device())?.unsqueeze(1)?;
+    Ok((lse - shifted.gather(&idx, 1)?)?.squeeze(1)?)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn fused_cross_entropy_matches_the_composed_loss_and_gradient() {
+        let (n, v) = (5, 37);
+        let data: Vec<f32> = (0..n * v).map(|i| ((i as f32 * 0.7321).sin() * 4.0)).collect();
+        let targets: Vec<u32> = vec![0, 36, 5, 17, 5];
+        let weights = Tensor::new(&[1.0f32, 0.5, 2.0, 0.0, 1.5], &candle_core::Device::Cpu).unwrap();
+        let run = |fused: bool| {
+            let x = candle_core::Var::from_vec(data.clone(), (n, v), &candle_core::Device::Cpu).unwrap();
+            let losses = if fused {
+                cross_entropy_rows(x.as_tensor(), &targets).unwrap()
+            } else {
+                let lsm = crate::layers::softmax_last(x.as_tensor()).unwrap().log().unwrap();
+                let idx = Tensor::new(targets.as_slice(), &candle_core::Device::Cpu).unwrap().unsqueeze(1).unwrap();
+                lsm.gather(&idx, 1).unwrap().squeeze(1).unwrap().neg().unwrap()
+            };
+            let total = (losses.clone() * &weights).unwrap().sum_all().unwrap();
+            let g = total.backward().unwrap().get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            (losses.to_vec1::<f32>().unwrap(), g)
+        };
+        let (lf, gf) = run(true);
+        let (lc, gc) = run(false);
+        for (a, b) in lf.iter().zip(&lc).chain(gf.iter().zip(&gc)) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        let x = Tensor::new(&[[0f32, 1.0]], &candle_core::Device::Cpu).unwrap();
+        assert!(cross_entropy_rows(&x, &[2]).is_err(), "a target outside the vocabulary");
+    }
+
     use super::*;
     use candle_core::{Device, Var};
 

@@ -15,6 +15,7 @@ pub mod report;
 pub mod retrieval;
 pub mod schedule;
 pub mod setfit;
+pub mod sft;
 pub mod sharded;
 pub mod state;
 pub mod task;

@@ -197,6 +197,24 @@ pub struct GraphDecoder {
     rope_local: Option<RopeTable>,
 }
 
+/// One row of a training batch: a sequence, or several packed end to end (`segments`: their
+/// lengths in order, summing to the row's length).
+#[derive(Debug, Clone)]
+pub struct PackedRow<'a> {
+    pub tokens: &'a [u32],
+    pub segments: Vec<usize>,
+}
+
+/// A batch's attention masks and rotary tables (see [`GraphDecoder::geometry`]).
+pub struct BatchGeometry {
+    /// The padded length of the rows.
+    pub t: usize,
+    global_mask: Tensor,
+    local_mask: Option<Tensor>,
+    global_rope: (Tensor, Tensor),
+    local_rope: Option<(Tensor, Tensor)>,
+}
+
 /// The final hidden states of a right-padded batch.
 #[derive(Debug)]
 pub struct Hidden {
@@ -293,21 +311,142 @@ impl GraphDecoder {
         out
     }
 
+    /// Sets the adapters from tensors named as [`GraphDecoder::trainable`] names them: every
+    /// adapter of this model must be there with its shape, and nothing else.
+    pub fn load_lora(&self, tensors: &std::collections::HashMap<String, Tensor>) -> Result<()> {
+        let own = self.trainable();
+        for (name, var) in &own {
+            let Some(t) = tensors.get(name) else { bail!("the adapter has no tensor {name}") };
+            if t.shape() != var.shape() {
+                bail!("adapter tensor {name} has shape {:?}; this model needs {:?} (another base model or rank?)", t.dims(), var.dims())
+            }
+            var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
+        }
+        if let Some(extra) = tensors.keys().find(|n| !own.iter().any(|(o, _)| o == *n)) {
+            bail!("adapter tensor {extra} has no place in this model (its layers or projections differ)")
+        }
+        Ok(())
+    }
+
     /// Runs a batch of token sequences (each from position 0) to the final normed hidden
     /// states; shorter sequences are padded on the right.
     pub fn hidden(&self, batch: &[&[u32]]) -> Result<Hidden> {
+        let rows: Vec<PackedRow> = batch.iter().map(|s| PackedRow { tokens: s, segments: vec![s.len()] }).collect();
+        self.hidden_packed(&rows)
+    }
+
+    /// [`GraphDecoder::hidden`] over rows that may each hold several sequences end to end.
+    pub fn hidden_packed(&self, rows: &[PackedRow]) -> Result<Hidden> {
+        let geometry = self.geometry(rows)?;
+        let mut x = self.embed_rows(rows, geometry.t)?;
+        for li in 0..self.layers.len() {
+            x = self.layer_forward(li, &x, &geometry)?;
+        }
+        Ok(Hidden { states: self.final_norm(&x)?, lengths: rows.iter().map(|r| r.tokens.len()).collect() })
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// The masks and rotary tables of a batch of (packed) rows, built once for all layers.
+    /// A query sees the keys at or before it in its own sequence (and, on sliding layers,
+    /// inside the window); positions restart at every sequence. Padding queries see their
+    /// row's first token, so that no softmax row is empty.
+    pub fn geometry(&self, rows: &[PackedRow]) -> Result<BatchGeometry> {
         let c = &self.config;
-        let lengths: Vec<usize> = batch.iter().map(|s| s.len()).collect();
-        let t = lengths.iter().copied().max().unwrap_or(0);
+        let t = rows.iter().map(|r| r.tokens.len()).max().unwrap_or(0);
         if t == 0 {
             bail!("a batch needs at least one token")
         }
-        if t > c.context_length {
-            bail!("sequence of {t} tokens is longer than the context of {}", c.context_length)
+        // Each token's sequence (usize::MAX for padding) and position within it.
+        let mut seq = vec![usize::MAX; rows.len() * t];
+        let mut pos = vec![0usize; rows.len() * t];
+        for (r, row) in rows.iter().enumerate() {
+            if row.segments.iter().sum::<usize>() != row.tokens.len() || row.segments.contains(&0) {
+                bail!("row {r}: sequence lengths {:?} do not make up its {} tokens", row.segments, row.tokens.len())
+            }
+            let mut i = 0;
+            for (si, &len) in row.segments.iter().enumerate() {
+                if len > c.context_length {
+                    bail!("sequence of {len} tokens is longer than the context of {}", c.context_length)
+                }
+                for p in 0..len {
+                    seq[r * t + i] = si;
+                    pos[r * t + i] = p;
+                    i += 1;
+                }
+            }
         }
-        let x = self.embed(batch, t)?;
-        let states = self.layers_from(x, &lengths, 0, None)?;
-        Ok(Hidden { states, lengths })
+        let mask = |window: Option<usize>| -> Result<Tensor> {
+            const BLOCKED: f32 = -1e30;
+            let mut m = vec![BLOCKED; rows.len() * t * t];
+            for r in 0..rows.len() {
+                for i in 0..t {
+                    let row = &mut m[(r * t + i) * t..(r * t + i + 1) * t];
+                    if seq[r * t + i] == usize::MAX {
+                        row[0] = 0.0;
+                        continue;
+                    }
+                    let start = i - pos[r * t + i];
+                    for (j, v) in row.iter_mut().enumerate().take(i + 1).skip(start) {
+                        if window.is_none_or(|w| i - j < w) {
+                            *v = 0.0;
+                        }
+                    }
+                }
+            }
+            Ok(Tensor::from_vec(m, (rows.len(), 1, t, t), &self.device)?.to_dtype(self.accumulate())?)
+        };
+        let rope = |table: &RopeTable| -> Result<(Tensor, Tensor)> {
+            let half = table.half;
+            let (cos, sin) = table.first(t);
+            let (mut cs, mut sn) = (Vec::with_capacity(rows.len() * t * half), Vec::with_capacity(rows.len() * t * half));
+            for &p in &pos {
+                cs.extend_from_slice(&cos[p * half..(p + 1) * half]);
+                sn.extend_from_slice(&sin[p * half..(p + 1) * half]);
+            }
+            let acc = self.accumulate();
+            let shape = (rows.len(), 1, t, half);
+            Ok((Tensor::from_vec(cs, shape, &self.device)?.to_dtype(acc)?, Tensor::from_vec(sn, shape, &self.device)?.to_dtype(acc)?))
+        };
+        Ok(BatchGeometry {
+            t,
+            global_mask: mask(None)?,
+            local_mask: c.sliding_window.map(|w| mask(Some(w))).transpose()?,
+            global_rope: rope(&self.rope)?,
+            local_rope: self.rope_local.as_ref().map(rope).transpose()?,
+        })
+    }
+
+    /// Token embeddings of a batch's rows `[rows, t, hidden]`, right-padded with zeros; a
+    /// constant (the embedding is frozen).
+    pub fn embed_rows(&self, rows: &[PackedRow], t: usize) -> Result<Tensor> {
+        let batch: Vec<&[u32]> = rows.iter().map(|r| r.tokens).collect();
+        self.embed(&batch, t)
+    }
+
+    /// Layer `li` over `x` (`[rows, t, hidden]`): what a checkpointed backward pass recomputes.
+    pub fn layer_forward(&self, li: usize, x: &Tensor, geometry: &BatchGeometry) -> Result<Tensor> {
+        let sliding = self.config.sliding_layers.get(li).copied().unwrap_or(false);
+        let (mask, rope) = match (sliding, &geometry.local_mask, &geometry.local_rope) {
+            (true, Some(m), Some(r)) => (m, r),
+            (true, Some(m), None) => (m, &geometry.global_rope),
+            _ => (&geometry.global_mask, &geometry.global_rope),
+        };
+        self.layer(&self.layers[li], x, mask, rope, None)
+    }
+
+    /// The final RMSNorm.
+    pub fn final_norm(&self, x: &Tensor) -> Result<Tensor> {
+        rms_norm(x, &self.final_norm, self.config.rms_eps)
+    }
+
+    /// The adapters' parameters of layer `li` (for a checkpointed backward pass, which
+    /// collects each layer's gradients as it recomputes it).
+    pub fn layer_trainable(&self, li: usize) -> Vec<Var> {
+        let l = &self.layers[li];
+        [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].into_iter().filter_map(|p| p.lora.as_ref()).flat_map(|lora| [lora.a.clone(), lora.b.clone()]).collect()
     }
 
     /// Token embeddings `[batch, t, hidden]` on the device (right-padded with zeros).

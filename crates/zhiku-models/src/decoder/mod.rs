@@ -11,6 +11,7 @@
 //! says which switches it sets and why. Weights stay in their file's block formats
 //! ([`QMatrix`]); activations are f32.
 
+pub mod adapter;
 pub mod gemma3;
 pub mod graph;
 pub mod hf;
@@ -322,6 +323,23 @@ impl DecoderModel {
     }
 
     /// An empty cache for up to `capacity` positions (at most the model's context length).
+    /// Weights in the model (a tied output projection counted once).
+    pub fn parameter_count(&self) -> usize {
+        let m = |q: &QMatrix| q.rows * q.cols;
+        let v = |x: &Option<Vec<f32>>| x.as_ref().map_or(0, Vec::len);
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].into_iter().map(m).sum::<usize>()
+                    + l.attn_norm.len()
+                    + l.ffn_norm.len()
+                    + [&l.bq, &l.bk, &l.bv, &l.q_norm, &l.k_norm, &l.post_attn_norm, &l.post_ffn_norm].into_iter().map(v).sum::<usize>()
+            })
+            .sum();
+        m(&self.embed) + self.lm_head.as_ref().map_or(0, m) + self.final_norm.len() + layers
+    }
+
     pub fn new_cache(&self, capacity: usize) -> KvCache {
         let c = &self.config;
         let capacity = capacity.min(c.context_length);

@@ -1,0 +1,120 @@
+//! LoRA adapters of decoders on disk, in PEFT's layout: `adapter_config.json` (PEFT's keys,
+//! `task_type: CAUSAL_LM`, plus zhiku's) and `adapter_model.safetensors` with tensors named
+//! `base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight` (`[r, in]`) and
+//! `..lora_B.weight` (`[out, r]`), so `PeftModel.from_pretrained` loads what zhiku writes and
+//! zhiku loads what PEFT writes.
+
+use super::graph::{GraphDecoder, LoraSpec, PROJECTIONS};
+use crate::classifier::write_atomic;
+use crate::peft::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// A decoder's LoRA adapter read from a folder.
+pub struct DecoderAdapter {
+    pub dir: PathBuf,
+    /// Rank, alpha and target projections (the seed is unused once weights exist).
+    pub spec: LoraSpec,
+    /// The base model recorded at training time (a GGUF file or a Hugging Face folder).
+    pub base: Option<PathBuf>,
+    /// PEFT's names to `[r, in]` / `[out, r]` f32 tensors.
+    pub tensors: HashMap<String, Tensor>,
+}
+
+/// Whether `dir` holds an adapter (rather than a whole model).
+pub fn is_adapter_dir(dir: &Path) -> bool {
+    dir.join(ADAPTER_CONFIG).is_file()
+}
+
+/// `adapter_config.json` as PEFT writes it for a causal LM.
+fn config_json(spec: &LoraSpec, base: &Path, extra: &Value) -> Value {
+    let mut v = json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base.to_string_lossy(),
+        "r": spec.rank,
+        "lora_alpha": spec.alpha,
+        "lora_dropout": 0.0,
+        "target_modules": spec.targets,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "init_lora_weights": true,
+        "use_rslora": false,
+        "use_dora": false,
+        "modules_to_save": null,
+        "layers_to_transform": null,
+        "layers_pattern": null,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "revision": null,
+        "zhiku_base_model": base.to_string_lossy(),
+    });
+    if let (Value::Object(m), Value::Object(e)) = (&mut v, extra) {
+        m.extend(e.clone());
+    }
+    v
+}
+
+/// Writes `model`'s adapters into `dir` (created if needed): each file under a temporary name,
+/// then renamed. `extra` adds keys to `adapter_config.json`.
+pub fn save(dir: &Path, model: &GraphDecoder, spec: &LoraSpec, base: &Path, extra: &Value) -> Result<()> {
+    let tensors: HashMap<String, Tensor> = model.trainable().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+    if tensors.is_empty() {
+        bail!("the model has no adapters to save")
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tmp = dir.join(format!(".{ADAPTER_WEIGHTS}.tmp"));
+    candle_core::safetensors::save(&tensors, &tmp)?;
+    std::fs::rename(&tmp, dir.join(ADAPTER_WEIGHTS)).with_context(|| format!("cannot write {}", dir.join(ADAPTER_WEIGHTS).display()))?;
+    write_atomic(&dir.join(ADAPTER_CONFIG), serde_json::to_string_pretty(&config_json(spec, base, extra))?.as_bytes())
+}
+
+impl DecoderAdapter {
+    pub fn open(dir: &Path) -> Result<Self> {
+        let path = dir.join(ADAPTER_CONFIG);
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let v: Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
+        let at = |what: String| anyhow::anyhow!("{}: {what}", path.display());
+        if v["peft_type"].as_str() != Some("LORA") {
+            return Err(at(format!("peft_type is {}, not LORA (only LoRA adapters of decoders are supported)", v["peft_type"])));
+        }
+        let rank = v["r"].as_u64().filter(|&r| r > 0).ok_or_else(|| at("\"r\" must be a positive integer".into()))? as usize;
+        let alpha = v["lora_alpha"].as_f64().ok_or_else(|| at("\"lora_alpha\" must be a number".into()))?;
+        if v["use_dora"].as_bool() == Some(true) || v["use_rslora"].as_bool() == Some(true) {
+            return Err(at("DoRA and rsLoRA adapters are not supported".into()));
+        }
+        if v["rank_pattern"].as_object().is_some_and(|m| !m.is_empty()) || v["alpha_pattern"].as_object().is_some_and(|m| !m.is_empty()) {
+            return Err(at("per-module ranks (rank_pattern, alpha_pattern) are not supported".into()));
+        }
+        let targets: Vec<String> = match &v["target_modules"] {
+            Value::Array(a) => a.iter().filter_map(|t| t.as_str()).map(|t| t.rsplit('.').next().unwrap_or(t).to_string()).collect(),
+            Value::String(s) if s == "all-linear" => PROJECTIONS.iter().map(|p| p.to_string()).collect(),
+            other => return Err(at(format!("\"target_modules\" {other} is not a list of projections"))),
+        };
+        if let Some(t) = targets.iter().find(|t| !PROJECTIONS.contains(&t.as_str())) {
+            return Err(at(format!("target module '{t}' is not one of {}", PROJECTIONS.join(", "))));
+        }
+        let base = v["zhiku_base_model"].as_str().or(v["base_model_name_or_path"].as_str()).filter(|s| !s.is_empty()).map(PathBuf::from);
+        let weights = dir.join(ADAPTER_WEIGHTS);
+        if !weights.is_file() {
+            bail!("adapter folder {} has no {ADAPTER_WEIGHTS}", dir.display())
+        }
+        let raw = candle_core::safetensors::load(&weights, &Device::Cpu).with_context(|| format!("cannot read {}", weights.display()))?;
+        // PEFT names tensors without the adapter name when saving; accept ".default." too.
+        let tensors = raw.into_iter().map(|(n, t)| Ok((n.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B."), t.to_dtype(candle_core::DType::F32)?))).collect::<Result<_>>()?;
+        Ok(Self { dir: dir.to_path_buf(), spec: LoraSpec { rank, alpha, targets, seed: 0 }, base, tensors })
+    }
+
+    /// The base model: `base` if given, else the one recorded, which must exist.
+    pub fn base_model(&self, base: Option<&Path>) -> Result<PathBuf> {
+        match base.map(Path::to_path_buf).or_else(|| self.base.clone()) {
+            Some(p) if p.exists() => Ok(p),
+            Some(p) => bail!("adapter {} was trained on {}, which is not there; pass the base model with --model", self.dir.display(), p.display()),
+            None => bail!("adapter {} names no base model; pass it with --model", self.dir.display()),
+        }
+    }
+}
