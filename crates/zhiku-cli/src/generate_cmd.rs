@@ -10,11 +10,19 @@ use zhiku_infer::sampling::SamplingParams;
 use zhiku_infer::template::Message;
 use zhiku_infer::{Completion, LanguageModel, Prompt, Request};
 
+/// The name `zhiku generate` and `zhiku chat` give the one adapter they load.
+const ADAPTER: &str = "adapter";
+
 #[derive(Args, Clone)]
 pub struct SamplingArgs {
-    /// Model: a GGUF file (qwen2, llama or gemma3 architecture).
+    /// Model: a GGUF file or Hugging Face folder (qwen2, llama or gemma3 architecture); with
+    /// --adapter, the base it was trained on [default: the base the adapter records].
     #[arg(long, short)]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
+    /// A LoRA adapter folder (PEFT's layout, from `zhiku train --task sft` or Python PEFT) to
+    /// run over the base model.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// Most tokens to generate.
     #[arg(long, default_value_t = 256)]
     pub max_tokens: usize,
@@ -73,7 +81,8 @@ impl SamplingArgs {
     }
 
     fn request(&self, prompt: Prompt) -> Request {
-        Request { prompt, params: self.params(), max_tokens: self.max_tokens, stop: self.stop.clone(), truncate: self.truncate }
+        let adapter = self.adapter.as_ref().map(|_| ADAPTER.to_string());
+        Request { prompt, params: self.params(), max_tokens: self.max_tokens, stop: self.stop.clone(), truncate: self.truncate, adapter }
     }
 
     fn load(&self) -> Result<LanguageModel> {
@@ -81,7 +90,18 @@ impl SamplingArgs {
         if self.max_tokens == 0 {
             bail!("--max-tokens must be at least 1")
         }
-        LanguageModel::open_with(&self.model, &zhiku_infer::OpenOptions { mmap: !self.no_mmap, ..Default::default() })
+        let model = match (&self.model, &self.adapter) {
+            (Some(m), _) => m.clone(),
+            (None, Some(dir)) => zhiku_models::decoder::adapter::DecoderAdapter::open(dir)?.base_model(None)?,
+            (None, None) => bail!("give the model with --model FILE (or an --adapter that records its base)"),
+        };
+        // Adapters run on the CPU engine.
+        let engine = if self.adapter.is_some() { zhiku_infer::Engine::Cpu } else { zhiku_infer::Engine::auto() };
+        let mut lm = LanguageModel::open_with(&model, &zhiku_infer::OpenOptions { mmap: !self.no_mmap, engine })?;
+        if let Some(dir) = &self.adapter {
+            lm.load_adapter(ADAPTER, dir)?;
+        }
+        Ok(lm)
     }
 }
 

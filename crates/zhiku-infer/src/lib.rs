@@ -76,6 +76,8 @@ pub struct LanguageModel {
     template: ChatTemplate,
     pub name: String,
     pub file_size: usize,
+    /// Names of the LoRA adapters loaded over the base, in the model's order.
+    pub adapters: Vec<String>,
 }
 
 /// What to continue: raw text, or a conversation rendered with the chat template.
@@ -96,6 +98,8 @@ pub struct Request {
     /// Drop the oldest prompt tokens if prompt + max_tokens exceed the context, instead of
     /// refusing.
     pub truncate: bool,
+    /// A LoRA adapter loaded with [`LanguageModel::load_adapter`], by name (None: the base).
+    pub adapter: Option<String>,
 }
 
 /// A checked request's prompt ids (the oldest dropped if it asked to truncate).
@@ -104,6 +108,8 @@ pub struct Prepared {
     pub ids: Vec<u32>,
     /// Prompt tokens dropped.
     pub truncated: usize,
+    /// The adapter's index in the model.
+    pub adapter: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -245,7 +251,21 @@ impl LanguageModel {
             Engine::Cpu => Box::new(model),
             Engine::Graph { device, dtype } => Box::new(GraphDecoder::new(model, &GraphOptions { device, dtype, dense: true, lora: None })?),
         };
-        Ok(Self { model, tokenizer, info, template, name, file_size })
+        Ok(Self { model, tokenizer, info, template, name, file_size, adapters: Vec::new() })
+    }
+
+    /// Loads a LoRA adapter folder (PEFT's layout, trained by zhiku or by PEFT) over this
+    /// model's base weights, to be chosen per request by `name`.
+    pub fn load_adapter(&mut self, name: &str, dir: &Path) -> Result<()> {
+        if self.adapters.iter().any(|a| a == name) {
+            bail!("an adapter named {name:?} is already loaded")
+        }
+        let adapter = zhiku_models::decoder::adapter::DecoderAdapter::open(dir)?;
+        let weights = zhiku_models::decoder::lora::LoraWeights::new(name, self.model.config(), adapter.spec.alpha, adapter.spec.rank, &adapter.tensors)
+            .with_context(|| format!("adapter {}", dir.display()))?;
+        self.model.add_adapter(weights)?;
+        self.adapters.push(name.to_string());
+        Ok(())
     }
 
     /// Token ids of a text; `special`: add the BOS the model expects.
@@ -302,7 +322,15 @@ impl LanguageModel {
             truncated = ids.len() + r.max_tokens - ctx;
             ids.drain(..truncated);
         }
-        Ok(Prepared { ids, truncated })
+        let adapter = match &r.adapter {
+            None => None,
+            Some(name) => match self.adapters.iter().position(|a| a == name) {
+                Some(i) => Some(i),
+                None if self.adapters.is_empty() => bail!("adapter {name:?} is not loaded (this model has none)"),
+                None => bail!("adapter {name:?} is not loaded (loaded: {})", self.adapters.join(", ")),
+            },
+        };
+        Ok(Prepared { ids, truncated, adapter })
     }
 
     /// Generates for every request, batched continuously (as many at once as the default

@@ -127,7 +127,7 @@ impl<'a> Scheduler<'a> {
         self.reserved_kv += kv;
         self.active.push(Active {
             prompt_len: ids.len(),
-            cache: self.lm.model.new_cache(positions),
+            cache: self.lm.model.new_cache(positions).with_adapter(prepared.adapter),
             ids,
             truncated,
             prefilled: 0,

@@ -93,7 +93,7 @@ fn check_greedy(lm: &LanguageModel, fx: &Value) -> (Vec<u32>, Vec<u32>) {
         assert_eq!(lm.prompt_ids(&Prompt::Chat(messages)).unwrap(), prompt_ids, "chat template + tokenizer");
     }
     let expect = ids(&g["ids"]);
-    let request = Request { prompt: Prompt::Tokens(prompt_ids), params: SamplingParams::greedy(), max_tokens: expect.len(), stop: vec![], truncate: false };
+    let request = Request { prompt: Prompt::Tokens(prompt_ids), params: SamplingParams::greedy(), max_tokens: expect.len(), stop: vec![], truncate: false, adapter: None };
     let mut text = String::new();
     let out = lm.generate(std::slice::from_ref(&request), |_, p| text.push_str(p)).unwrap().remove(0);
     assert_eq!(out.text, text, "streamed pieces add up to the text");

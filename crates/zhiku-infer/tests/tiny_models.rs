@@ -57,7 +57,7 @@ fn check_against_transformers(name: &str) {
         assert_eq!(zhiku_infer::sampling::argmax(row), ids(&r["top_ids"])[0], "{name}: argmax");
     }
     let expect = ids(&reference["greedy"]);
-    let req = Request { prompt: Prompt::Tokens(ids(&reference["greedy_prompt"])), params: SamplingParams::greedy(), max_tokens: expect.len(), stop: vec![], truncate: false };
+    let req = Request { prompt: Prompt::Tokens(ids(&reference["greedy_prompt"])), params: SamplingParams::greedy(), max_tokens: expect.len(), stop: vec![], truncate: false, adapter: None };
     let mut got = lm.generate(std::slice::from_ref(&req), |_, _| {}).unwrap().remove(0).token_ids;
     // transformers ignored end-of-turn tokens (min_new_tokens); we stop at one.
     if got.len() < expect.len() {

@@ -144,7 +144,7 @@ pub fn plan(lib: &Library, question: &str, options: &AskOptions) -> Result<AskPl
     let hits = lib.search(question, &SearchOptions { mode: options.mode, top_k: options.top_k.max(1), ..Default::default() })?;
     let request = (!hits.is_empty()).then(|| {
         let params = SamplingParams { temperature: options.temperature, seed: options.seed, ..SamplingParams::default() };
-        Request { prompt: Prompt::Chat(prompt(question, &hits)), params, max_tokens: options.max_tokens, stop: Vec::new(), truncate: true }
+        Request { prompt: Prompt::Chat(prompt(question, &hits)), params, max_tokens: options.max_tokens, stop: Vec::new(), truncate: true, adapter: None }
     });
     Ok(AskPlan { hits, request, zh })
 }

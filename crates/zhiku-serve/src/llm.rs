@@ -212,7 +212,7 @@ impl Common {
         if stop.len() > 4 || stop.iter().any(|s| s.is_empty() || s.len() > 256) {
             return Err(ApiError::unprocessable("stop takes up to 4 non-empty strings of up to 256 bytes"));
         }
-        Ok(Request { prompt, params, max_tokens, stop, truncate: false })
+        Ok(Request { prompt, params, max_tokens, stop, truncate: false, adapter: None })
     }
 }
 

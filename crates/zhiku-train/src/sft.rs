@@ -309,6 +309,15 @@ impl SftData {
     }
 }
 
+/// A gradient store with nothing in it (candle offers no constructor).
+fn empty_grads() -> Result<GradStore> {
+    let v = Var::zeros(1, DType::F32, &candle_core::Device::Cpu)?;
+    let mut g = v.as_tensor().sum_all()?.backward()?;
+    g.remove(v.as_tensor());
+    Ok(g)
+}
+
+
 /// Rows of the head's loss taken at once: bounds the `[rows, vocab]` logits in memory.
 const HEAD_ROWS: usize = 128;
 
@@ -359,7 +368,7 @@ pub fn rows_pass(model: &GraphDecoder, rows: &[Vec<&SftExample>], weight: f64, r
         let ce = kernels::cross_entropy_rows(&logits.to_dtype(DType::F32)?, &targets)?.sum_all()?;
         loss += ce.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         let g = (ce * weight)?.backward()?;
-        let gx = g.get(last.as_tensor()).ok_or_else(|| anyhow!("no gradient reached the last layer"))?.clone();
+        let gx = g.get(last.as_tensor()).ok_or_else(|| anyhow!("no gradient reached the last layer"))?.detach();
         grad_x = Some(match grad_x {
             None => gx,
             Some(prev) => (prev + gx)?,
@@ -377,12 +386,22 @@ pub fn rows_pass(model: &GraphDecoder, rows: &[Vec<&SftExample>], weight: f64, r
             kept.pop().expect("one graph per layer")
         };
         let mut own = (y * &grad)?.sum_all()?.backward()?;
+        // Gradients that went through an adapter are themselves results of tracked operations:
+        // detached, so that they do not keep this layer's graph alive into the next.
         if let Some(input) = &input {
-            grad = own.remove(input.as_tensor()).ok_or_else(|| anyhow!("no gradient reached layer {li}'s input"))?;
+            grad = own.remove(input.as_tensor()).ok_or_else(|| anyhow!("no gradient reached layer {li}'s input"))?.detach();
         }
-        match &mut acc {
-            None => acc = Some(own),
-            Some(a) => a.extend(own)?,
+        // Only the adapters' gradients are kept: candle's store also holds gradients for the
+        // constants a layer reads (masks, rotary tables, the incoming gradient), which would
+        // pile up layer after layer.
+        let acc = match &mut acc {
+            Some(a) => a,
+            None => acc.insert(empty_grads()?),
+        };
+        for var in model.layer_trainable(li) {
+            if let Some(g) = own.remove(var.as_tensor()) {
+                acc.insert(var.as_tensor(), g.detach());
+            }
         }
     }
     Ok((loss, acc))

@@ -597,7 +597,7 @@ impl CausalLm for GraphDecoder {
         let capacity = capacity.min(c.context_length);
         let zeros = || Tensor::zeros((c.n_kv_heads, capacity, c.head_dim), self.accumulate(), &self.device).expect("device memory for the cache");
         let device = DeviceKv { k: (0..c.n_layers).map(|_| zeros()).collect(), v: (0..c.n_layers).map(|_| zeros()).collect() };
-        KvCache { kv_dim: c.n_kv_heads * c.head_dim, capacity, len: 0, k: Vec::new(), v: Vec::new(), device: Some(device) }
+        KvCache { kv_dim: c.n_kv_heads * c.head_dim, capacity, len: 0, k: Vec::new(), v: Vec::new(), device: Some(device), adapter: None }
     }
 
     /// Each step in turn (the device does the batching within a step's tokens).
@@ -612,6 +612,9 @@ impl CausalLm for GraphDecoder {
             let offset = s.cache.len;
             if offset + n > s.cache.capacity {
                 bail!("sequence of {} tokens does not fit its cache of {} positions (context length {})", offset + n, s.cache.capacity, c.context_length)
+            }
+            if s.cache.adapter.is_some() {
+                bail!("this engine runs its own adapters (GraphOptions::lora), not a cache's")
             }
             let Some(kv) = s.cache.device.as_mut() else { bail!("this cache was made by another engine") };
             let x = self.embed(&[s.tokens], n)?;

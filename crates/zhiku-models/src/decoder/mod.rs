@@ -16,6 +16,7 @@ pub mod gemma3;
 pub mod graph;
 pub mod hf;
 pub mod llama;
+pub mod lora;
 pub mod qwen2;
 
 use crate::gguf::GgufFile;
@@ -161,6 +162,8 @@ pub struct DecoderModel {
     /// Products in f32 over dequantised weights instead of the 8-bit activation kernels:
     /// slower, and equal to transformers' arithmetic (for checking against it).
     pub exact: bool,
+    /// LoRA adapters a sequence may run with (its cache says which).
+    adapters: Vec<lora::LoraWeights>,
 }
 
 /// Keys and values of one sequence, preallocated for `capacity` positions: in host memory
@@ -173,6 +176,8 @@ pub struct KvCache {
     k: Vec<f32>,
     v: Vec<f32>,
     device: Option<DeviceKv>,
+    /// The LoRA adapter this sequence runs with (an index into the model's), if any.
+    adapter: Option<usize>,
 }
 
 /// A device cache: per layer, keys and values `[kv_heads, capacity, head_dim]`.
@@ -198,6 +203,11 @@ pub trait CausalLm: Send + Sync {
     fn set_exact(&mut self, exact: bool);
     /// Where it runs, in words.
     fn engine(&self) -> String;
+    /// Adds a LoRA adapter over the same base weights; returns its index for
+    /// [`KvCache::with_adapter`].
+    fn add_adapter(&mut self, _adapter: lora::LoraWeights) -> Result<usize> {
+        bail!("this engine ({}) does not run LoRA adapters; use the CPU engine", self.engine())
+    }
 }
 
 impl DecoderConfig {
@@ -226,6 +236,14 @@ impl KvCache {
     pub fn bytes(&self) -> usize {
         let device: usize = self.device.as_ref().map_or(0, |d| d.k.iter().chain(&d.v).map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum());
         (self.k.len() + self.v.len()) * 4 + device
+    }
+    /// This cache's sequence runs with adapter `adapter` (from [`CausalLm::add_adapter`]).
+    pub fn with_adapter(mut self, adapter: Option<usize>) -> Self {
+        self.adapter = adapter;
+        self
+    }
+    pub fn adapter(&self) -> Option<usize> {
+        self.adapter
     }
     fn offset(&self, layer: usize, pos: usize) -> usize {
         (layer * self.capacity + pos) * self.kv_dim
@@ -319,10 +337,9 @@ impl DecoderModel {
     fn assemble(config: DecoderConfig, embed: QMatrix, layers: Vec<Layer>, final_norm: Vec<f32>, lm_head: Option<QMatrix>) -> Self {
         let rope = RopeTable::new(config.head_dim, config.rope_theta, config.context_length);
         let rope_local = config.sliding_window.map(|_| RopeTable::new(config.head_dim, config.rope_theta_local, config.context_length));
-        Self { config, embed, layers, final_norm, lm_head, rope, rope_local, exact: false }
+        Self { config, embed, layers, final_norm, lm_head, rope, rope_local, exact: false, adapters: Vec::new() }
     }
 
-    /// An empty cache for up to `capacity` positions (at most the model's context length).
     /// Weights in the model (a tied output projection counted once).
     pub fn parameter_count(&self) -> usize {
         let m = |q: &QMatrix| q.rows * q.cols;
@@ -340,12 +357,13 @@ impl DecoderModel {
         m(&self.embed) + self.lm_head.as_ref().map_or(0, m) + self.final_norm.len() + layers
     }
 
+    /// An empty cache for up to `capacity` positions (at most the model's context length).
     pub fn new_cache(&self, capacity: usize) -> KvCache {
         let c = &self.config;
         let capacity = capacity.min(c.context_length);
         let kv_dim = c.n_kv_heads * c.head_dim;
         let n = c.n_layers * capacity * kv_dim;
-        KvCache { kv_dim, capacity, len: 0, k: vec![0f32; n], v: vec![0f32; n], device: None }
+        KvCache { kv_dim, capacity, len: 0, k: vec![0f32; n], v: vec![0f32; n], device: None, adapter: None }
     }
 
     /// Bytes of KV cache one position takes.
@@ -410,11 +428,35 @@ impl DecoderModel {
             if let Some(&t) = s.tokens.iter().find(|&&t| t as usize >= c.vocab) {
                 bail!("token id {t} is outside the vocabulary of {}", c.vocab)
             }
+            if let Some(a) = s.cache.adapter {
+                if a >= self.adapters.len() {
+                    bail!("a sequence asks for adapter {a}; {} are loaded", self.adapters.len())
+                }
+            }
             for (i, _) in s.tokens.iter().enumerate() {
                 rows.push((si, s.cache.len + i));
             }
         }
         let n = rows.len();
+        // For each adapter in use, which rows run with it.
+        let mut active: Vec<(usize, Vec<bool>)> = Vec::new();
+        for (r, &(si, _)) in rows.iter().enumerate() {
+            if let Some(a) = steps[si].cache.adapter {
+                let at = match active.iter().position(|(x, _)| *x == a) {
+                    Some(i) => i,
+                    None => {
+                        active.push((a, vec![false; n]));
+                        active.len() - 1
+                    }
+                };
+                active[at].1[r] = true;
+            }
+        }
+        let lora = |li: usize, p: usize, input: &[f32], out: &mut [f32]| {
+            for (a, flags) in &active {
+                self.adapters[*a].add(li, p, input, out, flags);
+            }
+        };
         let mut x = vec![0f32; n * hidden];
         for (r, (si, pos)) in rows.iter().enumerate() {
             let tok = steps[*si].tokens[pos - steps[*si].cache.len];
@@ -438,6 +480,9 @@ impl DecoderModel {
             self.project(&l.wq, &h, n, acts.as_ref(), &mut q)?;
             self.project(&l.wk, &h, n, acts.as_ref(), &mut k)?;
             self.project(&l.wv, &h, n, acts.as_ref(), &mut v)?;
+            lora(li, 0, &h, &mut q);
+            lora(li, 1, &h, &mut k);
+            lora(li, 2, &h, &mut v);
             add_bias(&mut q, l.bq.as_deref());
             add_bias(&mut k, l.bk.as_deref());
             add_bias(&mut v, l.bv.as_deref());
@@ -465,6 +510,7 @@ impl DecoderModel {
                 });
             }
             self.project(&l.wo, &attn, n, None, &mut o)?;
+            lora(li, 3, &attn, &mut o);
             if let Some(w) = &l.post_attn_norm {
                 ops::rms_norm_in_place(&mut o, w, c.rms_eps);
             }
@@ -474,12 +520,15 @@ impl DecoderModel {
             let acts = self.quantize_if_needed(&h, n, hidden, &[&l.w_gate, &l.w_up]);
             self.project(&l.w_gate, &h, n, acts.as_ref(), &mut gate)?;
             self.project(&l.w_up, &h, n, acts.as_ref(), &mut up)?;
+            lora(li, 4, &h, &mut gate);
+            lora(li, 5, &h, &mut up);
             let act = match c.activation {
                 Activation::Silu => ops::silu,
                 Activation::GeluTanh => ops::gelu_tanh,
             };
             gate.par_chunks_mut(4096).zip(up.par_chunks(4096)).for_each(|(g, u)| g.iter_mut().zip(u).for_each(|(g, u)| *g = act(*g) * u));
             self.project(&l.w_down, &gate, n, None, &mut o)?;
+            lora(li, 6, &gate, &mut o);
             if let Some(w) = &l.post_ffn_norm {
                 ops::rms_norm_in_place(&mut o, w, c.rms_eps);
             }
@@ -534,6 +583,13 @@ impl CausalLm for DecoderModel {
     }
     fn engine(&self) -> String {
         format!("cpu ({:?} kernels)", crate::qmatmul::kernel())
+    }
+    fn add_adapter(&mut self, adapter: lora::LoraWeights) -> Result<usize> {
+        if let Some(i) = self.adapters.iter().position(|a| a.name == adapter.name) {
+            bail!("an adapter named {} is already loaded (index {i})", adapter.name)
+        }
+        self.adapters.push(adapter);
+        Ok(self.adapters.len() - 1)
     }
 }
 
