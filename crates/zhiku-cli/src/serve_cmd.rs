@@ -18,8 +18,10 @@ Example:\n  zhiku serve --model news=runs/news --model minilm=models/all-MiniLM-
 curl -s localhost:8080/v1/classify -d '{\"model\": \"news\", \"texts\": [\"Stocks rallied\"], \"top_k\": 3}'")]
 pub struct ServeArgs {
     /// A model to serve, as NAME=DIR or NAME=FILE.gguf (repeat for several): a classifier written
-    /// by `zhiku train`, an encoder folder (embeddings only), or a language model in a GGUF file
-    /// (OpenAI-compatible /v1/chat/completions and /v1/completions).
+    /// by `zhiku train`, an encoder folder (embeddings only), a language model in a GGUF file
+    /// (OpenAI-compatible /v1/chat/completions and /v1/completions), or a LoRA adapter folder
+    /// from `zhiku train --task sft` (or PEFT) over a GGUF model also served: requests choose it
+    /// by NAME, and every adapter shares its base's weights and batches.
     #[arg(long = "model", value_name = "NAME=PATH", required_unless_present = "libraries")]
     models: Vec<String>,
     /// A content library to serve, as NAME=DIR (made by `zhiku library add`; repeat for several)
@@ -85,17 +87,20 @@ pub struct ServeArgs {
 pub fn run(a: ServeArgs) -> Result<i32> {
     let mut models = Vec::new();
     let mut llms: Vec<(String, PathBuf)> = Vec::new();
+    let mut adapters: Vec<(String, PathBuf)> = Vec::new();
     for m in &a.models {
         let Some((name, dir)) = m.split_once('=') else { bail!("--model {m:?}: expected NAME=DIR") };
         if !zhiku_serve::valid_model_name(name) {
             bail!("--model {m:?}: names are letters, digits, '.', '_' and '-'")
         }
-        if models.iter().chain(&llms).any(|(n, _)| n == name) {
+        if models.iter().chain(&llms).chain(&adapters).any(|(n, _)| n == name) {
             bail!("--model: the name {name:?} is given twice")
         }
         let path = PathBuf::from(dir);
         if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
             llms.push((name.to_string(), path));
+        } else if zhiku_models::decoder::adapter::is_decoder_adapter(&path) {
+            adapters.push((name.to_string(), path));
         } else {
             models.push((name.to_string(), path));
         }
@@ -127,6 +132,7 @@ pub fn run(a: ServeArgs) -> Result<i32> {
         },
         models,
         llms,
+        adapters,
         libraries,
         llm_limits: {
             if a.max_sequences == 0 || a.kv_cache_mib == 0 {

@@ -217,3 +217,52 @@ fn bad_requests_get_clear_4xx_and_the_server_keeps_serving() {
     let (s, r) = chat(json!({"temperature": 0}));
     assert_eq!(s, 200, "{r}");
 }
+
+#[test]
+fn adapters_are_served_by_name_over_one_base() {
+    // A LoRA adapter trained by the binary to answer one question its own way.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("secret.jsonl");
+    let line = json!({"prompt": "What is the secret word?", "response": "The secret word is zebra."}).to_string();
+    std::fs::write(&data, format!("{line}\n").repeat(8)).unwrap();
+    let adapter = dir.path().join("adapter");
+    let o = Command::new(env!("CARGO_BIN_EXE_zhiku"))
+        .args(["train", "--task", "sft", "--model", model().to_str().unwrap(), "--train", data.to_str().unwrap(), "--dev", data.to_str().unwrap()])
+        .args(["--output", adapter.to_str().unwrap(), "--max-steps", "12", "--epochs", "20", "--batch-size", "4", "--lr", "3e-3", "--warmup-ratio", "0", "--max-length", "64", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let generate = |extra: &[&str]| -> String {
+        let o = Command::new(env!("CARGO_BIN_EXE_zhiku"))
+            .args(["generate", "--temperature", "0", "--max-tokens", "10", "--json"])
+            .args(extra)
+            .arg("What is the secret word?")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()["text"].as_str().unwrap().to_string()
+    };
+    let tuned = generate(&["--adapter", adapter.to_str().unwrap()]);
+    let base = generate(&["--model", model().to_str().unwrap()]);
+    assert!(tuned.to_lowercase().contains("zebra") && !base.to_lowercase().contains("zebra"), "tuned {tuned:?}, base {base:?}");
+
+    // Served beside its base: each request picks by name, and gets what the CLI gives.
+    let arg = format!("tuned={}", adapter.display());
+    let srv = start(&["--model", &arg], &[]);
+    let (s, models) = srv.json("GET", "/v1/models", None, &Value::Null);
+    assert_eq!(s, 200);
+    let entry = models["data"].as_array().unwrap().iter().find(|m| m["id"] == "tuned").cloned().expect("the adapter is listed");
+    assert_eq!(entry["adapter_of"], "smol");
+    for (name, expect) in [("tuned", &tuned), ("smol", &base)] {
+        let body = json!({"model": name, "messages": [{"role": "user", "content": "What is the secret word?"}], "temperature": 0, "max_tokens": 10});
+        let (s, r) = srv.json("POST", "/v1/chat/completions", None, &body);
+        assert_eq!(s, 200, "{r}");
+        assert_eq!((r["model"].as_str().unwrap(), r["choices"][0]["message"]["content"].as_str().unwrap()), (name, expect.as_str()));
+    }
+    drop(srv);
+
+    // An adapter whose base is not served is refused at start.
+    let o = Command::new(env!("CARGO_BIN_EXE_zhiku")).args(["serve", "--port", "0", "--model", &arg]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("serve that model too"), "{err}");
+}

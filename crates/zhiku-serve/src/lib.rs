@@ -39,6 +39,9 @@ pub struct ServeConfig {
     pub models: Vec<(String, PathBuf)>,
     /// `(name, GGUF file)` language models to load at start.
     pub llms: Vec<(String, PathBuf)>,
+    /// `(name, adapter folder)`: LoRA adapters served over a language model of `llms` (the base
+    /// the adapter records), each request choosing one by its name; one base in memory.
+    pub adapters: Vec<(String, PathBuf)>,
     /// Content libraries (NAME, folder made by `zhiku library add`, or `postgres://...#LIB`).
     pub libraries: Vec<(String, PathBuf)>,
     /// Each language model's batch bounds (sequences, KV-cache bytes).
@@ -82,7 +85,7 @@ pub fn run(config: ServeConfig) -> Result<()> {
             config.host
         )
     }
-    if config.models.is_empty() && config.llms.is_empty() && config.libraries.is_empty() {
+    if config.models.is_empty() && config.llms.is_empty() && config.adapters.is_empty() && config.libraries.is_empty() {
         bail!("nothing to serve: give at least one --model NAME=DIR (or NAME=FILE.gguf) or --library NAME=DIR")
     }
     let metrics = Arc::new(metrics::Metrics::new());
@@ -91,11 +94,29 @@ pub fn run(config: ServeConfig) -> Result<()> {
         registry.load(name, dir, config.int8.contains(name)).with_context(|| format!("cannot load model {name:?} from {}", dir.display()))?;
         eprintln!("zhiku serve: loaded {name} from {}", dir.display());
     }
+    // Each adapter goes with the served model it was trained on (same file).
+    let canonical = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut adapters_of: Vec<Vec<(String, PathBuf)>> = vec![Vec::new(); config.llms.len()];
+    for (name, dir) in &config.adapters {
+        let adapter = zhiku_models::decoder::adapter::DecoderAdapter::open(dir).with_context(|| format!("adapter {name:?}"))?;
+        let base = adapter.base.as_deref().map(canonical);
+        match config.llms.iter().position(|(_, file)| Some(canonical(file)) == base) {
+            Some(i) => adapters_of[i].push((name.clone(), dir.clone())),
+            None => anyhow::bail!(
+                "adapter {name:?} ({}) was trained on {}; serve that model too (--model NAME={0})",
+                dir.display(),
+                adapter.base.as_deref().map_or("an unrecorded base".into(), |b| b.display().to_string())
+            ),
+        }
+    }
     let mut llms = Vec::new();
-    for (name, file) in &config.llms {
-        let w = llm::LlmWorker::start(name, file, config.llm_mmap, config.llm_limits, config.batch.queue_size, metrics.clone())
+    for ((name, file), adapters) in config.llms.iter().zip(&adapters_of) {
+        let w = llm::LlmWorker::start(name, file, adapters, config.llm_mmap, config.llm_limits, config.batch.queue_size, metrics.clone())
             .with_context(|| format!("cannot load language model {name:?} from {}", file.display()))?;
         eprintln!("zhiku serve: loaded language model {name} from {}", file.display());
+        for (a, dir) in adapters {
+            eprintln!("zhiku serve: adapter {a} from {} over {name}", dir.display());
+        }
         llms.push(Arc::new(w));
     }
     let mut libraries = std::collections::HashMap::new();

@@ -162,7 +162,8 @@ pub async fn ask(State(state): State<Arc<AppState>>, headers: HeaderMap, body: R
         Some(q) if !q.trim().is_empty() => q.to_string(),
         _ => return Err(ApiError::unprocessable("question: a non-empty string is required")),
     };
-    let worker = crate::llm::pick(&state, v.get("model").and_then(|m| m.as_str()))?;
+    let picked = crate::llm::pick(&state, v.get("model").and_then(|m| m.as_str()))?;
+    let model = picked.name();
     let defaults = AskOptions::default();
     let max_tokens = match v.get("max_tokens") {
         None => defaults.max_tokens,
@@ -180,7 +181,11 @@ pub async fn ask(State(state): State<Arc<AppState>>, headers: HeaderMap, body: R
     let options = AskOptions { top_k: top_k_field(&v, defaults.top_k)?, mode: mode_field(&v)?, max_tokens, temperature, seed };
     let q = question.clone();
     let mut plan = with_library(lib, move |l| zhiku_library::ask::plan(l, &q, &options)).await?.map_err(|e| ApiError::unprocessable(format!("{e:#}")))?;
-    let request = plan.request.take();
+    let request = plan.request.take().map(|mut r| {
+        r.adapter = picked.adapter.clone();
+        r
+    });
+    let worker = picked.worker;
     let mut writer = AnswerWriter::new(plan);
     let rx = match request {
         Some(r) => {
@@ -189,7 +194,7 @@ pub async fn ask(State(state): State<Arc<AppState>>, headers: HeaderMap, body: R
         }
         None => None,
     };
-    let head = json!({"library": name, "question": question, "model": worker.name});
+    let head = json!({"library": name, "question": question, "model": model});
     if stream {
         return Ok(Sse::new(ask_events(rx, writer, head)).keep_alive(KeepAlive::default()).into_response());
     }

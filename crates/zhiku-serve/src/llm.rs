@@ -50,9 +50,15 @@ pub struct LlmWorker {
 }
 
 impl LlmWorker {
-    /// Loads `path` and starts the worker thread.
-    pub fn start(name: &str, path: &std::path::Path, mmap: bool, limits: Limits, queue_size: usize, metrics: Arc<crate::metrics::Metrics>) -> anyhow::Result<Self> {
-        let lm = Arc::new(LanguageModel::open_with(path, &zhiku_infer::OpenOptions { mmap, ..Default::default() })?);
+    /// Loads `path` with its LoRA `adapters` (name, folder) and starts the worker thread.
+    pub fn start(name: &str, path: &std::path::Path, adapters: &[(String, std::path::PathBuf)], mmap: bool, limits: Limits, queue_size: usize, metrics: Arc<crate::metrics::Metrics>) -> anyhow::Result<Self> {
+        // Adapters run on the CPU engine.
+        let engine = if adapters.is_empty() { zhiku_infer::Engine::auto() } else { zhiku_infer::Engine::Cpu };
+        let mut lm = LanguageModel::open_with(path, &zhiku_infer::OpenOptions { mmap, engine })?;
+        for (a, dir) in adapters {
+            lm.load_adapter(a, dir)?;
+        }
+        let lm = Arc::new(lm);
         let (tx, rx) = crossbeam_channel::bounded::<Job>(queue_size);
         let worker_lm = lm.clone();
         let model_name = name.to_string();
@@ -223,13 +229,32 @@ fn rand_seed() -> u64 {
     h.finish()
 }
 
-pub(crate) fn pick(state: &AppState, name: Option<&str>) -> Result<Arc<LlmWorker>, ApiError> {
+/// A served model a request names: a language model, or an adapter over one.
+pub(crate) struct Picked {
+    pub worker: Arc<LlmWorker>,
+    pub adapter: Option<String>,
+}
+
+impl Picked {
+    /// The name the request asked for.
+    pub fn name(&self) -> String {
+        self.adapter.clone().unwrap_or_else(|| self.worker.name.clone())
+    }
+}
+
+pub(crate) fn pick(state: &AppState, name: Option<&str>) -> Result<Picked, ApiError> {
     let llms = &state.llms;
     match name {
-        Some(n) => llms.iter().find(|w| w.name == n).cloned().ok_or_else(|| {
-            ApiError::new(StatusCode::NOT_FOUND, format!("unknown language model {n:?}; GET /v1/models lists them"))
-        }),
-        None if llms.len() == 1 => Ok(llms[0].clone()),
+        Some(n) => {
+            if let Some(w) = llms.iter().find(|w| w.name == n) {
+                return Ok(Picked { worker: w.clone(), adapter: None });
+            }
+            llms.iter()
+                .find(|w| w.lm.adapters.iter().any(|a| a == n))
+                .map(|w| Picked { worker: w.clone(), adapter: Some(n.to_string()) })
+                .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("unknown language model {n:?}; GET /v1/models lists them")))
+        }
+        None if llms.len() == 1 => Ok(Picked { worker: llms[0].clone(), adapter: None }),
         None if llms.is_empty() => Err(ApiError::new(StatusCode::NOT_FOUND, "no language model is served (start with --model NAME=FILE.gguf)")),
         None => Err(ApiError::unprocessable("several language models are served: name one with \"model\"")),
     }
@@ -252,30 +277,33 @@ enum Kind {
 
 pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let b: ChatBody = crate::api::parse(body)?;
-    let worker = pick(&state, b.common.model.as_deref())?;
+    let picked = pick(&state, b.common.model.as_deref())?;
     if b.messages.is_empty() {
         return Err(ApiError::unprocessable("messages is empty"));
     }
-    let request = b.common.request(Prompt::Chat(b.messages), &worker.lm)?;
-    respond(worker, request, &b.common, Kind::Chat).await
+    let mut request = b.common.request(Prompt::Chat(b.messages), &picked.worker.lm)?;
+    request.adapter = picked.adapter.clone();
+    respond(picked, request, &b.common, Kind::Chat).await
 }
 
 pub async fn completions(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let b: CompletionBody = crate::api::parse(body)?;
-    let worker = pick(&state, b.common.model.as_deref())?;
+    let picked = pick(&state, b.common.model.as_deref())?;
     if b.prompt.is_empty() {
         return Err(ApiError::unprocessable("prompt is empty"));
     }
-    let request = b.common.request(Prompt::Text(b.prompt), &worker.lm)?;
-    respond(worker, request, &b.common, Kind::Text).await
+    let mut request = b.common.request(Prompt::Text(b.prompt), &picked.worker.lm)?;
+    request.adapter = picked.adapter.clone();
+    respond(picked, request, &b.common, Kind::Text).await
 }
 
-async fn respond(worker: Arc<LlmWorker>, request: Request, common: &Common, kind: Kind) -> Result<Response, ApiError> {
+async fn respond(picked: Picked, request: Request, common: &Common, kind: Kind) -> Result<Response, ApiError> {
+    let model = picked.name();
+    let worker = picked.worker;
     let (request, prepared) = check(&worker, request).await?;
     let mut rx = worker.submit(request, prepared)?;
     let id = format!("{}-{:016x}", if kind == Kind::Chat { "chatcmpl" } else { "cmpl" }, rand_seed());
     let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let model = worker.name.clone();
     if common.stream {
         let usage = common.stream_options.as_ref().is_some_and(|o| o.include_usage);
         let stream = sse_stream(rx, Chunker { id, created, model, kind, usage });
@@ -381,18 +409,24 @@ fn sse_stream(rx: UnboundedReceiver<Msg>, c: Chunker) -> impl futures_util::Stre
     })
 }
 
-/// `/v1/models` entries of the served language models.
+/// `/v1/models` entries of the served language models and the adapters over them.
 pub fn model_entries(state: &AppState) -> Vec<Value> {
-    state
-        .llms
-        .iter()
-        .map(|w| {
-            let c = w.lm.model.config();
-            json!({
-                "id": w.name, "object": "model", "owned_by": "zhiku", "kind": "generator",
+    let mut out = Vec::new();
+    for w in &state.llms {
+        let c = w.lm.model.config();
+        let entry = |id: &str, base: Option<&str>| {
+            let mut e = json!({
+                "id": id, "object": "model", "owned_by": "zhiku", "kind": "generator",
                 "architecture": c.arch.name(), "context_length": c.context_length,
                 "max_sequences": w.limits.max_sequences, "kv_cache_mib": w.limits.max_kv_bytes >> 20,
-            })
-        })
-        .collect()
+            });
+            if let Some(b) = base {
+                e["adapter_of"] = json!(b);
+            }
+            e
+        };
+        out.push(entry(&w.name, None));
+        out.extend(w.lm.adapters.iter().map(|a| entry(a, Some(&w.name))));
+    }
+    out
 }

@@ -29,6 +29,15 @@ pub fn is_adapter_dir(dir: &Path) -> bool {
     dir.join(ADAPTER_CONFIG).is_file()
 }
 
+/// Whether `dir` holds an adapter of a language model (PEFT's `task_type: CAUSAL_LM`), as
+/// opposed to one of an encoder classifier.
+pub fn is_decoder_adapter(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join(ADAPTER_CONFIG))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .is_some_and(|v| v["task_type"].as_str() == Some("CAUSAL_LM"))
+}
+
 /// `adapter_config.json` as PEFT writes it for a causal LM.
 fn config_json(spec: &LoraSpec, base: &Path, extra: &Value) -> Value {
     let mut v = json!({
