@@ -63,6 +63,10 @@ pub struct SamplingArgs {
     /// faster decoding; see docs/benchmarks.md).
     #[arg(long)]
     pub no_mmap: bool,
+    /// Products in f32 over the dequantised weights, as transformers computes them (slower; for
+    /// checking against the reference, e.g. scripts/check_sft_peft_interop.py).
+    #[arg(long)]
+    pub exact: bool,
 }
 
 impl SamplingArgs {
@@ -100,6 +104,9 @@ impl SamplingArgs {
         let mut lm = LanguageModel::open_with(&model, &zhiku_infer::OpenOptions { mmap: !self.no_mmap, engine })?;
         if let Some(dir) = &self.adapter {
             lm.load_adapter(ADAPTER, dir)?;
+        }
+        if self.exact {
+            lm.model.set_exact(true);
         }
         Ok(lm)
     }

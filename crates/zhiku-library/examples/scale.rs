@@ -246,7 +246,7 @@ fn main() -> Result<()> {
         "pool_embedding_sentences_per_s": pool.len() as f64 / pool_embed_s,
         "open_s": open_s, "peak_rss_ingest_mib": peak_ingest, "rss_after_open_mib": rss_open,
         "disk_mib": disk_bytes as f64 / (1 << 20) as f64,
-        "latency": latency, "query_embedding_ms": query_embed_ms, "hnsw_recall_at_10": recall, "ef_search": zhiku_library::hnsw::ef_search(10),
+        "latency": latency, "query_embedding_ms": query_embed_ms, "hnsw_recall_at_10": recall, "ef_search": zhiku_library::hnsw::ef_search(10, a.chunks),
     });
     std::fs::write(a.out.join("zhiku.json"), serde_json::to_string_pretty(&result)?)?;
     println!("{}", serde_json::to_string(&result)?);

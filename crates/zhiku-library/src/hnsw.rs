@@ -14,12 +14,14 @@ use std::path::Path;
 
 const MAGIC: &[u8; 8] = b"ZKHNSW01";
 
-/// The candidate list a search for the `k` nearest keeps. 256 for k up to 64: on 100,000
-/// chunks of news text (`bench/library_scale.sh`) recall@10 against exact search was 0.865 at
-/// 64, 0.934 at 128, 0.958 at 192 and 0.972 at 256 (1.7 ms a query), so 256 keeps it above
-/// 0.95 with room for larger libraries; embedding the query costs ten times more anyway.
-pub fn ef_search(k: usize) -> usize {
-    (4 * k).max(256)
+/// The candidate list a search for the `k` nearest keeps in an index of `n` vectors, chosen to
+/// keep recall@10 against exact search above 0.95 on news text (`bench/library_scale.sh`,
+/// `examples/ef_sweep.rs`): at 100,000 vectors it was 0.865 at 64, 0.934 at 128, 0.958 at 192
+/// and 0.972 at 256; at 1,000,000, 0.918 at 256, 0.947 at 384, 0.962 at 512 (3.7 ms a query)
+/// and 0.976 at 768. Embedding the query costs more than the search anyway.
+pub fn ef_search(k: usize, n: usize) -> usize {
+    let floor = if n > 250_000 { 512 } else { 256 };
+    (4 * k).max(floor)
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -335,7 +335,7 @@ impl Store for EmbeddedStore {
 
     fn nearest(&self, vector: &[f32], k: usize, allowed: Option<&[i64]>) -> Result<Vec<(i64, f32)>> {
         let Some(v) = self.vectors.as_ref() else { bail!("this library has no encoder, so no vectors: search it with --mode bm25") };
-        let Some(allowed) = allowed else { return Ok(v.search(vector, k, crate::hnsw::ef_search(k))) };
+        let Some(allowed) = allowed else { return Ok(v.search(vector, k, crate::hnsw::ef_search(k, v.len()))) };
         // A filtered search scans the allowed chunks' embeddings: exact, whatever the filter
         // keeps.
         let mut scored = Vec::with_capacity(allowed.len());

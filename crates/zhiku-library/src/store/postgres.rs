@@ -327,8 +327,9 @@ impl Store for PgStore {
             )?,
             None => {
                 let mut tx = c.transaction()?;
+                let n: i64 = tx.query_one(&format!("SELECT chunks FROM {p}stats"), &[])?.get(0);
                 // pgvector takes at most 1000.
-                tx.batch_execute(&format!("SET LOCAL hnsw.ef_search = {}", crate::hnsw::ef_search(k).min(1000)))?;
+                tx.batch_execute(&format!("SET LOCAL hnsw.ef_search = {}", crate::hnsw::ef_search(k, n.max(0) as usize).min(1000)))?;
                 let rows = tx.query(&format!("SELECT id, (1 - (embedding <=> $1::text::vector))::float4 FROM {p}chunks ORDER BY embedding <=> $1::text::vector LIMIT $2"), &[&v, &limit])?;
                 tx.commit()?;
                 rows
