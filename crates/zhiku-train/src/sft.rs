@@ -642,14 +642,14 @@ mod tests {
 
     fn tokenizer() -> Tokenizer {
         // A word-level tokenizer whose vocabulary holds the template's markers whole.
-        let vocab: Vec<(String, u32)> = ["<unk>", "<|im_start|>", "<|im_end|>", "user", "assistant", "system", "\n", "hi", "hello", "q", "a", "b", "be", "brief"]
+        let vocab: Vec<(String, u32)> = ["<unk>", "<|im_start|>", "<|im_end|>", "user", "assistant", "system", "\n", " ", "hi", "hello", "q", "a", "b", "be", "brief"]
             .iter()
             .enumerate()
             .map(|(i, w)| (w.to_string(), i as u32))
             .collect();
         let model = tokenizers::models::wordlevel::WordLevel::builder().vocab(vocab.into_iter().collect()).unk_token("<unk>".into()).build().unwrap();
         let mut t = Tokenizer::new(model);
-        t.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::split::Split::new(tokenizers::pre_tokenizers::split::SplitPattern::Regex(r"<\|im_start\|>|<\|im_end\|>|\n|\w+".into()), tokenizers::SplitDelimiterBehavior::Isolated, false).unwrap()));
+        t.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::split::Split::new(tokenizers::pre_tokenizers::split::SplitPattern::Regex(r"<\|im_start\|>|<\|im_end\|>|\n| |\w+".into()), tokenizers::SplitDelimiterBehavior::Isolated, false).unwrap()));
         t
     }
 
@@ -665,15 +665,15 @@ mod tests {
         let ex = f.encode(&conv).unwrap();
         let words: Vec<String> = ex.tokens.iter().map(|&i| tok.id_to_token(i).unwrap()).collect();
         let learned: Vec<&str> = words.iter().zip(&ex.learn).filter(|(_, l)| **l).map(|(w, _)| w.as_str()).collect();
-        assert_eq!(learned, ["hello", "<|im_end|>", "\n", "a", "b", "<|im_end|>", "\n"]);
+        assert_eq!(learned, ["hello", "<|im_end|>", "\n", "a", " ", "b", "<|im_end|>", "\n"]);
         assert_eq!(words.iter().filter(|w| *w == "<|im_start|>").count(), 4);
         // The whole conversation rendered at once tokenises to the same ids.
         let whole = tok.encode(template.render(&conv.messages, false).unwrap(), false).unwrap();
         assert_eq!(whole.get_ids(), ex.tokens.as_slice());
 
         // Cut at --max-length: truncated, or skipped when nothing learned is left.
-        let (out, report) = f.encode_all(Path::new("d.jsonl"), &[conv.clone()], 7, Overlong::Truncate).unwrap();
-        assert_eq!((out[0].tokens.len(), report.truncated), (7, 1));
+        let (out, report) = f.encode_all(Path::new("d.jsonl"), &[conv.clone()], 10, Overlong::Truncate).unwrap();
+        assert_eq!((out[0].tokens.len(), out[0].target_count(), report.truncated), (10, 1, 1));
         let (out, report) = f.encode_all(Path::new("d.jsonl"), &[conv.clone()], 4, Overlong::Truncate).unwrap();
         assert_eq!((out.len(), report.skipped, report.skipped_lines.clone()), (0, 1, vec![1]));
         let (out, report) = f.encode_all(Path::new("d.jsonl"), &[conv], 12, Overlong::Skip).unwrap();
