@@ -149,16 +149,7 @@ impl TextModel {
     /// similar length (little padding), returned in the texts' order.
     pub fn embed_texts(&self, texts: &[&str], batch_size: usize) -> Result<Vec<Vec<f32>>> {
         let items = self.tokenizer.encode_many(texts, None)?;
-        let mut order: Vec<usize> = (0..items.len()).collect();
-        order.sort_by_key(|&i| items[i].ids.len());
-        let mut out = vec![Vec::new(); items.len()];
-        for idx in order.chunks(batch_size.max(1)) {
-            let refs: Vec<&TokenizedText> = idx.iter().map(|&i| &items[i]).collect();
-            for (row, &i) in self.embed(&refs, true)?.into_iter().zip(idx) {
-                out[i] = row;
-            }
-        }
-        Ok(out)
+        in_length_order(&items, batch_size, |batch| self.embed(batch, true))
     }
 
     /// Sentence vectors (optionally scaled to unit length), one row per item.
@@ -175,6 +166,25 @@ impl TextModel {
         }
         Ok(rows)
     }
+}
+
+/// Runs `run` over tokenised texts in batches of up to `batch_size` texts of similar length (little
+/// padding) and returns its rows (one per text) in the texts' order.
+pub fn in_length_order<T>(items: &[TokenizedText], batch_size: usize, mut run: impl FnMut(&[&TokenizedText]) -> Result<Vec<T>>) -> Result<Vec<T>> {
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|&i| items[i].ids.len());
+    let mut out: Vec<Option<T>> = (0..items.len()).map(|_| None).collect();
+    for idx in order.chunks(batch_size.max(1)) {
+        let batch: Vec<&TokenizedText> = idx.iter().map(|&i| &items[i]).collect();
+        let rows = run(&batch)?;
+        if rows.len() != idx.len() {
+            bail!("a batch of {} texts gave {} rows", idx.len(), rows.len())
+        }
+        for (row, &i) in rows.into_iter().zip(idx) {
+            out[i] = Some(row);
+        }
+    }
+    Ok(out.into_iter().map(|r| r.expect("every text is in one batch")).collect())
 }
 
 /// Scales a vector to unit length (dot product = cosine similarity); a zero vector stays zero.

@@ -4,7 +4,7 @@ use anyhow::{bail, Result};
 use candle_core::Device;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use zhiku_models::{BaseCache, ClassifierConfig, TextModel, TokenizedText};
+use zhiku_models::{BaseCache, ClassifierConfig, TextModel};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LabelScore {
@@ -92,15 +92,10 @@ impl Predictor {
         for (model, order_of_labels) in &self.members {
             // Members may tokenise differently (other base models), so each tokenises for itself.
             let items = model.tokenizer.encode_many(texts, pairs)?;
-            // Length-sorted batches waste little compute on padding.
-            let mut order: Vec<usize> = (0..items.len()).collect();
-            order.sort_by_key(|&i| items[i].ids.len());
-            for idx in order.chunks(self.batch_size.max(1)) {
-                let batch: Vec<&TokenizedText> = idx.iter().map(|&i| &items[i]).collect();
-                for (row, &i) in model.classify(&batch)?.into_iter().zip(idx) {
-                    for (acc, &j) in out[i].iter_mut().zip(order_of_labels) {
-                        *acc += share * row[j];
-                    }
+            let rows = zhiku_models::text_model::in_length_order(&items, self.batch_size, |batch| model.classify(batch))?;
+            for (o, row) in out.iter_mut().zip(rows) {
+                for (acc, &j) in o.iter_mut().zip(order_of_labels) {
+                    *acc += share * row[j];
                 }
             }
         }

@@ -535,18 +535,11 @@ impl BiEncoder {
     /// Unit sentence vectors of texts, in length-sorted batches, without a graph.
     pub fn embed_texts(&self, texts: &[&str], batch_size: usize) -> Result<Vec<Vec<f32>>> {
         let items = self.tokenizer.encode_many(texts, None)?;
-        let mut order: Vec<usize> = (0..items.len()).collect();
-        order.sort_by_key(|&i| items[i].ids.len());
-        let mut out = vec![Vec::new(); items.len()];
-        for idx in order.chunks(batch_size.max(1)) {
-            let refs: Vec<&TokenizedText> = idx.iter().map(|&i| &items[i]).collect();
-            let rows: Vec<Vec<f32>> = self.forward(&refs, None)?.detach().to_vec2()?;
-            for (mut r, &i) in rows.into_iter().zip(idx) {
-                zhiku_models::text_model::normalize_l2(&mut r);
-                out[i] = r;
-            }
-        }
-        Ok(out)
+        zhiku_models::text_model::in_length_order(&items, batch_size, |batch| {
+            let mut rows: Vec<Vec<f32>> = self.forward(batch, None)?.detach().to_vec2()?;
+            rows.iter_mut().for_each(|r| zhiku_models::text_model::normalize_l2(r));
+            Ok(rows)
+        })
     }
 
     /// Writes a sentence-transformers folder: the encoder as `BertModel` (`model.safetensors`,

@@ -24,6 +24,12 @@ pub struct DecoderAdapter {
     pub tensors: HashMap<String, Tensor>,
 }
 
+/// PEFT's name of a projection's LoRA matrix (`matrix`: "A" or "B"), `module` being the
+/// projection's path (`model.layers.3.self_attn.q_proj`).
+pub fn lora_tensor_name(module: &str, matrix: &str) -> String {
+    format!("base_model.model.{module}.lora_{matrix}.weight")
+}
+
 /// Whether `dir` holds an adapter (rather than a whole model).
 pub fn is_adapter_dir(dir: &Path) -> bool {
     dir.join(ADAPTER_CONFIG).is_file()

@@ -303,8 +303,8 @@ impl GraphDecoder {
         for l in &self.layers {
             for p in [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down] {
                 if let Some(lora) = &p.lora {
-                    out.push((format!("base_model.model.{}.lora_A.weight", p.name), lora.a.clone()));
-                    out.push((format!("base_model.model.{}.lora_B.weight", p.name), lora.b.clone()));
+                    out.push((super::adapter::lora_tensor_name(&p.name, "A"), lora.a.clone()));
+                    out.push((super::adapter::lora_tensor_name(&p.name, "B"), lora.b.clone()));
                 }
             }
         }

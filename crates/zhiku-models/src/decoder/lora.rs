@@ -58,7 +58,7 @@ impl LoraWeights {
             let mut row: [Option<Pair>; 7] = Default::default();
             for (p, slot) in row.iter_mut().enumerate() {
                 let module = module_name(li, p);
-                let (ka, kb) = (format!("base_model.model.{module}.lora_A.weight"), format!("base_model.model.{module}.lora_B.weight"));
+                let (ka, kb) = (super::adapter::lora_tensor_name(&module, "A"), super::adapter::lora_tensor_name(&module, "B"));
                 let (a, b) = match (tensors.get(&ka), tensors.get(&kb)) {
                     (None, None) => continue,
                     (Some(a), Some(b)) => (a, b),
