@@ -5,14 +5,18 @@
 # cut at the length, so both sides see the same token count per step), AdamW lr 2e-4, clipping 1.0,
 # fp32 on the CPU's cores. Each side runs with its activation checkpointing (zhiku recomputes each
 # layer; transformers' gradient checkpointing) and without. The first step is not timed.
-#   bench/sft_speed.sh [MODEL.gguf] [STEPS] [MAX_LENGTH]
+# MODE full trains every weight on both sides instead (`--peft none`; PyTorch without PEFT), for
+# small models such as SmolLM2-135M.
+#   bench/sft_speed.sh [MODEL.gguf] [STEPS] [MAX_LENGTH] [lora|full]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model="${1:-.cache/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf}"
 steps="${2:-8}"
 len="${3:-256}"
+mode="${4:-lora}"
+if [ "$mode" = full ]; then zflags=(--peft none); tflags=(--full); else zflags=(--lora-r 8 --lora-alpha 16); tflags=(); fi
 DATA="${DATASETS:-../shared/datasets}"
-work=.cache/bench/sft-speed
+work=.cache/bench/sft-speed-$mode
 mkdir -p "$work" bench/results
 [ -f "$model" ] || ./scripts/fetch-llms.sh >/dev/null
 venv=bench/.peft-venv
@@ -34,7 +38,7 @@ run_zhiku() {
   local out="$work/zhiku$1"
   rm -rf "$out"
   /usr/bin/time -f "%e %M" -o "$out.time" target/release/zhiku train --task sft --model "$model" --train "$work/train.jsonl" --dev "$work/dev.jsonl" \
-    --output "$out" --max-steps "$steps" --batch-size 4 --max-length "$len" --lora-r 8 --lora-alpha 16 --lr 2e-4 --quiet $2 > /dev/null
+    --output "$out" --max-steps "$steps" --batch-size 4 --max-length "$len" "${zflags[@]}" --lr 2e-4 --quiet $2 > /dev/null
   python3 - "$out" "$len" "$1" <<'PY'
 import json, sys
 out, length, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -48,13 +52,14 @@ PY
 {
   run_zhiku "" ""
   run_zhiku "-keep" "--no-recompute"
-  "$venv/bin/python" bench/sft_torch.py --gguf "$model" --train "$work/train.jsonl" --steps "$steps" --batch-size 4 --max-length "$len" --recompute 2>/dev/null
-  "$venv/bin/python" bench/sft_torch.py --gguf "$model" --train "$work/train.jsonl" --steps "$steps" --batch-size 4 --max-length "$len" 2>/dev/null
+  "$venv/bin/python" bench/sft_torch.py --gguf "$model" --train "$work/train.jsonl" --steps "$steps" --batch-size 4 --max-length "$len" --recompute "${tflags[@]}" 2>/dev/null
+  "$venv/bin/python" bench/sft_torch.py --gguf "$model" --train "$work/train.jsonl" --steps "$steps" --batch-size 4 --max-length "$len" "${tflags[@]}" 2>/dev/null
 } | tee "$work/results.jsonl"
-python3 - "$work/results.jsonl" "$model" "$len" <<'PY'
+python3 - "$work/results.jsonl" "$model" "$len" "$mode" <<'PY'
 import json, sys, datetime, os
 r = [json.loads(l) for l in open(sys.argv[1])]
-print(f"\nLoRA fine-tuning, {os.path.basename(sys.argv[2])}, batch 4 x {sys.argv[3]} tokens, {datetime.date.today()}\n")
+what = "Full fine-tuning" if sys.argv[4] == "full" else "LoRA fine-tuning"
+print(f"\n{what}, {os.path.basename(sys.argv[2])}, batch 4 x {sys.argv[3]} tokens, {datetime.date.today()}\n")
 print("| activations | zhiku tokens/s | PyTorch + PEFT tokens/s | ratio | zhiku peak MiB | PyTorch peak MiB |")
 print("|---|---|---|---|---|---|")
 for rc in (True, False):
@@ -62,5 +67,6 @@ for rc in (True, False):
     t = next(x for x in r if x["tool"] != "zhiku" and x["recompute"] == rc)
     name = "recomputed per layer" if rc else "all kept"
     print(f"| {name} | {z['tokens_per_s']:.0f} | {t['tokens_per_s']:.0f} | {z['tokens_per_s'] / t['tokens_per_s']:.2f}x | {z['peak_rss_mib']:,.0f} | {t['peak_rss_mib']:,.0f} |")
-json.dump(r, open(f"bench/results/sft-speed-{os.path.basename(sys.argv[2])}-{sys.argv[3]}.json", "w"), indent=1)
+suffix = "-full" if sys.argv[4] == "full" else ""
+json.dump(r, open(f"bench/results/sft-speed-{os.path.basename(sys.argv[2])}-{sys.argv[3]}{suffix}.json", "w"), indent=1)
 PY

@@ -1,5 +1,6 @@
-"""The PyTorch + PEFT side of the SFT comparisons: LoRA on a decoder with the recipe zhiku's
-`train --task sft` uses, on the same data, reporting speed, memory and the loss.
+"""The PyTorch + PEFT side of the SFT comparisons: LoRA on a decoder (or, with --full, every
+weight) with the recipe zhiku's `train --task sft` uses, on the same data, reporting speed,
+memory and the loss.
 
 The base comes from the same GGUF file zhiku trains on (transformers dequantises it to f32).
 Conversations are formatted as zhiku formats them: the chat template rendered up to each
@@ -64,7 +65,8 @@ def main():
     ap.add_argument("--recompute", action="store_true")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--output", default=None, help="save the adapter here")
+    ap.add_argument("--output", default=None, help="save the adapter (or, with --full, the model) here")
+    ap.add_argument("--full", action="store_true", help="train every weight instead of LoRA adapters")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -76,7 +78,8 @@ def main():
     if a.recompute:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    model = get_peft_model(model, LoraConfig(r=a.rank, lora_alpha=a.alpha, lora_dropout=0.0, target_modules=TARGETS, bias="none", task_type="CAUSAL_LM"))
+    if not a.full:
+        model = get_peft_model(model, LoraConfig(r=a.rank, lora_alpha=a.alpha, lora_dropout=0.0, target_modules=TARGETS, bias="none", task_type="CAUSAL_LM"))
     model.train()
     rows = [json.loads(l) for l in open(a.train, encoding="utf-8") if l.strip()]
     data = [encode(tok, conversation(r), a.max_length) for r in rows]
@@ -118,7 +121,7 @@ def main():
         model.save_pretrained(a.output)
     timed = slice(1, None) if steps > 1 else slice(None)
     print(json.dumps({
-        "tool": f"torch {torch.__version__} + peft", "steps": steps, "batch_size": a.batch_size, "recompute": a.recompute,
+        "tool": f"torch {torch.__version__}" + ("" if a.full else " + peft"), "full": a.full, "steps": steps, "batch_size": a.batch_size, "recompute": a.recompute,
         "tokens_per_s": sum(tokens[timed]) / sum(times[timed]), "seconds_per_step": sum(times[timed]) / len(times[timed]),
         "train_seconds": sum(times), "load_seconds": load_s, "first_loss": losses[0], "last_loss": losses[-1],
         "mean_loss_last_10": sum(losses[-10:]) / len(losses[-10:]),

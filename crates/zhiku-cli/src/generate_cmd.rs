@@ -194,6 +194,7 @@ fn speed_line(c: &Completion) -> String {
 fn completion_json(c: &Completion) -> Value {
     json!({
         "text": c.text,
+        "token_ids": c.token_ids,
         "prompt_tokens": c.prompt_tokens,
         "completion_tokens": c.completion_tokens,
         "finish_reason": c.finish_reason,

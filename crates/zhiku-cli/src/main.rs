@@ -9,6 +9,7 @@ mod library_cmd;
 mod merge_cmd;
 mod predict_cmd;
 mod serve_cmd;
+mod summarize_cmd;
 mod train_cmd;
 
 use clap::{Parser, Subcommand};
@@ -60,6 +61,8 @@ enum Command {
     Chat(generate_cmd::ChatArgs),
     /// A content library: add documents, then search them (BM25, dense or hybrid).
     Library(library_cmd::LibraryArgs),
+    /// Summarise documents: lead sentences, extractive (TextRank or embedding centrality) or abstractive (a language model, map-reduce for long texts).
+    Summarize(summarize_cmd::SummarizeArgs),
 }
 
 fn main() {
@@ -80,6 +83,7 @@ fn main() {
         Command::Generate(a) => generate_cmd::run_generate(a),
         Command::Chat(a) => generate_cmd::run_chat(a),
         Command::Library(a) => library_cmd::run(a),
+        Command::Summarize(a) => summarize_cmd::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

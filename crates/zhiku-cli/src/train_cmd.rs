@@ -197,6 +197,8 @@ pub struct PeftArgs {
     /// (learned attention prefixes). With a method, the base stays frozen and OUTPUT is an
     /// adapter folder (adapter_model.safetensors with the module and the head, adapter_config.json
     /// naming the base); `zhiku merge` turns a LoRA adapter into a plain model folder.
+    /// --task sft: lora (the default), or none to train every weight of a small decoder (up to
+    /// 600M parameters), written as OUTPUT/model.gguf (GGUF base) or a model folder.
     /// [default: none; lora for --task sft]
     #[arg(long)]
     peft: Option<String>,
@@ -206,7 +208,7 @@ pub struct PeftArgs {
     /// LoRA scaling numerator: the update is (alpha / r) · B A x.
     #[arg(long, default_value_t = 16.0)]
     lora_alpha: f64,
-    /// Dropout on LoRA's input [default: 0.1; --task sft has none].
+    /// Dropout on LoRA's input [default: 0.1; --task sft: 0].
     #[arg(long)]
     lora_dropout: Option<f64>,
     /// Linear layers that get LoRA, comma-separated, matched as name suffixes: query, key, value,
@@ -400,13 +402,17 @@ fn run_sft(a: &TrainArgs) -> Result<i32> {
     if a.setfit || a.fgm_epsilon.is_some() || a.rdrop_alpha > 0.0 || a.augment > 0 || a.class_weights.is_some() || a.multi_label || a.hard_negatives > 0 || a.corpus.is_some() {
         bail!("--setfit, --fgm-epsilon, --rdrop-alpha, --augment, --class-weights, --multi-label, --hard-negatives and --corpus are not for --task sft")
     }
-    match a.peft.peft.as_deref().unwrap_or("lora") {
-        "lora" => {}
-        "none" | "full" => bail!("full fine-tuning of decoders is not available yet; use --peft lora (the default for --task sft)"),
-        other => bail!("--task sft trains LoRA adapters; --peft {other} is for encoders"),
+    let full = match a.peft.peft.as_deref().unwrap_or("lora") {
+        "lora" => false,
+        "none" | "full" => true,
+        other => bail!("--task sft trains LoRA adapters (--peft lora) or every weight (--peft none); --peft {other} is for encoders"),
+    };
+    if full && (a.peft.lora_targets.is_some() || a.peft.lora_dropout.is_some()) {
+        bail!("--peft none trains every weight; --lora-targets and --lora-dropout are for --peft lora")
     }
-    if a.peft.lora_dropout.is_some_and(|d| d > 0.0) {
-        bail!("--lora-dropout: the decoder's LoRA has no dropout yet; leave it out")
+    let dropout = a.peft.lora_dropout.unwrap_or(0.0);
+    if !(0.0..1.0).contains(&dropout) {
+        bail!("--lora-dropout must be in [0, 1)")
     }
     if a.precision != Precision::Fp32 {
         bail!("--task sft trains in fp32 (on the CPU the fastest); leave out --precision")
@@ -423,12 +429,19 @@ fn run_sft(a: &TrainArgs) -> Result<i32> {
         overlong: zhiku_train::sft::Overlong::parse(&a.overlong)?,
         recompute: !a.no_recompute,
         dev_fraction: a.dev_fraction,
+        full,
+        dropout,
     };
     if !(0.0..0.9).contains(&a.dev_fraction) {
         bail!("--dev-fraction must be below 0.9")
     }
     // Everything is read and checked before the output folder is touched.
     let parts = zhiku_infer::ModelParts::open(&a.model, true)?;
+    // Full fine-tuning holds the weights, their gradients and AdamW's two moments in f32.
+    let params = parts.model.parameter_count();
+    if full && params > FULL_SFT_MAX_PARAMS {
+        bail!("--peft none trains every weight: {:.0}M parameters need about {:.1} GB for weights, gradients and optimizer state; full fine-tuning is for models up to {}M parameters, use --peft lora", params as f64 / 1e6, params as f64 * 16.0 / 1e9, FULL_SFT_MAX_PARAMS / 1_000_000)
+    }
     let max_length = a.max_length.unwrap_or(512.min(parts.model.config.context_length));
     let config = TrainConfig { lr: a.lr.unwrap_or(2e-4), max_length, metric: a.metric.clone().unwrap_or_else(|| "loss".into()), ..loop_config(a) };
     zhiku_train::train_loop::validate(&config)?;
@@ -448,6 +461,10 @@ fn run_sft(a: &TrainArgs) -> Result<i32> {
     let control = zhiku_train::train_loop::LoopControl { interrupt: interrupt.clone(), stop_after: None };
     drive(a, interrupt, |on_event| zhiku_train::train_loop::run(&mut task, &config, &a.output, a.resume, &control, on_event))
 }
+
+/// The largest decoder `--task sft --peft none` trains (16 bytes a parameter: weights,
+/// gradients and two AdamW moments in f32, before activations).
+const FULL_SFT_MAX_PARAMS: usize = 600_000_000;
 
 /// Runs a training with Ctrl-C handling, a progress bar and the summary printed at the end.
 fn drive(a: &TrainArgs, interrupt: Arc<AtomicBool>, train: impl FnOnce(&mut dyn FnMut(TrainEvent)) -> Result<zhiku_train::TrainSummary>) -> Result<i32> {

@@ -249,7 +249,7 @@ impl LanguageModel {
         let ModelParts { model, tokenizer, info, template, name, file_size } = parts;
         let model: Box<dyn CausalLm> = match engine {
             Engine::Cpu => Box::new(model),
-            Engine::Graph { device, dtype } => Box::new(GraphDecoder::new(model, &GraphOptions { device, dtype, dense: true, lora: None })?),
+            Engine::Graph { device, dtype } => Box::new(GraphDecoder::new(model, &GraphOptions { device, dtype, dense: true, lora: None, full: false })?),
         };
         Ok(Self { model, tokenizer, info, template, name, file_size, adapters: Vec::new() })
     }

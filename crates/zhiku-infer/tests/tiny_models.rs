@@ -86,7 +86,7 @@ fn tiny_gemma3_f16_folder_matches_transformers() {
 }
 
 /// Writes the folder's model as GGUF the way llama.cpp's converter lays it out.
-fn write_gguf(folder: &Path, out: &Path, matrix_type: GgmlType) {
+fn write_gguf_file(folder: &Path, out: &Path, matrix_type: GgmlType) {
     let cfg: Value = serde_json::from_str(&std::fs::read_to_string(folder.join("config.json")).unwrap()).unwrap();
     let st = std::fs::read(folder.join("model.safetensors")).unwrap();
     let tensors = safetensors::SafeTensors::deserialize(&st).unwrap();
@@ -193,11 +193,132 @@ fn gguf_written_from_the_tiny_models_gives_the_folders_logits() {
         let reference = logits_all(&folder, &tokens);
         for (ty, tol) in [(GgmlType::F32, 1e-5), (GgmlType::Q8_0, 0.03)] {
             let path = tmp.path().join(format!("{name}-{}.gguf", ty.name()));
-            write_gguf(&dir(name), &path, ty);
+            write_gguf_file(&dir(name), &path, ty);
             let gguf = DecoderModel::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
             assert_eq!(gguf.config.arch, if name == "gemma3" { Arch::Gemma3 } else if name == "llama" { Arch::Llama } else { Arch::Qwen2 });
             let worst = worst_rel(&logits_all(&gguf, &tokens), &reference);
             assert!(worst <= tol, "{name} {}: logits differ by {worst} of their range", ty.name());
         }
+    }
+}
+
+/// A PEFT adapter (transformers' row order) on the GGUF of each tiny model (llama's query and
+/// key rows permuted by the converter) gives the same logits as on the folder, in both engines,
+/// and the differentiable engine writes it back in PEFT's order.
+#[test]
+fn peft_adapters_on_the_gguf_give_the_folders_logits() {
+    use zhiku_models::decoder::adapter::{self, DecoderAdapter};
+    use zhiku_models::decoder::graph::{GraphDecoder, GraphOptions, LoraSpec};
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["qwen2", "llama", "gemma3"] {
+        let peft = DecoderAdapter::open(&dir(&format!("peft-lora-{name}"))).unwrap();
+        let path = tmp.path().join(format!("{name}.gguf"));
+        write_gguf_file(&dir(name), &path, GgmlType::F32);
+        let tokens: Vec<u32> = (0..12).map(|i| (i * 29 + 3) % 200).collect();
+        let adapted = |mut m: DecoderModel| {
+            m.set_exact(true);
+            let w = zhiku_models::decoder::lora::LoraWeights::new("t", &m.config, peft.spec.alpha, peft.spec.rank, &peft.tensors).unwrap();
+            let i = CausalLm::add_adapter(&mut m, w).unwrap();
+            let mut cache = m.new_cache(tokens.len()).with_adapter(Some(i));
+            m.forward(&mut [Step { cache: &mut cache, tokens: &tokens, logits: Logits::All }]).unwrap()
+        };
+        let folder = adapted(DecoderModel::from_hf_folder(&dir(name)).unwrap());
+        let gguf = adapted(DecoderModel::from_gguf(&GgufFile::open(&path).unwrap()).unwrap());
+        let worst = worst_rel(&gguf, &folder);
+        assert!(worst <= 1e-5, "{name}: generation engine, GGUF vs folder with the adapter: {worst}");
+
+        let opts = GraphOptions { lora: Some(LoraSpec { rank: peft.spec.rank, alpha: peft.spec.alpha, targets: peft.spec.targets.clone(), seed: 0, dropout: 0.0 }), ..GraphOptions::cpu() };
+        let g = GraphDecoder::new(DecoderModel::from_gguf(&GgufFile::open(&path).unwrap()).unwrap(), &opts).unwrap();
+        g.load_lora(&peft.tensors).unwrap();
+        let hidden = g.hidden(&[&tokens]).unwrap();
+        let rows: Vec<Vec<f32>> = g.logits(&hidden.states).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
+        let worst = worst_rel(&rows, &folder);
+        assert!(worst <= 1e-4, "{name}: differentiable engine, GGUF vs folder with the adapter: {worst}");
+
+        let out = tmp.path().join(format!("{name}-adapter"));
+        adapter::save(&out, &g, &peft.spec, &path, &serde_json::json!({})).unwrap();
+        let back = DecoderAdapter::open(&out).unwrap();
+        for (n, t) in &peft.tensors {
+            let d = (back.tensors[n].clone() - t).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(d == 0.0, "{name}: {n} written back differs by {d}");
+        }
+    }
+}
+
+/// PEFT's logits for the adapted tiny model, rows as `logits_all` gives them, at the reference
+/// ids; compared on the top-5 and probe ids only (what reference.json holds).
+fn within_peft(name: &str, what: &str, rows: &[Vec<f32>], tol: f32) {
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(dir(&format!("peft-lora-{name}")).join("reference.json")).unwrap()).unwrap();
+    let probes = ids(&r["probe_ids"]);
+    let mut worst = 0f32;
+    for (row, want) in rows.iter().zip(r["rows"].as_array().unwrap()) {
+        let top: Vec<f32> = want["top_values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let probe: Vec<f32> = want["probe_values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let range = top[0] - probe.iter().cloned().fold(f32::INFINITY, f32::min);
+        for (&t, &v) in ids(&want["top_ids"]).iter().zip(&top).chain(probes.iter().zip(&probe)) {
+            worst = worst.max((row[t as usize] - v).abs() / range);
+        }
+    }
+    eprintln!("{name} {what}: worst {worst}");
+    assert!(worst <= tol, "{name} {what}: logits differ from PEFT's by {worst} of their range");
+}
+
+/// `zhiku merge`'s writers: each tiny model with its PEFT adapter folded in, written as GGUF
+/// (from the GGUF base) in F32, F16 and Q8_0 and as a Hugging Face folder (from either base),
+/// gives PEFT's adapted logits: exactly in f32, within the storage type's rounding otherwise.
+#[test]
+fn merged_models_give_peft_logits_in_every_output_format() {
+    use zhiku_models::decoder::adapter::DecoderAdapter;
+    use zhiku_models::decoder::export::{write_gguf, write_hf_folder, Merger};
+    use zhiku_models::decoder::{hf, DecoderConfig};
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["qwen2", "llama", "gemma3"] {
+        let peft = DecoderAdapter::open(&dir(&format!("peft-lora-{name}"))).unwrap();
+        let adapter = Some((peft.spec.alpha, peft.spec.rank, &peft.tensors));
+        let reference: Value = serde_json::from_str(&std::fs::read_to_string(dir(&format!("peft-lora-{name}")).join("reference.json")).unwrap()).unwrap();
+        let tokens = ids(&reference["ids"]);
+        let parts = zhiku_infer::ModelParts::open(&dir(name), false).unwrap();
+
+        let base_gguf = tmp.path().join(format!("{name}.gguf"));
+        write_gguf_file(&dir(name), &base_gguf, GgmlType::F32);
+        let file = GgufFile::open(&base_gguf).unwrap();
+        let config = DecoderConfig::from_gguf(&file).unwrap();
+        let merger = Merger::new(&config, &file, adapter).unwrap();
+        // The fixture's random adapters are large (A and B ~ N(0, 0.3²)), which makes these tiny
+        // models sensitive to rounding: Q8_0's ~0.4% per weight moves logits by ~10% of their
+        // range, so Q8_0 is also checked tensor by tensor against the F32 file below.
+        for (ty, tol) in [(GgmlType::F32, 1e-4), (GgmlType::F16, 0.01), (GgmlType::Q8_0, 0.2)] {
+            let out = tmp.path().join(format!("{name}-merged-{}.gguf", ty.name()));
+            write_gguf(&file, &merger, ty, &out, &mut |_, _| {}).unwrap();
+            let merged = GgufFile::open(&out).unwrap();
+            assert_eq!(merged.get_u64("general.file_type"), Some(match ty { GgmlType::F32 => 0, GgmlType::F16 => 1, _ => 7 }));
+            let mut m = DecoderModel::from_gguf(&merged).unwrap();
+            m.set_exact(true);
+            within_peft(name, &format!("GGUF {}", ty.name()), &logits_all(&m, &tokens), tol);
+        }
+        // Every Q8_0 weight is within half a quantisation step of the F32 file's.
+        let (f32_file, q8_file) = (GgufFile::open(&tmp.path().join(format!("{name}-merged-F32.gguf"))).unwrap(), GgufFile::open(&tmp.path().join(format!("{name}-merged-Q8_0.gguf"))).unwrap());
+        for info in f32_file.tensors() {
+            let (exact, q) = (f32_file.tensor(&info.name).unwrap().to_f32().unwrap(), q8_file.tensor(&info.name).unwrap().to_f32().unwrap());
+            for (block, qb) in exact.chunks(32).zip(q.chunks(32)) {
+                let step = block.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+                let worst = block.iter().zip(qb).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(worst <= step * 0.5 + step * 2e-3 + 1e-7, "{name} {}: Q8_0 off by {worst}, step {step}", info.name);
+            }
+        }
+        let folder = tmp.path().join(format!("{name}-from-gguf"));
+        write_hf_folder(&folder, &merger, candle_core::DType::F32, &parts.tokenizer, &parts.info, &mut |_, _| {}).unwrap();
+        within_peft(name, "folder from the GGUF", &logits_all(&DecoderModel::from_hf_folder(&folder).unwrap(), &tokens), 1e-4);
+
+        let (config, weights) = hf::open(&dir(name)).unwrap();
+        let merger = Merger::new(&config, &weights, adapter).unwrap();
+        let folder = tmp.path().join(format!("{name}-from-folder"));
+        write_hf_folder(&folder, &merger, candle_core::DType::F32, &parts.tokenizer, &parts.info, &mut |_, _| {}).unwrap();
+        let lm = zhiku_infer::LanguageModel::open_with(&folder, &zhiku_infer::OpenOptions::engine(zhiku_infer::Engine::Cpu)).unwrap();
+        within_peft(name, "folder from the folder", &logits_all(lm.model.as_ref(), &tokens), 1e-4);
+        // The written tokenizer and template are the base's.
+        let chat = lm.prompt_ids(&Prompt::Chat(vec![zhiku_infer::template::Message::new("user", "hi")])).unwrap();
+        let base_lm = zhiku_infer::LanguageModel::open_with(&dir(name), &zhiku_infer::OpenOptions::engine(zhiku_infer::Engine::Cpu)).unwrap();
+        assert_eq!(chat, base_lm.prompt_ids(&Prompt::Chat(vec![zhiku_infer::template::Message::new("user", "hi")])).unwrap(), "{name}: chat prompt ids");
     }
 }

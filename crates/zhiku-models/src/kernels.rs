@@ -544,7 +544,7 @@ mod tests {
     #[test]
     fn fused_cross_entropy_matches_the_composed_loss_and_gradient() {
         let (n, v) = (5, 37);
-        let data: Vec<f32> = (0..n * v).map(|i| ((i as f32 * 0.7321).sin() * 4.0)).collect();
+        let data: Vec<f32> = (0..n * v).map(|i| (i as f32 * 0.7321).sin() * 4.0).collect();
         let targets: Vec<u32> = vec![0, 36, 5, 17, 5];
         let weights = Tensor::new(&[1.0f32, 0.5, 2.0, 0.0, 1.5], &candle_core::Device::Cpu).unwrap();
         let run = |fused: bool| {

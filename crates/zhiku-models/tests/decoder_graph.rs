@@ -102,7 +102,7 @@ fn randomise_b(g: &GraphDecoder, std: f32) {
 }
 
 fn all_projections(rank: usize) -> LoraSpec {
-    LoraSpec { rank, alpha: 2.0 * rank as f64, targets: PROJECTIONS.iter().map(|s| s.to_string()).collect(), seed: 11 }
+    LoraSpec { rank, alpha: 2.0 * rank as f64, targets: PROJECTIONS.iter().map(|s| s.to_string()).collect(), seed: 11, dropout: 0.0 }
 }
 
 #[test]
@@ -188,4 +188,43 @@ fn bad_batches_and_adapters_are_errors() {
     let bad = LoraSpec { targets: vec!["qkv".into()], ..all_projections(2) };
     let err = GraphDecoder::new(tiny("qwen2"), &GraphOptions { lora: Some(bad), ..GraphOptions::cpu() }).err().unwrap();
     assert!(err.to_string().contains("unknown LoRA target 'qkv'"), "{err}");
+}
+
+/// Full fine-tuning: every weight (embedding, projections, biases, norms) is a variable with a
+/// gradient, and the gradients agree with finite differences (f64).
+#[test]
+fn full_fine_tuning_gradients_agree_with_finite_differences() {
+    for name in ["qwen2", "llama", "gemma3"] {
+        let opts = GraphOptions { dtype: DType::F64, full: true, ..GraphOptions::cpu() };
+        let g = GraphDecoder::new(tiny(name), &opts).unwrap();
+        let vocab = g.config.vocab as u32;
+        let seq_a: Vec<u32> = (0..9).map(|i| (i * 31 + 2) % vocab).collect();
+        let seq_b: Vec<u32> = (0..6).map(|i| (i * 17 + 1) % vocab).collect();
+        let batch: [&[u32]; 2] = [&seq_a, &seq_b];
+        let store = loss(&g, &batch).backward().unwrap();
+        let params = g.trainable();
+        // The embedding, every layer's weights and norms, the final norm (and biases, q/k norms).
+        let per_layer = if name == "qwen2" { 12 } else if name == "gemma3" { 13 } else { 9 };
+        let head = if g.trainable().iter().any(|(n, _)| n == "output.weight") { 2 } else { 1 };
+        assert_eq!(params.len(), 1 + g.config.n_layers * per_layer + head, "{name}: {:?}", params.iter().map(|p| &p.0).collect::<Vec<_>>());
+        for (pname, var) in &params {
+            let grad = values_of(store.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: {pname} has no gradient")));
+            assert!(grad.iter().any(|v| *v != 0.0), "{name}: {pname} has a zero gradient");
+        }
+        for (pi, (pname, var)) in params.iter().enumerate().filter(|(i, (n, _))| i % 4 == 0 || n.contains("norm") || n.contains("embd") || n.contains("bias")) {
+            let grad = values_of(store.get(var.as_tensor()).unwrap());
+            let values = values_of(var.as_tensor());
+            let k = (0..grad.len()).max_by(|&a, &b| grad[a].abs().total_cmp(&grad[b].abs())).unwrap();
+            let eps = 1e-6;
+            let at = |delta: f64| {
+                let mut v = values.clone();
+                v[k] += delta;
+                set(var, v);
+                loss(&g, &batch).to_scalar::<f64>().unwrap()
+            };
+            let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
+            set(var, values.clone());
+            assert!((numeric - grad[k]).abs() <= 1e-5 * grad[k].abs().max(1e-2), "{name} #{pi} {pname}[{k}]: finite difference {numeric} vs gradient {}", grad[k]);
+        }
+    }
 }

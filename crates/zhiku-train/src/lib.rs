@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod generation_eval;
 pub mod loss;
 pub mod metrics;
 pub mod optim;
@@ -19,6 +20,7 @@ pub mod sft;
 pub mod sharded;
 pub mod state;
 pub mod task;
+pub mod text_metrics;
 pub mod train_loop;
 pub mod trainer;
 

@@ -259,6 +259,10 @@ pub struct SftOptions {
     pub recompute: bool,
     /// Held out of `--train` as dev when no dev file is given.
     pub dev_fraction: f64,
+    /// Train every weight (no adapters); the output is a whole model.
+    pub full: bool,
+    /// Dropout on the adapters' inputs in training.
+    pub dropout: f64,
 }
 
 /// The data of a run: tokenised train and dev (and test) conversations.
@@ -323,10 +327,13 @@ const HEAD_ROWS: usize = 128;
 
 /// One forward and backward pass over packed rows of examples: the sum of the learned
 /// tokens' cross-entropy times `weight`, and the adapters' gradients (of that weighted sum).
-pub fn rows_pass(model: &GraphDecoder, rows: &[Vec<&SftExample>], weight: f64, recompute: bool) -> Result<(f64, Option<GradStore>)> {
+/// `dropout_seed`: the seed of this pass's LoRA dropout masks (a recomputed layer draws the
+/// same ones); `None` for no dropout.
+pub fn rows_pass(model: &GraphDecoder, rows: &[Vec<&SftExample>], weight: f64, recompute: bool, dropout_seed: Option<u64>) -> Result<(f64, Option<GradStore>)> {
     let tokens: Vec<Vec<u32>> = rows.iter().map(|r| r.iter().flat_map(|e| e.tokens.iter().copied()).collect()).collect();
     let packed: Vec<PackedRow> = rows.iter().zip(&tokens).map(|(r, t)| PackedRow { tokens: t, segments: r.iter().map(|e| e.tokens.len()).collect() }).collect();
-    let geometry = model.geometry(&packed)?;
+    let mut geometry = model.geometry(&packed)?;
+    geometry.dropout_seed = dropout_seed;
     let t = geometry.t;
     // (flattened row * t + position, next token) of every learned token.
     let mut picks: Vec<(u32, u32)> = Vec::new();
@@ -339,8 +346,12 @@ pub fn rows_pass(model: &GraphDecoder, rows: &[Vec<&SftExample>], weight: f64, r
     }
     let n_layers = model.num_layers();
     // Forward: each layer from a detached input, keeping the inputs (recompute) or the graphs.
-    // The first layer's input is the constant embedding, which needs no gradient.
-    let mut x = model.embed_rows(&packed, t)?;
+    // The first layer's input is the embedding: a constant with adapters, whose gradient is not
+    // needed; in full fine-tuning its graph is kept for the embedding's gradient at the end.
+    let full = model.is_full();
+    let embedded = model.embed_rows(&packed, t)?;
+    let needs_input_grad = |li: usize| li > 0 || full;
+    let mut x = embedded.detach();
     let mut inputs: Vec<Tensor> = Vec::with_capacity(n_layers);
     let mut kept: Vec<(Option<Var>, Tensor)> = Vec::new();
     for li in 0..n_layers {
@@ -348,7 +359,7 @@ pub fn rows_pass(model: &GraphDecoder, rows: &[Vec<&SftExample>], weight: f64, r
             inputs.push(x.clone());
             x = model.layer_forward(li, &x, &geometry)?.detach();
         } else {
-            let input = if li > 0 { Some(Var::from_tensor(&x)?) } else { None };
+            let input = if needs_input_grad(li) { Some(Var::from_tensor(&x)?) } else { None };
             let y = model.layer_forward(li, input.as_ref().map_or(&x, |v| v.as_tensor()), &geometry)?;
             x = y.detach();
             kept.push((input, y));
@@ -360,6 +371,8 @@ pub fn rows_pass(model: &GraphDecoder, rows: &[Vec<&SftExample>], weight: f64, r
     let flat = last.as_tensor().reshape((rows.len() * t, hidden))?;
     let mut loss = 0.0;
     let mut grad_x: Option<Tensor> = None;
+    let head_vars = model.head_trainable();
+    let mut acc: Option<GradStore> = None;
     for block in picks.chunks(HEAD_ROWS) {
         let idx: Vec<u32> = block.iter().map(|p| p.0).collect();
         let targets: Vec<u32> = block.iter().map(|p| p.1).collect();
@@ -369,6 +382,17 @@ pub fn rows_pass(model: &GraphDecoder, rows: &[Vec<&SftExample>], weight: f64, r
         loss += ce.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         let g = (ce * weight)?.backward()?;
         let gx = g.get(last.as_tensor()).ok_or_else(|| anyhow!("no gradient reached the last layer"))?.detach();
+        if !head_vars.is_empty() {
+            let acc = match &mut acc {
+                Some(a) => a,
+                None => acc.insert(empty_grads()?),
+            };
+            for var in &head_vars {
+                if let Some(gv) = g.get(var.as_tensor()) {
+                    add_grad(acc, var, gv.detach())?;
+                }
+            }
+        }
         grad_x = Some(match grad_x {
             None => gx,
             Some(prev) => (prev + gx)?,
@@ -376,10 +400,9 @@ pub fn rows_pass(model: &GraphDecoder, rows: &[Vec<&SftExample>], weight: f64, r
     }
     let Some(mut grad) = grad_x else { return Ok((0.0, None)) };
     // Backward, layer by layer from the top.
-    let mut acc: Option<GradStore> = None;
     for li in (0..n_layers).rev() {
         let (input, y) = if recompute {
-            let input = if li > 0 { Some(Var::from_tensor(&inputs[li])?) } else { None };
+            let input = if needs_input_grad(li) { Some(Var::from_tensor(&inputs[li])?) } else { None };
             let y = model.layer_forward(li, input.as_ref().map_or(&inputs[li], |v| v.as_tensor()), &geometry)?;
             (input, y)
         } else {
@@ -404,7 +427,24 @@ pub fn rows_pass(model: &GraphDecoder, rows: &[Vec<&SftExample>], weight: f64, r
             }
         }
     }
+    // Full fine-tuning: the gradient at the first layer's input flows into the embedding rows.
+    if let (Some(embed), Some(acc)) = (model.embed_trainable(), &mut acc) {
+        let g = (embedded * &grad)?.sum_all()?.backward()?;
+        if let Some(ge) = g.get(embed.as_tensor()) {
+            add_grad(acc, &embed, ge.detach())?;
+        }
+    }
     Ok((loss, acc))
+}
+
+/// Adds `g` to `var`'s gradient in `acc` (a tied weight gets gradients from two places).
+fn add_grad(acc: &mut GradStore, var: &Var, g: Tensor) -> Result<()> {
+    let sum = match acc.remove(var.as_tensor()) {
+        Some(prev) => (prev + g)?,
+        None => g,
+    };
+    acc.insert(var.as_tensor(), sum);
+    Ok(())
 }
 
 /// Cross-entropy sum, learned-token count and correct greedy predictions over examples, in
@@ -473,7 +513,12 @@ pub struct SftTask {
     /// Training units: the examples of each row (one each unless packed).
     units: Vec<Vec<usize>>,
     total_params: usize,
+    /// The base's tokenizer, written beside a fully fine-tuned model in a folder.
+    tokenizer: (tokenizers::Tokenizer, zhiku_models::gguf_tokenizer::TokenizerInfo),
 }
+
+/// The file a fully fine-tuned model from a GGUF base is written to, inside the output folder.
+pub const FULL_GGUF: &str = "model.gguf";
 
 impl SftTask {
     /// Takes the loaded base model (its weights stay in their file's form) and attaches adapters.
@@ -483,8 +528,10 @@ impl SftTask {
         if config.max_length > c.context_length {
             bail!("--max-length {} exceeds the model's context of {} tokens", config.max_length, c.context_length)
         }
-        let spec = LoraSpec { rank: options.rank, alpha: options.alpha, targets: options.targets.clone(), seed: config.seed };
-        let model = GraphDecoder::new(parts.model, &GraphOptions { lora: Some(spec.clone()), ..GraphOptions::cpu() })?;
+        let spec = LoraSpec { rank: options.rank, alpha: options.alpha, targets: options.targets.clone(), seed: config.seed, dropout: options.dropout };
+        let graph = if options.full { GraphOptions { full: true, ..GraphOptions::cpu() } } else { GraphOptions { lora: Some(spec.clone()), ..GraphOptions::cpu() } };
+        let tokenizer = (parts.tokenizer.clone(), parts.info.clone());
+        let model = GraphDecoder::new(parts.model, &graph)?;
         let mut params = Params::default();
         for (name, var) in model.trainable() {
             params.insert(&name, var);
@@ -494,7 +541,7 @@ impl SftTask {
         }
         let units = if options.packing { pack(&data.train, config.max_length, config.seed) } else { (0..data.train.len()).map(|i| vec![i]).collect() };
         let base = std::fs::canonicalize(base).unwrap_or_else(|_| base.to_path_buf());
-        Ok(Self { model, params, spec, base, data, options, config: config.clone(), units, total_params })
+        Ok(Self { model, params, spec, base, data, options, config: config.clone(), units, total_params, tokenizer })
     }
 
     pub fn report(&self) -> &EncodeReport {
@@ -504,6 +551,41 @@ impl SftTask {
     /// Rows the loop trains on (fewer than examples when packed).
     pub fn rows(&self) -> usize {
         self.units.len()
+    }
+
+    /// A fully fine-tuned model, in its base's format: `dir/model.gguf` with the base file's
+    /// metadata (weights in f32, rows in the file's order) for a GGUF base, or a Hugging Face
+    /// folder's files in `dir` for a folder base.
+    fn save_full(&self, dir: &Path) -> Result<()> {
+        use zhiku_models::decoder::export::{write_gguf, write_hf_folder, MemoryWeights, Merger};
+        let weights = MemoryWeights(self.model.full_weights()?);
+        let merger = Merger::new(&self.model.config, &weights, None)?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        if self.base.is_dir() {
+            write_hf_folder(dir, &merger, DType::F32, &self.tokenizer.0, &self.tokenizer.1, &mut |_, _| {})
+        } else {
+            let base = zhiku_models::gguf::GgufFile::open(&self.base)?;
+            write_gguf(&base, &merger, zhiku_models::blocks::GgmlType::F32, &dir.join(FULL_GGUF), &mut |_, _| {})
+        }
+    }
+
+    /// Sets every weight from a model [`SftTask::save_full`] wrote.
+    fn load_full(&self, dir: &Path) -> Result<()> {
+        use zhiku_models::decoder::WeightSource;
+        let gguf;
+        let folder;
+        let source: &dyn WeightSource = if self.base.is_dir() {
+            folder = zhiku_models::decoder::hf::open(dir)?.1;
+            &folder
+        } else {
+            gguf = zhiku_models::gguf::GgufFile::open(&dir.join(FULL_GGUF))?;
+            &gguf
+        };
+        for (name, var) in self.model.trainable() {
+            let values = if var.dims().len() == 2 { source.matrix(&name)?.to_f32()? } else { source.vector(&name)? };
+            var.set(&Tensor::from_vec(values, var.dims(), var.device())?.to_dtype(var.dtype())?)?;
+        }
+        Ok(())
     }
 
     fn dev_scores(&self, examples: &[SftExample]) -> Result<Value> {
@@ -545,15 +627,20 @@ impl TrainTask for SftTask {
         vec![("loss", false), ("perplexity", false), ("token_accuracy", true)]
     }
 
-    fn accumulate(&self, group: &[&[usize]], _step: u64, loss_scale: f64) -> Result<(f64, GradStore)> {
+    fn accumulate(&self, group: &[&[usize]], step: u64, loss_scale: f64) -> Result<(f64, GradStore)> {
         let learned: usize = group.iter().flat_map(|m| m.iter()).flat_map(|&u| &self.units[u]).map(|&e| self.data.train[e].target_count()).sum();
         let weight = loss_scale / learned.max(1) as f64;
         let mut loss = 0.0;
         let mut acc: Option<GradStore> = None;
-        for micro in group {
+        for (mi, micro) in group.iter().enumerate() {
             let rows: Vec<Vec<&SftExample>> = micro.iter().map(|&u| self.units[u].iter().map(|&e| &self.data.train[e]).collect()).collect();
             let ranges = shard::split_rows(rows.len(), shard::shard_count(rows.len(), self.model.device()));
-            let parts = shard::run(ranges.len(), |s| rows_pass(&self.model, &rows[ranges[s].clone()], weight, self.options.recompute))?;
+            // Dropout masks from the run's seed, the step, the micro-batch and the shard: the
+            // same on a resumed run.
+            let seed = |s: usize| {
+                (self.options.dropout > 0.0).then(|| self.config.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (mi as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9) ^ (s as u64).wrapping_mul(0x94D0_49BB_1331_11EB))
+            };
+            let parts = shard::run(ranges.len(), |s| rows_pass(&self.model, &rows[ranges[s].clone()], weight, self.options.recompute, seed(s)))?;
             for (l, g) in parts {
                 loss += l * weight;
                 if let Some(g) = g {
@@ -571,6 +658,9 @@ impl TrainTask for SftTask {
     }
 
     fn save(&mut self, dir: &Path) -> Result<()> {
+        if self.options.full {
+            return self.save_full(dir);
+        }
         let extra = json!({"zhiku_task": "sft", "zhiku_max_length": self.config.max_length});
         adapter::save(dir, &self.model, &self.spec, &self.base, &extra)
     }
@@ -592,14 +682,18 @@ impl TrainTask for SftTask {
     }
 
     fn final_scores(&self, output: &Path) -> Result<FinalScores> {
-        // Score exactly what was saved: the best adapter.
-        let best = adapter::DecoderAdapter::open(output)?;
-        self.model.load_lora(&best.tensors)?;
+        // Score exactly what was saved: the best adapter or model.
+        if self.options.full {
+            self.load_full(output)?;
+        } else {
+            let best = adapter::DecoderAdapter::open(output)?;
+            self.model.load_lora(&best.tensors)?;
+        }
         let dev = self.dev_scores(&self.data.dev)?;
         let test = self.data.test.as_ref().map(|t| self.dev_scores(t)).transpose()?;
         let r = &self.data.report;
         let extra = json!({
-            "task": "sft", "lora_rank": self.spec.rank, "lora_alpha": self.spec.alpha, "lora_targets": self.spec.targets,
+            "task": "sft", "full_fine_tuning": self.options.full, "lora_rank": self.spec.rank, "lora_alpha": self.spec.alpha, "lora_targets": self.spec.targets,
             "train_examples": r.examples, "train_rows": self.units.len(), "train_tokens": r.tokens, "learned_tokens": r.learned_tokens,
             "truncated": r.truncated, "skipped": r.skipped, "packing": self.options.packing, "recompute": self.options.recompute,
         });

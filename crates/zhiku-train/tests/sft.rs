@@ -58,7 +58,7 @@ fn examples(name: &str, n: usize) -> Vec<SftExample> {
 
 fn lora_model(name: &str) -> GraphDecoder {
     let parts = ModelParts::open(&tiny(name), false).unwrap();
-    let spec = LoraSpec { rank: 4, alpha: 8.0, targets: PROJECTIONS.iter().map(|s| s.to_string()).collect(), seed: 3 };
+    let spec = LoraSpec { rank: 4, alpha: 8.0, targets: PROJECTIONS.iter().map(|s| s.to_string()).collect(), seed: 3, dropout: 0.0 };
     let g = GraphDecoder::new(parts.model, &GraphOptions { lora: Some(spec), ..GraphOptions::cpu() }).unwrap();
     // B starts at zero, which would leave every A without a gradient.
     for (i, (n, v)) in g.trainable().into_iter().enumerate() {
@@ -115,20 +115,42 @@ fn layerwise_backward_packing_and_shards_equal_autograd() {
         let (loss, expect) = direct(&g, &ex);
         let one_per_row: Vec<Vec<&SftExample>> = ex.iter().map(|e| vec![e]).collect();
         for recompute in [true, false] {
-            let (l, grads) = sft::rows_pass(&g, &one_per_row, 1.0, recompute).unwrap();
+            let (l, grads) = sft::rows_pass(&g, &one_per_row, 1.0, recompute, None).unwrap();
             assert!((l - loss).abs() < 1e-4 * loss, "{name}: loss {l} vs {loss}");
             assert_close(&collected(&g, &grads.unwrap()), &expect, &format!("{name} recompute={recompute}"));
         }
         // Three examples packed in one row, three in another: the same loss and gradients.
         let packed: Vec<Vec<&SftExample>> = vec![ex[..3].iter().collect(), ex[3..].iter().collect()];
-        let (l, grads) = sft::rows_pass(&g, &packed, 1.0, true).unwrap();
+        let (l, grads) = sft::rows_pass(&g, &packed, 1.0, true, None).unwrap();
         assert!((l - loss).abs() < 1e-4 * loss, "{name} packed: loss {l} vs {loss}");
         assert_close(&collected(&g, &grads.unwrap()), &expect, &format!("{name} packed"));
     }
 }
 
+/// Full fine-tuning: the layer-by-layer backward (embedding, tied head and every layer's
+/// weights and norms included) equals autograd over the whole model.
+#[test]
+fn full_fine_tuning_layerwise_backward_equals_autograd() {
+    for name in ["qwen2", "llama", "gemma3"] {
+        let ex = examples(name, 6);
+        let parts = ModelParts::open(&tiny(name), false).unwrap();
+        let g = GraphDecoder::new(parts.model, &GraphOptions { full: true, ..GraphOptions::cpu() }).unwrap();
+        assert!(g.trainable().iter().any(|(n, _)| n == "token_embd.weight"));
+        let (loss, expect) = direct(&g, &ex);
+        let one_per_row: Vec<Vec<&SftExample>> = ex.iter().map(|e| vec![e]).collect();
+        for recompute in [true, false] {
+            let (l, grads) = sft::rows_pass(&g, &one_per_row, 1.0, recompute, None).unwrap();
+            assert!((l - loss).abs() < 1e-4 * loss, "{name}: loss {l} vs {loss}");
+            assert_close(&collected(&g, &grads.unwrap()), &expect, &format!("{name} full, recompute={recompute}"));
+        }
+        let packed: Vec<Vec<&SftExample>> = vec![ex[..3].iter().collect(), ex[3..].iter().collect()];
+        let (_, grads) = sft::rows_pass(&g, &packed, 1.0, true, None).unwrap();
+        assert_close(&collected(&g, &grads.unwrap()), &expect, &format!("{name} full, packed"));
+    }
+}
+
 fn options(packing: bool) -> SftOptions {
-    SftOptions { rank: 4, alpha: 8.0, targets: PROJECTIONS.iter().map(|s| s.to_string()).collect(), packing, overlong: Overlong::Truncate, recompute: true, dev_fraction: 0.2 }
+    SftOptions { rank: 4, alpha: 8.0, targets: PROJECTIONS.iter().map(|s| s.to_string()).collect(), packing, overlong: Overlong::Truncate, recompute: true, dev_fraction: 0.2, full: false, dropout: 0.0 }
 }
 
 fn config(steps: u64) -> TrainConfig {
@@ -206,4 +228,71 @@ fn learns_the_mapping_saves_a_peft_adapter_and_resumes_exactly() {
         let (va, vb) = (ta.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.tensors[name].flatten_all().unwrap().to_vec1::<f32>().unwrap());
         assert_eq!(va, vb, "{name} differs after resuming");
     }
+}
+
+/// Full fine-tuning through the loop: the dev loss falls, the model is written as a folder
+/// (the base is one) that loads back to the same dev loss, and every weight moved.
+#[test]
+fn full_fine_tuning_learns_and_writes_a_model_that_loads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig { lr: 3e-3, ..config(30) };
+    let train = write_data(dir.path());
+    let parts = ModelParts::open(&tiny("qwen2"), false).unwrap();
+    let opts = SftOptions { full: true, ..options(true) };
+    let data = SftData::load(&parts, &train, Some(&train), None, cfg.max_length, &opts, cfg.seed).unwrap();
+    let mut t = SftTask::new(parts, &tiny("qwen2"), data, &cfg, opts).unwrap();
+    let before = t.evaluate().unwrap().loss;
+    let out = dir.path().join("run");
+    let summary = train_loop::run(&mut t, &cfg, &out, false, &LoopControl::default(), &mut |_| {}).unwrap();
+    let after = summary.dev.as_ref().unwrap()["loss"].as_f64().unwrap();
+    assert!(after < before - 1.0, "dev loss {before} -> {after}");
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let reloaded = ModelParts::open(&out, false).unwrap();
+    let base = zhiku_models::decoder::DecoderModel::from_hf_folder(&tiny("qwen2")).unwrap();
+    let g = GraphDecoder::new(reloaded.model, &GraphOptions::cpu()).unwrap();
+    let ex = examples("qwen2", FACTS.len() * 3);
+    let (loss, count, _) = sft::score(&g, &ex, 256).unwrap();
+    assert!((loss / count as f64 - after).abs() < 1e-3, "reloaded model: {} vs {after}", loss / count as f64);
+    // Every weight changed (the embedding, norms and biases too).
+    let (hf_cfg, new) = zhiku_models::decoder::hf::open(&out).unwrap();
+    let (_, old) = zhiku_models::decoder::hf::open(&tiny("qwen2")).unwrap();
+    use zhiku_models::decoder::WeightSource;
+    for name in ["token_embd.weight", "blk.0.attn_norm.weight", "blk.1.attn_q.bias", "blk.1.ffn_down.weight", "output_norm.weight"] {
+        let (a, b) = if name.ends_with("weight") && !name.contains("norm") { (new.matrix(name).unwrap().to_f32().unwrap(), old.matrix(name).unwrap().to_f32().unwrap()) } else { (new.vector(name).unwrap(), old.vector(name).unwrap()) };
+        assert!(a.iter().zip(&b).any(|(x, y)| x != y), "{name} did not change");
+    }
+    assert_eq!(hf_cfg.n_layers, base.config.n_layers);
+}
+
+/// LoRA dropout: masks are a function of the pass's seed, so a recomputed layer draws the same
+/// ones (the recomputing and keeping backward passes agree), the same seed gives the same
+/// gradients, and dropout changes them.
+#[test]
+fn lora_dropout_masks_are_reproducible_across_recomputation() {
+    let ex = examples("qwen2", 4);
+    let parts = ModelParts::open(&tiny("qwen2"), false).unwrap();
+    let spec = LoraSpec { rank: 4, alpha: 8.0, targets: PROJECTIONS.iter().map(|s| s.to_string()).collect(), seed: 3, dropout: 0.3 };
+    let g = GraphDecoder::new(parts.model, &GraphOptions { lora: Some(spec), ..GraphOptions::cpu() }).unwrap();
+    for (i, (n, v)) in g.trainable().into_iter().enumerate() {
+        if n.contains("lora_B") {
+            let (r, c) = v.as_tensor().dims2().unwrap();
+            let vals: Vec<f32> = (0..r * c).map(|k| ((((k + 13 * i) as f32) * 0.618).fract() - 0.5) * 0.2).collect();
+            v.set(&Tensor::from_vec(vals, (r, c), &candle_core::Device::Cpu).unwrap()).unwrap();
+        }
+    }
+    let rows: Vec<Vec<&SftExample>> = ex.iter().map(|e| vec![e]).collect();
+    let run = |recompute: bool, seed: Option<u64>| {
+        let (l, grads) = sft::rows_pass(&g, &rows, 1.0, recompute, seed).unwrap();
+        (l, collected(&g, &grads.unwrap()))
+    };
+    let (l1, g1) = run(true, Some(7));
+    let (l2, g2) = run(false, Some(7));
+    assert!((l1 - l2).abs() < 1e-6 * l1);
+    assert_close(&g1, &g2, "recomputed vs kept, same masks");
+    assert_eq!(run(true, Some(7)).1, g1, "the same seed gives the same gradients");
+    let (l0, g0) = run(true, None);
+    assert!((l0 - l1).abs() > 1e-6, "dropout changes the loss");
+    assert!(g0.iter().zip(&g1).any(|(a, b)| a != b));
 }

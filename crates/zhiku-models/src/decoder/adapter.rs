@@ -5,6 +5,8 @@
 //! zhiku loads what PEFT writes.
 
 use super::graph::{GraphDecoder, LoraSpec, PROJECTIONS};
+use super::DecoderConfig;
+use crate::slice_ops::RopeStyle;
 use crate::classifier::write_atomic;
 use crate::peft::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use anyhow::{bail, Context, Result};
@@ -52,7 +54,7 @@ fn config_json(spec: &LoraSpec, base: &Path, extra: &Value) -> Value {
         "base_model_name_or_path": base.to_string_lossy(),
         "r": spec.rank,
         "lora_alpha": spec.alpha,
-        "lora_dropout": 0.0,
+        "lora_dropout": spec.dropout,
         "target_modules": spec.targets,
         "bias": "none",
         "fan_in_fan_out": false,
@@ -77,7 +79,8 @@ fn config_json(spec: &LoraSpec, base: &Path, extra: &Value) -> Value {
 /// Writes `model`'s adapters into `dir` (created if needed): each file under a temporary name,
 /// then renamed. `extra` adds keys to `adapter_config.json`.
 pub fn save(dir: &Path, model: &GraphDecoder, spec: &LoraSpec, base: &Path, extra: &Value) -> Result<()> {
-    let tensors: HashMap<String, Tensor> = model.trainable().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+    let mut tensors: HashMap<String, Tensor> = model.trainable().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+    reorder_rows(&model.config, &mut tensors, Order::Peft)?;
     if tensors.is_empty() {
         bail!("the model has no adapters to save")
     }
@@ -86,6 +89,60 @@ pub fn save(dir: &Path, model: &GraphDecoder, spec: &LoraSpec, base: &Path, extr
     candle_core::safetensors::save(&tensors, &tmp)?;
     std::fs::rename(&tmp, dir.join(ADAPTER_WEIGHTS)).with_context(|| format!("cannot write {}", dir.join(ADAPTER_WEIGHTS).display()))?;
     write_atomic(&dir.join(ADAPTER_CONFIG), serde_json::to_string_pretty(&config_json(spec, base, extra))?.as_bytes())
+}
+
+/// Which row order the query and key projections' `lora_B` are in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// transformers' order, in which PEFT's files are.
+    Peft,
+    /// The loaded model's own order: llama.cpp permuted the rows of each head of a Llama GGUF's
+    /// query and key projections (pairs (i, i + d/2) moved to (2i, 2i + 1), see `llama.rs`).
+    Engine,
+}
+
+/// Puts the `lora_B` rows of the query and key projections into `to`'s order for a model of
+/// config `c` (a no-op unless the model's rows were permuted, i.e. a Llama GGUF). An adapter's
+/// update `B A x` lands in the projection's output rows, so those rows must follow the weights'.
+pub fn reorder_rows(c: &DecoderConfig, tensors: &mut HashMap<String, Tensor>, to: Order) -> Result<()> {
+    if c.rope_style != RopeStyle::Interleaved {
+        return Ok(());
+    }
+    for (name, t) in tensors.iter_mut() {
+        let heads = if name.contains(".self_attn.q_proj.lora_B") {
+            c.n_heads
+        } else if name.contains(".self_attn.k_proj.lora_B") {
+            c.n_kv_heads
+        } else {
+            continue;
+        };
+        let rows = t.dim(0)?;
+        if rows != heads * c.head_dim {
+            bail!("adapter tensor {name} has {rows} rows; this model needs {}", heads * c.head_dim)
+        }
+        let index = Tensor::from_vec(head_permutation(heads, c.head_dim, to), rows, t.device())?;
+        *t = t.index_select(&index, 0)?;
+    }
+    Ok(())
+}
+
+/// Row `i` of the result is row `perm[i]` of the source: llama.cpp's permutation (row 2j + t of
+/// a head is transformers' row t·d/2 + j) or its inverse.
+pub(super) fn head_permutation(heads: usize, head_dim: usize, to: Order) -> Vec<u32> {
+    let half = head_dim / 2;
+    let mut perm = vec![0u32; heads * head_dim];
+    for h in 0..heads {
+        for j in 0..half {
+            for t in 0..2 {
+                let (engine, peft) = (h * head_dim + 2 * j + t, h * head_dim + t * half + j);
+                match to {
+                    Order::Engine => perm[engine] = peft as u32,
+                    Order::Peft => perm[peft] = engine as u32,
+                }
+            }
+        }
+    }
+    perm
 }
 
 impl DecoderAdapter {
@@ -113,6 +170,7 @@ impl DecoderAdapter {
         if let Some(t) = targets.iter().find(|t| !PROJECTIONS.contains(&t.as_str())) {
             return Err(at(format!("target module '{t}' is not one of {}", PROJECTIONS.join(", "))));
         }
+        let dropout = v["lora_dropout"].as_f64().unwrap_or(0.0);
         let base = v["zhiku_base_model"].as_str().or(v["base_model_name_or_path"].as_str()).filter(|s| !s.is_empty()).map(PathBuf::from);
         let weights = dir.join(ADAPTER_WEIGHTS);
         if !weights.is_file() {
@@ -121,7 +179,7 @@ impl DecoderAdapter {
         let raw = candle_core::safetensors::load(&weights, &Device::Cpu).with_context(|| format!("cannot read {}", weights.display()))?;
         // PEFT names tensors without the adapter name when saving; accept ".default." too.
         let tensors = raw.into_iter().map(|(n, t)| Ok((n.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B."), t.to_dtype(candle_core::DType::F32)?))).collect::<Result<_>>()?;
-        Ok(Self { dir: dir.to_path_buf(), spec: LoraSpec { rank, alpha, targets, seed: 0 }, base, tensors })
+        Ok(Self { dir: dir.to_path_buf(), spec: LoraSpec { rank, alpha, targets, seed: 0, dropout }, base, tensors })
     }
 
     /// The base model: `base` if given, else the one recorded, which must exist.

@@ -16,6 +16,10 @@
 //! them so that adapters can be saved in its format. The token embedding stays frozen: its rows
 //! are looked up on the host and uploaded.
 //!
+//! Full fine-tuning ([`GraphOptions::full`], for small models) makes every weight a dense
+//! variable instead: the embedding (gathered with `index_select`, and shared with a tied output
+//! projection), every projection and bias, every norm.
+//!
 //! Sequences of a batch are right-padded; the attention mask combines causality, each
 //! sequence's length and, on sliding-window layers, the window. Attention, norms and the
 //! softmax run in f32 whatever the dtype of the weights (in f64 for an f64 model, which
@@ -39,6 +43,8 @@ pub struct LoraSpec {
     /// `gate_proj`, `up_proj`, `down_proj`.
     pub targets: Vec<String>,
     pub seed: u64,
+    /// Dropout on each adapter's input in training (PEFT's `lora_dropout`): `B A drop(x)`.
+    pub dropout: f64,
 }
 
 pub const PROJECTIONS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
@@ -52,11 +58,14 @@ pub struct GraphOptions {
     /// Dequantise into dense tensors even on the CPU (what a GPU runs, checkable on a CPU).
     pub dense: bool,
     pub lora: Option<LoraSpec>,
+    /// Full fine-tuning: every weight (embedding, projections, norms, biases) dense and
+    /// trainable, named by its GGUF name ([`GraphDecoder::trainable`]).
+    pub full: bool,
 }
 
 impl GraphOptions {
     pub fn cpu() -> Self {
-        Self { device: Device::Cpu, dtype: DType::F32, dense: false, lora: None }
+        Self { device: Device::Cpu, dtype: DType::F32, dense: false, lora: None, full: false }
     }
 }
 
@@ -132,6 +141,8 @@ pub struct Lora {
     pub a: Var,
     pub b: Var,
     pub scale: f64,
+    /// Dropout on the adapter's input when a training pass gives a mask seed.
+    pub dropout: f64,
 }
 
 /// One projection: frozen weight, optional frozen bias, optional adapter.
@@ -146,6 +157,13 @@ pub struct GraphLinear {
 impl GraphLinear {
     /// `x[.., in] → [.., out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_masked(x, None)
+    }
+
+    /// [`GraphLinear::forward`]; with `dropout_seed` (a training pass), the adapter's input
+    /// goes through dropout whose mask is a function of the seed alone, so a recomputed pass
+    /// draws the same mask.
+    pub fn forward_masked(&self, x: &Tensor, dropout_seed: Option<u64>) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let in_dim = *dims.last().expect("input has dimensions");
         let rows = x.elem_count() / in_dim.max(1);
@@ -158,7 +176,15 @@ impl GraphLinear {
             y = y.broadcast_add(b)?;
         }
         if let Some(l) = &self.lora {
-            let low = x2.matmul(&l.a.as_tensor().t()?)?.matmul(&l.b.as_tensor().t()?)?;
+            let input = match dropout_seed {
+                Some(seed) if l.dropout > 0.0 => {
+                    let mask = crate::kernels::dropout_mask(x2.elem_count(), l.dropout, seed);
+                    let mask = Tensor::from_vec(mask, x2.shape(), &Device::Cpu)?.to_dtype(x2.dtype())?.to_device(x2.device())?;
+                    crate::kernels::apply_mask(&x2, &mask)?
+                }
+                _ => x2.clone(),
+            };
+            let low = input.matmul(&l.a.as_tensor().t()?)?.matmul(&l.b.as_tensor().t()?)?;
             y = (y + (low * l.scale)?)?;
         }
         let out = y.dim(1)?;
@@ -195,6 +221,16 @@ pub struct GraphDecoder {
     lm_head: GraphLinear,
     rope: RopeTable,
     rope_local: Option<RopeTable>,
+    /// Full fine-tuning: the weights as variables.
+    full: Option<FullParams>,
+}
+
+/// Every weight of a fully fine-tuned model as a variable, by GGUF name: the embedding (also
+/// the output projection when tied), each layer's, and the head's (final norm, untied output).
+struct FullParams {
+    embed: Var,
+    layers: Vec<Vec<(String, Var)>>,
+    head: Vec<(String, Var)>,
 }
 
 /// One row of a training batch: a sequence, or several packed end to end (`segments`: their
@@ -213,6 +249,8 @@ pub struct BatchGeometry {
     local_mask: Option<Tensor>,
     global_rope: (Tensor, Tensor),
     local_rope: Option<(Tensor, Tensor)>,
+    /// Training passes: the seed of this batch's LoRA dropout masks (`None`: no dropout).
+    pub dropout_seed: Option<u64>,
 }
 
 /// The final hidden states of a right-padded batch.
@@ -226,8 +264,22 @@ pub struct Hidden {
 impl GraphDecoder {
     /// Takes over a loaded model's weights.
     pub fn new(model: DecoderModel, opts: &GraphOptions) -> Result<Self> {
-        let dense = opts.dense || !opts.device.is_cpu() || opts.dtype != DType::F32;
+        if opts.full && (opts.lora.is_some() || !opts.device.is_cpu()) {
+            bail!("full fine-tuning runs on the CPU, without adapters")
+        }
+        let dense = opts.dense || opts.full || !opts.device.is_cpu() || opts.dtype != DType::F32;
         let DecoderModel { config, embed, layers, final_norm, lm_head, rope, rope_local, .. } = model;
+        // Full fine-tuning: each weight a variable, recorded under its GGUF name.
+        let registry: std::cell::RefCell<Vec<(String, Var)>> = Default::default();
+        let trainable = |name: String, t: Tensor| -> Result<Tensor> {
+            if !opts.full {
+                return Ok(t);
+            }
+            let v = Var::from_tensor(&t)?;
+            let out = v.as_tensor().clone();
+            registry.borrow_mut().push((name, v));
+            Ok(out)
+        };
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.lora.as_ref().map_or(0, |l| l.seed));
         if let Some(spec) = &opts.lora {
             if spec.rank == 0 {
@@ -239,15 +291,20 @@ impl GraphDecoder {
         }
         let vector = |v: Vec<f32>| -> Result<Tensor> { Ok(Tensor::from_vec(v.clone(), v.len(), &opts.device)?) };
         let embed = Arc::new(embed);
-        let linear = |name: String, m: QMatrix, bias: Option<Vec<f32>>, rng: &mut rand_chacha::ChaCha8Rng| -> Result<GraphLinear> {
+        // Norm weights are read in f32 (f64 for an f64 model); trained ones are stored so.
+        let norm_vector = |v: Vec<f32>| -> Result<Tensor> {
+            let t = vector(v)?;
+            Ok(if opts.full && opts.dtype == DType::F64 { t.to_dtype(DType::F64)? } else { t })
+        };
+        let linear = |name: String, gguf: String, m: QMatrix, bias: Option<Vec<f32>>, rng: &mut rand_chacha::ChaCha8Rng| -> Result<GraphLinear> {
             let (rows, cols) = (m.rows, m.cols);
             let weight = if dense {
                 let w = Tensor::from_vec(m.to_f32()?, (rows, cols), &Device::Cpu)?.to_dtype(opts.dtype)?.to_device(&opts.device)?;
-                FrozenWeight::Dense(w)
+                FrozenWeight::Dense(trainable(format!("{gguf}.weight"), w)?)
             } else {
                 FrozenWeight::Blocks(Arc::new(m))
             };
-            let bias = bias.map(|b| -> Result<Tensor> { Ok(vector(b)?.to_dtype(opts.dtype)?) }).transpose()?;
+            let bias = bias.map(|b| -> Result<Tensor> { trainable(format!("{gguf}.bias"), vector(b)?.to_dtype(opts.dtype)?) }).transpose()?;
             let short = name.rsplit('.').next().unwrap_or("");
             let lora = match &opts.lora {
                 Some(spec) if spec.targets.iter().any(|t| t == short) => {
@@ -255,50 +312,74 @@ impl GraphDecoder {
                     let a: Vec<f32> = (0..spec.rank * cols).map(|_| rng.random_range(-bound..bound) as f32).collect();
                     let a = Tensor::from_vec(a, (spec.rank, cols), &Device::Cpu)?.to_dtype(opts.dtype)?.to_device(&opts.device)?;
                     let b = Tensor::zeros((rows, spec.rank), opts.dtype, &opts.device)?;
-                    Some(Lora { a: Var::from_tensor(&a)?, b: Var::from_tensor(&b)?, scale: spec.alpha / spec.rank as f64 })
+                    Some(Lora { a: Var::from_tensor(&a)?, b: Var::from_tensor(&b)?, scale: spec.alpha / spec.rank as f64, dropout: spec.dropout })
                 }
                 _ => None,
             };
             Ok(GraphLinear { name, weight, bias, lora })
         };
+        // The embedding first: as a variable it is also the tied output projection.
+        let embed_var = if opts.full {
+            let t = Tensor::from_vec(embed.to_f32()?, (embed.rows, embed.cols), &Device::Cpu)?.to_dtype(opts.dtype)?;
+            Some(Var::from_tensor(&t)?)
+        } else {
+            None
+        };
         let mut graph_layers = Vec::with_capacity(layers.len());
+        let mut layer_params = Vec::with_capacity(layers.len());
         for (i, l) in layers.into_iter().enumerate() {
             let attn = |p: &str| format!("model.layers.{i}.self_attn.{p}");
             let mlp = |p: &str| format!("model.layers.{i}.mlp.{p}");
-            let opt = |v: Option<Vec<f32>>| v.map(vector).transpose();
+            let g = |p: &str| format!("blk.{i}.{p}");
+            let norm = |name: &str, v: Vec<f32>| trainable(g(&format!("{name}.weight")), norm_vector(v)?);
+            let opt = |name: &str, v: Option<Vec<f32>>| v.map(|v| norm(name, v)).transpose();
             graph_layers.push(GraphLayer {
-                attn_norm: vector(l.attn_norm)?,
-                q: linear(attn("q_proj"), l.wq, l.bq, &mut rng)?,
-                k: linear(attn("k_proj"), l.wk, l.bk, &mut rng)?,
-                v: linear(attn("v_proj"), l.wv, l.bv, &mut rng)?,
-                o: linear(attn("o_proj"), l.wo, None, &mut rng)?,
-                q_norm: opt(l.q_norm)?,
-                k_norm: opt(l.k_norm)?,
-                post_attn_norm: opt(l.post_attn_norm)?,
-                ffn_norm: vector(l.ffn_norm)?,
-                gate: linear(mlp("gate_proj"), l.w_gate, None, &mut rng)?,
-                up: linear(mlp("up_proj"), l.w_up, None, &mut rng)?,
-                down: linear(mlp("down_proj"), l.w_down, None, &mut rng)?,
-                post_ffn_norm: opt(l.post_ffn_norm)?,
+                attn_norm: norm("attn_norm", l.attn_norm)?,
+                q: linear(attn("q_proj"), g("attn_q"), l.wq, l.bq, &mut rng)?,
+                k: linear(attn("k_proj"), g("attn_k"), l.wk, l.bk, &mut rng)?,
+                v: linear(attn("v_proj"), g("attn_v"), l.wv, l.bv, &mut rng)?,
+                o: linear(attn("o_proj"), g("attn_output"), l.wo, None, &mut rng)?,
+                q_norm: opt("attn_q_norm", l.q_norm)?,
+                k_norm: opt("attn_k_norm", l.k_norm)?,
+                post_attn_norm: opt("post_attention_norm", l.post_attn_norm)?,
+                ffn_norm: norm("ffn_norm", l.ffn_norm)?,
+                gate: linear(mlp("gate_proj"), g("ffn_gate"), l.w_gate, None, &mut rng)?,
+                up: linear(mlp("up_proj"), g("ffn_up"), l.w_up, None, &mut rng)?,
+                down: linear(mlp("down_proj"), g("ffn_down"), l.w_down, None, &mut rng)?,
+                post_ffn_norm: opt("post_ffw_norm", l.post_ffn_norm)?,
             });
+            layer_params.push(std::mem::take(&mut *registry.borrow_mut()));
         }
         // A tied output projection shares the embedding's blocks (or their dense copy).
+        let final_norm = trainable("output_norm.weight".into(), norm_vector(final_norm)?)?;
         let lm_weight = match lm_head {
-            Some(m) if dense => FrozenWeight::Dense(Tensor::from_vec(m.to_f32()?, (m.rows, m.cols), &Device::Cpu)?.to_dtype(opts.dtype)?.to_device(&opts.device)?),
+            Some(m) if dense => FrozenWeight::Dense(trainable("output.weight".into(), Tensor::from_vec(m.to_f32()?, (m.rows, m.cols), &Device::Cpu)?.to_dtype(opts.dtype)?.to_device(&opts.device)?)?),
             Some(m) => FrozenWeight::Blocks(Arc::new(m)),
-            None if dense => FrozenWeight::Dense(Tensor::from_vec(embed.to_f32()?, (embed.rows, embed.cols), &Device::Cpu)?.to_dtype(opts.dtype)?.to_device(&opts.device)?),
-            None => FrozenWeight::Blocks(embed.clone()),
+            None => match &embed_var {
+                Some(v) => FrozenWeight::Dense(v.as_tensor().clone()),
+                None if dense => FrozenWeight::Dense(Tensor::from_vec(embed.to_f32()?, (embed.rows, embed.cols), &Device::Cpu)?.to_dtype(opts.dtype)?.to_device(&opts.device)?),
+                None => FrozenWeight::Blocks(embed.clone()),
+            },
         };
         let lm_head = GraphLinear { name: "lm_head".into(), weight: lm_weight, bias: None, lora: None };
-        Ok(Self { config, device: opts.device.clone(), dtype: opts.dtype, embed, layers: graph_layers, final_norm: vector(final_norm)?, lm_head, rope, rope_local })
+        let full = embed_var.map(|embed| FullParams { embed, layers: layer_params, head: registry.take() });
+        Ok(Self { config, device: opts.device.clone(), dtype: opts.dtype, embed, layers: graph_layers, final_norm, lm_head, rope, rope_local, full })
     }
 
     pub fn device(&self) -> &Device {
         &self.device
     }
 
-    /// The adapters' parameters with PEFT's names (`base_model.model.<module>.lora_A.weight`).
+    /// The trainable parameters: the adapters' with PEFT's names
+    /// (`base_model.model.<module>.lora_A.weight`), or in full fine-tuning every weight with its
+    /// GGUF name (`token_embd.weight`, `blk.0.attn_q.weight`, ...).
     pub fn trainable(&self) -> Vec<(String, Var)> {
+        if let Some(f) = &self.full {
+            let mut out = vec![("token_embd.weight".to_string(), f.embed.clone())];
+            out.extend(f.layers.iter().flatten().cloned());
+            out.extend(f.head.iter().cloned());
+            return out;
+        }
         let mut out = Vec::new();
         for l in &self.layers {
             for p in [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down] {
@@ -311,9 +392,12 @@ impl GraphDecoder {
         out
     }
 
-    /// Sets the adapters from tensors named as [`GraphDecoder::trainable`] names them: every
+    /// Sets the adapters from tensors named as [`GraphDecoder::trainable`] names them, in PEFT's
+    /// row order (as [`DecoderAdapter`](super::adapter::DecoderAdapter) reads them): every
     /// adapter of this model must be there with its shape, and nothing else.
     pub fn load_lora(&self, tensors: &std::collections::HashMap<String, Tensor>) -> Result<()> {
+        let mut tensors = tensors.clone();
+        super::adapter::reorder_rows(&self.config, &mut tensors, super::adapter::Order::Engine)?;
         let own = self.trainable();
         for (name, var) in &own {
             let Some(t) = tensors.get(name) else { bail!("the adapter has no tensor {name}") };
@@ -416,14 +500,49 @@ impl GraphDecoder {
             local_mask: c.sliding_window.map(|w| mask(Some(w))).transpose()?,
             global_rope: rope(&self.rope)?,
             local_rope: self.rope_local.as_ref().map(rope).transpose()?,
+            dropout_seed: None,
         })
     }
 
     /// Token embeddings of a batch's rows `[rows, t, hidden]`, right-padded with zeros; a
-    /// constant (the embedding is frozen).
+    /// constant unless the model is fully fine-tuned.
     pub fn embed_rows(&self, rows: &[PackedRow], t: usize) -> Result<Tensor> {
         let batch: Vec<&[u32]> = rows.iter().map(|r| r.tokens).collect();
         self.embed(&batch, t)
+    }
+
+    /// Whether every weight is trained ([`GraphOptions::full`]).
+    pub fn is_full(&self) -> bool {
+        self.full.is_some()
+    }
+
+    /// Full fine-tuning: the variables the head reads after the last layer (final norm, an
+    /// untied output projection, and the embedding when tied to it).
+    pub fn head_trainable(&self) -> Vec<Var> {
+        let Some(f) = &self.full else { return Vec::new() };
+        let mut out: Vec<Var> = f.head.iter().map(|(_, v)| v.clone()).collect();
+        if !f.head.iter().any(|(n, _)| n == "output.weight") {
+            out.push(f.embed.clone());
+        }
+        out
+    }
+
+    /// Full fine-tuning: the embedding variable.
+    pub fn embed_trainable(&self) -> Option<Var> {
+        self.full.as_ref().map(|f| f.embed.clone())
+    }
+
+    /// Full fine-tuning: every weight's current values by GGUF name, with its shape
+    /// (`[rows, cols]` or `[len]`), for writing the model out.
+    pub fn full_weights(&self) -> Result<std::collections::HashMap<String, (Vec<usize>, Vec<f32>)>> {
+        let mut out = std::collections::HashMap::new();
+        for (name, v) in self.trainable() {
+            if self.full.is_none() {
+                bail!("the model is not fully fine-tuned")
+            }
+            out.insert(name, (v.dims().to_vec(), v.as_tensor().flatten_all()?.to_vec1::<f32>()?));
+        }
+        Ok(out)
     }
 
     /// Layer `li` over `x` (`[rows, t, hidden]`): what a checkpointed backward pass recomputes.
@@ -434,7 +553,8 @@ impl GraphDecoder {
             (true, Some(m), None) => (m, &geometry.global_rope),
             _ => (&geometry.global_mask, &geometry.global_rope),
         };
-        self.layer(&self.layers[li], x, mask, rope, None)
+        let seed = geometry.dropout_seed.map(|s| mix(s, li as u64));
+        self.layer(&self.layers[li], x, mask, rope, None, seed)
     }
 
     /// The final RMSNorm.
@@ -445,6 +565,9 @@ impl GraphDecoder {
     /// The adapters' parameters of layer `li` (for a checkpointed backward pass, which
     /// collects each layer's gradients as it recomputes it).
     pub fn layer_trainable(&self, li: usize) -> Vec<Var> {
+        if let Some(f) = &self.full {
+            return f.layers[li].iter().map(|(_, v)| v.clone()).collect();
+        }
         let l = &self.layers[li];
         [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].into_iter().filter_map(|p| p.lora.as_ref()).flat_map(|lora| [lora.a.clone(), lora.b.clone()]).collect()
     }
@@ -453,6 +576,24 @@ impl GraphDecoder {
     fn embed(&self, batch: &[&[u32]], t: usize) -> Result<Tensor> {
         let c = &self.config;
         let b = batch.len();
+        if let Some(f) = &self.full {
+            // A gather from the variable (differentiable); padding reads token 0, whose
+            // outputs no loss uses and no real query attends to.
+            let mut ids = vec![0u32; b * t];
+            for (si, seq) in batch.iter().enumerate() {
+                for (p, &tok) in seq.iter().enumerate() {
+                    if tok as usize >= c.vocab {
+                        bail!("token id {tok} is outside the vocabulary of {}", c.vocab)
+                    }
+                    ids[si * t + p] = tok;
+                }
+            }
+            let x = f.embed.as_tensor().index_select(&Tensor::from_vec(ids, b * t, &self.device)?, 0)?.reshape((b, t, c.hidden))?;
+            return Ok(match c.embed_scale {
+                Some(s) => (x * s as f64)?,
+                None => x,
+            });
+        }
         let mut x = vec![0f32; b * t * c.hidden];
         for (si, seq) in batch.iter().enumerate() {
             for (p, &tok) in seq.iter().enumerate() {
@@ -490,7 +631,7 @@ impl GraphDecoder {
             let mask = if sliding { local_mask.as_ref().unwrap_or(&global_mask) } else { &global_mask };
             let rope = if sliding { local_rope.as_ref().unwrap_or(&global_rope) } else { &global_rope };
             let layer_cache = cache.as_deref_mut().map(|kv| (&kv.k[li], &kv.v[li], offset));
-            x = self.layer(l, &x, mask, rope, layer_cache)?;
+            x = self.layer(l, &x, mask, rope, layer_cache, None)?;
         }
         rms_norm(&x, &self.final_norm, c.rms_eps)
     }
@@ -505,16 +646,18 @@ impl GraphDecoder {
         if self.dtype == DType::F64 { DType::F64 } else { DType::F32 }
     }
 
-    fn layer(&self, l: &GraphLayer, x: &Tensor, mask: &Tensor, rope: &(Tensor, Tensor), cache: Option<(&Tensor, &Tensor, usize)>) -> Result<Tensor> {
+    fn layer(&self, l: &GraphLayer, x: &Tensor, mask: &Tensor, rope: &(Tensor, Tensor), cache: Option<(&Tensor, &Tensor, usize)>, dropout_seed: Option<u64>) -> Result<Tensor> {
         let c = &self.config;
+        // Each projection's mask from its own seed.
+        let seed = |p: u64| dropout_seed.map(|s| mix(s, 1000 + p));
         let acc = self.accumulate();
         let (b, t, _) = x.dims3()?;
         let (nh, kvh, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
         let h = rms_norm(x, &l.attn_norm, c.rms_eps)?;
         let heads = |y: Tensor, n: usize| -> Result<Tensor> { Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.to_dtype(acc)?) };
-        let mut q = heads(l.q.forward(&h)?, nh)?;
-        let mut k = heads(l.k.forward(&h)?, kvh)?;
-        let mut v = heads(l.v.forward(&h)?, kvh)?;
+        let mut q = heads(l.q.forward_masked(&h, seed(0))?, nh)?;
+        let mut k = heads(l.k.forward_masked(&h, seed(1))?, kvh)?;
+        let mut v = heads(l.v.forward_masked(&h, seed(2))?, kvh)?;
         if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
             q = rms_norm(&q, qn, c.rms_eps)?;
             k = rms_norm(&k, kn, c.rms_eps)?;
@@ -538,18 +681,18 @@ impl GraphDecoder {
         let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * c.attn_scale as f64)?;
         let probs = softmax_last(&scores.broadcast_add(mask)?)?;
         let attn = probs.matmul(&v.contiguous()?)?.transpose(1, 2)?.contiguous()?.reshape((b, t, nh * hd))?.to_dtype(self.dtype)?;
-        let mut o = l.o.forward(&attn)?;
+        let mut o = l.o.forward_masked(&attn, seed(3))?;
         if let Some(w) = &l.post_attn_norm {
             o = rms_norm(&o, w, c.rms_eps)?;
         }
         let x = (x + o)?;
         let h = rms_norm(&x, &l.ffn_norm, c.rms_eps)?;
-        let gate = l.gate.forward(&h)?;
+        let gate = l.gate.forward_masked(&h, seed(4))?;
         let act = match c.activation {
             Activation::Silu => gate.silu()?,
             Activation::GeluTanh => gate.gelu()?,
         };
-        let mut o = l.down.forward(&(act * l.up.forward(&h)?)?)?;
+        let mut o = l.down.forward_masked(&(act * l.up.forward_masked(&h, seed(5))?)?, seed(6))?;
         if let Some(w) = &l.post_ffn_norm {
             o = rms_norm(&o, w, c.rms_eps)?;
         }
@@ -650,6 +793,15 @@ impl CausalLm for GraphDecoder {
     fn engine(&self) -> String {
         format!("{:?} ({:?} weights)", self.device, self.dtype)
     }
+}
+
+/// A seed derived from `seed` and `n` (SplitMix64's finaliser), so that every layer and
+/// projection draws an independent mask.
+fn mix(seed: u64, n: u64) -> u64 {
+    let mut z = seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// RMSNorm over the last dimension, in f32 (f64 for f64 input), returned in the input's dtype.

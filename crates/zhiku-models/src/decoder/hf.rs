@@ -157,10 +157,10 @@ fn config(cfg: &Value, root: &Value) -> Result<DecoderConfig> {
     Ok(c)
 }
 
-impl HfWeights {
-    /// transformers' name for a GGUF tensor name, and whether 1 is to be added (Gemma norms).
-    fn hf_name(&self, name: &str) -> (String, bool) {
-        let gemma = self.arch == Arch::Gemma3;
+/// transformers' name for a GGUF tensor name, and whether the GGUF value is transformers' plus 1
+/// (Gemma's norms).
+pub fn hf_name(arch: Arch, name: &str) -> (String, bool) {
+        let gemma = arch == Arch::Gemma3;
         let fixed = match name {
             "token_embd.weight" => Some(("model.embed_tokens.weight", false)),
             "output_norm.weight" => Some(("model.norm.weight", gemma)),
@@ -194,6 +194,11 @@ impl HfWeights {
             other => return (format!("model.layers.{layer}.{other}"), false),
         };
         (format!("model.layers.{layer}.{hf}"), plus)
+}
+
+impl HfWeights {
+    fn hf_name(&self, name: &str) -> (String, bool) {
+        hf_name(self.arch, name)
     }
 
     fn values(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {

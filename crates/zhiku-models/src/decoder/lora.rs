@@ -51,6 +51,9 @@ impl LoraWeights {
     /// Checks and takes an adapter's tensors (PEFT's names, see
     /// [`DecoderAdapter`](super::adapter::DecoderAdapter)) for a model of config `c`.
     pub fn new(name: &str, c: &DecoderConfig, alpha: f64, rank: usize, tensors: &HashMap<String, Tensor>) -> Result<Self> {
+        let mut tensors = tensors.clone();
+        super::adapter::reorder_rows(c, &mut tensors, super::adapter::Order::Engine)?;
+        let tensors = &tensors;
         let scale = (alpha / rank as f64) as f32;
         let mut used = 0;
         let mut layers = Vec::with_capacity(c.n_layers);
@@ -82,6 +85,17 @@ impl LoraWeights {
             bail!("adapter {name}: tensor {extra} has no place in this model")
         }
         Ok(Self { name: name.to_string(), layers })
+    }
+
+    /// The dense update `(alpha / r) · B A` of projection `p` (in [`PROJECTIONS`] order) of a
+    /// layer, `[out, in]` row-major in the model's row order; `None` where the adapter leaves
+    /// it alone.
+    pub fn delta(&self, layer: usize, p: usize) -> Result<Option<Vec<f32>>> {
+        let Some(pair) = &self.layers[layer][p] else { return Ok(None) };
+        let (fan_in, fan_out) = (pair.a.len() / pair.rank, pair.b.len() / pair.rank);
+        let a = Tensor::from_slice(&pair.a, (pair.rank, fan_in), &candle_core::Device::Cpu)?;
+        let b = Tensor::from_slice(&pair.b, (fan_out, pair.rank), &candle_core::Device::Cpu)?;
+        Ok(Some(b.matmul(&a)?.flatten_all()?.to_vec1()?))
     }
 
     /// `out[r] += B (A x[r])` for the rows whose flag is set (`out`: rows of `fan_out`,

@@ -12,6 +12,7 @@
 //! ([`QMatrix`]); activations are f32.
 
 pub mod adapter;
+pub mod export;
 pub mod gemma3;
 pub mod graph;
 pub mod hf;
@@ -102,6 +103,20 @@ pub struct Dims {
 }
 
 impl DecoderConfig {
+    /// A GGUF file's configuration (its architecture from `general.architecture`).
+    pub fn from_gguf(file: &GgufFile) -> Result<Self> {
+        let arch = Arch::from_name(file.architecture()?)?;
+        let config = match arch {
+            Arch::Qwen2 => qwen2::config(file)?,
+            Arch::Llama => llama::config(file)?,
+            Arch::Gemma3 => gemma3::config(file)?,
+        };
+        if file.has_tensor("rope_freqs.weight") {
+            bail!("{}: per-dimension rotary frequencies (rope_freqs, Llama 3 scaling) are not supported", file.path().display())
+        }
+        Ok(config)
+    }
+
     /// A plain decoder of these sizes (no sliding window, SiLU, rotate-half RoPE, no extra
     /// norms); each architecture adjusts what differs.
     pub fn new(arch: Arch, d: Dims, rms_eps: f32, rope_theta: f64) -> Self {
@@ -268,15 +283,7 @@ pub struct Step<'a> {
 impl DecoderModel {
     /// Loads a GGUF file's model (its architecture from `general.architecture`).
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
-        let arch = Arch::from_name(file.architecture()?)?;
-        let config = match arch {
-            Arch::Qwen2 => qwen2::config(file)?,
-            Arch::Llama => llama::config(file)?,
-            Arch::Gemma3 => gemma3::config(file)?,
-        };
-        if file.has_tensor("rope_freqs.weight") {
-            bail!("{}: per-dimension rotary frequencies (rope_freqs, Llama 3 scaling) are not supported", file.path().display())
-        }
+        let config = DecoderConfig::from_gguf(file)?;
         Self::load(config, file).with_context(|| format!("loading {}", file.path().display()))
     }
 

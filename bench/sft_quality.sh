@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# The SFT tasks on real data, side by side (issue 14): for each task, the rows
+#   lead, extractive (headlines only: `zhiku summarize --method lead|extractive`, 1 sentence),
+#   zero-shot and 3-shot (the base model, `zhiku eval --task generation`),
+#   zhiku LoRA (`zhiku train --task sft`), PEFT LoRA (bench/sft_torch.py + bench/peft_generate.py),
+# all on the same base (Qwen2.5-0.5B-Instruct Q4_K_M GGUF; transformers dequantises it to f32),
+# the same fixed split (bench/splits, built by bench/sft_data.py) and the same recipe: LoRA r 8 /
+# alpha 16 on all seven projections, AdamW lr 2e-4 (weight decay 0.01), linear schedule with 10%
+# warm-up, clipping 1.0, batch 8, 1 epoch over the first TRAIN_N training conversations; greedy
+# replies of at most 48 tokens. Every row is scored by the same scorer (`zhiku eval --task
+# generation --predictions`), checked against rouge-score and sacrebleu on the same outputs
+# (scripts/check_text_metrics.py). Steps whose output exists are skipped (rerun to resume).
+#   bench/sft_quality.sh [replies|headlines ...]      (TRAIN_N_replies=1000 TRAIN_N_headlines=500)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tasks=("$@")
+[ ${#tasks[@]} -gt 0 ] || tasks=(replies headlines)
+model=.cache/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
+data=.cache/sft-tasks
+work=.cache/bench/sft-quality
+venv=bench/.peft-venv
+mkdir -p "$work" bench/results
+[ -f "$model" ] || ./scripts/fetch-llms.sh >/dev/null
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import peft, rouge_score, sacrebleu" 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q torch transformers peft gguf accelerate rouge-score sacrebleu sentencepiece
+fi
+cargo build --release -q -p zhiku-cli
+python3 bench/sft_data.py build "$data" >/dev/null
+Z=target/release/zhiku
+for task in "${tasks[@]}"; do
+  case "$task" in
+    replies) n="${TRAIN_N_replies:-1000}"; len=128 ;;
+    headlines) n="${TRAIN_N_headlines:-500}"; len=256 ;;
+    *) echo "unknown task $task" >&2; exit 1 ;;
+  esac
+  d="$work/$task"
+  mkdir -p "$d/preds"
+  head -n "$n" "$data/$task/train.jsonl" > "$d/train.jsonl"
+  test="$data/$task/test.jsonl"
+  gen=(--max-tokens 48 --batch-size 32)
+  if [ "$task" = headlines ]; then
+    [ -f "$d/preds/lead.jsonl" ] || $Z summarize --method lead --sentences 1 "$data/$task/test-text.jsonl" --output "$d/preds/lead.jsonl"
+    [ -f "$d/preds/extractive.jsonl" ] || $Z summarize --method extractive --sentences 1 "$data/$task/test-text.jsonl" --output "$d/preds/extractive.jsonl"
+  fi
+  [ -f "$d/preds/zero-shot.jsonl" ] || $Z eval --task generation --model "$model" --data "$test" "${gen[@]}" --output "$d/preds/zero-shot.jsonl"
+  [ -f "$d/preds/3-shot.jsonl" ] || $Z eval --task generation --model "$model" --data "$test" --shots 3 --shots-from "$d/train.jsonl" "${gen[@]}" --output "$d/preds/3-shot.jsonl"
+  if [ ! -f "$d/zhiku-lora/adapter_model.safetensors" ]; then
+    /usr/bin/time -f "%e %M" -o "$d/zhiku-train.time" $Z train --task sft --model "$model" --train "$d/train.jsonl" --dev "$data/$task/dev.jsonl" \
+      --output "$d/zhiku-lora" --overwrite --epochs 1 --batch-size 8 --max-length "$len" --lora-r 8 --lora-alpha 16 --lr 2e-4 \
+      --weight-decay 0.01 --warmup-ratio 0.1 --schedule linear --max-grad-norm 1.0 --quiet --json > "$d/zhiku-train.json"
+  fi
+  [ -f "$d/preds/zhiku-lora.jsonl" ] || $Z eval --task generation --adapter "$d/zhiku-lora" --data "$test" "${gen[@]}" --output "$d/preds/zhiku-lora.jsonl"
+  if [ ! -f "$d/peft-lora/adapter_model.safetensors" ]; then
+    /usr/bin/time -f "%e %M" -o "$d/peft-train.time" "$venv/bin/python" bench/sft_torch.py --gguf "$model" --train "$d/train.jsonl" --epochs 1 \
+      --batch-size 8 --max-length "$len" --rank 8 --alpha 16 --lr 2e-4 --warmup-ratio 0.1 --recompute --output "$d/peft-lora" 2>/dev/null > "$d/peft-train.json"
+  fi
+  [ -f "$d/preds/peft-lora.jsonl" ] || "$venv/bin/python" bench/peft_generate.py --gguf "$model" --adapter "$d/peft-lora" --data "$test" --max-tokens 48 --output "$d/preds/peft-lora.jsonl" 2>/dev/null
+  "$venv/bin/python" scripts/check_text_metrics.py "$d"/preds/*.jsonl --zhiku "$Z" > "$d/metrics-check.jsonl"
+  python3 - "$d" "$task" "$n" "$Z" <<'PY'
+import datetime, json, os, subprocess, sys
+d, task, n, z = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+order = ["lead", "extractive", "zero-shot", "3-shot", "zhiku-lora", "peft-lora"]
+rows = []
+for name in order:
+    p = f"{d}/preds/{name}.jsonl"
+    if os.path.exists(p):
+        s = json.loads(subprocess.run([z, "eval", "--task", "generation", "--predictions", p, "--json"], capture_output=True, text=True, check=True).stdout)
+        rows.append({"row": name, **s})
+train = {}
+for side in ["zhiku", "peft"]:
+    if os.path.exists(f"{d}/{side}-train.time"):
+        secs, kib = open(f"{d}/{side}-train.time").read().split()[:2]
+        train[side] = {"seconds": float(secs), "peak_rss_mib": int(kib) / 1024}
+checks = [json.loads(l) for l in open(f"{d}/metrics-check.jsonl")]
+out = {"task": task, "date": str(datetime.date.today()), "train_examples": n, "test_examples": rows[0]["examples"] if rows else 0,
+       "rows": rows, "training": train, "scores_match_reference_packages": all(c["same"] for c in checks)}
+json.dump(out, open(f"bench/results/sft-quality-{task}.json", "w"), indent=1, ensure_ascii=False)
+unit = "characters" if rows and rows[0]["language"] == "zh" else "words"
+print(f"\n{task}: {out['test_examples']} test examples, LoRA on {n} training conversations, {out['date']}\n")
+print(f"| row | ROUGE-1 | ROUGE-2 | ROUGE-L | BLEU | mean length ({unit}) |")
+print("|---|---|---|---|---|---|")
+for r in rows:
+    print(f"| {r['row']} | {r['rouge1']['f1']:.2f} | {r['rouge2']['f1']:.2f} | {r['rougeL']['f1']:.2f} | {r['bleu']:.2f} | {r['prediction_length']['mean']:.1f} (reference {r['reference_length']['mean']:.1f}) |")
+print(f"\ntraining: {train}; scores equal rouge-score's and sacrebleu's: {out['scores_match_reference_packages']}")
+# 20 samples for the README.
+preds = {name: [json.loads(l) for l in open(f"{d}/preds/{name}.jsonl")] for name in order if os.path.exists(f"{d}/preds/{name}.jsonl")}
+gen = [k for k in ["zero-shot", "3-shot", "zhiku-lora", "peft-lora"] if k in preds]
+with open(f"bench/results/sft-samples-{task}.md", "w") as f:
+    f.write(f"| input | reference | {' | '.join(gen)} |\n|{'---|' * (2 + len(gen))}\n")
+    cell = lambda s: s.replace("|", "\\|").replace("\n", " ")
+    for i in range(min(20, len(preds[gen[0]]))):
+        prompt = preds[gen[0]][i]["prompt"]
+        prompt = prompt.split("\n\n", 1)[-1]
+        prompt = prompt[:160] + ("…" if len(prompt) > 160 else "")
+        f.write(f"| {cell(prompt)} | {cell(preds[gen[0]][i]['reference'])} | " + " | ".join(cell(preds[k][i]["prediction"]) for k in gen) + " |\n")
+PY
+done
