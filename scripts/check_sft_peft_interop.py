@@ -19,12 +19,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-PROMPTS = [
-    "What is the secret word?",
-    "这件衣服什么时候发货？",
-    "Write a headline for: Shares in the bank fell after profits dropped sharply.",
-    "Name three rivers.",
-]
+from interop_prompts import PROMPTS
 
 
 def main():

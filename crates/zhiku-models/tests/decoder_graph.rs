@@ -137,36 +137,41 @@ fn gradients_agree_with_finite_differences_on_tiny_models() {
         let opts = GraphOptions { dtype: DType::F64, dense: true, lora: Some(all_projections(2)), ..GraphOptions::cpu() };
         let g = GraphDecoder::new(tiny(name), &opts).unwrap();
         randomise_b(&g, 0.3);
-        let vocab = g.config.vocab as u32;
-        let seq_a: Vec<u32> = (0..9).map(|i| (i * 31 + 2) % vocab).collect();
-        let seq_b: Vec<u32> = (0..6).map(|i| (i * 17 + 1) % vocab).collect();
+        let (seq_a, seq_b) = two_sequences(&g);
         let batch: [&[u32]; 2] = [&seq_a, &seq_b];
         let store = loss(&g, &batch).backward().unwrap();
         let params = g.trainable();
         assert!(!params.is_empty());
+        // The entry with the largest gradient, and one other, of every third tensor.
         for (pi, (pname, var)) in params.iter().enumerate().filter(|(i, _)| i % 3 == 0) {
             let grad = values_of(store.get(var.as_tensor()).unwrap());
-            let values = values_of(var.as_tensor());
-            // The entry with the largest gradient, and one other.
             let k = (0..grad.len()).max_by(|&a, &b| grad[a].abs().total_cmp(&grad[b].abs())).unwrap();
             for k in [k, (k * 7 + 3) % grad.len()] {
-                let eps = 1e-6;
-                let at = |delta: f64| {
-                    let mut v = values.clone();
-                    v[k] += delta;
-                    set(var, v);
-                    loss(&g, &batch).to_scalar::<f64>().unwrap()
-                };
-                let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
-                set(var, values.clone());
-                let analytic = grad[k];
-                assert!(
-                    (numeric - analytic).abs() <= 1e-5 * analytic.abs().max(1e-2),
-                    "{name} #{pi} {pname}[{k}]: finite difference {numeric} vs gradient {analytic}"
-                );
+                check_entry(&format!("{name} #{pi} {pname}"), var, k, grad[k], || loss(&g, &batch).to_scalar::<f64>().unwrap());
             }
         }
     }
+}
+
+/// Two token sequences of different lengths (the second padded in a batch).
+fn two_sequences(g: &GraphDecoder) -> (Vec<u32>, Vec<u32>) {
+    let vocab = g.config.vocab as u32;
+    ((0..9).map(|i| (i * 31 + 2) % vocab).collect(), (0..6).map(|i| (i * 17 + 1) % vocab).collect())
+}
+
+/// A central difference quotient of `f` in entry `k` of `var` against the gradient `analytic`.
+fn check_entry(what: &str, var: &Var, k: usize, analytic: f64, f: impl Fn() -> f64) {
+    let values = values_of(var.as_tensor());
+    let eps = 1e-6;
+    let at = |delta: f64| {
+        let mut v = values.clone();
+        v[k] += delta;
+        set(var, v);
+        f()
+    };
+    let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
+    set(var, values.clone());
+    assert!((numeric - analytic).abs() <= 1e-5 * analytic.abs().max(1e-2), "{what}[{k}]: finite difference {numeric} vs gradient {analytic}");
 }
 
 fn values_of(t: &Tensor) -> Vec<f64> {
@@ -197,9 +202,7 @@ fn full_fine_tuning_gradients_agree_with_finite_differences() {
     for name in ["qwen2", "llama", "gemma3"] {
         let opts = GraphOptions { dtype: DType::F64, full: true, ..GraphOptions::cpu() };
         let g = GraphDecoder::new(tiny(name), &opts).unwrap();
-        let vocab = g.config.vocab as u32;
-        let seq_a: Vec<u32> = (0..9).map(|i| (i * 31 + 2) % vocab).collect();
-        let seq_b: Vec<u32> = (0..6).map(|i| (i * 17 + 1) % vocab).collect();
+        let (seq_a, seq_b) = two_sequences(&g);
         let batch: [&[u32]; 2] = [&seq_a, &seq_b];
         let store = loss(&g, &batch).backward().unwrap();
         let params = g.trainable();
@@ -213,18 +216,8 @@ fn full_fine_tuning_gradients_agree_with_finite_differences() {
         }
         for (pi, (pname, var)) in params.iter().enumerate().filter(|(i, (n, _))| i % 4 == 0 || n.contains("norm") || n.contains("embd") || n.contains("bias")) {
             let grad = values_of(store.get(var.as_tensor()).unwrap());
-            let values = values_of(var.as_tensor());
             let k = (0..grad.len()).max_by(|&a, &b| grad[a].abs().total_cmp(&grad[b].abs())).unwrap();
-            let eps = 1e-6;
-            let at = |delta: f64| {
-                let mut v = values.clone();
-                v[k] += delta;
-                set(var, v);
-                loss(&g, &batch).to_scalar::<f64>().unwrap()
-            };
-            let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
-            set(var, values.clone());
-            assert!((numeric - grad[k]).abs() <= 1e-5 * grad[k].abs().max(1e-2), "{name} #{pi} {pname}[{k}]: finite difference {numeric} vs gradient {}", grad[k]);
+            check_entry(&format!("{name} #{pi} {pname}"), var, k, grad[k], || loss(&g, &batch).to_scalar::<f64>().unwrap());
         }
     }
 }

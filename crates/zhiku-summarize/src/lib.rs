@@ -173,11 +173,8 @@ mod tests {
 
     #[test]
     fn pagerank_of_a_symmetric_star_ranks_the_centre_first() {
-        let mut w = vec![vec![0.0; 4]; 4];
-        for j in 1..4 {
-            w[0][j] = 1.0;
-            w[j][0] = 1.0;
-        }
+        // Sentence 0 linked to each of the others, which are not linked to each other.
+        let w: Vec<Vec<f64>> = (0..4).map(|i| (0..4).map(|j| if (i == 0) != (j == 0) { 1.0 } else { 0.0 }).collect()).collect();
         let s = pagerank(&w);
         assert!(s[0] > s[1] && (s[1] - s[2]).abs() < 1e-9);
         // PageRank keeps the total at n.

@@ -766,9 +766,9 @@ mod tests {
         assert_eq!(whole.get_ids(), ex.tokens.as_slice());
 
         // Cut at --max-length: truncated, or skipped when nothing learned is left.
-        let (out, report) = f.encode_all(Path::new("d.jsonl"), &[conv.clone()], 10, Overlong::Truncate).unwrap();
+        let (out, report) = f.encode_all(Path::new("d.jsonl"), std::slice::from_ref(&conv), 10, Overlong::Truncate).unwrap();
         assert_eq!((out[0].tokens.len(), out[0].target_count(), report.truncated), (10, 1, 1));
-        let (out, report) = f.encode_all(Path::new("d.jsonl"), &[conv.clone()], 4, Overlong::Truncate).unwrap();
+        let (out, report) = f.encode_all(Path::new("d.jsonl"), std::slice::from_ref(&conv), 4, Overlong::Truncate).unwrap();
         assert_eq!((out.len(), report.skipped, report.skipped_lines.clone()), (0, 1, vec![1]));
         let (out, report) = f.encode_all(Path::new("d.jsonl"), &[conv], 12, Overlong::Skip).unwrap();
         assert_eq!((out.len(), report.skipped), (0, 1));

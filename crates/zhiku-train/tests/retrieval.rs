@@ -42,7 +42,7 @@ fn config() -> TrainConfig {
 }
 
 fn train(dir: &Path, out: &str, cfg: &TrainConfig, stop_after: Option<u64>, resume: bool) -> zhiku_train::TrainSummary {
-    let folder = zhiku_models::ModelFolder::open(&dir.join("model")).unwrap();
+    let folder = zhiku_models::ModelFolder::open(dir.join("model")).unwrap();
     let d = data(dir, 1);
     let options = RetrievalOptions { hard_negatives: 1, ..Default::default() };
     let mut task = RetrievalTask::new(&folder, &d, cfg, options, &Device::Cpu).unwrap();
@@ -75,7 +75,7 @@ fn learns_the_mapping_and_writes_an_encoder_folder() {
 #[test]
 fn every_trainable_tensor_gets_a_gradient() {
     let dir = setup();
-    let folder = zhiku_models::ModelFolder::open(&dir.path().join("model")).unwrap();
+    let folder = zhiku_models::ModelFolder::open(dir.path().join("model")).unwrap();
     let d = data(dir.path(), 1);
     let cfg = config();
     let task = RetrievalTask::new(&folder, &d, &cfg, RetrievalOptions { hard_negatives: 1, ..Default::default() }, &Device::Cpu).unwrap();
@@ -112,7 +112,7 @@ fn cached_step_equals_the_direct_gradients() {
     let dir = setup();
     let words: Vec<&str> = FRUIT.iter().chain(VEHICLE.iter()).copied().collect();
     zhiku_models::testing::write_tiny_model(&dir.path().join("model"), &words, 0.2, 3).unwrap();
-    let folder = zhiku_models::ModelFolder::open(&dir.path().join("model")).unwrap();
+    let folder = zhiku_models::ModelFolder::open(dir.path().join("model")).unwrap();
     let d = data(dir.path(), 1);
     let cfg = config();
     let task = RetrievalTask::new(&folder, &d, &cfg, RetrievalOptions { hard_negatives: 1, ..Default::default() }, &Device::Cpu).unwrap();

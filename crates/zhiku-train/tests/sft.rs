@@ -60,7 +60,12 @@ fn lora_model(name: &str) -> GraphDecoder {
     let parts = ModelParts::open(&tiny(name), false).unwrap();
     let spec = LoraSpec { rank: 4, alpha: 8.0, targets: PROJECTIONS.iter().map(|s| s.to_string()).collect(), seed: 3, dropout: 0.0 };
     let g = GraphDecoder::new(parts.model, &GraphOptions { lora: Some(spec), ..GraphOptions::cpu() }).unwrap();
-    // B starts at zero, which would leave every A without a gradient.
+    randomise_b(&g);
+    g
+}
+
+/// B starts at zero, which would leave every A without a gradient: fixed pseudo-random values.
+fn randomise_b(g: &GraphDecoder) {
     for (i, (n, v)) in g.trainable().into_iter().enumerate() {
         if n.contains("lora_B") {
             let (r, c) = v.as_tensor().dims2().unwrap();
@@ -68,7 +73,6 @@ fn lora_model(name: &str) -> GraphDecoder {
             v.set(&Tensor::from_vec(vals, (r, c), &candle_core::Device::Cpu).unwrap()).unwrap();
         }
     }
-    g
 }
 
 /// The direct loss: every example its own row, the whole model as one graph.
@@ -107,45 +111,40 @@ fn assert_close(a: &[Vec<f32>], b: &[Vec<f32>], what: &str) {
     }
 }
 
+/// The layer-by-layer backward (recomputing and keeping) and packed rows give autograd's loss
+/// and gradients over the whole model.
+fn check_layerwise(name: &str, what: &str, g: &GraphDecoder) {
+    let ex = examples(name, 6);
+    let (loss, expect) = direct(g, &ex);
+    let one_per_row: Vec<Vec<&SftExample>> = ex.iter().map(|e| vec![e]).collect();
+    for recompute in [true, false] {
+        let (l, grads) = sft::rows_pass(g, &one_per_row, 1.0, recompute, None).unwrap();
+        assert!((l - loss).abs() < 1e-4 * loss, "{name} {what}: loss {l} vs {loss}");
+        assert_close(&collected(g, &grads.unwrap()), &expect, &format!("{name} {what}, recompute={recompute}"));
+    }
+    // Three examples packed in one row, three in another: the same loss and gradients.
+    let packed: Vec<Vec<&SftExample>> = vec![ex[..3].iter().collect(), ex[3..].iter().collect()];
+    let (l, grads) = sft::rows_pass(g, &packed, 1.0, true, None).unwrap();
+    assert!((l - loss).abs() < 1e-4 * loss, "{name} {what} packed: loss {l} vs {loss}");
+    assert_close(&collected(g, &grads.unwrap()), &expect, &format!("{name} {what}, packed"));
+}
+
 #[test]
 fn layerwise_backward_packing_and_shards_equal_autograd() {
     for name in ["qwen2", "llama", "gemma3"] {
-        let ex = examples(name, 6);
-        let g = lora_model(name);
-        let (loss, expect) = direct(&g, &ex);
-        let one_per_row: Vec<Vec<&SftExample>> = ex.iter().map(|e| vec![e]).collect();
-        for recompute in [true, false] {
-            let (l, grads) = sft::rows_pass(&g, &one_per_row, 1.0, recompute, None).unwrap();
-            assert!((l - loss).abs() < 1e-4 * loss, "{name}: loss {l} vs {loss}");
-            assert_close(&collected(&g, &grads.unwrap()), &expect, &format!("{name} recompute={recompute}"));
-        }
-        // Three examples packed in one row, three in another: the same loss and gradients.
-        let packed: Vec<Vec<&SftExample>> = vec![ex[..3].iter().collect(), ex[3..].iter().collect()];
-        let (l, grads) = sft::rows_pass(&g, &packed, 1.0, true, None).unwrap();
-        assert!((l - loss).abs() < 1e-4 * loss, "{name} packed: loss {l} vs {loss}");
-        assert_close(&collected(&g, &grads.unwrap()), &expect, &format!("{name} packed"));
+        check_layerwise(name, "LoRA", &lora_model(name));
     }
 }
 
-/// Full fine-tuning: the layer-by-layer backward (embedding, tied head and every layer's
-/// weights and norms included) equals autograd over the whole model.
+/// Full fine-tuning: the same, with the embedding, the tied head and every layer's weights and
+/// norms among the gradients.
 #[test]
 fn full_fine_tuning_layerwise_backward_equals_autograd() {
     for name in ["qwen2", "llama", "gemma3"] {
-        let ex = examples(name, 6);
         let parts = ModelParts::open(&tiny(name), false).unwrap();
         let g = GraphDecoder::new(parts.model, &GraphOptions { full: true, ..GraphOptions::cpu() }).unwrap();
         assert!(g.trainable().iter().any(|(n, _)| n == "token_embd.weight"));
-        let (loss, expect) = direct(&g, &ex);
-        let one_per_row: Vec<Vec<&SftExample>> = ex.iter().map(|e| vec![e]).collect();
-        for recompute in [true, false] {
-            let (l, grads) = sft::rows_pass(&g, &one_per_row, 1.0, recompute, None).unwrap();
-            assert!((l - loss).abs() < 1e-4 * loss, "{name}: loss {l} vs {loss}");
-            assert_close(&collected(&g, &grads.unwrap()), &expect, &format!("{name} full, recompute={recompute}"));
-        }
-        let packed: Vec<Vec<&SftExample>> = vec![ex[..3].iter().collect(), ex[3..].iter().collect()];
-        let (_, grads) = sft::rows_pass(&g, &packed, 1.0, true, None).unwrap();
-        assert_close(&collected(&g, &grads.unwrap()), &expect, &format!("{name} full, packed"));
+        check_layerwise(name, "full", &g);
     }
 }
 
@@ -275,13 +274,7 @@ fn lora_dropout_masks_are_reproducible_across_recomputation() {
     let parts = ModelParts::open(&tiny("qwen2"), false).unwrap();
     let spec = LoraSpec { rank: 4, alpha: 8.0, targets: PROJECTIONS.iter().map(|s| s.to_string()).collect(), seed: 3, dropout: 0.3 };
     let g = GraphDecoder::new(parts.model, &GraphOptions { lora: Some(spec), ..GraphOptions::cpu() }).unwrap();
-    for (i, (n, v)) in g.trainable().into_iter().enumerate() {
-        if n.contains("lora_B") {
-            let (r, c) = v.as_tensor().dims2().unwrap();
-            let vals: Vec<f32> = (0..r * c).map(|k| ((((k + 13 * i) as f32) * 0.618).fract() - 0.5) * 0.2).collect();
-            v.set(&Tensor::from_vec(vals, (r, c), &candle_core::Device::Cpu).unwrap()).unwrap();
-        }
-    }
+    randomise_b(&g);
     let rows: Vec<Vec<&SftExample>> = ex.iter().map(|e| vec![e]).collect();
     let run = |recompute: bool, seed: Option<u64>| {
         let (l, grads) = sft::rows_pass(&g, &rows, 1.0, recompute, seed).unwrap();

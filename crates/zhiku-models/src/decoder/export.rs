@@ -93,7 +93,7 @@ impl<'a> Merger<'a> {
 
 /// Weights held in memory by GGUF name (`[rows, cols]` or `[len]` with row-major values): a
 /// fully fine-tuned model's, to write out through a [`Merger`].
-pub struct MemoryWeights(pub HashMap<String, (Vec<usize>, Vec<f32>)>);
+pub struct MemoryWeights(pub super::NamedWeights);
 
 impl WeightSource for MemoryWeights {
     fn has(&self, name: &str) -> bool {

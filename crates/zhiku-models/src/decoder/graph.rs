@@ -534,8 +534,8 @@ impl GraphDecoder {
 
     /// Full fine-tuning: every weight's current values by GGUF name, with its shape
     /// (`[rows, cols]` or `[len]`), for writing the model out.
-    pub fn full_weights(&self) -> Result<std::collections::HashMap<String, (Vec<usize>, Vec<f32>)>> {
-        let mut out = std::collections::HashMap::new();
+    pub fn full_weights(&self) -> Result<super::NamedWeights> {
+        let mut out = super::NamedWeights::new();
         for (name, v) in self.trainable() {
             if self.full.is_none() {
                 bail!("the model is not fully fine-tuned")
