@@ -60,7 +60,8 @@ import json, sys, datetime, os
 r = [json.loads(l) for l in open(sys.argv[1])]
 what = "Full fine-tuning" if sys.argv[4] == "full" else "LoRA fine-tuning"
 print(f"\n{what}, {os.path.basename(sys.argv[2])}, batch 4 x {sys.argv[3]} tokens, {datetime.date.today()}\n")
-print("| activations | zhiku tokens/s | PyTorch + PEFT tokens/s | ratio | zhiku peak MiB | PyTorch peak MiB |")
+ref = "PyTorch" if sys.argv[4] == "full" else "PyTorch + PEFT"
+print(f"| activations | zhiku tokens/s | {ref} tokens/s | ratio | zhiku peak MiB | PyTorch peak MiB |")
 print("|---|---|---|---|---|---|")
 for rc in (True, False):
     z = next(x for x in r if x["tool"] == "zhiku" and x["recompute"] == rc)
