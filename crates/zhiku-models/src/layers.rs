@@ -180,10 +180,16 @@ impl DropoutRng {
         }
         // One draw from the seeded stream seeds a counter-based generator for this mask.
         let per_row = x.elem_count() / x.dim(0)?.max(1);
-        let mask = crate::kernels::dropout_mask(x.elem_count(), p, self.next_seed(per_row));
-        let mask = Tensor::from_vec(mask, x.shape(), &Device::Cpu)?.to_dtype(x.dtype())?.to_device(x.device())?;
-        crate::kernels::apply_mask(x, &mask)
+        seeded_dropout(x, p, self.next_seed(per_row))
     }
+}
+
+/// Inverted dropout whose mask is a function of `seed` alone (counter-based), so that a pass
+/// recomputed with the same seed draws the same mask.
+pub fn seeded_dropout(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
+    let mask = crate::kernels::dropout_mask(x.elem_count(), p, seed);
+    let mask = Tensor::from_vec(mask, x.shape(), &Device::Cpu)?.to_dtype(x.dtype())?.to_device(x.device())?;
+    crate::kernels::apply_mask(x, &mask)
 }
 
 /// Applies dropout when training (`rng` is `Some`), the identity otherwise.

@@ -31,6 +31,7 @@ use zhiku_infer::template::{ChatTemplate, Message};
 use zhiku_infer::ModelParts;
 use zhiku_models::decoder::adapter;
 use zhiku_models::decoder::graph::{GraphDecoder, GraphOptions, LoraSpec, PackedRow};
+use zhiku_models::layers::DropoutRng;
 use zhiku_models::{kernels, shard, Params};
 
 /// One training conversation and the line it came from.
@@ -635,11 +636,9 @@ impl TrainTask for SftTask {
         for (mi, micro) in group.iter().enumerate() {
             let rows: Vec<Vec<&SftExample>> = micro.iter().map(|&u| self.units[u].iter().map(|&e| &self.data.train[e]).collect()).collect();
             let ranges = shard::split_rows(rows.len(), shard::shard_count(rows.len(), self.model.device()));
-            // Dropout masks from the run's seed, the step, the micro-batch and the shard: the
-            // same on a resumed run.
-            let seed = |s: usize| {
-                (self.options.dropout > 0.0).then(|| self.config.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (mi as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9) ^ (s as u64).wrapping_mul(0x94D0_49BB_1331_11EB))
-            };
+            // Dropout masks from the run's seed, the step, the micro-batch and the shard's first
+            // row, as the encoders draw theirs: the same on a resumed run.
+            let seed = |s: usize| (self.options.dropout > 0.0).then(|| DropoutRng::for_step(self.config.seed, step, mi as u64).for_rows(ranges[s].start).next_seed(1));
             let parts = shard::run(ranges.len(), |s| rows_pass(&self.model, &rows[ranges[s].clone()], weight, self.options.recompute, seed(s)))?;
             for (l, g) in parts {
                 loss += l * weight;

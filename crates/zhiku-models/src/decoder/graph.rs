@@ -177,11 +177,7 @@ impl GraphLinear {
         }
         if let Some(l) = &self.lora {
             let input = match dropout_seed {
-                Some(seed) if l.dropout > 0.0 => {
-                    let mask = crate::kernels::dropout_mask(x2.elem_count(), l.dropout, seed);
-                    let mask = Tensor::from_vec(mask, x2.shape(), &Device::Cpu)?.to_dtype(x2.dtype())?.to_device(x2.device())?;
-                    crate::kernels::apply_mask(&x2, &mask)?
-                }
+                Some(seed) if l.dropout > 0.0 => crate::layers::seeded_dropout(&x2, l.dropout, seed)?,
                 _ => x2.clone(),
             };
             let low = input.matmul(&l.a.as_tensor().t()?)?.matmul(&l.b.as_tensor().t()?)?;
@@ -535,11 +531,11 @@ impl GraphDecoder {
     /// Full fine-tuning: every weight's current values by GGUF name, with its shape
     /// (`[rows, cols]` or `[len]`), for writing the model out.
     pub fn full_weights(&self) -> Result<super::NamedWeights> {
+        if self.full.is_none() {
+            bail!("the model is not fully fine-tuned")
+        }
         let mut out = super::NamedWeights::new();
         for (name, v) in self.trainable() {
-            if self.full.is_none() {
-                bail!("the model is not fully fine-tuned")
-            }
             out.insert(name, (v.dims().to_vec(), v.as_tensor().flatten_all()?.to_vec1::<f32>()?));
         }
         Ok(out)
