@@ -57,6 +57,8 @@ for task in "${tasks[@]}"; do
   fi
   [ -f "$d/preds/peft-lora.jsonl" ] || "$venv/bin/python" bench/peft_generate.py --gguf "$model" --adapter "$d/peft-lora" --data "$test" --max-tokens 48 --output "$d/preds/peft-lora.jsonl" 2>/dev/null
   "$venv/bin/python" scripts/check_text_metrics.py "$d"/preds/*.jsonl --zhiku "$Z" > "$d/metrics-check.jsonl"
+  # zhiku's adapter against PEFT's, example by example (paired bootstrap of ROUGE-L).
+  "$venv/bin/python" bench/paired_bootstrap.py "$d/preds/zhiku-lora.jsonl" "$d/preds/peft-lora.jsonl" > "$d/zhiku-vs-peft.json"
   python3 - "$d" "$task" "$n" "$Z" <<'PY'
 import datetime, json, os, subprocess, sys
 d, task, n, z = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
@@ -74,7 +76,8 @@ for side in ["zhiku", "peft"]:
         train[side] = {"seconds": float(secs), "peak_rss_mib": int(kib) / 1024}
 checks = [json.loads(l) for l in open(f"{d}/metrics-check.jsonl")]
 out = {"task": task, "date": str(datetime.date.today()), "train_examples": n, "test_examples": rows[0]["examples"] if rows else 0,
-       "rows": rows, "training": train, "scores_match_reference_packages": all(c["same"] for c in checks)}
+       "rows": rows, "training": train, "scores_match_reference_packages": all(c["same"] for c in checks),
+       "zhiku_vs_peft_rougeL": json.load(open(f"{d}/zhiku-vs-peft.json"))}
 json.dump(out, open(f"bench/results/sft-quality-{task}.json", "w"), indent=1, ensure_ascii=False)
 unit = "characters" if rows and rows[0]["language"] == "zh" else "words"
 print(f"\n{task}: {out['test_examples']} test examples, LoRA on {n} training conversations, {out['date']}\n")
@@ -83,6 +86,7 @@ print("|---|---|---|---|---|---|")
 for r in rows:
     print(f"| {r['row']} | {r['rouge1']['f1']:.2f} | {r['rouge2']['f1']:.2f} | {r['rougeL']['f1']:.2f} | {r['bleu']:.2f} | {r['prediction_length']['mean']:.1f} (reference {r['reference_length']['mean']:.1f}) |")
 print(f"\ntraining: {train}; scores equal rouge-score's and sacrebleu's: {out['scores_match_reference_packages']}")
+print(f"zhiku LoRA - PEFT LoRA, ROUGE-L: {out['zhiku_vs_peft_rougeL']}")
 # 20 samples for the README.
 preds = {name: [json.loads(l) for l in open(f"{d}/preds/{name}.jsonl")] for name in order if os.path.exists(f"{d}/preds/{name}.jsonl")}
 gen = [k for k in ["zero-shot", "3-shot", "zhiku-lora", "peft-lora"] if k in preds]
