@@ -20,24 +20,7 @@ for seed in $SEEDS; do
   dir=runs/robust/s$seed
   mkdir -p "$dir"
   # A stratified 5% sample of train, drawn with this seed.
-  python3 - "$DATA/train.jsonl" "$dir/train.jsonl" "$seed" <<'PY'
-import json, random, sys, collections
-src, dst, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
-rows = [json.loads(l) for l in open(src, encoding="utf-8")]
-by = collections.defaultdict(list)
-for r in rows:
-    by[r["label"]].append(r)
-rng = random.Random(seed)
-out = []
-for label in sorted(by):
-    xs = by[label]
-    rng.shuffle(xs)
-    out += xs[: max(1, round(0.05 * len(xs)))]
-rng.shuffle(out)
-with open(dst, "w", encoding="utf-8") as f:
-    for r in out:
-        f.write(json.dumps(r, ensure_ascii=False) + "\n")
-PY
+  python3 bench/thucnews_sample.py "$DATA/train.jsonl" "$dir/train.jsonl" "$seed"
   common=(--model "$MODEL" --train "$dir/train.jsonl" --dev "$DATA/dev.jsonl" --test "$DATA/test.jsonl"
           --epochs 5 --batch-size 16 --lr 1e-4 --max-length 48 --eval-steps 1000000 --seed "$seed" --quiet --json --overwrite)
   train() { # name flags...

@@ -205,16 +205,11 @@ fn run_generation(a: &EvalArgs) -> Result<i32> {
         if a.max_tokens == 0 {
             anyhow::bail!("--max-tokens must be at least 1")
         }
-        let model = match (a.model.first(), &a.adapter) {
-            (Some(m), _) => m.clone(),
-            (None, Some(dir)) => zhiku_models::decoder::adapter::DecoderAdapter::open(dir)?.base_model(None)?,
-            (None, None) => anyhow::bail!("give the model with --model FILE, an --adapter, or --predictions"),
-        };
-        let engine = if a.adapter.is_some() { zhiku_infer::Engine::Cpu } else { zhiku_infer::Engine::auto() };
-        let mut lm = zhiku_infer::LanguageModel::open_with(&model, &zhiku_infer::OpenOptions { mmap: true, engine })?;
-        if let Some(dir) = &a.adapter {
-            lm.load_adapter("adapter", dir)?;
+        if a.model.is_empty() && a.adapter.is_none() {
+            anyhow::bail!("give the model with --model FILE, an --adapter, or --predictions")
         }
+        let adapters: Vec<(String, std::path::PathBuf)> = a.adapter.iter().map(|d| ("adapter".to_string(), d.clone())).collect();
+        let mut lm = zhiku_infer::LanguageModel::open_with_adapters(a.model.first().map(|p| p.as_path()), &adapters, true)?;
         lm.model.set_exact(a.exact);
         let bar = if std::io::stderr().is_terminal() && !a.json { indicatif::ProgressBar::new(examples.len() as u64) } else { indicatif::ProgressBar::hidden() };
         let opts = ge::GenerateOptions { max_tokens: a.max_tokens, adapter: a.adapter.as_ref().map(|_| "adapter"), batch: a.batch_size.max(1) };

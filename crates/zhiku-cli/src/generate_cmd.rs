@@ -94,17 +94,11 @@ impl SamplingArgs {
         if self.max_tokens == 0 {
             bail!("--max-tokens must be at least 1")
         }
-        let model = match (&self.model, &self.adapter) {
-            (Some(m), _) => m.clone(),
-            (None, Some(dir)) => zhiku_models::decoder::adapter::DecoderAdapter::open(dir)?.base_model(None)?,
-            (None, None) => bail!("give the model with --model FILE (or an --adapter that records its base)"),
-        };
-        // Adapters run on the CPU engine.
-        let engine = if self.adapter.is_some() { zhiku_infer::Engine::Cpu } else { zhiku_infer::Engine::auto() };
-        let mut lm = LanguageModel::open_with(&model, &zhiku_infer::OpenOptions { mmap: !self.no_mmap, engine })?;
-        if let Some(dir) = &self.adapter {
-            lm.load_adapter(ADAPTER, dir)?;
+        if self.model.is_none() && self.adapter.is_none() {
+            bail!("give the model with --model FILE (or an --adapter that records its base)")
         }
+        let adapters: Vec<(String, PathBuf)> = self.adapter.iter().map(|d| (ADAPTER.to_string(), d.clone())).collect();
+        let mut lm = LanguageModel::open_with_adapters(self.model.as_deref(), &adapters, !self.no_mmap)?;
         if self.exact {
             lm.model.set_exact(true);
         }

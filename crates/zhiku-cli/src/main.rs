@@ -1,5 +1,6 @@
 //! `zhiku`: fine-tune, evaluate and run text classifiers from one binary.
 
+mod augment_cmd;
 mod average_cmd;
 mod bench_cmd;
 mod columns;
@@ -21,16 +22,20 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "zhiku",
     version,
-    about = "Fine-tune and serve BERT-family text classifiers on your own data (知库)",
-    long_about = "zhiku fine-tunes pretrained BERT-family encoders (Hugging Face folders: config.json, \
-model.safetensors or pytorch_model.bin, tokenizer.json or vocab.txt) into text classifiers, evaluates \
-them and predicts with them, on the CPU or (built with --features cuda) an NVIDIA GPU. Models it writes \
-are ordinary Hugging Face folders that Python transformers loads as they are.",
+    about = "Fine-tune and serve language models on your own content: classifiers, generators, search (知库)",
+    long_about = "zhiku fine-tunes pretrained models on a platform's own data and serves them, on the CPU or (built \
+with --features cuda) an NVIDIA GPU: BERT-family encoders into classifiers and retrievers (Hugging Face folders), \
+decoders (GGUF or Hugging Face folders: Qwen2.5, SmolLM2/Llama, Gemma 3) by LoRA or full supervised fine-tuning, \
+with generation, summaries, data augmentation and a searchable content library. Models it writes are ordinary \
+Hugging Face folders, PEFT adapters or GGUF files that Python transformers, PEFT and llama.cpp load as they are.",
     after_help = "Examples:\n  zhiku train --model models/all-MiniLM-L6-v2 --train news.jsonl --output runs/news\n  \
 zhiku train --model models/all-MiniLM-L6-v2 --train news.jsonl --peft lora --output runs/news-lora\n  \
 zhiku merge --adapter runs/news-lora --output runs/news-merged\n  \
 zhiku eval --model runs/news --data test.jsonl\n  zhiku predict --model runs/news \"Stocks rallied as rates fell\"\n  \
-zhiku bench --model models/all-MiniLM-L6-v2\n  zhiku serve --model news=runs/news"
+zhiku bench --model models/all-MiniLM-L6-v2\n  zhiku serve --model news=runs/news\n  \
+zhiku train --task sft --model qwen2.5-0.5b-instruct-q4_k_m.gguf --train replies.jsonl --output runs/replies\n  \
+zhiku generate --adapter runs/replies \"怎么退货？\"\n  \
+zhiku augment train.jsonl --method back-translation --model qwen2.5-0.5b-instruct-q4_k_m.gguf --output train-bt.jsonl"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -63,6 +68,8 @@ enum Command {
     Library(library_cmd::LibraryArgs),
     /// Summarise documents: lead sentences, extractive (TextRank or embedding centrality) or abstractive (a language model, map-reduce for long texts).
     Summarize(summarize_cmd::SummarizeArgs),
+    /// Write variants of training texts: EDA word edits, or paraphrase and back-translation by a language model.
+    Augment(augment_cmd::AugmentArgs),
 }
 
 fn main() {
@@ -84,6 +91,7 @@ fn main() {
         Command::Chat(a) => generate_cmd::run_chat(a),
         Command::Library(a) => library_cmd::run(a),
         Command::Summarize(a) => summarize_cmd::run(a),
+        Command::Augment(a) => augment_cmd::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

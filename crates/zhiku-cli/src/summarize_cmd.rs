@@ -107,19 +107,14 @@ pub fn run(a: SummarizeArgs) -> Result<i32> {
             out
         }
         "abstractive" => {
-            let model = match (&a.model, &a.adapter) {
-                (Some(m), _) => m.clone(),
-                (None, Some(dir)) => zhiku_models::decoder::adapter::DecoderAdapter::open(dir)?.base_model(None)?,
-                (None, None) => bail!("--method abstractive needs --model FILE (a GGUF file or folder) or an --adapter"),
-            };
+            if a.model.is_none() && a.adapter.is_none() {
+                bail!("--method abstractive needs --model FILE (a GGUF file or folder) or an --adapter")
+            }
             if a.max_tokens == 0 {
                 bail!("--max-tokens must be at least 1")
             }
-            let engine = if a.adapter.is_some() { zhiku_infer::Engine::Cpu } else { zhiku_infer::Engine::auto() };
-            let mut lm = zhiku_infer::LanguageModel::open_with(&model, &zhiku_infer::OpenOptions { mmap: true, engine })?;
-            if let Some(dir) = &a.adapter {
-                lm.load_adapter("adapter", dir)?;
-            }
+            let adapters: Vec<(String, PathBuf)> = a.adapter.iter().map(|d| ("adapter".to_string(), d.clone())).collect();
+            let mut lm = zhiku_infer::LanguageModel::open_with_adapters(a.model.as_deref(), &adapters, true)?;
             lm.model.set_exact(a.exact);
             let opts = AbstractiveOptions {
                 instruction: a.instruction.as_deref(),

@@ -244,6 +244,24 @@ impl LanguageModel {
         Self::from_parts(ModelParts::open(path, options.mmap)?, options.engine.clone())
     }
 
+    /// Opens `model` (or, when it is None, the base the first adapter records) with LoRA
+    /// `adapters` (name, folder) loaded. Adapters run on the CPU engine: the graph engine
+    /// (a GPU) holds one set of weights and cannot choose an adapter per request, so any
+    /// adapter picks [`Engine::Cpu`]; without adapters the engine is [`Engine::auto`].
+    pub fn open_with_adapters(model: Option<&Path>, adapters: &[(String, std::path::PathBuf)], mmap: bool) -> Result<Self> {
+        let path = match (model, adapters.first()) {
+            (Some(m), _) => m.to_path_buf(),
+            (None, Some((_, dir))) => zhiku_models::decoder::adapter::DecoderAdapter::open(dir)?.base_model(None)?,
+            (None, None) => bail!("give the model (a GGUF file or folder), or an adapter that records its base"),
+        };
+        let engine = if adapters.is_empty() { Engine::auto() } else { Engine::Cpu };
+        let mut lm = Self::open_with(&path, &OpenOptions { mmap, engine })?;
+        for (name, dir) in adapters {
+            lm.load_adapter(name, dir)?;
+        }
+        Ok(lm)
+    }
+
     /// Puts loaded parts on an engine.
     pub fn from_parts(parts: ModelParts, engine: Engine) -> Result<Self> {
         let ModelParts { model, tokenizer, info, template, name, file_size } = parts;

@@ -52,13 +52,7 @@ pub struct LlmWorker {
 impl LlmWorker {
     /// Loads `path` with its LoRA `adapters` (name, folder) and starts the worker thread.
     pub fn start(name: &str, path: &std::path::Path, adapters: &[(String, std::path::PathBuf)], mmap: bool, limits: Limits, queue_size: usize, metrics: Arc<crate::metrics::Metrics>) -> anyhow::Result<Self> {
-        // Adapters run on the CPU engine.
-        let engine = if adapters.is_empty() { zhiku_infer::Engine::auto() } else { zhiku_infer::Engine::Cpu };
-        let mut lm = LanguageModel::open_with(path, &zhiku_infer::OpenOptions { mmap, engine })?;
-        for (a, dir) in adapters {
-            lm.load_adapter(a, dir)?;
-        }
-        let lm = Arc::new(lm);
+        let lm = Arc::new(LanguageModel::open_with_adapters(Some(path), adapters, mmap)?);
         let (tx, rx) = crossbeam_channel::bounded::<Job>(queue_size);
         let worker_lm = lm.clone();
         let model_name = name.to_string();
