@@ -61,7 +61,8 @@ def main():
         m = subprocess.run([a.zhiku, "merge", "--adapter", a.adapter, "--output", path, "--dtype", dtype, "--overwrite", "--json"],
                            capture_output=True, text=True, check=True)
         print(m.stdout.strip(), file=sys.stderr)
-        llm = Llama(model_path=path, n_ctx=512, n_threads=os.cpu_count(), verbose=False)
+        # logits_all: otherwise this llama-cpp-python leaves `scores` at zero after `eval`.
+        llm = Llama(model_path=path, n_ctx=512, n_threads=os.cpu_count(), logits_all=True, verbose=False)
         meta = llm.metadata
         tok_of = lambda key: llm.detokenize([int(meta[key])], special=True).decode() if key in meta else ""
         template = jinja2.Environment(loader=jinja2.BaseLoader()).from_string(meta["tokenizer.chat_template"])
