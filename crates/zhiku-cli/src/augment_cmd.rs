@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Map, Value};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use zhiku_data::augment::{augment_examples, AugmentConfig, AugmentOp};
+use zhiku_data::augment::{augment_examples, AugmentConfig};
 use zhiku_data::Example;
 use zhiku_rewrite::{Language, Method, Rejections, RewriteOptions};
 
@@ -201,15 +201,8 @@ fn row(e: &Example, text: &str, pair: Option<&str>, multi_label: bool, method: O
 
 /// EDA copies exactly as `zhiku train --augment N --seed S` makes them.
 fn eda(a: &AugmentArgs, examples: &[Example]) -> Result<Vec<RowVariants>> {
-    let ops = a
-        .ops
-        .split(',')
-        .map(|o| AugmentOp::parse(o.trim()).with_context(|| format!("--ops: unknown operation {o:?}; expected synonym, insert, swap or delete")))
-        .collect::<Result<Vec<_>>>()?;
-    if !(a.rate > 0.0 && a.rate < 1.0) {
-        bail!("--rate must be between 0 and 1")
-    }
-    let copies = augment_examples(examples, &AugmentConfig { copies: a.copies, ops, rate: a.rate, seed: a.seed });
+    let config = AugmentConfig::from_flags(a.copies, &a.ops, a.rate, a.seed).map_err(|e| anyhow::anyhow!("--ops / --rate: {e}"))?;
+    let copies = augment_examples(examples, &config);
     // The copies come in the examples' order, each carrying its source's line; a copy
     // identical to its source (nothing to replace) was dropped.
     let mut out: Vec<RowVariants> = vec![RowVariants::default(); examples.len()];

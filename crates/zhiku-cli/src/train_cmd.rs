@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use crate::columns::{LabelColumnArgs, TextColumnArgs};
-use zhiku_data::augment::{AugmentConfig, AugmentOp};
+use zhiku_data::augment::AugmentConfig;
 use zhiku_models::{PeftConfig, Precision};
 use zhiku_train::trainer::ClassWeights;
 use zhiku_train::{DataConfig, StopReason, TaskData, TrainConfig, TrainEvent, Trainer};
@@ -294,15 +294,8 @@ pub fn run(a: TrainArgs) -> Result<i32> {
     data.split_seed = a.seed;
     data.multi_label = a.multi_label;
     if a.augment > 0 {
-        let ops = a
-            .augment_ops
-            .split(',')
-            .map(|o| AugmentOp::parse(o.trim()).with_context(|| format!("--augment-ops: unknown operation {o:?}; expected synonym, insert, swap or delete")))
-            .collect::<Result<Vec<_>>>()?;
-        if !(a.augment_rate > 0.0 && a.augment_rate < 1.0) {
-            bail!("--augment-rate must be between 0 and 1")
-        }
-        data.augment = Some(AugmentConfig { copies: a.augment, ops, rate: a.augment_rate, seed: a.seed });
+        let config = AugmentConfig::from_flags(a.augment, &a.augment_ops, a.augment_rate, a.seed).map_err(|e| anyhow::anyhow!("--augment-ops / --augment-rate: {e}"))?;
+        data.augment = Some(config);
     }
     if !(0.0..0.9).contains(&(a.dev_fraction + a.test_fraction)) {
         bail!("--dev-fraction plus --test-fraction must be below 0.9")

@@ -51,6 +51,21 @@ pub struct AugmentConfig {
     pub seed: u64,
 }
 
+impl AugmentConfig {
+    /// From command-line values: `ops` comma-separated (`synonym,insert,swap,delete`), `rate`
+    /// strictly between 0 and 1. The error names the bad value, not the flag (callers differ).
+    pub fn from_flags(copies: usize, ops: &str, rate: f64, seed: u64) -> Result<Self, String> {
+        let ops = ops
+            .split(',')
+            .map(|o| AugmentOp::parse(o.trim()).ok_or_else(|| format!("unknown operation {o:?}; expected synonym, insert, swap or delete")))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !(rate > 0.0 && rate < 1.0) {
+            return Err(format!("the rate must be between 0 and 1, got {rate}"));
+        }
+        Ok(Self { copies, ops, rate, seed })
+    }
+}
+
 /// Synonym groups and, for each word, the groups it belongs to.
 pub struct Thesaurus {
     groups: Vec<Vec<String>>,
