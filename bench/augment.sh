@@ -51,25 +51,18 @@ for seed in $SEEDS; do
 done
 
 SEEDS="$SEEDS" LLM="$LLM" COPIES="$COPIES" python3 - <<'PY'
-import json, os, statistics
+import json, os, sys
+sys.path.insert(0, "bench")
+from seed_table import table
 seeds = os.environ["SEEDS"].split()
-rows = ["baseline", "eda", "paraphrase", "back-translation"]
-def acc(name, seed):
-    r = json.load(open(f"bench/results/augment-{name}-s{seed}.json"))
-    return (r["test"] if "test" in r else r)["accuracy"]
-base = [acc("baseline", s) for s in seeds]
 print(f"THUCNews-10k, 5% of train (400 texts) + {os.environ['COPIES']} variant(s) each, m3e-small; test accuracy over training seeds {' '.join(seeds)}")
 print(f"generator: {os.path.basename(os.environ['LLM'])}")
-print(f"{'augmentation':<18} {'mean':>7} {'std':>7} {'vs baseline':>12}  per seed  | variants kept/wanted, outputs rejected, seconds to write")
-for name in rows:
-    xs = [acc(name, s) for s in seeds]
-    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-    delta = statistics.mean(xs) - statistics.mean(base)
-    gen = ""
-    if name != "baseline":
-        g = json.load(open(f"bench/results/augment-generate-{name}.json"))
-        gen = f" | {g['variants']}/{g['wanted']}, {g['rejected_total']} {json.dumps({k: v for k, v in g['rejected'].items() if v})}, {g['seconds']:.0f} s"
-    print(f"{name:<18} {statistics.mean(xs):>7.4f} {sd:>7.4f} {delta:>+12.4f}  {' '.join(f'{x:.4f}' for x in xs)}{gen}")
+def generation(name):
+    if name == "baseline":
+        return ""
+    g = json.load(open(f"bench/results/augment-generate-{name}.json"))
+    return f" | {g['variants']}/{g['wanted']}, {g['rejected_total']} {json.dumps({k: v for k, v in g['rejected'].items() if v})}, {g['seconds']:.0f} s"
+table("augment", seeds, ["baseline", "eda", "paraphrase", "back-translation"], "augmentation", generation, "  | variants kept/wanted, outputs rejected, seconds to write")
 PY
 
 # 20 samples per method: the first 20 training texts and their variants.

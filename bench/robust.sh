@@ -41,19 +41,5 @@ for seed in $SEEDS; do
   $zhiku eval --model "$dir/averaged" --data "$DATA/test.jsonl" --json > "bench/results/robust-checkpoint-averaging-s$seed.json"
 done
 
-SEEDS="$SEEDS" python3 - <<'PY'
-import json, os, statistics
-seeds = os.environ["SEEDS"].split()
-rows = ["baseline", "label-smoothing", "dropout-0.2", "fgm", "r-drop", "augment", "ensemble", "checkpoint-averaging"]
-def acc(name, seed):
-    r = json.load(open(f"bench/results/robust-{name}-s{seed}.json"))
-    return (r["test"] if "test" in r else r)["accuracy"]
-base = [acc("baseline", s) for s in seeds]
-print(f"THUCNews-10k, 5% of train (400 texts), m3e-small; test accuracy over seeds {' '.join(seeds)}")
-print(f"{'technique':<22} {'mean':>7} {'std':>7} {'vs baseline':>12}  per seed")
-for name in rows:
-    xs = [acc(name, s) for s in seeds]
-    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-    delta = statistics.mean(xs) - statistics.mean(base)
-    print(f"{name:<22} {statistics.mean(xs):>7.4f} {sd:>7.4f} {delta:>+12.4f}  {' '.join(f'{x:.4f}' for x in xs)}")
-PY
+echo "THUCNews-10k, 5% of train (400 texts), m3e-small; test accuracy over seeds $SEEDS"
+python3 bench/seed_table.py robust "$SEEDS" baseline label-smoothing dropout-0.2 fgm r-drop augment ensemble checkpoint-averaging --label technique

@@ -27,7 +27,7 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import peft, rouge_sc
 fi
 cargo build --release -q -p zhiku-cli
 python3 bench/sft_data.py build "$data" >/dev/null
-Z=target/release/zhiku
+Z="${ZHIKU:-target/release/zhiku}"  # a copy keeps a long run steady while the tree is rebuilt
 for task in "${tasks[@]}"; do
   case "$task" in
     replies) n="${TRAIN_N_replies:-1000}"; len=128 ;;

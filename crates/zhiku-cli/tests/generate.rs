@@ -9,15 +9,14 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use zhiku_models::gguf::{GgufWriter, Value as Meta};
 
+mod common;
+use common::{fails_with, zhiku};
+
 fn model() -> PathBuf {
     let base = std::env::var_os("ZHIKU_MODELS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/models"));
     let p = base.join("smollm2-135m-instruct-q4_1.gguf");
     assert!(p.is_file(), "{} missing: run scripts/fetch-llms.sh first", p.display());
     p
-}
-
-fn zhiku(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_zhiku")).args(args).output().expect("zhiku runs")
 }
 
 fn generate(extra: &[&str]) -> Output {
@@ -30,13 +29,6 @@ fn generate(extra: &[&str]) -> Output {
 fn json(o: &Output) -> Value {
     assert!(o.status.success(), "failed: {}", String::from_utf8_lossy(&o.stderr));
     serde_json::from_slice(&o.stdout).expect("one JSON object")
-}
-
-fn fails_with(o: &Output, needle: &str) {
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "expected exit 1, stderr: {err}");
-    assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
 }
 
 #[test]

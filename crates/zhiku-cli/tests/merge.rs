@@ -5,20 +5,13 @@
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+
+mod common;
+use common::{fails_with, zhiku};
 
 fn model() -> PathBuf {
     let base = std::env::var_os("ZHIKU_MODELS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/models"));
     base.join("smollm2-135m-instruct-q4_1.gguf")
-}
-
-fn zhiku(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_zhiku")).args(args).output().expect("zhiku runs")
-}
-
-fn fails_with(o: &Output, want: &str) {
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains(want), "expected an error containing {want:?}, got: {err}");
 }
 
 fn greedy(args: &[&str], prompt: &str) -> Vec<u64> {

@@ -2,14 +2,12 @@
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+
+mod common;
+use common::{zhiku};
 
 fn tiny() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llm/qwen2")
-}
-
-fn zhiku(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_zhiku")).args(args).output().expect("zhiku runs")
 }
 
 fn write_data(dir: &Path, lines: &[Value]) -> PathBuf {

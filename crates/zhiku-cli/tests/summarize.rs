@@ -4,24 +4,12 @@
 
 use serde_json::{json, Value};
 use std::path::PathBuf;
-use std::process::{Command, Output};
+
+mod common;
+use common::{fails_with, ok, zhiku};
 
 fn tiny() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llm/qwen2")
-}
-
-fn zhiku(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_zhiku")).args(args).output().expect("zhiku runs")
-}
-
-fn ok(o: &Output) -> String {
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn fails_with(o: &Output, want: &str) {
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains(want), "expected an error containing {want:?}, got: {err}");
 }
 
 const NEWS: &str = "The central bank raised interest rates on Tuesday. Markets fell sharply after the bank's decision on rates. \

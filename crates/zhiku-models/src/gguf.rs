@@ -381,30 +381,9 @@ impl GgufWriter {
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&3u32.to_le_bytes());
-        out.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
-        out.extend_from_slice(&(self.metadata.len() as u64).to_le_bytes());
-        for (k, v) in &self.metadata {
-            put_string(&mut out, k);
-            put_value(&mut out, v, true);
-        }
-        let mut rel = 0u64;
-        let mut offsets = Vec::new();
-        for (name, dims, dtype, bytes) in &self.tensors {
-            put_string(&mut out, name);
-            out.extend_from_slice(&(dims.len() as u32).to_le_bytes());
-            for d in dims {
-                out.extend_from_slice(&(*d as u64).to_le_bytes());
-            }
-            out.extend_from_slice(&dtype.id().to_le_bytes());
-            out.extend_from_slice(&rel.to_le_bytes());
-            offsets.push(rel);
-            rel = (rel + bytes.len() as u64).div_ceil(DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT;
-        }
-        let start = out.len().div_ceil(DEFAULT_ALIGNMENT as usize) * DEFAULT_ALIGNMENT as usize;
-        out.resize(start, 0);
+        let infos: Vec<TensorEntry> = self.tensors.iter().map(|(n, d, t, b)| TensorEntry { name: n.clone(), dims: d.clone(), dtype: *t, len: b.len() }).collect();
+        let (mut out, offsets) = header(&self.metadata, &infos);
+        let start = out.len();
         for ((_, _, _, bytes), off) in self.tensors.iter().zip(offsets) {
             out.resize(start + off as usize, 0);
             out.extend_from_slice(bytes);
@@ -418,6 +397,76 @@ impl GgufWriter {
         std::fs::write(&tmp, self.to_bytes()).with_context(|| format!("cannot write {}", tmp.display()))?;
         std::fs::rename(&tmp, path).with_context(|| format!("cannot rename to {}", path.display()))
     }
+
+    /// Writes a file whose tensors are made one at a time by `data(i)` (the bytes of
+    /// `tensors[i]`, exactly `tensors[i].len` of them) and written straight out, so a large
+    /// model never sits in memory whole (the writer's own tensors are ignored). Through a
+    /// temporary file and a rename, as [`GgufWriter::write`].
+    pub fn write_streaming(&self, path: &Path, tensors: &[TensorEntry], data: &mut dyn FnMut(usize) -> Result<Vec<u8>>) -> Result<()> {
+        use std::io::Write;
+        let tmp = path.with_extension("gguf.partial");
+        let result = (|| -> Result<()> {
+            let (head, offsets) = header(&self.metadata, tensors);
+            let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+            f.write_all(&head)?;
+            let mut at = 0u64;
+            for (i, (info, off)) in tensors.iter().zip(offsets).enumerate() {
+                f.write_all(&vec![0u8; (off - at) as usize])?;
+                let bytes = data(i)?;
+                if bytes.len() != info.len {
+                    bail!("tensor '{}' has {} bytes, {} were declared", info.name, bytes.len(), info.len)
+                }
+                f.write_all(&bytes)?;
+                at = off + bytes.len() as u64;
+            }
+            f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.context(format!("cannot write {}", tmp.display())));
+        }
+        std::fs::rename(&tmp, path).with_context(|| format!("cannot rename to {}", path.display()))
+    }
+}
+
+/// A tensor of a file [`GgufWriter::write_streaming`] writes: `dims` in GGUF order (row length
+/// first), `len` its bytes.
+pub struct TensorEntry {
+    pub name: String,
+    pub dims: Vec<usize>,
+    pub dtype: GgmlType,
+    pub len: usize,
+}
+
+/// The file's header up to the aligned start of the tensor data, and each tensor's offset
+/// from that start.
+fn header(metadata: &[(String, Value)], tensors: &[TensorEntry]) -> (Vec<u8>, Vec<u64>) {
+    let mut out = Vec::new();
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&3u32.to_le_bytes());
+    out.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
+    for (k, v) in metadata {
+        put_string(&mut out, k);
+        put_value(&mut out, v, true);
+    }
+    let mut rel = 0u64;
+    let mut offsets = Vec::new();
+    for t in tensors {
+        put_string(&mut out, &t.name);
+        out.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
+        for d in &t.dims {
+            out.extend_from_slice(&(*d as u64).to_le_bytes());
+        }
+        out.extend_from_slice(&t.dtype.id().to_le_bytes());
+        out.extend_from_slice(&rel.to_le_bytes());
+        offsets.push(rel);
+        rel = (rel + t.len as u64).div_ceil(DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT;
+    }
+    let start = out.len().div_ceil(DEFAULT_ALIGNMENT as usize) * DEFAULT_ALIGNMENT as usize;
+    out.resize(start, 0);
+    (out, offsets)
 }
 
 fn put_string(out: &mut Vec<u8>, s: &str) {
@@ -503,6 +552,26 @@ mod tests {
         assert_eq!(t.to_f32().unwrap(), vec![1., 2., 3., 4., 5., 6., 7., 8.]);
         assert_eq!(f.tensor("second").unwrap().to_f32().unwrap(), vec![9., 10., 11.]);
         assert_eq!(f.tensor("second").unwrap().info.offset % 32, 0);
+    }
+
+    #[test]
+    fn streaming_writes_the_same_bytes_and_checks_each_tensor() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = GgufWriter::new();
+        w.meta("general.architecture", Value::String("llama".into()))
+            .meta("llama.block_count", Value::U32(2))
+            .meta("tokenizer.ggml.tokens", Value::Array(vec![Value::String("a".into()), Value::String("b".into())]));
+        let data: [Vec<f32>; 2] = [vec![1., 2., 3., 4., 5., 6., 7., 8.], vec![9., 10., 11.]];
+        let bytes = |v: &Vec<f32>| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let infos = [("first", vec![4, 2]), ("second", vec![3])].map(|(n, d)| TensorEntry { name: n.into(), len: 4 * d.iter().product::<usize>(), dims: d, dtype: GgmlType::F32 });
+        let p = dir.path().join("m.gguf");
+        w.write_streaming(&p, &infos, &mut |i| Ok(bytes(&data[i]))).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), sample());
+        // A tensor of the wrong size fails, leaving neither the file nor its temporary.
+        let q = dir.path().join("bad.gguf");
+        let err = w.write_streaming(&q, &infos, &mut |i| Ok(bytes(&data[i])[..4].to_vec())).unwrap_err();
+        assert!(format!("{err:#}").contains("'first' has 4 bytes, 32 were declared"), "{err:#}");
+        assert!(!q.exists() && !q.with_extension("gguf.partial").exists());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Resumable training state: parameters, optimizer moments and the loop's position, written
 //! together into `checkpoint/` via a temporary folder and renames (never a torn checkpoint).
 
+use crate::optim::AdamW;
 use crate::state::TrainerState;
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
@@ -13,12 +14,12 @@ pub struct Checkpoint {
     pub state: TrainerState,
 }
 
-pub fn save(dir: &Path, params: &HashMap<String, Tensor>, optimizer: &HashMap<String, Tensor>, state: &TrainerState) -> Result<()> {
+pub fn save(dir: &Path, params: &HashMap<String, Tensor>, optimizer: &AdamW, state: &TrainerState) -> Result<()> {
     let tmp = dir.with_file_name(format!("{}.tmp", dir.file_name().and_then(|n| n.to_str()).unwrap_or("checkpoint")));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     candle_core::safetensors::save(params, tmp.join("model.safetensors"))?;
-    candle_core::safetensors::save(optimizer, tmp.join("optimizer.safetensors"))?;
+    optimizer.save_state(&tmp.join("optimizer.safetensors"))?;
     std::fs::write(tmp.join("state.json"), serde_json::to_string_pretty(state)?)?;
     let old = dir.with_file_name(format!("{}.old", dir.file_name().and_then(|n| n.to_str()).unwrap_or("checkpoint")));
     let _ = std::fs::remove_dir_all(&old);

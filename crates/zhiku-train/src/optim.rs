@@ -40,6 +40,40 @@ enum Moments {
     Device { m: Tensor, v: Tensor },
 }
 
+/// One tensor of the optimizer's state as the safetensors writer reads it.
+enum StateView<'a> {
+    Host(Vec<usize>, &'a [f32]),
+    Tensor(Tensor),
+}
+
+impl safetensors::View for StateView<'_> {
+    fn dtype(&self) -> safetensors::Dtype {
+        match self {
+            Self::Host(..) => safetensors::Dtype::F32,
+            Self::Tensor(t) => safetensors::View::dtype(t),
+        }
+    }
+    fn shape(&self) -> &[usize] {
+        match self {
+            Self::Host(shape, _) => shape,
+            Self::Tensor(t) => safetensors::View::shape(t),
+        }
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        match self {
+            // One tensor's bytes at a time (the writer drops each before the next).
+            Self::Host(_, v) => std::borrow::Cow::Owned(v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            Self::Tensor(t) => safetensors::View::data(t),
+        }
+    }
+    fn data_len(&self) -> usize {
+        match self {
+            Self::Host(_, v) => v.len() * 4,
+            Self::Tensor(t) => safetensors::View::data_len(t),
+        }
+    }
+}
+
 struct Slot {
     name: String,
     var: Var,
@@ -129,6 +163,24 @@ impl AdamW {
         }
         out.insert("step".into(), Tensor::new(&[self.step as i64], &Device::Cpu)?);
         Ok(out)
+    }
+
+    /// Writes [`AdamW::state`] to a safetensors file one tensor at a time, without first
+    /// copying every moment (twice the model's size) into memory.
+    pub fn save_state(&self, path: &std::path::Path) -> Result<()> {
+        let step = Tensor::new(&[self.step as i64], &Device::Cpu)?;
+        let mut views: Vec<(String, StateView)> = vec![("step".into(), StateView::Tensor(step))];
+        for s in &self.slots {
+            let shape = s.var.dims().to_vec();
+            let (m, v) = match &s.moments {
+                Moments::Host { m, v } => (StateView::Host(shape.clone(), m), StateView::Host(shape, v)),
+                Moments::Device { m, v } => (StateView::Tensor(m.clone()), StateView::Tensor(v.clone())),
+            };
+            views.push((format!("m.{}", s.name), m));
+            views.push((format!("v.{}", s.name), v));
+        }
+        safetensors::serialize_to_file(views, None, path)?;
+        Ok(())
     }
 
     pub fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
@@ -272,5 +324,15 @@ mod tests {
         let mut opt2 = AdamW::new(&params, AdamWConfig::default()).unwrap();
         opt2.load_state(&state).unwrap();
         assert_eq!(opt2.step, 3);
+        // The file checkpoints write holds the same state.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("optimizer.safetensors");
+        opt.save_state(&path).unwrap();
+        let saved = candle_core::safetensors::load(&path, &dev).unwrap();
+        assert_eq!(saved.len(), state.len());
+        for (k, t) in &state {
+            let values = |t: &Tensor| t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+            assert_eq!(values(&saved[k]), values(t), "{k}");
+        }
     }
 }

@@ -214,7 +214,7 @@ pub fn run(task: &mut dyn TrainTask, cfg: &TrainConfig, output: &Path, resume: b
             }
             let interrupted = control.interrupt.load(Ordering::SeqCst) || control.stop_after.is_some_and(|s| state.global_step >= s);
             if interrupted || end_of_epoch || last_step || stop != StopReason::Finished {
-                checkpoint::save(&ckpt_dir, &task.params().tensors(), &opt.state()?, &state)?;
+                checkpoint::save(&ckpt_dir, &task.params().tensors(), &opt, &state)?;
                 on_event(TrainEvent::Checkpoint(&ckpt_dir));
             }
             if interrupted {

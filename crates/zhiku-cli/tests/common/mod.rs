@@ -1,12 +1,30 @@
-//! Helpers shared by the server tests: a `zhiku serve` child process on a free port and raw
-//! HTTP/1.1 requests to it.
+//! Helpers shared by the end-to-end tests: running the binary and checking its exit, and a
+//! `zhiku serve` child process on a free port with raw HTTP/1.1 requests to it.
 #![allow(dead_code)]
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
+
+/// Runs the binary under test with `args`, capturing its output.
+pub fn zhiku(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_zhiku")).args(args).output().expect("zhiku runs")
+}
+
+/// Asserts success and returns stdout.
+pub fn ok(o: &Output) -> String {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Asserts a failure (not a panic) whose stderr contains `want`.
+pub fn fails_with(o: &Output, want: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains(want), "expected an error containing {want:?}, got: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+}
 
 pub struct Server {
     pub child: Child,

@@ -13,7 +13,7 @@ use super::lora::LoraWeights;
 use super::{hf, Activation, Arch, DecoderConfig, WeightSource};
 use crate::blocks::{quantize::quantize, GgmlType};
 use crate::classifier::write_atomic;
-use crate::gguf::{GgufFile, GgufWriter, Value as Meta};
+use crate::gguf::{GgufFile, GgufWriter, TensorEntry, Value as Meta};
 use crate::gguf_tokenizer::TokenizerInfo;
 use crate::slice_ops::RopeStyle;
 use anyhow::{bail, Context, Result};
@@ -91,21 +91,29 @@ impl<'a> Merger<'a> {
     }
 }
 
-/// Weights held in memory by GGUF name (`[rows, cols]` or `[len]` with row-major values): a
-/// fully fine-tuned model's, to write out through a [`Merger`].
-pub struct MemoryWeights(pub super::NamedWeights);
+/// Weights held in memory by GGUF name (`[rows, cols]` or `[len]`, f32): a fully fine-tuned
+/// model's, to write out through a [`Merger`]. The tensors share their storage with the model,
+/// so wrapping them copies nothing; each is read out when the writer asks for it.
+pub struct MemoryWeights(pub HashMap<String, Tensor>);
+
+impl MemoryWeights {
+    fn values(&self, name: &str) -> Result<(&Tensor, Vec<f32>)> {
+        let Some(t) = self.0.get(name) else { bail!("no tensor '{name}'") };
+        Ok((t, t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?))
+    }
+}
 
 impl WeightSource for MemoryWeights {
     fn has(&self, name: &str) -> bool {
         self.0.contains_key(name)
     }
     fn matrix(&self, name: &str) -> Result<crate::qmatmul::QMatrix> {
-        let Some((shape, v)) = self.0.get(name) else { bail!("no tensor '{name}'") };
-        let [rows, cols] = shape[..] else { bail!("tensor '{name}' has shape {shape:?}, expected a matrix") };
-        crate::qmatmul::QMatrix::from_f32(v.clone(), rows, cols, GgmlType::F32)
+        let (t, v) = self.values(name)?;
+        let (rows, cols) = t.dims2().with_context(|| format!("tensor '{name}' is not a matrix"))?;
+        crate::qmatmul::QMatrix::from_f32(v, rows, cols, GgmlType::F32)
     }
     fn vector(&self, name: &str) -> Result<Vec<f32>> {
-        self.0.get(name).map(|(_, v)| v.clone()).ok_or_else(|| anyhow::anyhow!("no tensor '{name}'"))
+        Ok(self.values(name)?.1)
     }
 }
 
@@ -140,19 +148,25 @@ pub fn write_gguf(base: &GgufFile, merger: &Merger, ty: GgmlType, path: &Path, p
         w.meta(k, v.clone());
     }
     w.meta("general.file_type", Meta::U32(file_type(ty)?));
+    // Each tensor is made and written in turn: a model is never held whole a second time.
     let tensors = merger.tensors();
-    for (i, (name, shape)) in tensors.iter().enumerate() {
-        let values = merger.values(name, shape)?;
-        let dims: Vec<usize> = shape.iter().rev().copied().collect();
-        let t = match shape.len() {
-            2 if ty == GgmlType::Q8_0 && !shape[1].is_multiple_of(32) => GgmlType::F16,
-            2 => ty,
-            _ => GgmlType::F32,
-        };
-        w.tensor(name, &dims, t, quantize(t, &values));
+    let infos: Vec<TensorEntry> = tensors
+        .iter()
+        .map(|(name, shape)| {
+            let t = match shape.len() {
+                2 if ty == GgmlType::Q8_0 && !shape[1].is_multiple_of(32) => GgmlType::F16,
+                2 => ty,
+                _ => GgmlType::F32,
+            };
+            TensorEntry { name: name.clone(), dims: shape.iter().rev().copied().collect(), dtype: t, len: t.bytes_for(shape.iter().product()) }
+        })
+        .collect();
+    w.write_streaming(path, &infos, &mut |i| {
+        let (name, shape) = &tensors[i];
+        let bytes = quantize(infos[i].dtype, &merger.values(name, shape)?);
         progress(i + 1, tensors.len());
-    }
-    w.write(path)
+        Ok(bytes)
+    })
 }
 
 /// Writes the merged model as a Hugging Face folder: `config.json`, `model.safetensors` in

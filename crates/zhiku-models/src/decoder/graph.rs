@@ -528,17 +528,13 @@ impl GraphDecoder {
         self.full.as_ref().map(|f| f.embed.clone())
     }
 
-    /// Full fine-tuning: every weight's current values by GGUF name, with its shape
-    /// (`[rows, cols]` or `[len]`), for writing the model out.
-    pub fn full_weights(&self) -> Result<super::NamedWeights> {
+    /// Full fine-tuning: every weight by GGUF name (`[rows, cols]` or `[len]`), sharing the
+    /// model's storage, for writing the model out.
+    pub fn full_weights(&self) -> Result<std::collections::HashMap<String, Tensor>> {
         if self.full.is_none() {
             bail!("the model is not fully fine-tuned")
         }
-        let mut out = super::NamedWeights::new();
-        for (name, v) in self.trainable() {
-            out.insert(name, (v.dims().to_vec(), v.as_tensor().flatten_all()?.to_vec1::<f32>()?));
-        }
-        Ok(out)
+        Ok(self.trainable().into_iter().map(|(name, v)| (name, v.as_tensor().clone())).collect())
     }
 
     /// Layer `li` over `x` (`[rows, t, hidden]`): what a checkpointed backward pass recomputes.

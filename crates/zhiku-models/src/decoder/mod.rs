@@ -632,9 +632,6 @@ fn attend(c: &DecoderConfig, cache: &KvCache, layer: usize, pos: usize, window: 
     }
 }
 
-/// Tensors held in memory by GGUF name: shape (`[rows, cols]` or `[len]`) and row-major values.
-pub type NamedWeights = std::collections::HashMap<String, (Vec<usize>, Vec<f32>)>;
-
 /// Where a model's tensors come from, by their GGUF names.
 pub trait WeightSource {
     fn has(&self, name: &str) -> bool;
