@@ -9,7 +9,10 @@
 # warm-up, clipping 1.0, batch 8, 1 epoch over the first TRAIN_N training conversations; greedy
 # replies of at most 48 tokens. Every row is scored by the same scorer (`zhiku eval --task
 # generation --predictions`), checked against rouge-score and sacrebleu on the same outputs
-# (scripts/check_text_metrics.py). Steps whose output exists are skipped (rerun to resume).
+# (scripts/check_text_metrics.py). Steps whose output exists are skipped (rerun to resume): the
+# predictions and training times are kept under bench/results/sft-runs/TASK/ (committed, so a
+# run can be finished in another checkout and anyone can rescore them); adapters and copies of
+# the data stay in .cache/bench/sft-quality/TASK/.
 #   bench/sft_quality.sh [replies|headlines ...]      (TRAIN_N_replies=1000 TRAIN_N_headlines=500)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,32 +37,33 @@ for task in "${tasks[@]}"; do
     headlines) n="${TRAIN_N_headlines:-500}"; len=256 ;;
     *) echo "unknown task $task" >&2; exit 1 ;;
   esac
-  d="$work/$task"
-  mkdir -p "$d/preds"
+  d="$work/$task"   # adapters, data
+  r="bench/results/sft-runs/$task"   # predictions, training times
+  mkdir -p "$d" "$r/preds"
   head -n "$n" "$data/$task/train.jsonl" > "$d/train.jsonl"
   test="$data/$task/test.jsonl"
   gen=(--max-tokens 48 --batch-size 32)
   if [ "$task" = headlines ]; then
-    [ -f "$d/preds/lead.jsonl" ] || $Z summarize --method lead --sentences 1 "$data/$task/test-text.jsonl" --output "$d/preds/lead.jsonl"
-    [ -f "$d/preds/extractive.jsonl" ] || $Z summarize --method extractive --sentences 1 "$data/$task/test-text.jsonl" --output "$d/preds/extractive.jsonl"
+    [ -f "$r/preds/lead.jsonl" ] || $Z summarize --method lead --sentences 1 "$data/$task/test-text.jsonl" --output "$r/preds/lead.jsonl"
+    [ -f "$r/preds/extractive.jsonl" ] || $Z summarize --method extractive --sentences 1 "$data/$task/test-text.jsonl" --output "$r/preds/extractive.jsonl"
   fi
-  [ -f "$d/preds/zero-shot.jsonl" ] || $Z eval --task generation --model "$model" --data "$test" "${gen[@]}" --output "$d/preds/zero-shot.jsonl"
-  [ -f "$d/preds/3-shot.jsonl" ] || $Z eval --task generation --model "$model" --data "$test" --shots 3 --shots-from "$d/train.jsonl" "${gen[@]}" --output "$d/preds/3-shot.jsonl"
-  if [ ! -f "$d/zhiku-lora/adapter_model.safetensors" ]; then
-    /usr/bin/time -f "%e %M" -o "$d/zhiku-train.time" $Z train --task sft --model "$model" --train "$d/train.jsonl" --dev "$data/$task/dev.jsonl" \
+  [ -f "$r/preds/zero-shot.jsonl" ] || $Z eval --task generation --model "$model" --data "$test" "${gen[@]}" --output "$r/preds/zero-shot.jsonl"
+  [ -f "$r/preds/3-shot.jsonl" ] || $Z eval --task generation --model "$model" --data "$test" --shots 3 --shots-from "$d/train.jsonl" "${gen[@]}" --output "$r/preds/3-shot.jsonl"
+  if [ ! -f "$d/zhiku-lora/adapter_model.safetensors" ] && [ ! -f "$r/preds/zhiku-lora.jsonl" ]; then
+    /usr/bin/time -f "%e %M" -o "$r/zhiku-train.time" $Z train --task sft --model "$model" --train "$d/train.jsonl" --dev "$data/$task/dev.jsonl" \
       --output "$d/zhiku-lora" --overwrite --epochs 1 --batch-size 8 --max-length "$len" --lora-r 8 --lora-alpha 16 --lr 2e-4 \
-      --weight-decay 0.01 --warmup-ratio 0.1 --schedule linear --max-grad-norm 1.0 --quiet --json > "$d/zhiku-train.json"
+      --weight-decay 0.01 --warmup-ratio 0.1 --schedule linear --max-grad-norm 1.0 --quiet --json > "$r/zhiku-train.json"
   fi
-  [ -f "$d/preds/zhiku-lora.jsonl" ] || $Z eval --task generation --adapter "$d/zhiku-lora" --data "$test" "${gen[@]}" --output "$d/preds/zhiku-lora.jsonl"
-  if [ ! -f "$d/peft-lora/adapter_model.safetensors" ]; then
-    /usr/bin/time -f "%e %M" -o "$d/peft-train.time" "$venv/bin/python" bench/sft_torch.py --gguf "$model" --train "$d/train.jsonl" --epochs 1 \
-      --batch-size 8 --max-length "$len" --rank 8 --alpha 16 --lr 2e-4 --warmup-ratio 0.1 --recompute --output "$d/peft-lora" 2>/dev/null > "$d/peft-train.json"
+  [ -f "$r/preds/zhiku-lora.jsonl" ] || $Z eval --task generation --adapter "$d/zhiku-lora" --data "$test" "${gen[@]}" --output "$r/preds/zhiku-lora.jsonl"
+  if [ ! -f "$d/peft-lora/adapter_model.safetensors" ] && [ ! -f "$r/preds/peft-lora.jsonl" ]; then
+    /usr/bin/time -f "%e %M" -o "$r/peft-train.time" "$venv/bin/python" bench/sft_torch.py --gguf "$model" --train "$d/train.jsonl" --epochs 1 \
+      --batch-size 8 --max-length "$len" --rank 8 --alpha 16 --lr 2e-4 --warmup-ratio 0.1 --recompute --output "$d/peft-lora" 2>/dev/null > "$r/peft-train.json"
   fi
-  [ -f "$d/preds/peft-lora.jsonl" ] || "$venv/bin/python" bench/peft_generate.py --gguf "$model" --adapter "$d/peft-lora" --data "$test" --max-tokens 48 --output "$d/preds/peft-lora.jsonl" 2>/dev/null
-  "$venv/bin/python" scripts/check_text_metrics.py "$d"/preds/*.jsonl --zhiku "$Z" > "$d/metrics-check.jsonl"
+  [ -f "$r/preds/peft-lora.jsonl" ] || "$venv/bin/python" bench/peft_generate.py --gguf "$model" --adapter "$d/peft-lora" --data "$test" --max-tokens 48 --output "$r/preds/peft-lora.jsonl" 2>/dev/null
+  "$venv/bin/python" scripts/check_text_metrics.py "$r"/preds/*.jsonl --zhiku "$Z" > "$r/metrics-check.jsonl"
   # zhiku's adapter against PEFT's, example by example (paired bootstrap of ROUGE-L).
-  "$venv/bin/python" bench/paired_bootstrap.py "$d/preds/zhiku-lora.jsonl" "$d/preds/peft-lora.jsonl" > "$d/zhiku-vs-peft.json"
-  python3 - "$d" "$task" "$n" "$Z" <<'PY'
+  "$venv/bin/python" bench/paired_bootstrap.py "$r/preds/zhiku-lora.jsonl" "$r/preds/peft-lora.jsonl" > "$r/zhiku-vs-peft.json"
+  python3 - "$r" "$task" "$n" "$Z" <<'PY'
 import datetime, json, os, subprocess, sys
 d, task, n, z = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 order = ["lead", "extractive", "zero-shot", "3-shot", "zhiku-lora", "peft-lora"]

@@ -128,20 +128,6 @@ fn configure_allocator() {
 pub mod util {
     use std::io::IsTerminal;
 
-    /// Has the allocator hand freed pages back to the system at once rather than keep them.
-    /// Kept pages save page faults when short steps reuse the same buffers (the default, set at
-    /// start-up), but where the weights, gradients and optimizer moments already fill memory,
-    /// as in full fine-tuning, they would raise the peak by about a gigabyte (SmolLM2-135M:
-    /// 4.3 against 3.3 GB) for a saving lost in steps of seconds. `MIMALLOC_PURGE_DELAY`
-    /// still overrides.
-    pub fn return_freed_memory_promptly() {
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-            // SAFETY: a plain store into mimalloc's option table; callers set it before starting
-            // the threads that allocate.
-            unsafe { libmimalloc_sys::mi_option_set(15, 0) };
-        }
-    }
-
     pub fn stderr_is_terminal() -> bool {
         std::io::stderr().is_terminal()
     }

@@ -403,10 +403,6 @@ fn run_sft(a: &TrainArgs) -> Result<i32> {
     if full && (a.peft.lora_targets.is_some() || a.peft.lora_dropout.is_some()) {
         bail!("--peft none trains every weight; --lora-targets and --lora-dropout are for --peft lora")
     }
-    if full {
-        // Before the model is loaded and the training threads start.
-        crate::util::return_freed_memory_promptly();
-    }
     let dropout = a.peft.lora_dropout.unwrap_or(0.0);
     if !(0.0..1.0).contains(&dropout) {
         bail!("--lora-dropout must be in [0, 1)")

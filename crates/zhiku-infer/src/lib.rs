@@ -19,6 +19,7 @@ use serde::Serialize;
 use std::path::Path;
 use template::{ChatTemplate, Message};
 use tokenizers::Tokenizer;
+use zhiku_models::decoder::adapter::DecoderAdapter;
 use zhiku_models::decoder::graph::{GraphDecoder, GraphOptions};
 use zhiku_models::decoder::{CausalLm, DecoderModel};
 use zhiku_models::gguf::GgufFile;
@@ -249,15 +250,21 @@ impl LanguageModel {
     /// (a GPU) holds one set of weights and cannot choose an adapter per request, so any
     /// adapter picks [`Engine::Cpu`]; without adapters the engine is [`Engine::auto`].
     pub fn open_with_adapters(model: Option<&Path>, adapters: &[(String, std::path::PathBuf)], mmap: bool) -> Result<Self> {
+        let opened = adapters.iter().map(|(name, dir)| Ok((name.clone(), DecoderAdapter::open(dir)?))).collect::<Result<Vec<_>>>()?;
+        Self::open_with_opened_adapters(model, &opened, mmap)
+    }
+
+    /// [`Self::open_with_adapters`] for adapter folders already read (each read once).
+    pub fn open_with_opened_adapters(model: Option<&Path>, adapters: &[(String, DecoderAdapter)], mmap: bool) -> Result<Self> {
         let path = match (model, adapters.first()) {
             (Some(m), _) => m.to_path_buf(),
-            (None, Some((_, dir))) => zhiku_models::decoder::adapter::DecoderAdapter::open(dir)?.base_model(None)?,
+            (None, Some((_, adapter))) => adapter.base_model(None)?,
             (None, None) => bail!("give the model (a GGUF file or folder), or an adapter that records its base"),
         };
         let engine = if adapters.is_empty() { Engine::auto() } else { Engine::Cpu };
         let mut lm = Self::open_with(&path, &OpenOptions { mmap, engine })?;
-        for (name, dir) in adapters {
-            lm.load_adapter(name, dir)?;
+        for (name, adapter) in adapters {
+            lm.add_adapter(name, adapter)?;
         }
         Ok(lm)
     }
@@ -275,12 +282,16 @@ impl LanguageModel {
     /// Loads a LoRA adapter folder (PEFT's layout, trained by zhiku or by PEFT) over this
     /// model's base weights, to be chosen per request by `name`.
     pub fn load_adapter(&mut self, name: &str, dir: &Path) -> Result<()> {
+        self.add_adapter(name, &DecoderAdapter::open(dir)?)
+    }
+
+    /// Puts an adapter folder already read over this model's base weights, as `name`.
+    pub fn add_adapter(&mut self, name: &str, adapter: &DecoderAdapter) -> Result<()> {
         if self.adapters.iter().any(|a| a == name) {
             bail!("an adapter named {name:?} is already loaded")
         }
-        let adapter = zhiku_models::decoder::adapter::DecoderAdapter::open(dir)?;
         let weights = zhiku_models::decoder::lora::LoraWeights::new(name, self.model.config(), adapter.spec.alpha, adapter.spec.rank, &adapter.tensors)
-            .with_context(|| format!("adapter {}", dir.display()))?;
+            .with_context(|| format!("adapter {}", adapter.dir.display()))?;
         self.model.add_adapter(weights)?;
         self.adapters.push(name.to_string());
         Ok(())

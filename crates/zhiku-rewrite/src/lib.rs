@@ -418,12 +418,16 @@ fn run_step(
 ) -> Result<Vec<Vec<String>>> {
     // (slot, piece index, request)
     let mut work: Vec<(usize, usize, String, Request)> = Vec::new();
+    let mut outputs: Vec<Vec<String>> = Vec::with_capacity(slots.len());
     for (si, slot) in slots.iter().enumerate() {
         if slot.failed.is_some() {
+            outputs.push(Vec::new());
             continue;
         }
         let task = task_of(slot);
-        for (pi, piece) in inputs(slot).into_iter().enumerate() {
+        let pieces = inputs(slot);
+        outputs.push(vec![String::new(); pieces.len()]);
+        for (pi, piece) in pieces.into_iter().enumerate() {
             let source_tokens = lm.encode(&piece, false)?.len();
             let params = if sampled {
                 SamplingParams { temperature: opts.temperature, top_p: opts.top_p, top_k: 0, min_p: 0.0, seed: mix(slot.seed ^ pi as u64), ..SamplingParams::default() }
@@ -432,17 +436,17 @@ fn run_step(
             };
             // Chinese takes about one token per character, English about one per word: three
             // times the source's tokens covers any faithful rewrite either way.
-            let prompt = Prompt::Chat(task.messages(&piece));
-            let room = lm.model.config().context_length.saturating_sub(lm.prompt_ids(&prompt)?.len());
+            // Rendered and tokenised once here; the request carries the ids.
+            let prompt_ids = lm.prompt_ids(&Prompt::Chat(task.messages(&piece)))?;
+            let room = lm.model.config().context_length.saturating_sub(prompt_ids.len());
             let max_tokens = (3 * source_tokens + 24).min(room);
             if max_tokens < source_tokens {
                 bail!("a piece of {source_tokens} tokens leaves room for only {max_tokens} tokens of output in the model's context; lower the piece size")
             }
-            let request = Request { prompt, params, max_tokens, stop: vec![], truncate: false, adapter: opts.adapter.map(str::to_string) };
+            let request = Request { prompt: Prompt::Tokens(prompt_ids), params, max_tokens, stop: vec![], truncate: false, adapter: opts.adapter.map(str::to_string) };
             work.push((si, pi, piece, request));
         }
     }
-    let mut outputs: Vec<Vec<String>> = slots.iter().map(|s| vec![String::new(); if s.failed.is_some() { 0 } else { inputs(s).len() }]).collect();
     let total = work.len();
     let mut done = 0;
     for group in work.chunks(opts.batch.max(1)) {

@@ -96,12 +96,12 @@ pub fn run(config: ServeConfig) -> Result<()> {
     }
     // Each adapter goes with the served model it was trained on (same file).
     let canonical = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    let mut adapters_of: Vec<Vec<(String, PathBuf)>> = vec![Vec::new(); config.llms.len()];
+    let mut adapters_of: Vec<Vec<(String, zhiku_models::decoder::adapter::DecoderAdapter)>> = (0..config.llms.len()).map(|_| Vec::new()).collect();
     for (name, dir) in &config.adapters {
         let adapter = zhiku_models::decoder::adapter::DecoderAdapter::open(dir).with_context(|| format!("adapter {name:?}"))?;
         let base = adapter.base.as_deref().map(canonical);
         match config.llms.iter().position(|(_, file)| Some(canonical(file)) == base) {
-            Some(i) => adapters_of[i].push((name.clone(), dir.clone())),
+            Some(i) => adapters_of[i].push((name.clone(), adapter)),
             None => anyhow::bail!(
                 "adapter {name:?} ({}) was trained on {}; serve that model too (--model NAME={0})",
                 dir.display(),
@@ -114,8 +114,8 @@ pub fn run(config: ServeConfig) -> Result<()> {
         let w = llm::LlmWorker::start(name, file, adapters, config.llm_mmap, config.llm_limits, config.batch.queue_size, metrics.clone())
             .with_context(|| format!("cannot load language model {name:?} from {}", file.display()))?;
         eprintln!("zhiku serve: loaded language model {name} from {}", file.display());
-        for (a, dir) in adapters {
-            eprintln!("zhiku serve: adapter {a} from {} over {name}", dir.display());
+        for (a, adapter) in adapters {
+            eprintln!("zhiku serve: adapter {a} from {} over {name}", adapter.dir.display());
         }
         llms.push(Arc::new(w));
     }

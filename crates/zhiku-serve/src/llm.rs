@@ -51,8 +51,8 @@ pub struct LlmWorker {
 
 impl LlmWorker {
     /// Loads `path` with its LoRA `adapters` (name, folder) and starts the worker thread.
-    pub fn start(name: &str, path: &std::path::Path, adapters: &[(String, std::path::PathBuf)], mmap: bool, limits: Limits, queue_size: usize, metrics: Arc<crate::metrics::Metrics>) -> anyhow::Result<Self> {
-        let lm = Arc::new(LanguageModel::open_with_adapters(Some(path), adapters, mmap)?);
+    pub fn start(name: &str, path: &std::path::Path, adapters: &[(String, zhiku_models::decoder::adapter::DecoderAdapter)], mmap: bool, limits: Limits, queue_size: usize, metrics: Arc<crate::metrics::Metrics>) -> anyhow::Result<Self> {
+        let lm = Arc::new(LanguageModel::open_with_opened_adapters(Some(path), adapters, mmap)?);
         let (tx, rx) = crossbeam_channel::bounded::<Job>(queue_size);
         let worker_lm = lm.clone();
         let model_name = name.to_string();

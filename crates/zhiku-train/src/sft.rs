@@ -331,20 +331,12 @@ const HEAD_ROWS: usize = 128;
 /// `dropout_seed`: the seed of this pass's LoRA dropout masks (a recomputed layer draws the
 /// same ones); `None` for no dropout.
 pub fn rows_pass(model: &GraphDecoder, rows: &[Vec<&SftExample>], weight: f64, recompute: bool, dropout_seed: Option<u64>) -> Result<(f64, Option<GradStore>)> {
-    let tokens: Vec<Vec<u32>> = rows.iter().map(|r| r.iter().flat_map(|e| e.tokens.iter().copied()).collect()).collect();
-    let packed: Vec<PackedRow> = rows.iter().zip(&tokens).map(|(r, t)| PackedRow { tokens: t, segments: r.iter().map(|e| e.tokens.len()).collect() }).collect();
+    let layout = RowLayout::new(rows);
+    let packed = layout.packed();
     let mut geometry = model.geometry(&packed)?;
     geometry.dropout_seed = dropout_seed;
     let t = geometry.t;
-    // (flattened row * t + position, next token) of every learned token.
-    let mut picks: Vec<(u32, u32)> = Vec::new();
-    for (ri, r) in rows.iter().enumerate() {
-        let mut offset = 0;
-        for e in r {
-            picks.extend(e.targets().map(|(p, tok)| ((ri * t + offset + p) as u32, tok)));
-            offset += e.tokens.len();
-        }
-    }
+    let picks = layout.picks(t);
     let n_layers = model.num_layers();
     // Forward: each layer from a detached input, keeping the inputs (recompute) or the graphs.
     // The first layer's input is the embedding: a constant with adapters, whose gradient is not
@@ -373,7 +365,7 @@ pub fn rows_pass(model: &GraphDecoder, rows: &[Vec<&SftExample>], weight: f64, r
     let mut loss = 0.0;
     let mut grad_x: Option<Tensor> = None;
     let head_vars = model.head_trainable();
-    let mut acc: Option<GradStore> = None;
+    let mut acc = empty_grads()?;
     for block in picks.chunks(HEAD_ROWS) {
         let idx: Vec<u32> = block.iter().map(|p| p.0).collect();
         let targets: Vec<u32> = block.iter().map(|p| p.1).collect();
@@ -383,15 +375,9 @@ pub fn rows_pass(model: &GraphDecoder, rows: &[Vec<&SftExample>], weight: f64, r
         loss += ce.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         let g = (ce * weight)?.backward()?;
         let gx = g.get(last.as_tensor()).ok_or_else(|| anyhow!("no gradient reached the last layer"))?.detach();
-        if !head_vars.is_empty() {
-            let acc = match &mut acc {
-                Some(a) => a,
-                None => acc.insert(empty_grads()?),
-            };
-            for var in &head_vars {
-                if let Some(gv) = g.get(var.as_tensor()) {
-                    add_grad(acc, var, gv.detach())?;
-                }
+        for var in &head_vars {
+            if let Some(gv) = g.get(var.as_tensor()) {
+                add_grad(&mut acc, var, gv.detach())?;
             }
         }
         grad_x = Some(match grad_x {
@@ -418,10 +404,6 @@ pub fn rows_pass(model: &GraphDecoder, rows: &[Vec<&SftExample>], weight: f64, r
         // Only the adapters' gradients are kept: candle's store also holds gradients for the
         // constants a layer reads (masks, rotary tables, the incoming gradient), which would
         // pile up layer after layer.
-        let acc = match &mut acc {
-            Some(a) => a,
-            None => acc.insert(empty_grads()?),
-        };
         for var in model.layer_trainable(li) {
             if let Some(g) = own.remove(var.as_tensor()) {
                 acc.insert(var.as_tensor(), g.detach());
@@ -429,22 +411,59 @@ pub fn rows_pass(model: &GraphDecoder, rows: &[Vec<&SftExample>], weight: f64, r
         }
     }
     // Full fine-tuning: the gradient at the first layer's input flows into the embedding rows.
-    if let (Some(embed), Some(acc)) = (model.embed_trainable(), &mut acc) {
+    if let Some(embed) = model.embed_trainable() {
         let g = (embedded * &grad)?.sum_all()?.backward()?;
         if let Some(ge) = g.get(embed.as_tensor()) {
-            add_grad(acc, &embed, ge.detach())?;
+            add_grad(&mut acc, &embed, ge.detach())?;
         }
     }
-    Ok((loss, acc))
+    Ok((loss, Some(acc)))
 }
 
-/// Adds `g` to `var`'s gradient in `acc` (a tied weight gets gradients from two places).
+/// Rows of packed examples as the decoder takes them (shared by training and scoring).
+struct RowLayout<'a> {
+    rows: &'a [Vec<&'a SftExample>],
+    /// Each row's examples' tokens end to end.
+    tokens: Vec<Vec<u32>>,
+}
+
+impl<'a> RowLayout<'a> {
+    fn new(rows: &'a [Vec<&'a SftExample>]) -> Self {
+        let tokens = rows.iter().map(|r| r.iter().flat_map(|e| e.tokens.iter().copied()).collect()).collect();
+        Self { rows, tokens }
+    }
+
+    fn packed(&self) -> Vec<PackedRow<'_>> {
+        self.rows.iter().zip(&self.tokens).map(|(r, t)| PackedRow { tokens: t, segments: r.iter().map(|e| e.tokens.len()).collect() }).collect()
+    }
+
+    /// (flattened row * t + position, next token) of every learned token, rows padded to `t`.
+    fn picks(&self, t: usize) -> Vec<(u32, u32)> {
+        let mut picks = Vec::new();
+        for (ri, r) in self.rows.iter().enumerate() {
+            let mut offset = 0;
+            for e in r {
+                picks.extend(e.targets().map(|(p, tok)| ((ri * t + offset + p) as u32, tok)));
+                offset += e.tokens.len();
+            }
+        }
+        picks
+    }
+}
+
+/// Adds `g` to `var`'s gradient in `acc` (a tied weight gets gradients from two places; the
+/// head's from every block of rows), in place where it can.
 fn add_grad(acc: &mut GradStore, var: &Var, g: Tensor) -> Result<()> {
-    let sum = match acc.remove(var.as_tensor()) {
-        Some(prev) => (prev + g)?,
-        None => g,
-    };
-    acc.insert(var.as_tensor(), sum);
+    match acc.get(var.as_tensor()) {
+        Some(prev) if crate::sharded::add_assign(prev, &g)? => {}
+        Some(prev) => {
+            let sum = (prev + g)?;
+            acc.insert(var.as_tensor(), sum);
+        }
+        None => {
+            acc.insert(var.as_tensor(), g);
+        }
+    }
     Ok(())
 }
 
@@ -466,7 +485,9 @@ pub fn score(model: &GraphDecoder, examples: &[SftExample], budget: usize) -> Re
         batches.push(current);
     }
     let per_batch = |b: &Vec<usize>| -> Result<(f64, usize, usize)> {
-        let packed: Vec<PackedRow> = b.iter().map(|&i| PackedRow { tokens: &examples[i].tokens, segments: vec![examples[i].tokens.len()] }).collect();
+        let rows: Vec<Vec<&SftExample>> = b.iter().map(|&i| vec![&examples[i]]).collect();
+        let layout = RowLayout::new(&rows);
+        let packed = layout.packed();
         let geometry = model.geometry(&packed)?;
         let t = geometry.t;
         // Layer by layer, each output detached, so no graph holds the activations.
@@ -475,10 +496,7 @@ pub fn score(model: &GraphDecoder, examples: &[SftExample], budget: usize) -> Re
             x = model.layer_forward(li, &x, &geometry)?.detach();
         }
         let flat = model.final_norm(&x)?.detach().reshape((packed.len() * t, model.config.hidden))?;
-        let mut picks = Vec::new();
-        for (ri, &i) in b.iter().enumerate() {
-            picks.extend(examples[i].targets().map(|(p, tok)| ((ri * t + p) as u32, tok)));
-        }
+        let picks = layout.picks(t);
         let (mut loss, mut correct) = (0.0, 0);
         for block in picks.chunks(HEAD_ROWS) {
             let idx: Vec<u32> = block.iter().map(|p| p.0).collect();
@@ -579,7 +597,9 @@ impl SftTask {
             folder = zhiku_models::decoder::hf::open(dir)?.1;
             &folder
         } else {
-            gguf = zhiku_models::gguf::GgufFile::open(&dir.join(FULL_GGUF))?;
+            // Read into memory, not mapped: the allocator reuses the optimizer's freed memory
+            // for it, where mapped file pages would add to the peak.
+            gguf = zhiku_models::gguf::GgufFile::open_with(&dir.join(FULL_GGUF), false)?;
             &gguf
         };
         for (name, var) in self.model.trainable() {

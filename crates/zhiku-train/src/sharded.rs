@@ -58,14 +58,59 @@ fn forward_backward_in(model: &SequenceClassifier, batch: &EncodedBatch, shards:
 pub fn add_grads(into: &mut GradStore, from: &GradStore, params: &Params) -> Result<()> {
     for (_, var) in params.iter() {
         if let Some(g) = from.get(var) {
-            let sum = match into.get(var) {
-                Some(prev) => (prev + g)?,
-                None => g.clone(),
-            };
-            into.insert(var, sum);
+            match into.get(var) {
+                Some(prev) if add_assign(prev, g)? => {}
+                Some(prev) => {
+                    let sum = (prev + g)?;
+                    into.insert(var, sum);
+                }
+                None => {
+                    into.insert(var, g.clone());
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// `into += from` written into `into`'s own storage, for contiguous f32 CPU tensors of one
+/// shape; false (nothing done) otherwise. Only for a gradient store's entries: candle builds
+/// each of them fresh (`zeros + g`), so no other tensor shares the storage that changes.
+/// Summing in place, rather than into a new tensor per step, keeps a model-sized gradient
+/// from being allocated and freed every step (full fine-tuning: half a gigabyte for
+/// SmolLM2-135M, whose pages the allocator would either keep, raising the peak, or return and
+/// fault in again, costing time).
+pub fn add_assign(into: &Tensor, from: &Tensor) -> Result<bool> {
+    let fits = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && t.is_contiguous();
+    if !fits(into) || !fits(from) || into.shape() != from.shape() {
+        return Ok(false);
+    }
+    into.inplace_op2(from, &AddAssign)?;
+    Ok(true)
+}
+
+struct AddAssign;
+
+impl candle_core::InplaceOp2 for AddAssign {
+    fn name(&self) -> &'static str {
+        "add-assign"
+    }
+
+    fn cpu_fwd(&self, a: &mut candle_core::CpuStorage, al: &candle_core::Layout, b: &candle_core::CpuStorage, bl: &candle_core::Layout) -> candle_core::Result<()> {
+        let (candle_core::CpuStorage::F32(a), candle_core::CpuStorage::F32(b)) = (a, b) else {
+            candle_core::bail!("add-assign expects f32 tensors")
+        };
+        let (Some((a0, a1)), Some((b0, b1))) = (al.contiguous_offsets(), bl.contiguous_offsets()) else {
+            candle_core::bail!("add-assign expects contiguous tensors")
+        };
+        if a1 - a0 != b1 - b0 {
+            candle_core::bail!("add-assign: sizes differ")
+        }
+        for (x, y) in a[a0..a1].iter_mut().zip(&b[b0..b1]) {
+            *x += y;
+        }
+        Ok(())
+    }
 }
 
 /// Adds `grads` to the running sum `acc` of a step's passes (the first pass's become it).
@@ -84,6 +129,20 @@ mod tests {
     use candle_core::{DType, Device, D};
     use std::collections::HashMap;
     use zhiku_models::{BertConfig, ClassifierConfig, DropoutRng, Pooling, ProblemType};
+
+    #[test]
+    fn add_assign_sums_in_place_or_declines() {
+        let dev = Device::Cpu;
+        let a = Tensor::new(&[[1f32, 2.], [3., 4.]], &dev).unwrap();
+        let b = Tensor::new(&[[10f32, 20.], [30., 40.]], &dev).unwrap();
+        assert!(add_assign(&a, &b).unwrap());
+        assert_eq!(a.to_vec2::<f32>().unwrap(), vec![vec![11., 22.], vec![33., 44.]]);
+        // A transposed view, another dtype or another shape: declined, nothing changed.
+        assert!(!add_assign(&a.t().unwrap(), &b).unwrap());
+        assert!(!add_assign(&a, &b.to_dtype(DType::F64).unwrap()).unwrap());
+        assert!(!add_assign(&a, &b.flatten_all().unwrap()).unwrap());
+        assert_eq!(a.to_vec2::<f32>().unwrap(), vec![vec![11., 22.], vec![33., 44.]]);
+    }
 
     fn tiny_with_dropout() -> SequenceClassifier {
         let mut cfg = BertConfig::tiny(40);

@@ -241,6 +241,9 @@ pub fn run(task: &mut dyn TrainTask, cfg: &TrainConfig, output: &Path, resume: b
         }
     }
 
+    // The optimizer's moments (twice the trainable weights) are no longer needed: freed before
+    // the best model is read back for scoring, which can then reuse their memory.
+    drop(opt);
     // The output folder now holds the best model: score exactly what was saved.
     on_event(TrainEvent::Message(format!("best dev {} {:.4} at step {}", cfg.metric, state.best_metric.unwrap_or(f64::NAN), state.best_step)));
     let scores = task.final_scores(&out)?;

@@ -459,24 +459,13 @@ impl GraphDecoder {
             }
         }
         let mask = |window: Option<usize>| -> Result<Tensor> {
-            const BLOCKED: f32 = -1e30;
-            let mut m = vec![BLOCKED; rows.len() * t * t];
-            for r in 0..rows.len() {
-                for i in 0..t {
-                    let row = &mut m[(r * t + i) * t..(r * t + i + 1) * t];
-                    if seq[r * t + i] == usize::MAX {
-                        row[0] = 0.0;
-                        continue;
-                    }
-                    let start = i - pos[r * t + i];
-                    for (j, v) in row.iter_mut().enumerate().take(i + 1).skip(start) {
-                        if window.is_none_or(|w| i - j < w) {
-                            *v = 0.0;
-                        }
-                    }
+            self.additive_mask(rows.len(), t, t, |r, i| {
+                if seq[r * t + i] == usize::MAX {
+                    return 0..=0;
                 }
-            }
-            Ok(Tensor::from_vec(m, (rows.len(), 1, t, t), &self.device)?.to_dtype(self.accumulate())?)
+                let start = i - pos[r * t + i];
+                window.map_or(start, |w| start.max((i + 1).saturating_sub(w)))..=i
+            })
         };
         let rope = |table: &RopeTable| -> Result<(Tensor, Tensor)> {
             let half = table.half;
@@ -693,24 +682,31 @@ impl GraphDecoder {
 
     /// Additive mask `[batch, 1, t, offset + t]` for queries at positions `offset..offset + t`:
     /// a query sees keys at or before it, inside its sequence and (sliding layers) inside the
-    /// window. Padding queries see their sequence's first token, so that no row is empty.
+    /// window. Padding queries see their sequence's keys, so that no row is empty.
     fn mask(&self, lengths: &[usize], t: usize, offset: usize, window: Option<usize>) -> Result<Tensor> {
+        self.additive_mask(lengths.len(), t, offset + t, |s, i| {
+            let pos = offset + i;
+            let last = pos.min(offset + lengths[s].max(1) - 1);
+            window.map_or(0, |w| (pos + 1).saturating_sub(w))..=last
+        })
+    }
+
+    /// The one mask builder of both paths: `[batch, 1, queries, keys]`, 0 where query `(b, i)`
+    /// may attend (the key indices `visible(b, i)`) and a large negative number elsewhere.
+    fn additive_mask(&self, batch: usize, queries: usize, keys: usize, visible: impl Fn(usize, usize) -> std::ops::RangeInclusive<usize>) -> Result<Tensor> {
         const BLOCKED: f32 = -1e30;
-        let keys = offset + t;
-        let mut m = vec![BLOCKED; lengths.len() * t * keys];
-        for (s, &len) in lengths.iter().enumerate() {
-            for i in 0..t {
-                let pos = offset + i;
-                let row = &mut m[(s * t + i) * keys..(s * t + i + 1) * keys];
-                for (j, v) in row.iter_mut().enumerate() {
-                    let visible = j <= pos && j < offset + len.max(1) && window.is_none_or(|w| pos - j < w);
-                    if visible {
-                        *v = 0.0;
-                    }
+        let mut m = vec![BLOCKED; batch * queries * keys];
+        for b in 0..batch {
+            for i in 0..queries {
+                let row = &mut m[(b * queries + i) * keys..(b * queries + i + 1) * keys];
+                let range = visible(b, i);
+                let (start, end) = (*range.start(), (*range.end()).min(keys.saturating_sub(1)));
+                if start <= end {
+                    row[start..=end].fill(0.0);
                 }
             }
         }
-        Ok(Tensor::from_vec(m, (lengths.len(), 1, t, keys), &self.device)?.to_dtype(self.accumulate())?)
+        Ok(Tensor::from_vec(m, (batch, 1, queries, keys), &self.device)?.to_dtype(self.accumulate())?)
     }
 
     fn rope_tensors(&self, table: &RopeTable, offset: usize, t: usize) -> Result<(Tensor, Tensor)> {
