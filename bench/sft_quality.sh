@@ -13,6 +13,8 @@
 # predictions and training times are kept under bench/results/sft-runs/TASK/ (committed, so a
 # run can be finished in another checkout and anyone can rescore them); adapters and copies of
 # the data stay in .cache/bench/sft-quality/TASK/.
+# SEEDS="42 7 13" trains and scores both LoRA rows once per seed (default 42 alone) and prints
+# their mean and spread with each seed's paired interval.
 #   bench/sft_quality.sh [replies|headlines ...]      (TRAIN_N_replies=1000 TRAIN_N_headlines=500)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,24 +51,30 @@ for task in "${tasks[@]}"; do
   fi
   [ -f "$r/preds/zero-shot.jsonl" ] || $Z eval --task generation --model "$model" --data "$test" "${gen[@]}" --output "$r/preds/zero-shot.jsonl"
   [ -f "$r/preds/3-shot.jsonl" ] || $Z eval --task generation --model "$model" --data "$test" --shots 3 --shots-from "$d/train.jsonl" "${gen[@]}" --output "$r/preds/3-shot.jsonl"
-  if [ ! -f "$d/zhiku-lora/adapter_model.safetensors" ] && [ ! -f "$r/preds/zhiku-lora.jsonl" ]; then
-    /usr/bin/time -f "%e %M" -o "$r/zhiku-train.time" $Z train --task sft --model "$model" --train "$d/train.jsonl" --dev "$data/$task/dev.jsonl" \
-      --output "$d/zhiku-lora" --overwrite --epochs 1 --batch-size 8 --max-length "$len" --lora-r 8 --lora-alpha 16 --lr 2e-4 \
-      --weight-decay 0.01 --warmup-ratio 0.1 --schedule linear --max-grad-norm 1.0 --quiet --json > "$r/zhiku-train.json"
-  fi
-  [ -f "$r/preds/zhiku-lora.jsonl" ] || $Z eval --task generation --adapter "$d/zhiku-lora" --data "$test" "${gen[@]}" --output "$r/preds/zhiku-lora.jsonl"
-  if [ ! -f "$d/peft-lora/adapter_model.safetensors" ] && [ ! -f "$r/preds/peft-lora.jsonl" ]; then
-    /usr/bin/time -f "%e %M" -o "$r/peft-train.time" "$venv/bin/python" bench/sft_torch.py --gguf "$model" --train "$d/train.jsonl" --epochs 1 \
-      --batch-size 8 --max-length "$len" --rank 8 --alpha 16 --lr 2e-4 --warmup-ratio 0.1 --recompute --output "$d/peft-lora" 2>/dev/null > "$r/peft-train.json"
-  fi
-  [ -f "$r/preds/peft-lora.jsonl" ] || "$venv/bin/python" bench/peft_generate.py --gguf "$model" --adapter "$d/peft-lora" --data "$test" --max-tokens 48 --output "$r/preds/peft-lora.jsonl" 2>/dev/null
+  # The two LoRA rows once per training seed (SEEDS, default 42; seed 42's rows keep the plain
+  # names zhiku-lora and peft-lora, others end in -sSEED).
+  for seed in ${SEEDS:-42}; do
+    sfx=""; [ "$seed" = 42 ] || sfx="-s$seed"
+    if [ ! -f "$d/zhiku-lora$sfx/adapter_model.safetensors" ] && [ ! -f "$r/preds/zhiku-lora$sfx.jsonl" ]; then
+      /usr/bin/time -f "%e %M" -o "$r/zhiku-train$sfx.time" $Z train --task sft --model "$model" --train "$d/train.jsonl" --dev "$data/$task/dev.jsonl" \
+        --output "$d/zhiku-lora$sfx" --overwrite --epochs 1 --batch-size 8 --max-length "$len" --lora-r 8 --lora-alpha 16 --lr 2e-4 \
+        --weight-decay 0.01 --warmup-ratio 0.1 --schedule linear --max-grad-norm 1.0 --seed "$seed" --quiet --json > "$r/zhiku-train$sfx.json"
+    fi
+    [ -f "$r/preds/zhiku-lora$sfx.jsonl" ] || $Z eval --task generation --adapter "$d/zhiku-lora$sfx" --data "$test" "${gen[@]}" --output "$r/preds/zhiku-lora$sfx.jsonl"
+    if [ ! -f "$d/peft-lora$sfx/adapter_model.safetensors" ] && [ ! -f "$r/preds/peft-lora$sfx.jsonl" ]; then
+      /usr/bin/time -f "%e %M" -o "$r/peft-train$sfx.time" "$venv/bin/python" bench/sft_torch.py --gguf "$model" --train "$d/train.jsonl" --epochs 1 \
+        --batch-size 8 --max-length "$len" --rank 8 --alpha 16 --lr 2e-4 --warmup-ratio 0.1 --recompute --seed "$seed" --output "$d/peft-lora$sfx" 2>/dev/null > "$r/peft-train$sfx.json"
+    fi
+    [ -f "$r/preds/peft-lora$sfx.jsonl" ] || "$venv/bin/python" bench/peft_generate.py --gguf "$model" --adapter "$d/peft-lora$sfx" --data "$test" --max-tokens 48 --output "$r/preds/peft-lora$sfx.jsonl" 2>/dev/null
+    # zhiku's adapter against PEFT's, example by example (paired bootstrap of ROUGE-L).
+    "$venv/bin/python" bench/paired_bootstrap.py "$r/preds/zhiku-lora$sfx.jsonl" "$r/preds/peft-lora$sfx.jsonl" > "$r/zhiku-vs-peft$sfx.json"
+  done
   "$venv/bin/python" scripts/check_text_metrics.py "$r"/preds/*.jsonl --zhiku "$Z" > "$r/metrics-check.jsonl"
-  # zhiku's adapter against PEFT's, example by example (paired bootstrap of ROUGE-L).
-  "$venv/bin/python" bench/paired_bootstrap.py "$r/preds/zhiku-lora.jsonl" "$r/preds/peft-lora.jsonl" > "$r/zhiku-vs-peft.json"
   python3 - "$r" "$task" "$n" "$Z" <<'PY'
-import datetime, json, os, subprocess, sys
+import datetime, json, os, statistics, subprocess, sys
 d, task, n, z = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-order = ["lead", "extractive", "zero-shot", "3-shot", "zhiku-lora", "peft-lora"]
+seeded = lambda side: sorted((f[:-6] for f in os.listdir(f"{d}/preds") if f.startswith(side + "-lora")), key=lambda f: (f != side + "-lora", f))
+order = ["lead", "extractive", "zero-shot", "3-shot"] + seeded("zhiku") + seeded("peft")
 rows = []
 for name in order:
     p = f"{d}/preds/{name}.jsonl"
@@ -74,14 +82,16 @@ for name in order:
         s = json.loads(subprocess.run([z, "eval", "--task", "generation", "--predictions", p, "--json"], capture_output=True, text=True, check=True).stdout)
         rows.append({"row": name, **s})
 train = {}
-for side in ["zhiku", "peft"]:
-    if os.path.exists(f"{d}/{side}-train.time"):
-        secs, kib = open(f"{d}/{side}-train.time").read().split()[:2]
-        train[side] = {"seconds": float(secs), "peak_rss_mib": int(kib) / 1024}
+for name in seeded("zhiku") + seeded("peft"):
+    side = name.replace("-lora", "-train")
+    if os.path.exists(f"{d}/{side}.time"):
+        secs, kib = open(f"{d}/{side}.time").read().split()[:2]
+        train[name.replace("-lora", "")] = {"seconds": float(secs), "peak_rss_mib": int(kib) / 1024}
+pairs = {name[len("zhiku-lora"):] or "-s42": json.load(open(f"{d}/zhiku-vs-peft{name[len('zhiku-lora'):]}.json")) for name in seeded("zhiku") if os.path.exists(f"{d}/zhiku-vs-peft{name[len('zhiku-lora'):]}.json")}
 checks = [json.loads(l) for l in open(f"{d}/metrics-check.jsonl")]
 out = {"task": task, "date": str(datetime.date.today()), "train_examples": n, "test_examples": rows[0]["examples"] if rows else 0,
        "rows": rows, "training": train, "scores_match_reference_packages": all(c["same"] for c in checks),
-       "zhiku_vs_peft_rougeL": json.load(open(f"{d}/zhiku-vs-peft.json"))}
+       "zhiku_vs_peft_rougeL": pairs.get("-s42"), "zhiku_vs_peft_rougeL_per_seed": {k[2:]: v for k, v in pairs.items()}}
 json.dump(out, open(f"bench/results/sft-quality-{task}.json", "w"), indent=1, ensure_ascii=False)
 unit = "characters" if rows and rows[0]["language"] == "zh" else "words"
 print(f"\n{task}: {out['test_examples']} test examples, LoRA on {n} training conversations, {out['date']}\n")
@@ -90,7 +100,12 @@ print("|---|---|---|---|---|---|")
 for r in rows:
     print(f"| {r['row']} | {r['rouge1']['f1']:.2f} | {r['rouge2']['f1']:.2f} | {r['rougeL']['f1']:.2f} | {r['bleu']:.2f} | {r['prediction_length']['mean']:.1f} (reference {r['reference_length']['mean']:.1f}) |")
 print(f"\ntraining: {train}; scores equal rouge-score's and sacrebleu's: {out['scores_match_reference_packages']}")
-print(f"zhiku LoRA - PEFT LoRA, ROUGE-L: {out['zhiku_vs_peft_rougeL']}")
+for seed, v in out["zhiku_vs_peft_rougeL_per_seed"].items():
+    print(f"zhiku LoRA - PEFT LoRA, ROUGE-L, seed {seed}: {v['rougeL_difference']:+.2f}, 95% interval [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}]")
+for side in ["zhiku", "peft"]:
+    vals = [r["rougeL"]["f1"] for r in rows if r["row"].startswith(side + "-lora")]
+    if len(vals) > 1:
+        print(f"{side} LoRA ROUGE-L over {len(vals)} seeds: mean {statistics.mean(vals):.2f}, sd {statistics.stdev(vals):.2f}")
 # 20 samples for the README.
 preds = {name: [json.loads(l) for l in open(f"{d}/preds/{name}.jsonl")] for name in order if os.path.exists(f"{d}/preds/{name}.jsonl")}
 gen = [k for k in ["zero-shot", "3-shot", "zhiku-lora", "peft-lora"] if k in preds]
