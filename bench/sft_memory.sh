@@ -27,13 +27,10 @@ with open(f"{sys.argv[2]}/train.jsonl", "w") as f:
 with open(f"{sys.argv[2]}/dev.jsonl", "w") as f:
     f.write(json.dumps({"prompt": "Headline?", "response": rows[100]["title"]}) + "\n")
 PY
-for mode in recompute; do
-  flag=""
-  out="$work/$mode"
-  rm -rf "$out"
-  /usr/bin/time -f "%e %M" -o "$out.time" target/release/zhiku train --task sft --model "$model" --train "$work/train.jsonl" --dev "$work/dev.jsonl" \
-    --output "$out" --max-steps "$steps" --batch-size "$batch" --max-length "$len" --lora-r 8 --lora-alpha 16 --lr 2e-4 --quiet $flag > /dev/null
-done
+out="$work/recompute"
+rm -rf "$out"
+/usr/bin/time -f "%e %M" -o "$out.time" target/release/zhiku train --task sft --model "$model" --train "$work/train.jsonl" --dev "$work/dev.jsonl" \
+  --output "$out" --max-steps "$steps" --batch-size "$batch" --max-length "$len" --lora-r 8 --lora-alpha 16 --lr 2e-4 --quiet > /dev/null
 python3 - "$work" "$len" "$batch" "$steps" <<'PY'
 import datetime, json, sys
 work, length, batch, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])

@@ -87,11 +87,15 @@ for name in seeded("zhiku") + seeded("peft"):
     if os.path.exists(f"{d}/{side}.time"):
         secs, kib = open(f"{d}/{side}.time").read().split()[:2]
         train[name.replace("-lora", "")] = {"seconds": float(secs), "peak_rss_mib": int(kib) / 1024}
-pairs = {name[len("zhiku-lora"):] or "-s42": json.load(open(f"{d}/zhiku-vs-peft{name[len('zhiku-lora'):]}.json")) for name in seeded("zhiku") if os.path.exists(f"{d}/zhiku-vs-peft{name[len('zhiku-lora'):]}.json")}
+pairs = {}  # seed -> zhiku LoRA against PEFT LoRA (paired bootstrap)
+for name in seeded("zhiku"):
+    sfx = name[len("zhiku-lora"):]
+    if os.path.exists(f"{d}/zhiku-vs-peft{sfx}.json"):
+        pairs[sfx[2:] or "42"] = json.load(open(f"{d}/zhiku-vs-peft{sfx}.json"))
 checks = [json.loads(l) for l in open(f"{d}/metrics-check.jsonl")]
 out = {"task": task, "date": str(datetime.date.today()), "train_examples": n, "test_examples": rows[0]["examples"] if rows else 0,
        "rows": rows, "training": train, "scores_match_reference_packages": all(c["same"] for c in checks),
-       "zhiku_vs_peft_rougeL": pairs.get("-s42"), "zhiku_vs_peft_rougeL_per_seed": {k[2:]: v for k, v in pairs.items()}}
+       "zhiku_vs_peft_rougeL": pairs.get("42"), "zhiku_vs_peft_rougeL_per_seed": pairs}
 json.dump(out, open(f"bench/results/sft-quality-{task}.json", "w"), indent=1, ensure_ascii=False)
 unit = "characters" if rows and rows[0]["language"] == "zh" else "words"
 print(f"\n{task}: {out['test_examples']} test examples, LoRA on {n} training conversations, {out['date']}\n")

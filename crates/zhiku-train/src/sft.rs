@@ -15,7 +15,7 @@
 //! (faster, more memory). The loss at the output is taken a block of rows at a time with a
 //! fused cross-entropy that never stores the probabilities over the vocabulary.
 
-use crate::sharded::sum_grads;
+use crate::sharded::{add_grad, sum_grads};
 use crate::state::TrainConfig;
 use crate::train_loop::{DevScores, FinalScores, TrainTask};
 use anyhow::{anyhow, bail, Context, Result};
@@ -377,7 +377,8 @@ pub fn rows_pass(model: &GraphDecoder, rows: &[Vec<&SftExample>], weight: f64, r
         let gx = g.get(last.as_tensor()).ok_or_else(|| anyhow!("no gradient reached the last layer"))?.detach();
         for var in &head_vars {
             if let Some(gv) = g.get(var.as_tensor()) {
-                add_grad(&mut acc, var, gv.detach())?;
+                // A tied weight gets gradients from two places, the head from every block of rows.
+                add_grad(&mut acc, var.as_tensor(), &gv.detach())?;
             }
         }
         grad_x = Some(match grad_x {
@@ -414,7 +415,7 @@ pub fn rows_pass(model: &GraphDecoder, rows: &[Vec<&SftExample>], weight: f64, r
     if let Some(embed) = model.embed_trainable() {
         let g = (embedded * &grad)?.sum_all()?.backward()?;
         if let Some(ge) = g.get(embed.as_tensor()) {
-            add_grad(&mut acc, &embed, ge.detach())?;
+            add_grad(&mut acc, embed.as_tensor(), &ge.detach())?;
         }
     }
     Ok((loss, Some(acc)))
@@ -451,21 +452,6 @@ impl<'a> RowLayout<'a> {
     }
 }
 
-/// Adds `g` to `var`'s gradient in `acc` (a tied weight gets gradients from two places; the
-/// head's from every block of rows), in place where it can.
-fn add_grad(acc: &mut GradStore, var: &Var, g: Tensor) -> Result<()> {
-    match acc.get(var.as_tensor()) {
-        Some(prev) if crate::sharded::add_assign(prev, &g)? => {}
-        Some(prev) => {
-            let sum = (prev + g)?;
-            acc.insert(var.as_tensor(), sum);
-        }
-        None => {
-            acc.insert(var.as_tensor(), g);
-        }
-    }
-    Ok(())
-}
 
 /// Cross-entropy sum, learned-token count and correct greedy predictions over examples, in
 /// batches of about `budget` tokens, without gradients.

@@ -58,16 +58,22 @@ fn forward_backward_in(model: &SequenceClassifier, batch: &EncodedBatch, shards:
 pub fn add_grads(into: &mut GradStore, from: &GradStore, params: &Params) -> Result<()> {
     for (_, var) in params.iter() {
         if let Some(g) = from.get(var) {
-            match into.get(var) {
-                Some(prev) if add_assign(prev, g)? => {}
-                Some(prev) => {
-                    let sum = (prev + g)?;
-                    into.insert(var, sum);
-                }
-                None => {
-                    into.insert(var, g.clone());
-                }
-            }
+            add_grad(into, var, g)?;
+        }
+    }
+    Ok(())
+}
+
+/// `var`'s gradient in `into` += `g` (inserted if it has none), in place where it can.
+pub fn add_grad(into: &mut GradStore, var: &Tensor, g: &Tensor) -> Result<()> {
+    match into.get(var) {
+        Some(prev) if add_assign(prev, g)? => {}
+        Some(prev) => {
+            let sum = (prev + g)?;
+            into.insert(var, sum);
+        }
+        None => {
+            into.insert(var, g.clone());
         }
     }
     Ok(())
