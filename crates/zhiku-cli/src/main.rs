@@ -9,6 +9,7 @@ mod generate_cmd;
 mod library_cmd;
 mod merge_cmd;
 mod predict_cmd;
+mod recommend_cmd;
 mod serve_cmd;
 mod summarize_cmd;
 mod train_cmd;
@@ -35,7 +36,8 @@ zhiku eval --model runs/news --data test.jsonl\n  zhiku predict --model runs/new
 zhiku bench --model models/all-MiniLM-L6-v2\n  zhiku serve --model news=runs/news\n  \
 zhiku train --task sft --model qwen2.5-0.5b-instruct-q4_k_m.gguf --train replies.jsonl --output runs/replies\n  \
 zhiku generate --adapter runs/replies \"怎么退货？\"\n  \
-zhiku augment train.jsonl --method back-translation --model qwen2.5-0.5b-instruct-q4_k_m.gguf --output train-bt.jsonl"
+zhiku augment train.jsonl --method back-translation --model qwen2.5-0.5b-instruct-q4_k_m.gguf --output train-bt.jsonl\n  \
+zhiku recommend train --interactions ratings.tsv --algorithm als --output runs/als"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -70,6 +72,8 @@ enum Command {
     Summarize(summarize_cmd::SummarizeArgs),
     /// Write variants of training texts: EDA word edits, or paraphrase and back-translation by a language model.
     Augment(augment_cmd::AugmentArgs),
+    /// Recommend items from behaviour and item text: split logs, train (popularity, item-kNN, BPR, ALS, EASE, content), evaluate, predict.
+    Recommend(recommend_cmd::RecommendArgs),
 }
 
 fn main() {
@@ -92,6 +96,7 @@ fn main() {
         Command::Library(a) => library_cmd::run(a),
         Command::Summarize(a) => summarize_cmd::run(a),
         Command::Augment(a) => augment_cmd::run(a),
+        Command::Recommend(a) => recommend_cmd::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -8,6 +8,7 @@ pub mod augment;
 mod error;
 mod read;
 mod split;
+pub mod table;
 
 pub use error::DataError;
 pub use read::{read_file, write_jsonl, Columns, Dataset, Example, Format};

@@ -1,0 +1,394 @@
+//! A trained recommender: the id maps, the training interactions (to leave out what a user has
+//! seen), item popularity (the fallback for users without history) and the algorithm's weights.
+//!
+//! On disk, a folder: `recommender.json` (algorithm, hyperparameters, training summary),
+//! `ids.json` (user and item ids in index order) and `weights.safetensors` (every array). It is
+//! written into a temporary sibling folder and renamed into place, so a reader never sees half.
+
+use crate::algo::{als, content, ease, itemknn, Algorithm, Factors, Params};
+use crate::data::IdMap;
+use crate::matrix::{score_rows, Csr};
+use anyhow::{bail, Context, Result};
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub const FORMAT: u32 = 1;
+
+/// `recommender.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub format: u32,
+    pub algorithm: Algorithm,
+    pub params: Params,
+    pub users: usize,
+    pub items: usize,
+    pub interactions: usize,
+    /// The encoder folder that embedded the item texts (content models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder: Option<PathBuf>,
+    pub seed: u64,
+    /// Anything the trainer wants to keep: validation scores, timings, the tuning trail.
+    #[serde(default)]
+    pub training: serde_json::Value,
+}
+
+/// The fitted weights.
+#[derive(Debug, Clone)]
+pub enum Weights {
+    Popularity,
+    ItemKnn(Csr),
+    Factors(Factors),
+    Ease(Vec<f32>),
+    /// Unit item embeddings, n x dim.
+    Content { embeddings: Vec<f32>, dim: usize },
+}
+
+#[derive(Debug, Clone)]
+pub struct Recommender {
+    pub config: ModelConfig,
+    pub users: IdMap,
+    pub items: IdMap,
+    /// Training interactions, users x items.
+    pub seen: Csr,
+    /// Training interactions per item.
+    pub popularity: Vec<f32>,
+    pub weights: Weights,
+}
+
+/// Who to recommend for: a trained user (by index) and/or a history of item indices.
+#[derive(Debug, Clone, Copy)]
+pub struct Query<'a> {
+    pub user: Option<u32>,
+    pub history: &'a [u32],
+}
+
+impl Recommender {
+    pub fn n_items(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether the model can score this query with its own algorithm; otherwise [`Self::score`]
+    /// falls back to popularity.
+    pub fn personalises(&self, q: Query) -> bool {
+        match &self.weights {
+            Weights::Popularity => false,
+            Weights::Factors(_) => q.user.is_some() || !q.history.is_empty(),
+            _ => !q.history.is_empty(),
+        }
+    }
+
+    /// Scores every item. Items no training interaction touched get −∞ from the behaviour models
+    /// (they know nothing of them); the content model scores them like any other.
+    pub fn score(&self, q: Query, out: &mut [f32]) {
+        let n = self.n_items();
+        if !self.personalises(q) {
+            out.copy_from_slice(&self.popularity);
+        } else {
+            match &self.weights {
+                Weights::Popularity => unreachable!("popularity never personalises"),
+                Weights::ItemKnn(sim) => itemknn::score(sim, q.history, out),
+                Weights::Ease(b) => ease::score(b, n, q.history, out),
+                Weights::Content { embeddings, dim } => content::score(embeddings, *dim, q.history, out),
+                Weights::Factors(f) => {
+                    let folded;
+                    let xu = match q.user {
+                        Some(u) => &f.user[u as usize * f.dim..(u as usize + 1) * f.dim],
+                        None => {
+                            folded = self.fold_in(f, q.history);
+                            &folded[..]
+                        }
+                    };
+                    score_rows(&f.item, f.dim, xu, f.item_bias.as_deref(), out);
+                }
+            }
+        }
+        if !matches!(self.weights, Weights::Content { .. }) {
+            for (s, &p) in out.iter_mut().zip(&self.popularity) {
+                if p == 0.0 {
+                    *s = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+
+    /// A factor vector for a user the model was not trained on, from their history: the exact
+    /// ALS user step (for ALS), or for BPR the least-squares fit of x.y_i = 1 on the history.
+    pub fn fold_in(&self, f: &Factors, history: &[u32]) -> Vec<f32> {
+        let d = f.dim;
+        let p = match self.config.algorithm {
+            Algorithm::Als => self.config.params.als,
+            _ => als::AlsParams { factors: d, regularization: self.config.params.bpr.regularization.max(0.01), alpha: 2.0, iterations: 1, cg_steps: 0 },
+        };
+        let mut yty = if self.config.algorithm == Algorithm::Als { crate::matrix::gram(&f.item, d) } else { vec![0f64; d * d] };
+        for k in 0..d {
+            yty[k * d + k] += p.regularization as f64;
+        }
+        let mut x = vec![0f32; d];
+        let ones = vec![1f32; history.len()];
+        als::solve_exact(&mut x, history, &ones, &f.item, &yty, &p);
+        x
+    }
+
+    /// The `k` best items for a query, best first, leaving out the user's training items, the
+    /// history and `exclude`, and items scored −∞. Ties go to the lower item index.
+    pub fn recommend(&self, q: Query, k: usize, exclude: &[u32], scores: &mut Vec<f32>) -> Vec<(u32, f32)> {
+        scores.resize(self.n_items(), 0.0);
+        self.score(q, scores);
+        if let Some(u) = q.user {
+            for &i in self.seen.row(u as usize).0 {
+                scores[i as usize] = f32::NEG_INFINITY;
+            }
+        }
+        for &i in q.history.iter().chain(exclude) {
+            if let Some(s) = scores.get_mut(i as usize) {
+                *s = f32::NEG_INFINITY;
+            }
+        }
+        top_k(scores, k)
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        let tmp = tempfile::Builder::new().prefix(".zhiku-recommender-").tempdir_in(parent)?;
+        std::fs::write(tmp.path().join("recommender.json"), serde_json::to_string_pretty(&self.config)?)?;
+        let ids = serde_json::json!({"users": self.users.ids(), "items": self.items.ids()});
+        std::fs::write(tmp.path().join("ids.json"), serde_json::to_string(&ids)?)?;
+        let mut arrays: Vec<(String, Array)> = vec![
+            ("seen.indptr".into(), Array::U64(self.seen.indptr.iter().map(|&v| v as u64).collect())),
+            ("seen.items".into(), Array::U32(self.seen.indices.clone())),
+            ("seen.values".into(), Array::F32(self.seen.values.clone())),
+            ("popularity".into(), Array::F32(self.popularity.clone())),
+        ];
+        match &self.weights {
+            Weights::Popularity => {}
+            Weights::ItemKnn(sim) => {
+                arrays.push(("knn.indptr".into(), Array::U64(sim.indptr.iter().map(|&v| v as u64).collect())));
+                arrays.push(("knn.items".into(), Array::U32(sim.indices.clone())));
+                arrays.push(("knn.values".into(), Array::F32(sim.values.clone())));
+            }
+            Weights::Factors(f) => {
+                arrays.push(("factors.user".into(), Array::F32(f.user.clone())));
+                arrays.push(("factors.item".into(), Array::F32(f.item.clone())));
+                if let Some(b) = &f.item_bias {
+                    arrays.push(("factors.item_bias".into(), Array::F32(b.clone())));
+                }
+            }
+            Weights::Ease(b) => arrays.push(("ease.b".into(), Array::F32(b.clone()))),
+            Weights::Content { embeddings, .. } => arrays.push(("content.embeddings".into(), Array::F32(embeddings.clone()))),
+        }
+        let bytes: Vec<(String, Dtype, usize, Vec<u8>)> = arrays.into_iter().map(|(n, a)| (n, a.dtype(), a.len(), a.bytes())).collect();
+        let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+            .iter()
+            .map(|(n, dt, len, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(*dt, vec![*len], b)?)))
+            .collect::<Result<_>>()?;
+        safetensors::serialize_to_file(views, None, &tmp.path().join("weights.safetensors"))?;
+        let tmp = tmp.keep();
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).with_context(|| format!("cannot replace {}", dir.display()))?;
+        }
+        std::fs::rename(&tmp, dir).with_context(|| format!("cannot move the model into {}", dir.display()))?;
+        Ok(())
+    }
+
+    pub fn load(dir: &Path) -> Result<Self> {
+        let config_path = dir.join("recommender.json");
+        let text = std::fs::read_to_string(&config_path).with_context(|| format!("{} is not a recommender folder (no recommender.json)", dir.display()))?;
+        let config: ModelConfig = serde_json::from_str(&text).with_context(|| format!("{}: not a recommender config", config_path.display()))?;
+        if config.format != FORMAT {
+            bail!("{}: format {} (this build reads {FORMAT})", config_path.display(), config.format);
+        }
+        #[derive(Deserialize)]
+        struct Ids {
+            users: Vec<String>,
+            items: Vec<String>,
+        }
+        let ids: Ids = serde_json::from_str(&std::fs::read_to_string(dir.join("ids.json"))?).with_context(|| format!("{}/ids.json", dir.display()))?;
+        let (users, items) = (IdMap::from_ids(ids.users), IdMap::from_ids(ids.items));
+        let bytes = std::fs::read(dir.join("weights.safetensors")).with_context(|| format!("{}/weights.safetensors", dir.display()))?;
+        let st = SafeTensors::deserialize(&bytes).with_context(|| format!("{}/weights.safetensors", dir.display()))?;
+        let arrays: HashMap<String, Array> = st.tensors().into_iter().map(|(n, v)| Ok((n, Array::from_view(&v)?))).collect::<Result<_>>()?;
+        let get = |name: &str| arrays.get(name).with_context(|| format!("{}/weights.safetensors has no {name}", dir.display()));
+        let csr = |prefix: &str, rows: usize, cols: usize| -> Result<Csr> {
+            let indptr: Vec<usize> = get(&format!("{prefix}.indptr"))?.u64()?.iter().map(|&v| v as usize).collect();
+            let m = Csr { rows, cols, indptr, indices: get(&format!("{prefix}.items"))?.u32()?.to_vec(), values: get(&format!("{prefix}.values"))?.f32()?.to_vec() };
+            if m.indptr.len() != rows + 1 || *m.indptr.last().unwrap_or(&0) != m.indices.len() || m.indices.iter().any(|&c| c as usize >= cols) {
+                bail!("{}/weights.safetensors: {prefix} does not fit {rows} x {cols}", dir.display());
+            }
+            Ok(m)
+        };
+        let (nu, ni) = (users.len(), items.len());
+        let seen = csr("seen", nu, ni)?;
+        let popularity = get("popularity")?.f32()?.to_vec();
+        let sized = |name: &str, len: usize| -> Result<Vec<f32>> {
+            let v = get(name)?.f32()?.to_vec();
+            if v.len() != len {
+                bail!("{}/weights.safetensors: {name} holds {} values, expected {len}", dir.display(), v.len());
+            }
+            Ok(v)
+        };
+        let weights = match config.algorithm {
+            Algorithm::Popularity => Weights::Popularity,
+            Algorithm::ItemKnn => Weights::ItemKnn(csr("knn", ni, ni)?),
+            Algorithm::Bpr | Algorithm::Als => {
+                let dim = if config.algorithm == Algorithm::Bpr { config.params.bpr.factors } else { config.params.als.factors };
+                let item_bias = if arrays.contains_key("factors.item_bias") { Some(sized("factors.item_bias", ni)?) } else { None };
+                Weights::Factors(Factors { dim, user: sized("factors.user", nu * dim)?, item: sized("factors.item", ni * dim)?, item_bias })
+            }
+            Algorithm::Ease => Weights::Ease(sized("ease.b", ni * ni)?),
+            Algorithm::Content => {
+                let embeddings = get("content.embeddings")?.f32()?.to_vec();
+                let dim = if ni == 0 { 0 } else { embeddings.len() / ni };
+                if dim * ni != embeddings.len() {
+                    bail!("{}/weights.safetensors: content.embeddings does not divide into {ni} items", dir.display());
+                }
+                Weights::Content { embeddings, dim }
+            }
+        };
+        if popularity.len() != ni {
+            bail!("{}/weights.safetensors: popularity holds {} values for {ni} items", dir.display(), popularity.len());
+        }
+        Ok(Self { config, users, items, seen, popularity, weights })
+    }
+}
+
+/// The `k` highest finite scores, best first (ties to the lower index).
+pub fn top_k(scores: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut cand: Vec<(u32, f32)> = scores.iter().enumerate().filter(|(_, s)| s.is_finite()).map(|(i, &s)| (i as u32, s)).collect();
+    let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    if cand.len() > k {
+        cand.select_nth_unstable_by(k, order);
+        cand.truncate(k);
+    }
+    cand.sort_by(order);
+    cand
+}
+
+enum Array {
+    F32(Vec<f32>),
+    U32(Vec<u32>),
+    U64(Vec<u64>),
+}
+
+impl Array {
+    fn dtype(&self) -> Dtype {
+        match self {
+            Array::F32(_) => Dtype::F32,
+            Array::U32(_) => Dtype::U32,
+            Array::U64(_) => Dtype::U64,
+        }
+    }
+    fn len(&self) -> usize {
+        match self {
+            Array::F32(v) => v.len(),
+            Array::U32(v) => v.len(),
+            Array::U64(v) => v.len(),
+        }
+    }
+    fn bytes(&self) -> Vec<u8> {
+        match self {
+            Array::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Array::U32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Array::U64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
+    }
+    fn from_view(v: &safetensors::tensor::TensorView) -> Result<Self> {
+        let d = v.data();
+        Ok(match v.dtype() {
+            Dtype::F32 => Array::F32(d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()),
+            Dtype::U32 => Array::U32(d.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect()),
+            Dtype::U64 => Array::U64(d.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect()),
+            other => bail!("unexpected array type {other:?}"),
+        })
+    }
+    fn f32(&self) -> Result<&[f32]> {
+        match self {
+            Array::F32(v) => Ok(v),
+            _ => bail!("expected an f32 array"),
+        }
+    }
+    fn u32(&self) -> Result<&[u32]> {
+        match self {
+            Array::U32(v) => Ok(v),
+            _ => bail!("expected a u32 array"),
+        }
+    }
+    fn u64(&self) -> Result<&[u64]> {
+        match self {
+            Array::U64(v) => Ok(v),
+            _ => bail!("expected a u64 array"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{read_interactions, InteractionColumns};
+    use crate::train::{train, TrainOptions};
+
+    fn log(dir: &Path) -> crate::data::Interactions {
+        let mut body = String::from("user_id\titem_id\trating\n");
+        for u in 0..30 {
+            for k in 0..6 {
+                let item = if u % 2 == 0 { (u + k) % 10 } else { 10 + (u + k) % 10 };
+                body.push_str(&format!("u{u}\ti{item}\t{}\n", 1 + k % 5));
+            }
+        }
+        let p = dir.join("log.tsv");
+        std::fs::write(&p, body).unwrap();
+        read_interactions(&p, &InteractionColumns::default(), IdMap::default(), IdMap::default(), false).unwrap()
+    }
+
+    #[test]
+    fn every_algorithm_saves_loads_and_recommends_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log(dir.path());
+        for a in [Algorithm::Popularity, Algorithm::ItemKnn, Algorithm::Bpr, Algorithm::Als, Algorithm::Ease] {
+            let mut opts = TrainOptions::new(a);
+            opts.tune = false;
+            opts.params.bpr.factors = 8;
+            opts.params.als.factors = 8;
+            let model = train(&log, &opts, &mut ()).unwrap();
+            let out = dir.path().join(a.name());
+            model.save(&out).unwrap();
+            model.save(&out).unwrap(); // replacing a model folder works too
+            let back = Recommender::load(&out).unwrap();
+            for u in [0u32, 1, 7] {
+                let q = Query { user: Some(u), history: model.seen.row(u as usize).0 };
+                let (a1, a2) = (model.recommend(q, 5, &[], &mut Vec::new()), back.recommend(q, 5, &[], &mut Vec::new()));
+                assert_eq!(a1, a2, "{a:?} user {u}");
+                assert_eq!(a1.len(), 5);
+                assert!(a1.iter().all(|(i, _)| !model.seen.contains(u as usize, *i)), "{a:?} recommends a seen item");
+            }
+            // A bare history (a user the model has not seen) is personalised by all but popularity.
+            let history = [log.items.get("i1").unwrap(), log.items.get("i2").unwrap()];
+            let q = Query { user: None, history: &history };
+            assert_eq!(model.personalises(q), a != Algorithm::Popularity, "{a:?}");
+            let recs = model.recommend(q, 3, &[], &mut Vec::new());
+            if a != Algorithm::Popularity {
+                // The history's own group (items i0..i9) comes first.
+                let first = model.items.id(recs[0].0);
+                assert!(first.len() == 2, "{a:?}: {first}");
+            }
+        }
+        assert!(Recommender::load(dir.path()).unwrap_err().to_string().contains("recommender.json"));
+    }
+
+    #[test]
+    fn tuning_is_reproducible_and_respects_fixed_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log(dir.path());
+        let mut opts = TrainOptions::new(Algorithm::Als);
+        opts.params.als.factors = 4;
+        opts.fixed.insert("als.factors".into());
+        let a = train(&log, &opts, &mut ()).unwrap();
+        let b = train(&log, &opts, &mut ()).unwrap();
+        assert_eq!(a.config.params, b.config.params);
+        assert_eq!(a.config.params.als.factors, 4);
+        let trials = a.config.training["trials"].as_array().unwrap();
+        assert!(trials.len() > 5 && trials.iter().all(|t| t["setting"].as_str().unwrap().contains("factors=4")));
+    }
+}

@@ -1,0 +1,223 @@
+//! Training: the algorithm's hyperparameters tuned on a validation split carved from the
+//! training interactions (never the test file), by coordinate search: one hyperparameter at a
+//! time over its candidates with the others held, twice round, keeping what raises NDCG@10 on
+//! validation; then the model fitted on all training interactions with the best setting.
+
+use crate::algo::{als, bpr, content, ease, itemknn, Algorithm, Params};
+use crate::data::{Event, Interactions};
+use crate::matrix::Csr;
+use crate::metrics;
+use crate::model::{ModelConfig, Recommender, Weights, FORMAT};
+use crate::split::{split, Protocol};
+use anyhow::{bail, Result};
+use serde::Serialize;
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub algorithm: Algorithm,
+    /// Starting hyperparameters (the defaults, with any the user set).
+    pub params: Params,
+    /// Hyperparameters the user set (as `algorithm.name`), left out of tuning.
+    pub fixed: BTreeSet<String>,
+    pub tune: bool,
+    /// The share of each user's training interactions held out for tuning.
+    pub validation_ratio: f64,
+    pub seed: u64,
+    /// Content models: the encoder folder and every item's text (by item index).
+    pub encoder: Option<PathBuf>,
+    pub item_texts: Option<Vec<String>>,
+}
+
+impl TrainOptions {
+    pub fn new(algorithm: Algorithm) -> Self {
+        Self { algorithm, params: Params::default(), fixed: BTreeSet::new(), tune: true, validation_ratio: 0.2, seed: 42, encoder: None, item_texts: None }
+    }
+}
+
+/// What the trainer tells its caller while it works.
+pub trait Progress {
+    fn tried(&mut self, _setting: &str, _ndcg: f64) {}
+    fn fitting(&mut self, _what: &str, _done: usize, _total: usize) {}
+}
+
+impl Progress for () {}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Trial {
+    pub setting: String,
+    pub validation_ndcg: f64,
+}
+
+pub fn train(log: &Interactions, opts: &TrainOptions, progress: &mut dyn Progress) -> Result<Recommender> {
+    let (nu, ni) = (log.users.len(), log.items.len());
+    let ui = Csr::from_events(nu, ni, &log.events).binary();
+    let embeddings = match opts.algorithm {
+        Algorithm::Content => {
+            let (Some(encoder), Some(texts)) = (&opts.encoder, &opts.item_texts) else {
+                bail!("the content algorithm needs an item table (--items) and an encoder (--encoder)")
+            };
+            Some(content::embed_items(encoder, texts, 32, |done, total| progress.fitting("embedding item texts", done, total))?)
+        }
+        _ => None,
+    };
+    let started = Instant::now();
+    let mut params = opts.params.clone();
+    let mut trail = Vec::new();
+    let grid = candidates(opts.algorithm);
+    if opts.tune && grid.iter().any(|(name, _)| !opts.fixed.contains(*name)) {
+        let (fit_events, val_events, _) = split(&log.events, ni, Protocol::Random, opts.validation_ratio, opts.seed)?;
+        let fit_ui = Csr::from_events(nu, ni, &fit_events).binary();
+        let val = Csr::from_events(nu, ni, &val_events);
+        let mut cache: HashMap<String, f64> = HashMap::new();
+        let mut score = |p: &Params, progress: &mut dyn Progress| -> Result<f64> {
+            let key = setting(opts.algorithm, p);
+            if let Some(&s) = cache.get(&key) {
+                return Ok(s);
+            }
+            let model = assemble(opts, p.clone(), &fit_ui, &fit_events, log, embeddings.clone(), &mut ())?;
+            let s = metrics::evaluate(&model, &val, 10).ndcg;
+            progress.tried(&key, s);
+            trail.push(Trial { setting: key.clone(), validation_ndcg: s });
+            cache.insert(key, s);
+            Ok(s)
+        };
+        let mut best = score(&params, progress)?;
+        for _round in 0..2 {
+            for (name, values) in &grid {
+                if opts.fixed.contains(*name) {
+                    continue;
+                }
+                for &v in values {
+                    let mut p = params.clone();
+                    set(&mut p, name, v);
+                    let s = score(&p, progress)?;
+                    if s > best + 1e-9 {
+                        best = s;
+                        params = p;
+                    }
+                }
+            }
+        }
+    }
+    let tuning_seconds = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let mut model = assemble(opts, params.clone(), &ui, &log.events, log, embeddings, progress)?;
+    model.config.training = serde_json::json!({
+        "tuned": opts.tune,
+        "tuning_seconds": tuning_seconds,
+        "fit_seconds": started.elapsed().as_secs_f64(),
+        "validation_ratio": opts.validation_ratio,
+        "trials": trail,
+        "read": log.report,
+    });
+    Ok(model)
+}
+
+/// Fits the algorithm on `ui` and wraps it as a model over all of `log`'s users and items.
+fn assemble(
+    opts: &TrainOptions,
+    params: Params,
+    ui: &Csr,
+    events: &[Event],
+    log: &Interactions,
+    embeddings: Option<(Vec<f32>, usize)>,
+    progress: &mut dyn Progress,
+) -> Result<Recommender> {
+    let mut popularity = vec![0f32; ui.cols];
+    for e in events {
+        popularity[e.item as usize] += 1.0;
+    }
+    let a = opts.algorithm;
+    let weights = match a {
+        Algorithm::Popularity => Weights::Popularity,
+        Algorithm::ItemKnn => Weights::ItemKnn(itemknn::fit(ui, &params.itemknn)),
+        Algorithm::Bpr => {
+            let total = params.bpr.iterations;
+            Weights::Factors(bpr::fit(ui, &params.bpr, opts.seed, |d| progress.fitting("bpr epochs", d, total)))
+        }
+        Algorithm::Als => {
+            let total = params.als.iterations;
+            Weights::Factors(als::fit(ui, &params.als, opts.seed, |d| progress.fitting("als iterations", d, total)))
+        }
+        Algorithm::Ease => Weights::Ease(ease::fit(ui, &params.ease)?),
+        Algorithm::Content => {
+            let (embeddings, dim) = embeddings.expect("embedded before");
+            Weights::Content { embeddings, dim }
+        }
+    };
+    let config = ModelConfig {
+        format: FORMAT,
+        algorithm: a,
+        params,
+        users: ui.rows,
+        items: ui.cols,
+        interactions: ui.nnz(),
+        encoder: opts.encoder.clone(),
+        seed: opts.seed,
+        training: serde_json::Value::Null,
+    };
+    Ok(Recommender { config, users: log.users.clone(), items: log.items.clone(), seen: ui.clone(), popularity, weights })
+}
+
+/// The hyperparameters each algorithm tunes, in search order, with their candidates.
+pub fn candidates(a: Algorithm) -> Vec<(&'static str, Vec<f64>)> {
+    match a {
+        Algorithm::ItemKnn => vec![("itemknn.neighbors", vec![10.0, 20.0, 50.0, 100.0, 200.0, 400.0]), ("itemknn.shrink", vec![0.0, 10.0, 50.0])],
+        Algorithm::Bpr => vec![
+            ("bpr.factors", vec![32.0, 64.0, 128.0, 200.0]),
+            ("bpr.learning_rate", vec![0.01, 0.025, 0.05, 0.1]),
+            ("bpr.regularization", vec![0.0001, 0.001, 0.01]),
+            ("bpr.iterations", vec![50.0, 100.0, 200.0, 400.0]),
+        ],
+        Algorithm::Als => vec![
+            ("als.factors", vec![16.0, 32.0, 64.0, 128.0, 200.0]),
+            ("als.regularization", vec![0.01, 0.1, 1.0, 10.0, 50.0]),
+            ("als.alpha", vec![1.0, 2.0, 5.0, 10.0, 20.0, 40.0]),
+            ("als.iterations", vec![10.0, 15.0, 30.0]),
+        ],
+        Algorithm::Ease => vec![("ease.regularization", vec![10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0])],
+        Algorithm::Popularity | Algorithm::Content => vec![],
+    }
+}
+
+/// Sets one hyperparameter by its `algorithm.name`; false for an unknown name.
+pub fn set(p: &mut Params, name: &str, v: f64) -> bool {
+    match name {
+        "itemknn.neighbors" => p.itemknn.neighbors = v as usize,
+        "itemknn.shrink" => p.itemknn.shrink = v as f32,
+        "bpr.factors" => p.bpr.factors = v as usize,
+        "bpr.learning_rate" => p.bpr.learning_rate = v as f32,
+        "bpr.regularization" => p.bpr.regularization = v as f32,
+        "bpr.iterations" => p.bpr.iterations = v as usize,
+        "als.factors" => p.als.factors = v as usize,
+        "als.regularization" => p.als.regularization = v as f32,
+        "als.alpha" => p.als.alpha = v as f32,
+        "als.iterations" => p.als.iterations = v as usize,
+        "als.cg_steps" => p.als.cg_steps = v as usize,
+        "ease.regularization" => p.ease.regularization = v as f32,
+        _ => return false,
+    }
+    true
+}
+
+/// The algorithm's hyperparameters as `name=value ...`.
+pub fn setting(a: Algorithm, p: &Params) -> String {
+    let v = match a {
+        Algorithm::ItemKnn => serde_json::to_value(p.itemknn),
+        Algorithm::Bpr => serde_json::to_value(p.bpr),
+        Algorithm::Als => serde_json::to_value(p.als),
+        Algorithm::Ease => serde_json::to_value(p.ease),
+        Algorithm::Popularity | Algorithm::Content => return a.name().to_string(),
+    }
+    .unwrap_or_default();
+    // The values are f32: printed as such (0.01, not 0.009999999776482582).
+    let show = |v: &serde_json::Value| match v.as_f64() {
+        Some(x) if v.is_f64() => format!("{}", x as f32),
+        _ => v.to_string(),
+    };
+    let fields = v.as_object().map(|o| o.iter().map(|(k, v)| format!("{k}={}", show(v))).collect::<Vec<_>>().join(" ")).unwrap_or_default();
+    format!("{} {fields}", a.name())
+}
