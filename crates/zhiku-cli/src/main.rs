@@ -83,6 +83,9 @@ fn main() {
     configure_threads();
     zhiku_models::float_env::init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        restore_sigpipe();
+    }
     let result = match cli.command {
         Command::Train(a) => train_cmd::run(a),
         Command::Eval(a) => eval_cmd::run(a),
@@ -118,6 +121,16 @@ fn configure_threads() {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         // Called once at start-up before other threads exist.
         std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
+/// `zhiku ... | head` should end quietly when `head` closes the pipe, as other Unix tools do,
+/// rather than panic on the failed write (Rust ignores SIGPIPE by default). Not for the server,
+/// where a client hanging up must not end the process.
+fn restore_sigpipe() {
+    // SAFETY: called once at start-up before other threads exist.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

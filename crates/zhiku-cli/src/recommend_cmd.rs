@@ -89,7 +89,8 @@ struct TrainArgs {
     /// The training interactions (CSV, TSV or JSONL).
     #[arg(long, value_name = "FILE")]
     interactions: PathBuf,
-    /// popularity, itemknn, bpr, als, ease or content.
+    /// popularity, itemknn, bpr, als, ease, content (item texts) or hybrid (als plus item texts,
+    /// so that items without interactions are recommended too).
     #[arg(long, default_value = "als")]
     algorithm: String,
     /// Item table (id column plus text columns): the catalogue, and the texts the content model
@@ -99,7 +100,7 @@ struct TrainArgs {
     /// Item-table columns joined into an item's text (comma-separated; default: all but the id).
     #[arg(long, value_delimiter = ',')]
     item_text_columns: Vec<String>,
-    /// Encoder folder for the content model (e.g. all-MiniLM-L6-v2 or m3e-small).
+    /// Encoder folder for the content and hybrid models (e.g. all-MiniLM-L6-v2 or m3e-small).
     #[arg(long, value_name = "MODEL_DIR")]
     encoder: Option<PathBuf>,
     /// Where the model folder goes.
@@ -129,9 +130,14 @@ struct TrainArgs {
     /// Train with the given or default hyperparameters, without a validation search.
     #[arg(long)]
     no_tune: bool,
-    /// Share of each user's training interactions held out to tune on.
+    /// Share of the training interactions held out to tune on.
     #[arg(long, default_value_t = 0.2)]
     validation_ratio: f64,
+    /// How the tuning split is carved: random (a share of each user's interactions), cold-items
+    /// (whole items held out: tunes the hybrid for new items, including how far to lift items
+    /// without interactions) or mixed (half each).
+    #[arg(long, default_value = "random")]
+    validation_protocol: String,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     #[command(flatten)]
@@ -268,8 +274,8 @@ fn run_train(a: TrainArgs) -> Result<i32> {
         Some(p) => Some(read_items(p, &cols.item, &a.item_text_columns, cols.format)?),
         None => None,
     };
-    if algorithm == Algorithm::Content && (items.is_none() || a.encoder.is_none()) {
-        bail!("--algorithm content needs --items (the item texts) and --encoder (the model that embeds them)");
+    if algorithm.needs_text() && (items.is_none() || a.encoder.is_none()) {
+        bail!("--algorithm {} needs --items (the item texts) and --encoder (the model that embeds them)", algorithm.name());
     }
     let catalogue = items.as_ref().map(|i| i.ids.clone()).unwrap_or_default();
     let log = read_interactions(&a.interactions, &cols, IdMap::default(), catalogue, items.is_some())?;
@@ -278,6 +284,7 @@ fn run_train(a: TrainArgs) -> Result<i32> {
     opts.tune = !a.no_tune;
     opts.seed = a.seed;
     opts.validation_ratio = a.validation_ratio;
+    opts.validation = Some(train::Validation::parse(&a.validation_protocol)?);
     opts.encoder = a.encoder.clone();
     opts.item_texts = items.as_ref().map(|it| (0..log.items.len() as u32).map(|i| it.text(i)).collect());
     train::set(&mut opts.params, "als.cg_steps", a.cg_steps as f64);
@@ -292,7 +299,9 @@ fn run_train(a: TrainArgs) -> Result<i32> {
     ];
     for (flag, value) in given {
         let Some(v) = value else { continue };
-        let key = format!("{name}.{flag}");
+        // The hybrid's factors are its ALS's.
+        let owner = if algorithm == Algorithm::Hybrid && matches!(flag, "factors" | "regularization" | "alpha" | "iterations") { "als" } else { name };
+        let key = format!("{owner}.{flag}");
         if !train::set(&mut opts.params, &key, v) {
             bail!("--{} does not apply to --algorithm {name}", flag.replace('_', "-"));
         }
@@ -300,7 +309,7 @@ fn run_train(a: TrainArgs) -> Result<i32> {
     }
     let started = Instant::now();
     if !a.quiet && opts.tune && !train::candidates(algorithm).is_empty() {
-        eprintln!("tuning {name} on {:.0}% of each user's training interactions held out:", a.validation_ratio * 100.0);
+        eprintln!("tuning {name} on {:.0}% of the training interactions held out:", a.validation_ratio * 100.0);
     }
     let mut reporter = Reporter { quiet: a.quiet || a.json, bar: None };
     let model = train::train(&log, &opts, &mut reporter)?;

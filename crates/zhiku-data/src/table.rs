@@ -188,7 +188,9 @@ where
 mod tests {
     use super::*;
 
-    fn collect(name: &str, body: &str, cols: &[Column]) -> Result<Vec<(usize, Vec<Option<String>>)>, DataError> {
+    type Rows = Vec<(usize, Vec<Option<String>>)>;
+
+    fn collect(name: &str, body: &str, cols: &[Column]) -> Result<Rows, DataError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(name);
         std::fs::write(&path, body).unwrap();

@@ -155,8 +155,17 @@ pub fn gram(x: &[f32], d: usize) -> Vec<f64> {
 }
 
 /// Solves `A x = b` for symmetric positive definite `A` (d x d, row-major) by Cholesky, in place
-/// of `b`. False when `A` is not positive definite.
+/// of `b` (`A` is overwritten by its factor). False when `A` is not positive definite.
 pub fn cholesky_solve(a: &mut [f64], b: &mut [f64], d: usize) -> bool {
+    if !cholesky_factor(a, d) {
+        return false;
+    }
+    cholesky_substitute(a, b, d);
+    true
+}
+
+/// Overwrites the lower triangle of `a` with L, A = L Lᵀ. False when `A` is not positive definite.
+pub fn cholesky_factor(a: &mut [f64], d: usize) -> bool {
     for j in 0..d {
         let mut s = a[j * d + j];
         for k in 0..j {
@@ -175,21 +184,25 @@ pub fn cholesky_solve(a: &mut [f64], b: &mut [f64], d: usize) -> bool {
             a[i * d + j] = s / l;
         }
     }
+    true
+}
+
+/// Solves L Lᵀ x = b in place of `b`, `l` from [`cholesky_factor`].
+pub fn cholesky_substitute(l: &[f64], b: &mut [f64], d: usize) {
     for i in 0..d {
         let mut s = b[i];
         for k in 0..i {
-            s -= a[i * d + k] * b[k];
+            s -= l[i * d + k] * b[k];
         }
-        b[i] = s / a[i * d + i];
+        b[i] = s / l[i * d + i];
     }
     for i in (0..d).rev() {
         let mut s = b[i];
         for k in i + 1..d {
-            s -= a[k * d + i] * b[k];
+            s -= l[k * d + i] * b[k];
         }
-        b[i] = s / a[i * d + i];
+        b[i] = s / l[i * d + i];
     }
-    true
 }
 
 #[cfg(test)]

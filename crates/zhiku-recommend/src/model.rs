@@ -5,6 +5,7 @@
 //! `ids.json` (user and item ids in index order) and `weights.safetensors` (every array). It is
 //! written into a temporary sibling folder and renamed into place, so a reader never sees half.
 
+use crate::algo::hybrid::Hybrid;
 use crate::algo::{als, content, ease, itemknn, Algorithm, Factors, Params};
 use crate::data::IdMap;
 use crate::matrix::{score_rows, Csr};
@@ -43,6 +44,7 @@ pub enum Weights {
     Ease(Vec<f32>),
     /// Unit item embeddings, n x dim.
     Content { embeddings: Vec<f32>, dim: usize },
+    Hybrid(Hybrid),
 }
 
 #[derive(Debug, Clone)]
@@ -74,7 +76,7 @@ impl Recommender {
     pub fn personalises(&self, q: Query) -> bool {
         match &self.weights {
             Weights::Popularity => false,
-            Weights::Factors(_) => q.user.is_some() || !q.history.is_empty(),
+            Weights::Factors(_) | Weights::Hybrid(_) => q.user.is_some() || !q.history.is_empty(),
             _ => !q.history.is_empty(),
         }
     }
@@ -91,20 +93,11 @@ impl Recommender {
                 Weights::ItemKnn(sim) => itemknn::score(sim, q.history, out),
                 Weights::Ease(b) => ease::score(b, n, q.history, out),
                 Weights::Content { embeddings, dim } => content::score(embeddings, *dim, q.history, out),
-                Weights::Factors(f) => {
-                    let folded;
-                    let xu = match q.user {
-                        Some(u) => &f.user[u as usize * f.dim..(u as usize + 1) * f.dim],
-                        None => {
-                            folded = self.fold_in(f, q.history);
-                            &folded[..]
-                        }
-                    };
-                    score_rows(&f.item, f.dim, xu, f.item_bias.as_deref(), out);
-                }
+                Weights::Factors(f) => score_rows(&f.item, f.dim, &self.user_vector(f, q), f.item_bias.as_deref(), out),
+                Weights::Hybrid(h) => h.score(&self.user_vector(&h.factors, q), q.history, out),
             }
         }
-        if !matches!(self.weights, Weights::Content { .. }) {
+        if !matches!(self.weights, Weights::Content { .. } | Weights::Hybrid(_)) {
             for (s, &p) in out.iter_mut().zip(&self.popularity) {
                 if p == 0.0 {
                     *s = f32::NEG_INFINITY;
@@ -113,15 +106,23 @@ impl Recommender {
         }
     }
 
+    /// The user's trained factors, or for a bare history its fold-in.
+    fn user_vector<'a>(&self, f: &'a Factors, q: Query) -> std::borrow::Cow<'a, [f32]> {
+        match q.user {
+            Some(u) => std::borrow::Cow::Borrowed(&f.user[u as usize * f.dim..(u as usize + 1) * f.dim]),
+            None => std::borrow::Cow::Owned(self.fold_in(f, q.history)),
+        }
+    }
+
     /// A factor vector for a user the model was not trained on, from their history: the exact
     /// ALS user step (for ALS), or for BPR the least-squares fit of x.y_i = 1 on the history.
     pub fn fold_in(&self, f: &Factors, history: &[u32]) -> Vec<f32> {
         let d = f.dim;
         let p = match self.config.algorithm {
-            Algorithm::Als => self.config.params.als,
+            Algorithm::Als | Algorithm::Hybrid => self.config.params.als,
             _ => als::AlsParams { factors: d, regularization: self.config.params.bpr.regularization.max(0.01), alpha: 2.0, iterations: 1, cg_steps: 0 },
         };
-        let mut yty = if self.config.algorithm == Algorithm::Als { crate::matrix::gram(&f.item, d) } else { vec![0f64; d * d] };
+        let mut yty = if matches!(self.config.algorithm, Algorithm::Als | Algorithm::Hybrid) { crate::matrix::gram(&f.item, d) } else { vec![0f64; d * d] };
         for k in 0..d {
             yty[k * d + k] += p.regularization as f64;
         }
@@ -178,6 +179,12 @@ impl Recommender {
             }
             Weights::Ease(b) => arrays.push(("ease.b".into(), Array::F32(b.clone()))),
             Weights::Content { embeddings, .. } => arrays.push(("content.embeddings".into(), Array::F32(embeddings.clone()))),
+            Weights::Hybrid(h) => {
+                arrays.push(("factors.user".into(), Array::F32(h.factors.user.clone())));
+                arrays.push(("factors.item".into(), Array::F32(h.factors.item.clone())));
+                arrays.push(("content.embeddings".into(), Array::F32(h.embeddings.clone())));
+                arrays.push(("hybrid.cold".into(), Array::U32(h.cold.iter().map(|&c| c as u32).collect())));
+            }
         }
         let bytes: Vec<(String, Dtype, usize, Vec<u8>)> = arrays.into_iter().map(|(n, a)| (n, a.dtype(), a.len(), a.bytes())).collect();
         let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
@@ -238,13 +245,23 @@ impl Recommender {
                 Weights::Factors(Factors { dim, user: sized("factors.user", nu * dim)?, item: sized("factors.item", ni * dim)?, item_bias })
             }
             Algorithm::Ease => Weights::Ease(sized("ease.b", ni * ni)?),
-            Algorithm::Content => {
+            Algorithm::Content | Algorithm::Hybrid => {
                 let embeddings = get("content.embeddings")?.f32()?.to_vec();
-                let dim = if ni == 0 { 0 } else { embeddings.len() / ni };
+                let dim = embeddings.len().checked_div(ni).unwrap_or(0);
                 if dim * ni != embeddings.len() {
                     bail!("{}/weights.safetensors: content.embeddings does not divide into {ni} items", dir.display());
                 }
-                Weights::Content { embeddings, dim }
+                if config.algorithm == Algorithm::Content {
+                    Weights::Content { embeddings, dim }
+                } else {
+                    let d = config.params.als.factors;
+                    let factors = Factors { dim: d, user: sized("factors.user", nu * d)?, item: sized("factors.item", ni * d)?, item_bias: None };
+                    let cold: Vec<bool> = get("hybrid.cold")?.u32()?.iter().map(|&c| c != 0).collect();
+                    if cold.len() != ni {
+                        bail!("{}/weights.safetensors: hybrid.cold holds {} values for {ni} items", dir.display(), cold.len());
+                    }
+                    Weights::Hybrid(Hybrid { factors, embeddings, emb_dim: dim, cold, params: config.params.hybrid })
+                }
             }
         };
         if popularity.len() != ni {

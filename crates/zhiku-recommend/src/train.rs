@@ -3,7 +3,7 @@
 //! time over its candidates with the others held, twice round, keeping what raises NDCG@10 on
 //! validation; then the model fitted on all training interactions with the best setting.
 
-use crate::algo::{als, bpr, content, ease, itemknn, Algorithm, Params};
+use crate::algo::{als, bpr, content, ease, hybrid, itemknn, Algorithm, Params};
 use crate::data::{Event, Interactions};
 use crate::matrix::Csr;
 use crate::metrics;
@@ -25,6 +25,8 @@ pub struct TrainOptions {
     pub tune: bool,
     /// The share of each user's training interactions held out for tuning.
     pub validation_ratio: f64,
+    /// How the validation split is carved (default: random, mixed for the hybrid).
+    pub validation: Option<Validation>,
     pub seed: u64,
     /// Content models: the encoder folder and every item's text (by item index).
     pub encoder: Option<PathBuf>,
@@ -33,7 +35,30 @@ pub struct TrainOptions {
 
 impl TrainOptions {
     pub fn new(algorithm: Algorithm) -> Self {
-        Self { algorithm, params: Params::default(), fixed: BTreeSet::new(), tune: true, validation_ratio: 0.2, seed: 42, encoder: None, item_texts: None }
+        Self { algorithm, params: Params::default(), fixed: BTreeSet::new(), tune: true, validation_ratio: 0.2, validation: None, seed: 42, encoder: None, item_texts: None }
+    }
+}
+
+/// How the validation split is carved from the training log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Validation {
+    /// A share of each user's interactions (what a random test split measures).
+    Random,
+    /// Whole items, all of their interactions (what a cold-items test split measures).
+    ColdItems,
+    /// Half of the share each way.
+    Mixed,
+}
+
+impl Validation {
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "random" => Validation::Random,
+            "cold-items" => Validation::ColdItems,
+            "mixed" => Validation::Mixed,
+            _ => bail!("unknown validation protocol {s:?}: expected random, cold-items or mixed"),
+        })
     }
 }
 
@@ -54,21 +79,24 @@ pub struct Trial {
 pub fn train(log: &Interactions, opts: &TrainOptions, progress: &mut dyn Progress) -> Result<Recommender> {
     let (nu, ni) = (log.users.len(), log.items.len());
     let ui = Csr::from_events(nu, ni, &log.events).binary();
-    let embeddings = match opts.algorithm {
-        Algorithm::Content => {
-            let (Some(encoder), Some(texts)) = (&opts.encoder, &opts.item_texts) else {
-                bail!("the content algorithm needs an item table (--items) and an encoder (--encoder)")
-            };
-            Some(content::embed_items(encoder, texts, 32, |done, total| progress.fitting("embedding item texts", done, total))?)
-        }
-        _ => None,
+    let embeddings = if opts.algorithm.needs_text() {
+        let (Some(encoder), Some(texts)) = (&opts.encoder, &opts.item_texts) else {
+            bail!("the {} algorithm needs an item table (--items) and an encoder (--encoder)", opts.algorithm.name())
+        };
+        Some(content::embed_items(encoder, texts, 32, |done, total| progress.fitting("embedding item texts", done, total))?)
+    } else {
+        None
     };
     let started = Instant::now();
     let mut params = opts.params.clone();
     let mut trail = Vec::new();
-    let grid = candidates(opts.algorithm);
+    let mut grid = candidates(opts.algorithm);
+    if validation_protocol(opts) == Validation::Random {
+        // No item is new in such a split: a boost for new items cannot be measured there.
+        grid.retain(|(name, _)| *name != "hybrid.cold_boost");
+    }
     if opts.tune && grid.iter().any(|(name, _)| !opts.fixed.contains(*name)) {
-        let (fit_events, val_events, _) = split(&log.events, ni, Protocol::Random, opts.validation_ratio, opts.seed)?;
+        let (fit_events, val_events) = validation_split(log, opts)?;
         let fit_ui = Csr::from_events(nu, ni, &fit_events).binary();
         let val = Csr::from_events(nu, ni, &val_events);
         let mut cache: HashMap<String, f64> = HashMap::new();
@@ -110,10 +138,38 @@ pub fn train(log: &Interactions, opts: &TrainOptions, progress: &mut dyn Progres
         "tuning_seconds": tuning_seconds,
         "fit_seconds": started.elapsed().as_secs_f64(),
         "validation_ratio": opts.validation_ratio,
+        "validation": opts.validation,
         "trials": trail,
         "read": log.report,
     });
     Ok(model)
+}
+
+fn validation_protocol(opts: &TrainOptions) -> Validation {
+    opts.validation.unwrap_or(Validation::Random)
+}
+
+/// The validation split carved from the training log (see [`Validation`]).
+fn validation_split(log: &Interactions, opts: &TrainOptions) -> Result<(Vec<Event>, Vec<Event>)> {
+    let ni = log.items.len();
+    let r = opts.validation_ratio;
+    Ok(match validation_protocol(opts) {
+        Validation::Random => {
+            let (fit, val, _) = split(&log.events, ni, Protocol::Random, r, opts.seed)?;
+            (fit, val)
+        }
+        Validation::ColdItems => {
+            let (fit, val, _) = split(&log.events, ni, Protocol::ColdItems, r, opts.seed)?;
+            (fit, val)
+        }
+        Validation::Mixed => {
+            let (rest, mut val, _) = split(&log.events, ni, Protocol::ColdItems, r / 2.0, opts.seed)?;
+            let (fit, warm, _) = split(&rest, ni, Protocol::Random, r / 2.0, opts.seed)?;
+            val.extend(warm);
+            val.sort_by_key(|e| (e.user, e.item));
+            (fit, val)
+        }
+    })
 }
 
 /// Fits the algorithm on `ui` and wraps it as a model over all of `log`'s users and items.
@@ -147,6 +203,13 @@ fn assemble(
             let (embeddings, dim) = embeddings.expect("embedded before");
             Weights::Content { embeddings, dim }
         }
+        Algorithm::Hybrid => {
+            let (embeddings, dim) = embeddings.as_ref().expect("embedded before");
+            progress.fitting("hybrid (als + text map)", 0, 1);
+            let h = hybrid::fit(ui, embeddings, *dim, &params.als, &params.hybrid, opts.seed);
+            progress.fitting("hybrid (als + text map)", 1, 1);
+            Weights::Hybrid(h)
+        }
     };
     let config = ModelConfig {
         format: FORMAT,
@@ -179,6 +242,14 @@ pub fn candidates(a: Algorithm) -> Vec<(&'static str, Vec<f64>)> {
             ("als.iterations", vec![10.0, 15.0, 30.0]),
         ],
         Algorithm::Ease => vec![("ease.regularization", vec![10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0])],
+        Algorithm::Hybrid => vec![
+            ("als.factors", vec![16.0, 32.0, 64.0, 128.0]),
+            ("als.regularization", vec![0.1, 1.0, 10.0, 50.0]),
+            ("als.alpha", vec![1.0, 2.0, 5.0, 10.0]),
+            ("hybrid.ridge", vec![0.1, 1.0, 10.0, 100.0]),
+            ("hybrid.content_weight", vec![0.0, 0.05, 0.1, 0.2, 0.5, 1.0]),
+            ("hybrid.cold_boost", vec![0.0, 0.05, 0.1, 0.2, 0.5, 1.0]),
+        ],
         Algorithm::Popularity | Algorithm::Content => vec![],
     }
 }
@@ -198,6 +269,9 @@ pub fn set(p: &mut Params, name: &str, v: f64) -> bool {
         "als.iterations" => p.als.iterations = v as usize,
         "als.cg_steps" => p.als.cg_steps = v as usize,
         "ease.regularization" => p.ease.regularization = v as f32,
+        "hybrid.ridge" => p.hybrid.ridge = v as f32,
+        "hybrid.content_weight" => p.hybrid.content_weight = v as f32,
+        "hybrid.cold_boost" => p.hybrid.cold_boost = v as f32,
         _ => return false,
     }
     true
@@ -205,19 +279,24 @@ pub fn set(p: &mut Params, name: &str, v: f64) -> bool {
 
 /// The algorithm's hyperparameters as `name=value ...`.
 pub fn setting(a: Algorithm, p: &Params) -> String {
-    let v = match a {
-        Algorithm::ItemKnn => serde_json::to_value(p.itemknn),
-        Algorithm::Bpr => serde_json::to_value(p.bpr),
-        Algorithm::Als => serde_json::to_value(p.als),
-        Algorithm::Ease => serde_json::to_value(p.ease),
+    let parts: Vec<(&str, serde_json::Value)> = match a {
+        Algorithm::ItemKnn => vec![("", serde_json::json!(p.itemknn))],
+        Algorithm::Bpr => vec![("", serde_json::json!(p.bpr))],
+        Algorithm::Als => vec![("", serde_json::json!(p.als))],
+        Algorithm::Ease => vec![("", serde_json::json!(p.ease))],
+        Algorithm::Hybrid => vec![("als.", serde_json::json!(p.als)), ("", serde_json::json!(p.hybrid))],
         Algorithm::Popularity | Algorithm::Content => return a.name().to_string(),
-    }
-    .unwrap_or_default();
+    };
     // The values are f32: printed as such (0.01, not 0.009999999776482582).
     let show = |v: &serde_json::Value| match v.as_f64() {
         Some(x) if v.is_f64() => format!("{}", x as f32),
         _ => v.to_string(),
     };
-    let fields = v.as_object().map(|o| o.iter().map(|(k, v)| format!("{k}={}", show(v))).collect::<Vec<_>>().join(" ")).unwrap_or_default();
-    format!("{} {fields}", a.name())
+    let mut fields = Vec::new();
+    for (prefix, v) in parts {
+        for (k, v) in v.as_object().into_iter().flatten() {
+            fields.push(format!("{prefix}{k}={}", show(v)));
+        }
+    }
+    format!("{} {}", a.name(), fields.join(" "))
 }

@@ -5,6 +5,7 @@ pub mod als;
 pub mod bpr;
 pub mod content;
 pub mod ease;
+pub mod hybrid;
 pub mod itemknn;
 
 use serde::{Deserialize, Serialize};
@@ -27,10 +28,11 @@ pub enum Algorithm {
     Als,
     Ease,
     Content,
+    Hybrid,
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 6] = [Algorithm::Popularity, Algorithm::ItemKnn, Algorithm::Bpr, Algorithm::Als, Algorithm::Ease, Algorithm::Content];
+    pub const ALL: [Algorithm; 7] = [Algorithm::Popularity, Algorithm::ItemKnn, Algorithm::Bpr, Algorithm::Als, Algorithm::Ease, Algorithm::Content, Algorithm::Hybrid];
 
     pub fn parse(s: &str) -> anyhow::Result<Self> {
         Ok(match s {
@@ -40,7 +42,8 @@ impl Algorithm {
             "als" | "ials" => Algorithm::Als,
             "ease" => Algorithm::Ease,
             "content" => Algorithm::Content,
-            _ => anyhow::bail!("unknown algorithm {s:?}: expected popularity, itemknn, bpr, als, ease or content"),
+            "hybrid" => Algorithm::Hybrid,
+            _ => anyhow::bail!("unknown algorithm {s:?}: expected popularity, itemknn, bpr, als, ease, content or hybrid"),
         })
     }
 
@@ -52,6 +55,7 @@ impl Algorithm {
             Algorithm::Als => "als",
             Algorithm::Ease => "ease",
             Algorithm::Content => "content",
+            Algorithm::Hybrid => "hybrid",
         }
     }
 }
@@ -64,4 +68,12 @@ pub struct Params {
     pub bpr: bpr::BprParams,
     pub als: als::AlsParams,
     pub ease: ease::EaseParams,
+    pub hybrid: hybrid::HybridParams,
+}
+
+impl Algorithm {
+    /// Whether the algorithm reads item texts (and so needs an item table and an encoder).
+    pub fn needs_text(self) -> bool {
+        matches!(self, Algorithm::Content | Algorithm::Hybrid)
+    }
 }
