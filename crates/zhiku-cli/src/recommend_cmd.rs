@@ -186,7 +186,8 @@ struct PredictArgs {
     /// How many items.
     #[arg(long, default_value_t = 10)]
     k: usize,
-    /// Item table whose columns are printed beside each item.
+    /// Item table whose columns are printed beside each item (default: the one the model was
+    /// trained with, if any).
     #[arg(long, value_name = "FILE")]
     items: Option<PathBuf>,
     /// Print JSON.
@@ -312,7 +313,8 @@ fn run_train(a: TrainArgs) -> Result<i32> {
         eprintln!("tuning {name} on {:.0}% of the training interactions held out:", a.validation_ratio * 100.0);
     }
     let mut reporter = Reporter { quiet: a.quiet || a.json, bar: None };
-    let model = train::train(&log, &opts, &mut reporter)?;
+    let mut model = train::train(&log, &opts, &mut reporter)?;
+    model.item_table = items;
     let seconds = started.elapsed().as_secs_f64();
     model.save(&a.output)?;
     let chosen = train::setting(algorithm, &model.config.params);
@@ -392,9 +394,10 @@ fn run_predict(a: PredictArgs) -> Result<i32> {
         Some(p) => Some(read_items(p, "item_id", &[], None)?),
         None => None,
     };
+    // The item's text from --items, else from the table the model was trained with.
     let describe = |i: u32| -> String {
         let id = model.items.id(i);
-        items.as_ref().and_then(|t| t.ids.get(id).map(|k| t.text(k))).unwrap_or_default()
+        items.as_ref().or(model.item_table.as_ref()).and_then(|t| t.ids.get(id).map(|k| t.text(k))).unwrap_or_default()
     };
     let why = match (a.user.is_some(), user.is_some(), fallback) {
         (_, _, false) => None,

@@ -22,7 +22,7 @@ pub struct ServeArgs {
     /// (OpenAI-compatible /v1/chat/completions and /v1/completions), or a LoRA adapter folder
     /// from `zhiku train --task sft` (or PEFT) over a GGUF model also served: requests choose it
     /// by NAME, and every adapter shares its base's weights and batches.
-    #[arg(long = "model", value_name = "NAME=PATH", required_unless_present = "libraries")]
+    #[arg(long = "model", value_name = "NAME=PATH", required_unless_present_any = ["libraries", "recommenders"])]
     models: Vec<String>,
     /// A content library to serve, as NAME=DIR (made by `zhiku library add`; repeat for several)
     /// or NAME=postgres://USER@HOST/DB#LIB (several servers may share it):
@@ -31,6 +31,11 @@ pub struct ServeArgs {
     /// library:NAME:write to change it.
     #[arg(long = "library", value_name = "NAME=DIR")]
     libraries: Vec<String>,
+    /// A recommender to serve, as NAME=DIR (made by `zhiku recommend train`; repeat for several):
+    /// POST /v1/recommend, POST /v1/similar-items, and POST /v1/interactions, whose new
+    /// interactions change that user's next list without retraining. Scope: predict.
+    #[arg(long = "recommender", value_name = "NAME=DIR")]
+    recommenders: Vec<String>,
     /// Run the named model with int8 linear layers (repeat for several): faster on the CPU,
     /// scores change slightly (see the README for measured accuracy).
     #[arg(long = "int8", value_name = "NAME")]
@@ -116,6 +121,17 @@ pub fn run(a: ServeArgs) -> Result<i32> {
         }
         libraries.push((name.to_string(), PathBuf::from(dir)));
     }
+    let mut recommenders: Vec<(String, PathBuf)> = Vec::new();
+    for r in &a.recommenders {
+        let Some((name, dir)) = r.split_once('=') else { bail!("--recommender {r:?}: expected NAME=DIR") };
+        if !zhiku_serve::valid_model_name(name) {
+            bail!("--recommender {r:?}: names are letters, digits, '.', '_' and '-'")
+        }
+        if recommenders.iter().any(|(n, _)| n == name) {
+            bail!("--recommender: the name {name:?} is given twice")
+        }
+        recommenders.push((name.to_string(), PathBuf::from(dir)));
+    }
     let long_text = match a.long_text.as_str() {
         "truncate" => LongText::Truncate,
         "reject" => LongText::Reject,
@@ -134,6 +150,7 @@ pub fn run(a: ServeArgs) -> Result<i32> {
         llms,
         adapters,
         libraries,
+        recommenders,
         llm_limits: {
             if a.max_sequences == 0 || a.kv_cache_mib == 0 {
                 bail!("--max-sequences and --kv-cache-mib must be at least 1")

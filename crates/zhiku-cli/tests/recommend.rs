@@ -124,3 +124,59 @@ fn bad_input_is_an_error_with_file_and_line_or_a_counted_skip() {
     fails_with(&zhiku(&["recommend", "eval", "--model", &d("nothing"), "--test", &log]), "not a recommender folder");
     assert!(!Path::new(&d("nothing")).exists());
 }
+
+#[test]
+fn served_recommendations_follow_new_interactions() {
+    use common::Server;
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let log = write_log(dir.path());
+    let items = dir.path().join("items.tsv");
+    let mut table = String::from("item_id\ttitle\tgenre\n");
+    for g in ["a", "b"] {
+        for k in 0..15 {
+            table.push_str(&format!("{g}{k}\tItem {g}{k}\t{}\n", if k % 2 == 0 { "even drama" } else { "odd|comedy" }));
+        }
+    }
+    std::fs::write(&items, table).unwrap();
+    let model = dir.path().join("als");
+    ok(&zhiku(&["recommend", "train", "--interactions", log.to_str().unwrap(), "--items", items.to_str().unwrap(), "--algorithm", "als", "--output", model.to_str().unwrap(), "--quiet"]));
+    let server = Server::start(&["--recommender", &format!("films={}", model.display())], &[]);
+    let (status, v) = server.json("POST", "/v1/recommend", None, &json!({"user": "u0", "k": 3}));
+    assert_eq!(status, 200, "{v}");
+    let list = v["items"].as_array().unwrap();
+    assert_eq!(list.len(), 3);
+    assert!(list.iter().all(|it| it["item"].as_str().unwrap().starts_with('a') && it["title"].as_str().unwrap().starts_with("Item a")), "{v}");
+    assert_eq!(v["personalised"], true);
+    // A new user is told they got the popular items; after posting group-b interactions they get group b.
+    let (_, v) = server.json("POST", "/v1/recommend", None, &json!({"model": "films", "user": "newbie", "k": 3}));
+    assert!(v["fallback"].as_str().unwrap().contains("most popular"), "{v}");
+    let (status, v) = server.json("POST", "/v1/interactions", None, &json!({"user": "newbie", "items": ["b2", "b4", "b6"]}));
+    assert_eq!((status, v["added"].as_u64()), (200, Some(3)), "{v}");
+    let (_, v) = server.json("POST", "/v1/recommend", None, &json!({"user": "newbie", "k": 3}));
+    let got: Vec<&str> = v["items"].as_array().unwrap().iter().map(|it| it["item"].as_str().unwrap()).collect();
+    assert!(got.iter().all(|i| i.starts_with('b') && !["b2", "b4", "b6"].contains(i)), "{v}");
+    assert_eq!(v["personalised"], true);
+    // Filters on item columns, exclusions, similar items.
+    let (_, v) = server.json("POST", "/v1/recommend", None, &json!({"user": "u0", "k": 5, "filter": {"genre": "comedy"}, "exclude": ["a1"]}));
+    for it in v["items"].as_array().unwrap() {
+        assert!(it["genre"].as_str().unwrap().contains("comedy") && it["item"] != "a1", "{v}");
+    }
+    let (status, v) = server.json("POST", "/v1/similar-items", None, &json!({"item": "b3", "k": 4}));
+    assert_eq!(status, 200, "{v}");
+    assert!(v["items"].as_array().unwrap().iter().all(|it| it["item"].as_str().unwrap().starts_with('b') && it["item"] != "b3"), "{v}");
+    // Bad requests are 4xx with a reason.
+    for (path, body, want) in [
+        ("/v1/recommend", json!({"user": "u0", "k": 0}), "k: give 1"),
+        ("/v1/recommend", json!({"user": "u0", "filter": {"colour": "red"}}), "no item column \"colour\""),
+        ("/v1/recommend", json!({"model": "nope", "user": "u0"}), "no recommender"),
+        ("/v1/recommend", json!({"user": "u0", "exclude": ["zz"]}), "\"zz\" is not in the model's catalogue"),
+        ("/v1/interactions", json!({"user": "u1", "items": []}), "items: give 1"),
+        ("/v1/similar-items", json!({"item": "zz"}), "not in the model's catalogue"),
+        ("/v1/recommend", json!({"usr": "u0"}), ""),
+    ] {
+        let (status, v) = server.json("POST", path, None, &body);
+        assert!((400..500).contains(&status), "{path} {body}: {status} {v}");
+        assert!(v["error"]["message"].as_str().unwrap_or_default().contains(want), "{path} {body}: {v}");
+    }
+}

@@ -7,7 +7,7 @@
 
 use crate::algo::hybrid::Hybrid;
 use crate::algo::{als, content, ease, itemknn, Algorithm, Factors, Params};
-use crate::data::IdMap;
+use crate::data::{IdMap, Items};
 use crate::matrix::{score_rows, Csr};
 use anyhow::{bail, Context, Result};
 use safetensors::{Dtype, SafeTensors};
@@ -57,6 +57,9 @@ pub struct Recommender {
     /// Training interactions per item.
     pub popularity: Vec<f32>,
     pub weights: Weights,
+    /// The item table the model was trained with (for showing items and filtering by their
+    /// columns), kept in the folder as `items.tsv`.
+    pub item_table: Option<Items>,
 }
 
 /// Who to recommend for: a trained user (by index) and/or a history of item indices.
@@ -132,6 +135,50 @@ impl Recommender {
         x
     }
 
+    /// The `k` items most like `item`, best first: cosine of the factor or text vectors,
+    /// the item-kNN row, or EASE's weights. None for popularity, which has no notion of it.
+    pub fn similar(&self, item: u32, k: usize, exclude: &[u32]) -> Option<Vec<(u32, f32)>> {
+        let n = self.n_items();
+        let i = item as usize;
+        let mut scores = vec![f32::NEG_INFINITY; n];
+        let cosine = |m: &[f32], d: usize, scores: &mut [f32]| {
+            let norm = |r: &[f32]| crate::matrix::dot(r, r).sqrt().max(1e-12);
+            let a = &m[i * d..(i + 1) * d];
+            let na = norm(a);
+            for (j, s) in scores.iter_mut().enumerate() {
+                let b = &m[j * d..(j + 1) * d];
+                *s = crate::matrix::dot(a, b) / (na * norm(b));
+            }
+        };
+        match &self.weights {
+            Weights::Popularity => return None,
+            Weights::ItemKnn(sim) => {
+                let (idx, val) = sim.row(i);
+                for (&j, &v) in idx.iter().zip(val) {
+                    scores[j as usize] = v;
+                }
+            }
+            Weights::Ease(b) => scores.copy_from_slice(&b[i * n..(i + 1) * n]),
+            Weights::Factors(f) => cosine(&f.item, f.dim, &mut scores),
+            Weights::Hybrid(h) => cosine(&h.factors.item, h.factors.dim, &mut scores),
+            Weights::Content { embeddings, dim } => cosine(embeddings, *dim, &mut scores),
+        }
+        if !matches!(self.weights, Weights::Content { .. } | Weights::Hybrid(_)) {
+            for (s, &p) in scores.iter_mut().zip(&self.popularity) {
+                if p == 0.0 {
+                    *s = f32::NEG_INFINITY;
+                }
+            }
+        }
+        scores[i] = f32::NEG_INFINITY;
+        for &j in exclude {
+            if let Some(s) = scores.get_mut(j as usize) {
+                *s = f32::NEG_INFINITY;
+            }
+        }
+        Some(top_k(&scores, k))
+    }
+
     /// The `k` best items for a query, best first, leaving out the user's training items, the
     /// history and `exclude`, and items scored −∞. Ties go to the lower item index.
     pub fn recommend(&self, q: Query, k: usize, exclude: &[u32], scores: &mut Vec<f32>) -> Vec<(u32, f32)> {
@@ -192,6 +239,23 @@ impl Recommender {
             .map(|(n, dt, len, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(*dt, vec![*len], b)?)))
             .collect::<Result<_>>()?;
         safetensors::serialize_to_file(views, None, &tmp.path().join("weights.safetensors"))?;
+        if let Some(t) = &self.item_table {
+            let mut text = String::from("item_id");
+            for c in &t.columns {
+                text.push('\t');
+                text.push_str(&c.replace(['\t', '\n'], " "));
+            }
+            text.push('\n');
+            for (k, id) in t.ids.ids().iter().enumerate() {
+                text.push_str(&id.replace(['\t', '\n'], " "));
+                for v in &t.values[k] {
+                    text.push('\t');
+                    text.push_str(&v.replace(['\t', '\n', '"'], " "));
+                }
+                text.push('\n');
+            }
+            std::fs::write(tmp.path().join("items.tsv"), text)?;
+        }
         let tmp = tmp.keep();
         if dir.exists() {
             std::fs::remove_dir_all(dir).with_context(|| format!("cannot replace {}", dir.display()))?;
@@ -267,7 +331,44 @@ impl Recommender {
         if popularity.len() != ni {
             bail!("{}/weights.safetensors: popularity holds {} values for {ni} items", dir.display(), popularity.len());
         }
-        Ok(Self { config, users, items, seen, popularity, weights })
+        let table_path = dir.join("items.tsv");
+        let item_table = if table_path.exists() { Some(crate::data::read_items(&table_path, "item_id", &[], None)?) } else { None };
+        Ok(Self { config, users, items, seen, popularity, weights, item_table })
+    }
+
+    /// An item's columns from the item table, as a JSON object (empty without a table).
+    pub fn item_fields(&self, item: u32) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        if let Some(t) = &self.item_table {
+            if let Some(k) = t.ids.get(self.items.id(item)) {
+                for (c, v) in t.columns.iter().zip(&t.values[k as usize]) {
+                    m.insert(c.clone(), serde_json::Value::String(v.clone()));
+                }
+            }
+        }
+        m
+    }
+
+    /// Items whose table columns fail `filter` (column → wanted value; a cell matches when it
+    /// equals the value or one of its space, comma or '|' separated tags does). Errors name an
+    /// unknown column; without a table every filter is an error.
+    pub fn filtered_out(&self, filter: &[(String, String)]) -> Result<Vec<u32>> {
+        if filter.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(t) = &self.item_table else { bail!("this model was trained without an item table (--items), so it cannot filter by item columns") };
+        let mut cols = Vec::new();
+        for (c, v) in filter {
+            let k = t.columns.iter().position(|x| x == c).with_context(|| format!("no item column {c:?} (columns: {})", t.columns.join(", ")))?;
+            cols.push((k, v.as_str()));
+        }
+        let matches = |cell: &str, want: &str| cell == want || cell.split(|ch: char| ch.is_whitespace() || ch == ',' || ch == '|').any(|tag| tag == want);
+        Ok((0..self.n_items() as u32)
+            .filter(|&i| match t.ids.get(self.items.id(i)) {
+                None => true,
+                Some(k) => !cols.iter().all(|&(c, want)| matches(&t.values[k as usize][c], want)),
+            })
+            .collect())
     }
 }
 

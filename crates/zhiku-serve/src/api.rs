@@ -89,6 +89,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/libraries/{name}/documents/{id}", get(crate::library::get_document).delete(crate::library::remove_document))
         .route("/v1/search", post(crate::library::search))
         .route("/v1/ask", post(crate::library::ask))
+        .route("/v1/recommend", post(crate::recommend::recommend))
+        .route("/v1/similar-items", post(crate::recommend::similar_items))
+        .route("/v1/interactions", post(crate::recommend::interactions))
         .route("/v1/admin/models", post(admin_load))
         .route("/v1/admin/models/{name}", delete(admin_unload))
         .fallback(not_found)
@@ -114,6 +117,9 @@ fn route_label(path: &str) -> &'static str {
         p if p.starts_with("/v1/admin/models") => "/v1/admin/models",
         "/v1/search" => "/v1/search",
         "/v1/ask" => "/v1/ask",
+        "/v1/recommend" => "/v1/recommend",
+        "/v1/similar-items" => "/v1/similar-items",
+        "/v1/interactions" => "/v1/interactions",
         p if p.starts_with("/v1/libraries/") => "/v1/libraries",
         _ => "other",
     }

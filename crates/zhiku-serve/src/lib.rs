@@ -13,6 +13,7 @@ pub mod library;
 pub mod llm;
 pub mod metrics;
 pub mod openapi;
+pub mod recommend;
 pub mod registry;
 
 use anyhow::{bail, Context, Result};
@@ -44,6 +45,8 @@ pub struct ServeConfig {
     pub adapters: Vec<(String, PathBuf)>,
     /// Content libraries (NAME, folder made by `zhiku library add`, or `postgres://...#LIB`).
     pub libraries: Vec<(String, PathBuf)>,
+    /// Recommenders (NAME, folder made by `zhiku recommend train`).
+    pub recommenders: Vec<(String, PathBuf)>,
     /// Each language model's batch bounds (sequences, KV-cache bytes).
     pub llm_limits: zhiku_infer::scheduler::Limits,
     /// Map GGUF files (the default) instead of reading them into memory.
@@ -69,6 +72,7 @@ pub struct AppState {
     /// requests to a library take turns).
     pub libraries: std::collections::HashMap<String, Arc<std::sync::Mutex<zhiku_library::Library>>>,
     pub llms: Vec<Arc<llm::LlmWorker>>,
+    pub recommenders: std::collections::HashMap<String, Arc<recommend::ServedRecommender>>,
     pub keys: auth::ApiKeys,
     pub metrics: Arc<metrics::Metrics>,
     pub config: ServeConfig,
@@ -85,8 +89,8 @@ pub fn run(config: ServeConfig) -> Result<()> {
             config.host
         )
     }
-    if config.models.is_empty() && config.llms.is_empty() && config.adapters.is_empty() && config.libraries.is_empty() {
-        bail!("nothing to serve: give at least one --model NAME=DIR (or NAME=FILE.gguf) or --library NAME=DIR")
+    if config.models.is_empty() && config.llms.is_empty() && config.adapters.is_empty() && config.libraries.is_empty() && config.recommenders.is_empty() {
+        bail!("nothing to serve: give at least one --model NAME=DIR (or NAME=FILE.gguf), --library NAME=DIR or --recommender NAME=DIR")
     }
     let metrics = Arc::new(metrics::Metrics::new());
     let registry = registry::Registry::new(config.batch, metrics.clone());
@@ -129,7 +133,13 @@ pub fn run(config: ServeConfig) -> Result<()> {
         eprintln!("zhiku serve: opened library {name} at {}", dir.display());
         libraries.insert(name.clone(), Arc::new(std::sync::Mutex::new(lib)));
     }
-    let state = Arc::new(AppState { registry, libraries, llms, keys, metrics, config: config.clone() });
+    let mut recommenders = std::collections::HashMap::new();
+    for (name, dir) in &config.recommenders {
+        let model = zhiku_recommend::Recommender::load(dir).with_context(|| format!("cannot load recommender {name:?} from {}", dir.display()))?;
+        eprintln!("zhiku serve: loaded recommender {name} ({}, {} users, {} items) from {}", model.config.algorithm.name(), model.users.len(), model.n_items(), dir.display());
+        recommenders.insert(name.clone(), Arc::new(recommend::ServedRecommender::new(model)));
+    }
+    let state = Arc::new(AppState { registry, libraries, llms, recommenders, keys, metrics, config: config.clone() });
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(SocketAddr::new(config.host, config.port))
