@@ -131,27 +131,27 @@ pub fn score_rows(items: &[f32], dim: usize, user: &[f32], bias: Option<&[f32]>,
     }
 }
 
-/// The Gram matrix `X^T X` of the row-major `x` (n x d), as d x d.
+/// The Gram matrix `X^T X` of the row-major `x` (n x d), as d x d (accumulated in f32 row
+/// by row, each a vectorised multiply-add into the upper triangle, then widened).
 pub fn gram(x: &[f32], d: usize) -> Vec<f64> {
-    let mut g = vec![0f64; d * d];
+    let mut g = vec![0f32; d * d];
     for row in x.chunks_exact(d) {
         for a in 0..d {
-            let ra = row[a] as f64;
-            if ra == 0.0 {
-                continue;
-            }
-            let g_row = &mut g[a * d..(a + 1) * d];
-            for b in a..d {
-                g_row[b] += ra * row[b] as f64;
+            let ra = row[a];
+            if ra != 0.0 {
+                axpy(ra, &row[a..], &mut g[a * d + a..(a + 1) * d]);
             }
         }
     }
+    let mut out = vec![0f64; d * d];
     for a in 0..d {
-        for b in 0..a {
-            g[a * d + b] = g[b * d + a];
+        for b in a..d {
+            let v = g[a * d + b] as f64;
+            out[a * d + b] = v;
+            out[b * d + a] = v;
         }
     }
-    g
+    out
 }
 
 /// Solves `A x = b` for symmetric positive definite `A` (d x d, row-major) by Cholesky, in place

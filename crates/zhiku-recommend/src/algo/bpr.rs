@@ -51,10 +51,7 @@ pub fn fit(ui: &Csr, p: &BprParams, seed: u64, mut progress: impl FnMut(usize)) 
             }
             let xu = &mut x[u * d..(u + 1) * d];
             let (yi, yj) = two_rows(&mut y, i, j, d);
-            let mut score = bias[i] - bias[j];
-            for ((a, b), c) in xu.iter().zip(yi.iter()).zip(yj.iter()) {
-                score += a * (b - c);
-            }
+            let score = bias[i] - bias[j] + dot_diff(xu, yi, yj);
             let z = 1.0 / (1.0 + score.exp()); // σ(−score): the gradient of ln σ(score)
             // One fused pass: every update reads the old values of the three vectors.
             for ((xk, yik), yjk) in xu.iter_mut().zip(yi.iter_mut()).zip(yj.iter_mut()) {
@@ -69,6 +66,23 @@ pub fn fit(ui: &Csr, p: &BprParams, seed: u64, mut progress: impl FnMut(usize)) 
         progress(it + 1);
     }
     Factors { dim: d, user: x, item: y, item_bias: Some(bias) }
+}
+
+/// x · (a − b), in sixteen lanes (a plain sum is one chain of dependent adds, which was the
+/// bottleneck of the whole update).
+fn dot_diff(x: &[f32], a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (mut cx, mut ca, mut cb) = (x.chunks_exact(16), a.chunks_exact(16), b.chunks_exact(16));
+    for ((x, a), b) in (&mut cx).zip(&mut ca).zip(&mut cb) {
+        for j in 0..16 {
+            acc[j] = x[j].mul_add(a[j] - b[j], acc[j]);
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for ((x, a), b) in cx.remainder().iter().zip(ca.remainder()).zip(cb.remainder()) {
+        s += x * (a - b);
+    }
+    s
 }
 
 /// Rows `i` and `j` (distinct) of a row-major matrix with `d` columns, both mutable.
