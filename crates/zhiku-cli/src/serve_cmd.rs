@@ -110,28 +110,8 @@ pub fn run(a: ServeArgs) -> Result<i32> {
             models.push((name.to_string(), path));
         }
     }
-    let mut libraries: Vec<(String, PathBuf)> = Vec::new();
-    for l in &a.libraries {
-        let Some((name, dir)) = l.split_once('=') else { bail!("--library {l:?}: expected NAME=DIR") };
-        if !zhiku_serve::valid_model_name(name) {
-            bail!("--library {l:?}: names are letters, digits, '.', '_' and '-'")
-        }
-        if libraries.iter().any(|(n, _)| n == name) {
-            bail!("--library: the name {name:?} is given twice")
-        }
-        libraries.push((name.to_string(), PathBuf::from(dir)));
-    }
-    let mut recommenders: Vec<(String, PathBuf)> = Vec::new();
-    for r in &a.recommenders {
-        let Some((name, dir)) = r.split_once('=') else { bail!("--recommender {r:?}: expected NAME=DIR") };
-        if !zhiku_serve::valid_model_name(name) {
-            bail!("--recommender {r:?}: names are letters, digits, '.', '_' and '-'")
-        }
-        if recommenders.iter().any(|(n, _)| n == name) {
-            bail!("--recommender: the name {name:?} is given twice")
-        }
-        recommenders.push((name.to_string(), PathBuf::from(dir)));
-    }
+    let libraries = named_dirs("library", &a.libraries)?;
+    let recommenders = named_dirs("recommender", &a.recommenders)?;
     let long_text = match a.long_text.as_str() {
         "truncate" => LongText::Truncate,
         "reject" => LongText::Reject,
@@ -169,4 +149,20 @@ pub fn run(a: ServeArgs) -> Result<i32> {
         long_text,
     })?;
     Ok(0)
+}
+
+/// `--FLAG NAME=DIR` values as (name, folder) pairs: valid, distinct names.
+fn named_dirs(flag: &str, values: &[String]) -> Result<Vec<(String, PathBuf)>> {
+    let mut out: Vec<(String, PathBuf)> = Vec::new();
+    for v in values {
+        let Some((name, dir)) = v.split_once('=') else { bail!("--{flag} {v:?}: expected NAME=DIR") };
+        if !zhiku_serve::valid_model_name(name) {
+            bail!("--{flag} {v:?}: names are letters, digits, '.', '_' and '-'")
+        }
+        if out.iter().any(|(n, _)| n == name) {
+            bail!("--{flag}: the name {name:?} is given twice")
+        }
+        out.push((name.to_string(), PathBuf::from(dir)));
+    }
+    Ok(out)
 }

@@ -167,19 +167,8 @@ fn read_delimited(path: &Path, bytes: &[u8], delimiter: u8, cols: &Columns, need
     let p = || path.to_path_buf();
     let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
     let mut reader = csv::ReaderBuilder::new().delimiter(delimiter).has_headers(true).flexible(false).from_reader(bytes);
-    let csv_err = |e: csv::Error| -> DataError {
-        let line = e.position().map(|pos| pos.line() as usize).unwrap_or(0);
-        let detail = match e.kind() {
-            csv::ErrorKind::UnequalLengths { expected_len, len, .. } => format!("expected {expected_len} fields like the header, found {len}"),
-            _ => e.to_string(),
-        };
-        DataError::Malformed { path: p(), line, detail }
-    };
-    let header = reader.byte_headers().map_err(csv_err)?.clone();
-    let header: Vec<String> = header
-        .iter()
-        .map(|h| std::str::from_utf8(h).map(|s| s.trim().to_string()).map_err(|_| DataError::NotUtf8 { path: p(), line: 1 }))
-        .collect::<Result<_, _>>()?;
+    let csv_err = |e: csv::Error| crate::table::csv_error(path, e);
+    let header = crate::table::header_names(path, &mut reader)?;
     let available = header.join(", ");
     let find = |name: &str, flag: &'static str| -> Result<usize, DataError> {
         header.iter().position(|h| h == name).ok_or_else(|| DataError::MissingColumn { path: p(), line: 1, column: name.into(), available: available.clone(), flag })

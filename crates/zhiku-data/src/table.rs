@@ -66,6 +66,25 @@ pub fn column_names(path: &Path, format: Option<Format>) -> Result<Vec<String>, 
     }
 }
 
+/// A csv crate error as a `DataError` with the file and line.
+pub(crate) fn csv_error(path: &Path, e: csv::Error) -> DataError {
+    let line = e.position().map(|pos| pos.line() as usize).unwrap_or(0);
+    let detail = match e.kind() {
+        csv::ErrorKind::UnequalLengths { expected_len, len, .. } => format!("expected {expected_len} fields like the header, found {len}"),
+        _ => e.to_string(),
+    };
+    DataError::Malformed { path: path.to_path_buf(), line, detail }
+}
+
+/// The trimmed header names of a CSV/TSV reader.
+pub(crate) fn header_names(path: &Path, reader: &mut csv::Reader<&[u8]>) -> Result<Vec<String>, DataError> {
+    let header = reader.byte_headers().map_err(|e| csv_error(path, e))?.clone();
+    header
+        .iter()
+        .map(|h| std::str::from_utf8(h).map(|s| s.trim().to_string()).map_err(|_| DataError::NotUtf8 { path: path.to_path_buf(), line: 1 }))
+        .collect()
+}
+
 fn missing(path: &Path, line: usize, c: &Column, available: String) -> DataError {
     DataError::MissingColumn { path: path.to_path_buf(), line, column: c.name.to_string(), available, flag: c.flag }
 }
@@ -121,19 +140,8 @@ where
 {
     let p = || path.to_path_buf();
     let mut reader = csv::ReaderBuilder::new().delimiter(delimiter).has_headers(true).flexible(false).from_reader(bytes);
-    let csv_err = |e: csv::Error| -> DataError {
-        let line = e.position().map(|pos| pos.line() as usize).unwrap_or(0);
-        let detail = match e.kind() {
-            csv::ErrorKind::UnequalLengths { expected_len, len, .. } => format!("expected {expected_len} fields like the header, found {len}"),
-            _ => e.to_string(),
-        };
-        DataError::Malformed { path: p(), line, detail }
-    };
-    let header = reader.byte_headers().map_err(csv_err)?.clone();
-    let header: Vec<String> = header
-        .iter()
-        .map(|h| std::str::from_utf8(h).map(|s| s.trim().to_string()).map_err(|_| DataError::NotUtf8 { path: p(), line: 1 }))
-        .collect::<Result<_, _>>()?;
+    let csv_err = |e: csv::Error| csv_error(path, e);
+    let header = header_names(path, &mut reader)?;
     let mut index = Vec::with_capacity(columns.len());
     for c in columns {
         match header.iter().position(|h| h == c.name) {
