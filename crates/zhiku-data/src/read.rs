@@ -182,13 +182,14 @@ fn read_delimited(path: &Path, bytes: &[u8], delimiter: u8, cols: &Columns, need
     };
     let mut out = Vec::new();
     let mut record = csv::ByteRecord::new();
+    let mut lines = crate::table::LineCounter::default();
     loop {
         match reader.read_byte_record(&mut record) {
             Ok(false) => break,
             Ok(true) => {}
             Err(e) => return Err(csv_err(e)),
         }
-        let line = record.position().map(|pos| pos.line() as usize).unwrap_or(0);
+        let line = lines.line_of(bytes, &record);
         if record.len() == 1 && record.get(0).is_some_and(|f| f.is_empty()) {
             continue; // a blank line
         }
@@ -283,6 +284,8 @@ mod tests {
         check("c.jsonl", b"{\"body\":\"a\",\"label\":\"x\"}\n", "c.jsonl:1: no column \"text\"");
         check("u.jsonl", b"{\"text\":\"a\",\"label\":\"x\"}\n{\"text\":\"\xff\xfe\",\"label\":\"x\"}\n", "u.jsonl:2: not valid UTF-8");
         check("r.csv", b"text,label\na,x\nb,x,extra\n", "r.csv:3: expected 2 fields");
+        // Blank lines count: the empty label is on line 5 of the file.
+        check("blank.tsv", b"text\tlabel\na\tx\n\n\nb\t\n", "blank.tsv:5: column \"label\" is empty");
         check("h.csv", b"body,label\na,x\n", "h.csv:1: no column \"text\"");
         check("v.csv", b"text,label\na,x\n\xc4\xe3,y\n", "v.csv:3: not valid UTF-8");
         check("z.csv", b"text,label\n", "holds no examples");

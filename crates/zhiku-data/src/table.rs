@@ -66,6 +66,27 @@ pub fn column_names(path: &Path, format: Option<Format>) -> Result<Vec<String>, 
     }
 }
 
+/// The 1-based line where each record of a CSV/TSV starts, from its byte offset: the csv
+/// crate's own line count skips blank lines, and its position is where the parser started,
+/// before any blank lines it then skipped. Records must be given in order.
+#[derive(Default)]
+pub(crate) struct LineCounter {
+    at: usize,
+    newlines: usize,
+}
+
+impl LineCounter {
+    pub(crate) fn line_of(&mut self, bytes: &[u8], record: &csv::ByteRecord) -> usize {
+        let mut at = record.position().map_or(0, |pos| pos.byte() as usize).min(bytes.len());
+        while at < bytes.len() && matches!(bytes[at], b'\n' | b'\r') {
+            at += 1;
+        }
+        self.newlines += bytes[self.at.min(at)..at].iter().filter(|&&b| b == b'\n').count();
+        self.at = self.at.max(at);
+        self.newlines + 1
+    }
+}
+
 /// A csv crate error as a `DataError` with the file and line.
 pub(crate) fn csv_error(path: &Path, e: csv::Error) -> DataError {
     let line = e.position().map(|pos| pos.line() as usize).unwrap_or(0);
@@ -151,7 +172,7 @@ where
         }
     }
     let mut record = csv::ByteRecord::new();
-    let (mut line_at, mut line_count) = (0usize, 1usize);
+    let mut lines = LineCounter::default();
     let mut n = 0;
     loop {
         match reader.read_byte_record(&mut record) {
@@ -159,15 +180,7 @@ where
             Ok(true) => {}
             Err(e) => return Err(csv_err(e)),
         }
-        // The line from the byte offset: the csv crate's own line count skips blank lines.
-        // (Its position is where the parser started, before any blank lines it then skipped.)
-        let mut at = record.position().map_or(0, |pos| pos.byte() as usize).min(bytes.len());
-        while at < bytes.len() && matches!(bytes[at], b'\n' | b'\r') {
-            at += 1;
-        }
-        line_count += bytes[line_at..at].iter().filter(|&&b| b == b'\n').count();
-        line_at = at;
-        let line = line_count;
+        let line = lines.line_of(bytes, &record);
         if record.len() == 1 && record.get(0).is_some_and(|f| f.is_empty()) {
             continue;
         }
