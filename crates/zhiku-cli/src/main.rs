@@ -27,7 +27,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     long_about = "zhiku fine-tunes pretrained models on a platform's own data and serves them, on the CPU or (built \
 with --features cuda) an NVIDIA GPU: BERT-family encoders into classifiers and retrievers (Hugging Face folders), \
 decoders (GGUF or Hugging Face folders: Qwen2.5, SmolLM2/Llama, Gemma 3) by LoRA or full supervised fine-tuning, \
-with generation, summaries, data augmentation and a searchable content library. Models it writes are ordinary \
+with generation, summaries, data augmentation, a searchable content library and recommenders trained on \
+interaction logs and item texts. Models it writes are ordinary \
 Hugging Face folders, PEFT adapters or GGUF files that Python transformers, PEFT and llama.cpp load as they are.",
     after_help = "Examples:\n  zhiku train --model models/all-MiniLM-L6-v2 --train news.jsonl --output runs/news\n  \
 zhiku train --model models/all-MiniLM-L6-v2 --train news.jsonl --peft lora --output runs/news-lora\n  \
@@ -72,7 +73,7 @@ enum Command {
     Summarize(summarize_cmd::SummarizeArgs),
     /// Write variants of training texts: EDA word edits, or paraphrase and back-translation by a language model.
     Augment(augment_cmd::AugmentArgs),
-    /// Recommend items from behaviour and item text: split logs, train (popularity, item-kNN, BPR, ALS, EASE, content), evaluate, predict.
+    /// Recommend items from behaviour and item text: split logs, train (popularity, item-kNN, BPR, ALS, EASE, content, hybrid), evaluate, predict.
     Recommend(recommend_cmd::RecommendArgs),
 }
 
