@@ -167,7 +167,6 @@ fn read_delimited(path: &Path, bytes: &[u8], delimiter: u8, cols: &Columns, need
     let p = || path.to_path_buf();
     let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
     let mut reader = csv::ReaderBuilder::new().delimiter(delimiter).has_headers(true).flexible(false).from_reader(bytes);
-    let csv_err = |e: csv::Error| crate::table::csv_error(path, e);
     let header = crate::table::header_names(path, &mut reader)?;
     let available = header.join(", ");
     let find = |name: &str, flag: &'static str| -> Result<usize, DataError> {
@@ -181,18 +180,9 @@ fn read_delimited(path: &Path, bytes: &[u8], delimiter: u8, cols: &Columns, need
         Err(e) => return Err(e),
     };
     let mut out = Vec::new();
-    let mut record = csv::ByteRecord::new();
-    let mut lines = crate::table::LineCounter::default();
-    loop {
-        match reader.read_byte_record(&mut record) {
-            Ok(false) => break,
-            Ok(true) => {}
-            Err(e) => return Err(csv_err(e)),
-        }
-        let line = lines.line_of(bytes, &record);
-        if record.len() == 1 && record.get(0).is_some_and(|f| f.is_empty()) {
-            continue; // a blank line
-        }
+    let mut records = crate::table::Records::new(path, bytes);
+    while let Some(line) = records.next(&mut reader)? {
+        let record = &records.record;
         let field = |idx: usize, name: &str| -> Result<String, DataError> {
             let raw = record.get(idx).unwrap_or_default();
             let s = std::str::from_utf8(raw).map_err(|_| DataError::NotUtf8 { path: p(), line })?;

@@ -66,24 +66,41 @@ pub fn column_names(path: &Path, format: Option<Format>) -> Result<Vec<String>, 
     }
 }
 
-/// The 1-based line where each record of a CSV/TSV starts, from its byte offset: the csv
-/// crate's own line count skips blank lines, and its position is where the parser started,
-/// before any blank lines it then skipped. Records must be given in order.
-#[derive(Default)]
-pub(crate) struct LineCounter {
+/// The non-blank records of a CSV/TSV reader with the 1-based line each starts on, counted from
+/// its byte offset: the csv crate's own line count skips blank lines, and its position is where
+/// the parser started, before any blank lines it then skipped.
+pub(crate) struct Records<'a> {
+    path: &'a Path,
+    bytes: &'a [u8],
     at: usize,
     newlines: usize,
+    pub(crate) record: csv::ByteRecord,
 }
 
-impl LineCounter {
-    pub(crate) fn line_of(&mut self, bytes: &[u8], record: &csv::ByteRecord) -> usize {
-        let mut at = record.position().map_or(0, |pos| pos.byte() as usize).min(bytes.len());
-        while at < bytes.len() && matches!(bytes[at], b'\n' | b'\r') {
-            at += 1;
+impl<'a> Records<'a> {
+    /// `bytes`: what the reader reads (after any byte-order mark).
+    pub(crate) fn new(path: &'a Path, bytes: &'a [u8]) -> Self {
+        Self { path, bytes, at: 0, newlines: 0, record: csv::ByteRecord::new() }
+    }
+
+    /// Reads the next non-blank record into `self.record` and returns its line; None at the end.
+    pub(crate) fn next(&mut self, reader: &mut csv::Reader<&[u8]>) -> Result<Option<usize>, DataError> {
+        loop {
+            if !reader.read_byte_record(&mut self.record).map_err(|e| csv_error(self.path, e))? {
+                return Ok(None);
+            }
+            let bytes = self.bytes;
+            let mut at = self.record.position().map_or(0, |pos| pos.byte() as usize).min(bytes.len());
+            while at < bytes.len() && matches!(bytes[at], b'\n' | b'\r') {
+                at += 1;
+            }
+            self.newlines += bytes[self.at.min(at)..at].iter().filter(|&&b| b == b'\n').count();
+            self.at = self.at.max(at);
+            if self.record.len() == 1 && self.record.get(0).is_some_and(|f| f.is_empty()) {
+                continue; // a blank line
+            }
+            return Ok(Some(self.newlines + 1));
         }
-        self.newlines += bytes[self.at.min(at)..at].iter().filter(|&&b| b == b'\n').count();
-        self.at = self.at.max(at);
-        self.newlines + 1
     }
 }
 
@@ -161,7 +178,6 @@ where
 {
     let p = || path.to_path_buf();
     let mut reader = csv::ReaderBuilder::new().delimiter(delimiter).has_headers(true).flexible(false).from_reader(bytes);
-    let csv_err = |e: csv::Error| csv_error(path, e);
     let header = header_names(path, &mut reader)?;
     let mut index = Vec::with_capacity(columns.len());
     for c in columns {
@@ -171,19 +187,10 @@ where
             None => return Err(missing(path, 1, c, header.join(", "))),
         }
     }
-    let mut record = csv::ByteRecord::new();
-    let mut lines = LineCounter::default();
+    let mut records = Records::new(path, bytes);
     let mut n = 0;
-    loop {
-        match reader.read_byte_record(&mut record) {
-            Ok(false) => break,
-            Ok(true) => {}
-            Err(e) => return Err(csv_err(e)),
-        }
-        let line = lines.line_of(bytes, &record);
-        if record.len() == 1 && record.get(0).is_some_and(|f| f.is_empty()) {
-            continue;
-        }
+    while let Some(line) = records.next(&mut reader)? {
+        let record = &records.record;
         let mut fields: Vec<Option<&str>> = Vec::with_capacity(columns.len());
         for (c, idx) in columns.iter().zip(&index) {
             let v = match idx {
