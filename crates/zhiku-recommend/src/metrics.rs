@@ -180,7 +180,7 @@ mod tests {
             training: serde_json::Value::Null,
         };
         let seen = Csr::from_triplets(2, 5, [(0u32, 0u32, 1.0f32)].into_iter());
-        Recommender { config, users: ids(2, "u"), items: ids(5, "i"), seen, popularity: vec![5.0, 4.0, 3.0, 2.0, 1.0], weights: Weights::Popularity, item_table: None }
+        Recommender { config, users: ids(2, "u"), items: ids(5, "i"), seen, popularity: vec![5.0, 4.0, 3.0, 2.0, 1.0], weights: Weights::Popularity, item_table: None, item_gram: Default::default() }
     }
 
     #[test]

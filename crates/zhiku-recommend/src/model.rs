@@ -60,6 +60,9 @@ pub struct Recommender {
     /// The item table the model was trained with (for showing items and filtering by their
     /// columns), kept in the folder as `items.tsv`.
     pub item_table: Option<Items>,
+    /// YᵀY of the ALS item factors, computed on the first fold-in and reused: every fold-in needs
+    /// it, and it costs items × factors² (a served user with new interactions folds in per request).
+    pub(crate) item_gram: std::sync::OnceLock<Vec<f64>>,
 }
 
 /// Who to recommend for: a trained user (by index) and/or a history of item indices.
@@ -125,7 +128,11 @@ impl Recommender {
             Algorithm::Als | Algorithm::Hybrid => self.config.params.als,
             _ => als::AlsParams { factors: d, regularization: self.config.params.bpr.regularization.max(0.01), alpha: 2.0, iterations: 1, cg_steps: 0 },
         };
-        let mut yty = if matches!(self.config.algorithm, Algorithm::Als | Algorithm::Hybrid) { crate::matrix::gram(&f.item, d) } else { vec![0f64; d * d] };
+        let mut yty = if matches!(self.config.algorithm, Algorithm::Als | Algorithm::Hybrid) {
+            self.item_gram.get_or_init(|| crate::matrix::gram(&f.item, d)).clone()
+        } else {
+            vec![0f64; d * d]
+        };
         for k in 0..d {
             yty[k * d + k] += p.regularization as f64;
         }
@@ -333,7 +340,7 @@ impl Recommender {
         }
         let table_path = dir.join("items.tsv");
         let item_table = if table_path.exists() { Some(crate::data::read_items(&table_path, "item_id", &[], None)?) } else { None };
-        Ok(Self { config, users, items, seen, popularity, weights, item_table })
+        Ok(Self { config, users, items, seen, popularity, weights, item_table, item_gram: Default::default() })
     }
 
     /// An item's columns from the item table, as a JSON object (empty without a table).
