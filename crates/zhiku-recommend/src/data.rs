@@ -143,7 +143,6 @@ pub fn read_interactions(path: &Path, cols: &InteractionColumns, users: IdMap, i
         Column { name: &cols.time, flag: "time-column", required: false },
     ];
     let mut out = Interactions { users, items, events: Vec::new(), has_rating: false, has_time: false, report: ReadReport::default() };
-    let mut lines: Vec<u32> = Vec::new();
     let p = || path.to_path_buf();
     let rows = for_each_row(path, cols.format, &columns, |line, f| {
         let (user, item) = (f[0].unwrap_or_default(), f[1].unwrap_or_default());
@@ -189,28 +188,26 @@ pub fn read_interactions(path: &Path, cols: &InteractionColumns, users: IdMap, i
         };
         let user = out.users.get_or_insert(user);
         out.events.push(Event { user, item, value, time });
-        lines.push(line as u32);
         Ok(())
     })?;
     out.report.rows = rows;
-    // One event per pair: the latest by time, then by line.
-    let mut order: Vec<usize> = (0..out.events.len()).collect();
-    order.sort_by_key(|&k| {
-        let e = &out.events[k];
-        (e.user, e.item, e.time, lines[k])
-    });
-    let mut events: Vec<Event> = Vec::with_capacity(order.len());
-    for k in order {
-        let e = out.events[k];
-        match events.last_mut() {
-            Some(last) if last.user == e.user && last.item == e.item => {
-                *last = e;
-                out.report.duplicates_merged += 1;
-            }
-            _ => events.push(e),
+    // One event per pair: the latest by time, then by line. The sort is stable and events were
+    // read in line order, so within a pair and a time the last read comes last; the log is
+    // compacted in place (a 10M-row log does not need a second copy).
+    out.events.sort_by_key(|e| (e.user, e.item, e.time));
+    let mut kept = 0;
+    for r in 0..out.events.len() {
+        let e = out.events[r];
+        if kept > 0 && out.events[kept - 1].user == e.user && out.events[kept - 1].item == e.item {
+            out.events[kept - 1] = e;
+            out.report.duplicates_merged += 1;
+        } else {
+            out.events[kept] = e;
+            kept += 1;
         }
     }
-    out.events = events;
+    out.events.truncate(kept);
+    out.events.shrink_to_fit();
     out.report.kept = out.events.len();
     if out.events.is_empty() {
         return Err(DataError::Invalid { path: p(), detail: format!("no usable interactions among {rows} rows ({})", out.report.first_skip.clone().unwrap_or_default()) });

@@ -12,6 +12,7 @@ use crate::matrix::{score_rows, Csr};
 use anyhow::{bail, Context, Result};
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -60,9 +61,17 @@ pub struct Recommender {
     /// The item table the model was trained with (for showing items and filtering by their
     /// columns), kept in the folder as `items.tsv`.
     pub item_table: Option<Items>,
-    /// YᵀY of the ALS item factors, computed on the first fold-in and reused: every fold-in needs
-    /// it, and it costs items × factors² (a served user with new interactions folds in per request).
-    pub(crate) item_gram: std::sync::OnceLock<Vec<f64>>,
+    pub(crate) cache: Cache,
+}
+
+/// What queries derive from the weights, computed on first use and kept.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Cache {
+    /// YᵀY of the ALS item factors: every fold-in needs it, and it costs items × factors² (a
+    /// served user with new interactions folds in per request).
+    item_gram: std::sync::OnceLock<Vec<f64>>,
+    /// The norms of the item vectors `similar` compares by cosine.
+    item_norms: std::sync::OnceLock<Vec<f32>>,
 }
 
 /// Who to recommend for: a trained user (by index) and/or a history of item indices.
@@ -129,7 +138,7 @@ impl Recommender {
             _ => als::AlsParams { factors: d, regularization: self.config.params.bpr.regularization.max(0.01), alpha: 2.0, iterations: 1, cg_steps: 0 },
         };
         let mut yty = if matches!(self.config.algorithm, Algorithm::Als | Algorithm::Hybrid) {
-            self.item_gram.get_or_init(|| crate::matrix::gram(&f.item, d)).clone()
+            self.cache.item_gram.get_or_init(|| crate::matrix::gram(&f.item, d)).clone()
         } else {
             vec![0f64; d * d]
         };
@@ -149,12 +158,10 @@ impl Recommender {
         let i = item as usize;
         let mut scores = vec![f32::NEG_INFINITY; n];
         let cosine = |m: &[f32], d: usize, scores: &mut [f32]| {
-            let norm = |r: &[f32]| crate::matrix::dot(r, r).sqrt().max(1e-12);
+            let norms = self.cache.item_norms.get_or_init(|| m.chunks_exact(d).map(|r| crate::matrix::dot(r, r).sqrt().max(1e-12)).collect());
             let a = &m[i * d..(i + 1) * d];
-            let na = norm(a);
-            for (j, s) in scores.iter_mut().enumerate() {
-                let b = &m[j * d..(j + 1) * d];
-                *s = crate::matrix::dot(a, b) / (na * norm(b));
+            for ((s, b), nb) in scores.iter_mut().zip(m.chunks_exact(d)).zip(norms) {
+                *s = crate::matrix::dot(a, b) / (norms[i] * nb);
             }
         };
         match &self.weights {
@@ -212,35 +219,35 @@ impl Recommender {
         let ids = serde_json::json!({"users": self.users.ids(), "items": self.items.ids()});
         std::fs::write(tmp.path().join("ids.json"), serde_json::to_string(&ids)?)?;
         let mut arrays: Vec<(String, Array)> = vec![
-            ("seen.indptr".into(), Array::U64(self.seen.indptr.iter().map(|&v| v as u64).collect())),
-            ("seen.items".into(), Array::U32(self.seen.indices.clone())),
-            ("seen.values".into(), Array::F32(self.seen.values.clone())),
-            ("popularity".into(), Array::F32(self.popularity.clone())),
+            ("seen.indptr".into(), Array::U64(Cow::Owned(self.seen.indptr.iter().map(|&v| v as u64).collect()))),
+            ("seen.items".into(), Array::U32(Cow::Borrowed(&self.seen.indices))),
+            ("seen.values".into(), Array::F32(Cow::Borrowed(&self.seen.values))),
+            ("popularity".into(), Array::F32(Cow::Borrowed(&self.popularity))),
         ];
         match &self.weights {
             Weights::Popularity => {}
             Weights::ItemKnn(sim) => {
-                arrays.push(("knn.indptr".into(), Array::U64(sim.indptr.iter().map(|&v| v as u64).collect())));
-                arrays.push(("knn.items".into(), Array::U32(sim.indices.clone())));
-                arrays.push(("knn.values".into(), Array::F32(sim.values.clone())));
+                arrays.push(("knn.indptr".into(), Array::U64(Cow::Owned(sim.indptr.iter().map(|&v| v as u64).collect()))));
+                arrays.push(("knn.items".into(), Array::U32(Cow::Borrowed(&sim.indices))));
+                arrays.push(("knn.values".into(), Array::F32(Cow::Borrowed(&sim.values))));
             }
             Weights::Factors(f) => {
-                arrays.push(("factors.user".into(), Array::F32(f.user.clone())));
-                arrays.push(("factors.item".into(), Array::F32(f.item.clone())));
+                arrays.push(("factors.user".into(), Array::F32(Cow::Borrowed(&f.user))));
+                arrays.push(("factors.item".into(), Array::F32(Cow::Borrowed(&f.item))));
                 if let Some(b) = &f.item_bias {
-                    arrays.push(("factors.item_bias".into(), Array::F32(b.clone())));
+                    arrays.push(("factors.item_bias".into(), Array::F32(Cow::Borrowed(b))));
                 }
             }
-            Weights::Ease(b) => arrays.push(("ease.b".into(), Array::F32(b.clone()))),
-            Weights::Content { embeddings, .. } => arrays.push(("content.embeddings".into(), Array::F32(embeddings.clone()))),
+            Weights::Ease(b) => arrays.push(("ease.b".into(), Array::F32(Cow::Borrowed(b)))),
+            Weights::Content { embeddings, .. } => arrays.push(("content.embeddings".into(), Array::F32(Cow::Borrowed(embeddings)))),
             Weights::Hybrid(h) => {
-                arrays.push(("factors.user".into(), Array::F32(h.factors.user.clone())));
-                arrays.push(("factors.item".into(), Array::F32(h.factors.item.clone())));
-                arrays.push(("content.embeddings".into(), Array::F32(h.embeddings.clone())));
-                arrays.push(("hybrid.cold".into(), Array::U32(h.cold.iter().map(|&c| c as u32).collect())));
+                arrays.push(("factors.user".into(), Array::F32(Cow::Borrowed(&h.factors.user))));
+                arrays.push(("factors.item".into(), Array::F32(Cow::Borrowed(&h.factors.item))));
+                arrays.push(("content.embeddings".into(), Array::F32(Cow::Borrowed(&h.embeddings))));
+                arrays.push(("hybrid.cold".into(), Array::U32(Cow::Owned(h.cold.iter().map(|&c| c as u32).collect()))));
             }
         }
-        let bytes: Vec<(String, Dtype, usize, Vec<u8>)> = arrays.into_iter().map(|(n, a)| (n, a.dtype(), a.len(), a.bytes())).collect();
+        let bytes: Vec<(String, Dtype, usize, Cow<[u8]>)> = arrays.iter().map(|(n, a)| (n.clone(), a.dtype(), a.len(), a.bytes())).collect();
         let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
             .iter()
             .map(|(n, dt, len, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(*dt, vec![*len], b)?)))
@@ -287,7 +294,7 @@ impl Recommender {
         let (users, items) = (IdMap::from_ids(ids.users), IdMap::from_ids(ids.items));
         let bytes = std::fs::read(dir.join("weights.safetensors")).with_context(|| format!("{}/weights.safetensors", dir.display()))?;
         let st = SafeTensors::deserialize(&bytes).with_context(|| format!("{}/weights.safetensors", dir.display()))?;
-        let arrays: HashMap<String, Array> = st.tensors().into_iter().map(|(n, v)| Ok((n, Array::from_view(&v)?))).collect::<Result<_>>()?;
+        let arrays: HashMap<String, Array<'static>> = st.tensors().into_iter().map(|(n, v)| Ok((n, Array::from_view(&v)?))).collect::<Result<_>>()?;
         let get = |name: &str| arrays.get(name).with_context(|| format!("{}/weights.safetensors has no {name}", dir.display()));
         let csr = |prefix: &str, rows: usize, cols: usize| -> Result<Csr> {
             let indptr: Vec<usize> = get(&format!("{prefix}.indptr"))?.u64()?.iter().map(|&v| v as usize).collect();
@@ -340,7 +347,7 @@ impl Recommender {
         }
         let table_path = dir.join("items.tsv");
         let item_table = if table_path.exists() { Some(crate::data::read_items(&table_path, "item_id", &[], None)?) } else { None };
-        Ok(Self { config, users, items, seen, popularity, weights, item_table, item_gram: Default::default() })
+        Ok(Self { config, users, items, seen, popularity, weights, item_table, cache: Default::default() })
     }
 
     /// An item's columns from the item table, as a JSON object (empty without a table).
@@ -379,25 +386,60 @@ impl Recommender {
     }
 }
 
-/// The `k` highest finite scores, best first (ties to the lower index).
+/// The `k` highest finite scores, best first (ties to the lower index). One pass that keeps a
+/// small buffer above a rising floor, rather than collecting every candidate: a million items
+/// cost one read of the scores.
 pub fn top_k(scores: &[f32], k: usize) -> Vec<(u32, f32)> {
-    let mut cand: Vec<(u32, f32)> = scores.iter().enumerate().filter(|(_, s)| s.is_finite()).map(|(i, &s)| (i as u32, s)).collect();
     let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    if cand.len() > k {
-        cand.select_nth_unstable_by(k, order);
-        cand.truncate(k);
+    if k == 0 {
+        return Vec::new();
     }
-    cand.sort_by(order);
-    cand
+    let cap = (4 * k).max(64);
+    let mut buf: Vec<(u32, f32)> = Vec::with_capacity(cap);
+    // Items are visited in index order, so one that only ties the k-th best loses the tie.
+    let mut floor = f32::NEG_INFINITY;
+    for (i, &s) in scores.iter().enumerate() {
+        if s > floor && s.is_finite() {
+            if buf.len() == cap {
+                buf.select_nth_unstable_by(k - 1, order);
+                buf.truncate(k);
+                floor = buf[k - 1].1;
+                if s <= floor {
+                    continue;
+                }
+            }
+            buf.push((i as u32, s));
+        }
+    }
+    if buf.len() > k {
+        buf.select_nth_unstable_by(k - 1, order);
+        buf.truncate(k);
+    }
+    buf.sort_by(order);
+    buf
 }
 
-enum Array {
-    F32(Vec<f32>),
-    U32(Vec<u32>),
-    U64(Vec<u64>),
+/// A weight array: borrowed from the model when saving (a large model is not copied to be
+/// written), owned when loading.
+enum Array<'a> {
+    F32(Cow<'a, [f32]>),
+    U32(Cow<'a, [u32]>),
+    U64(Cow<'a, [u64]>),
 }
 
-impl Array {
+/// The little-endian bytes of plain numbers: the memory itself on little-endian machines.
+fn le_bytes<T: Copy, const N: usize>(v: &[T], to_le: fn(T) -> [u8; N]) -> Cow<'_, [u8]> {
+    debug_assert_eq!(std::mem::size_of::<T>(), N);
+    if cfg!(target_endian = "little") {
+        // SAFETY: T is f32, u32 or u64 (no padding; every byte initialised), and the slice
+        // covers exactly the memory of `v`, borrowed for as long as `v`.
+        Cow::Borrowed(unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) })
+    } else {
+        Cow::Owned(v.iter().flat_map(|&x| to_le(x)).collect())
+    }
+}
+
+impl Array<'_> {
     fn dtype(&self) -> Dtype {
         match self {
             Array::F32(_) => Dtype::F32,
@@ -412,37 +454,37 @@ impl Array {
             Array::U64(v) => v.len(),
         }
     }
-    fn bytes(&self) -> Vec<u8> {
+    fn bytes(&self) -> Cow<'_, [u8]> {
         match self {
-            Array::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            Array::U32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            Array::U64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Array::F32(v) => le_bytes(v, f32::to_le_bytes),
+            Array::U32(v) => le_bytes(v, u32::to_le_bytes),
+            Array::U64(v) => le_bytes(v, u64::to_le_bytes),
         }
     }
-    fn from_view(v: &safetensors::tensor::TensorView) -> Result<Self> {
+    fn from_view(v: &safetensors::tensor::TensorView) -> Result<Array<'static>> {
         let d = v.data();
         Ok(match v.dtype() {
-            Dtype::F32 => Array::F32(d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()),
-            Dtype::U32 => Array::U32(d.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect()),
-            Dtype::U64 => Array::U64(d.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect()),
+            Dtype::F32 => Array::F32(Cow::Owned(d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())),
+            Dtype::U32 => Array::U32(Cow::Owned(d.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect())),
+            Dtype::U64 => Array::U64(Cow::Owned(d.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect())),
             other => bail!("unexpected array type {other:?}"),
         })
     }
     fn f32(&self) -> Result<&[f32]> {
         match self {
-            Array::F32(v) => Ok(v),
+            Array::F32(v) => Ok(v.as_ref()),
             _ => bail!("expected an f32 array"),
         }
     }
     fn u32(&self) -> Result<&[u32]> {
         match self {
-            Array::U32(v) => Ok(v),
+            Array::U32(v) => Ok(v.as_ref()),
             _ => bail!("expected a u32 array"),
         }
     }
     fn u64(&self) -> Result<&[u64]> {
         match self {
-            Array::U64(v) => Ok(v),
+            Array::U64(v) => Ok(v.as_ref()),
             _ => bail!("expected a u64 array"),
         }
     }
@@ -465,6 +507,27 @@ mod tests {
         let p = dir.join("log.tsv");
         std::fs::write(&p, body).unwrap();
         read_interactions(&p, &InteractionColumns::default(), IdMap::default(), IdMap::default(), false).unwrap()
+    }
+
+    #[test]
+    fn top_k_equals_a_full_sort() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for n in [0usize, 1, 7, 100, 5000] {
+            // Few distinct values (many ties), and some NaN and -inf that never appear.
+            let scores: Vec<f32> = (0..n)
+                .map(|_| match rng.random_range(0..20) {
+                    0 => f32::NAN,
+                    1 => f32::NEG_INFINITY,
+                    _ => rng.random_range(0..30) as f32,
+                })
+                .collect();
+            let mut all: Vec<(u32, f32)> = scores.iter().enumerate().filter(|(_, s)| s.is_finite()).map(|(i, &s)| (i as u32, s)).collect();
+            all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            for k in [0usize, 1, 3, 10, 64, 200, 10_000] {
+                assert_eq!(top_k(&scores, k), all.iter().take(k).copied().collect::<Vec<_>>(), "n {n} k {k}");
+            }
+        }
     }
 
     #[test]

@@ -222,7 +222,7 @@ fn assemble(
         seed: opts.seed,
         training: serde_json::Value::Null,
     };
-    Ok(Recommender { config, users: log.users.clone(), items: log.items.clone(), seen: ui.clone(), popularity, weights, item_table: None, item_gram: Default::default() })
+    Ok(Recommender { config, users: log.users.clone(), items: log.items.clone(), seen: ui.clone(), popularity, weights, item_table: None, cache: Default::default() })
 }
 
 /// The hyperparameters each algorithm tunes, in search order, with their candidates.
