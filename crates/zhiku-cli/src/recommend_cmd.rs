@@ -163,6 +163,22 @@ struct EvalArgs {
     k: usize,
     #[command(flatten)]
     columns: ColumnArgs,
+    /// A text ranker (`zhiku train --task ctr`) that reorders each user's --rerank-top
+    /// candidates by its click probability, blended with the model's score.
+    #[arg(long, value_name = "DIR", help_heading = "Reranking")]
+    reranker: Option<PathBuf>,
+    /// Candidates per user handed to the ranker.
+    #[arg(long, default_value_t = 50, help_heading = "Reranking")]
+    rerank_top: usize,
+    /// Weight of the ranker in the blend of standardised scores: 1 ranks by the ranker alone,
+    /// 0 keeps the model's order.
+    #[arg(long, default_value_t = 0.5, help_heading = "Reranking")]
+    rerank_weight: f32,
+    /// The users' interactions with their times (the training log), so the ranker reads each
+    /// history most recent first, as it was trained; without it, the model's training items in
+    /// catalogue order.
+    #[arg(long, value_name = "FILE", help_heading = "Reranking")]
+    history: Option<PathBuf>,
     /// Print the metrics as JSON ("ndcg@10", "precision@10", ...).
     #[arg(long)]
     json: bool,
@@ -345,11 +361,24 @@ fn run_eval(a: EvalArgs) -> Result<i32> {
     let test = read_interactions(&a.test, &cols, model.users.clone(), model.items.clone(), false)?;
     report_read(&a.test, &test.report);
     let matrix = Csr::from_events(test.users.len(), test.items.len(), &test.events);
-    let r = metrics::evaluate(&model, &matrix, a.k);
+    let r = match &a.reranker {
+        None => metrics::evaluate(&model, &matrix, a.k),
+        Some(dir) => {
+            if !(0.0..=1.0).contains(&a.rerank_weight) {
+                bail!("--rerank-weight must be between 0 and 1")
+            }
+            let lists = metrics::candidate_lists(&model, &matrix, a.rerank_top.max(a.k));
+            let lists = rerank_lists(&model, lists, dir, &a, &cols)?;
+            metrics::score_lists(&model, &matrix, &lists, a.k)
+        }
+    };
     if a.json {
         let mut v = r.to_json();
         v["algorithm"] = serde_json::json!(model.config.algorithm.name());
         v["model"] = serde_json::json!(a.model);
+        if let Some(dir) = &a.reranker {
+            v["reranker"] = serde_json::json!({"model": dir, "top": a.rerank_top, "weight": a.rerank_weight});
+        }
         println!("{v}");
     } else {
         let k = a.k;
@@ -369,6 +398,55 @@ fn run_eval(a: EvalArgs) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// Reorders each user's candidates with the text ranker in `dir` (see [`zhiku_recommend::ctr`]).
+fn rerank_lists(model: &Recommender, lists: Vec<(usize, Vec<(u32, f32)>)>, dir: &Path, a: &EvalArgs, cols: &zhiku_recommend::InteractionColumns) -> Result<Vec<(usize, Vec<(u32, f32)>)>> {
+    use zhiku_recommend::ctr;
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("ctr.json")).with_context(|| format!("{} is not a text ranker (no ctr.json): train one with `zhiku train --task ctr`", dir.display()))?)
+        .with_context(|| format!("{}: ctr.json is not valid JSON", dir.display()))?;
+    let options: ctr::CtrOptions = serde_json::from_value(meta["options"].clone()).with_context(|| format!("{}: ctr.json has no valid options", dir.display()))?;
+    let texts = read_items(&dir.join("ctr-items.tsv"), "item_id", &["text".to_string()], None)?;
+    // The model's item index to the ranker's table.
+    let text_of: Vec<Option<u32>> = (0..model.n_items() as u32).map(|i| texts.ids.get(model.items.id(i))).collect();
+    let mut histories: Vec<Vec<u32>> = (0..model.users.len()).map(|u| model.seen.row(u).0.to_vec()).collect();
+    if let Some(path) = &a.history {
+        let log = read_interactions(path, cols, model.users.clone(), model.items.clone(), false)?;
+        let mut start = 0;
+        for i in 1..=log.events.len() {
+            if i == log.events.len() || log.events[i].user != log.events[start].user {
+                if let Some(h) = histories.get_mut(log.events[start].user as usize) {
+                    *h = ctr::recent_first(&log.events[start..i]);
+                }
+                start = i;
+            }
+        }
+    }
+    let ranker = zhiku_train::predict::Predictor::open(dir, &candle_core::Device::Cpu)?;
+    let Some(click) = ranker.labels().iter().position(|l| l == "click") else { bail!("{}: the ranker has no \"click\" label", dir.display()) };
+    let pairs: usize = lists.iter().map(|l| l.1.len()).sum();
+    let bar = (!a.json).then(|| {
+        let b = ProgressBar::new(pairs as u64);
+        b.set_style(ProgressStyle::with_template("reranking [{bar:30}] {pos}/{len} pairs {elapsed}, {eta} left").unwrap().progress_chars("=> "));
+        b
+    });
+    let mut out = Vec::with_capacity(lists.len());
+    for (u, cands) in lists {
+        let known: Vec<u32> = histories.get(u).map(|h| h.iter().filter_map(|&i| text_of.get(i as usize).copied().flatten()).collect()).unwrap_or_default();
+        let history = ctr::history_text(&texts, &known, options.history);
+        let candidates: Vec<String> = cands.iter().map(|&(i, _)| text_of[i as usize].map(|t| texts.text(t)).unwrap_or_default()).collect();
+        let first: Vec<&str> = vec![history.as_str(); candidates.len()];
+        let second: Vec<&str> = candidates.iter().map(String::as_str).collect();
+        let p: Vec<f32> = ranker.probabilities(&first, Some(&second))?.into_iter().map(|row| row[click]).collect();
+        out.push((u, ctr::rerank(&cands, &p, a.rerank_weight)));
+        if let Some(b) = &bar {
+            b.inc(cands.len() as u64);
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    Ok(out)
 }
 
 fn run_predict(a: PredictArgs) -> Result<i32> {

@@ -25,7 +25,10 @@ pub struct TrainArgs {
     /// with its passage labelled 1 and --hard-negatives BM25 negatives labelled 0; a classifier
     /// folder for `library search --rerank` and `eval --task retrieval --rerank`), or sft
     /// (supervised fine-tuning of a decoder, GGUF file or Hugging Face folder, with LoRA on
-    /// JSONL conversations; the output is a PEFT adapter folder).
+    /// JSONL conversations; the output is a PEFT adapter folder), or ctr (a text ranker for
+    /// recommendation: --train is an interaction log, --items the item table; a cross-encoder
+    /// learns click or skip from (the user's history as text, a candidate's text); it reranks
+    /// with `zhiku recommend eval --reranker`).
     #[arg(long, default_value = "classification")]
     task: String,
     /// Pretrained encoder folder (Hugging Face layout) or an earlier zhiku output to continue
@@ -187,6 +190,33 @@ pub struct TrainArgs {
     /// layer in it (faster; memory grows with layers x tokens).
     #[arg(long, help_heading = "Generative models (--task sft)")]
     no_recompute: bool,
+    #[command(flatten)]
+    ctr: CtrArgs,
+}
+
+/// `--task ctr`: click prediction from text for recommendation.
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Click prediction (--task ctr)")]
+pub struct CtrArgs {
+    /// The item table (CSV, TSV or JSONL with an item_id column; the other columns are its text).
+    #[arg(long, value_name = "FILE")]
+    items: Option<PathBuf>,
+    /// Items of the user's history the ranker reads, most recent first.
+    #[arg(long, default_value_t = 10)]
+    history_items: usize,
+    /// Items the user never touched, drawn by popularity, per clicked item.
+    #[arg(long, default_value_t = 3)]
+    negatives: usize,
+    /// Clicked items drawn per user.
+    #[arg(long, default_value_t = 5)]
+    positives_per_user: usize,
+    /// User and item id columns of the log and the item table, and its time column.
+    #[arg(long, default_value = "user_id")]
+    user_column: String,
+    #[arg(long, default_value = "item_id")]
+    item_column: String,
+    #[arg(long, default_value = "timestamp")]
+    time_column: String,
 }
 
 /// Parameter-efficient fine-tuning: train a small module on a frozen base encoder.
@@ -259,8 +289,9 @@ pub fn run(a: TrainArgs) -> Result<i32> {
         "classification" => {}
         "retrieval" => return run_retrieval(&a),
         "reranker" => {}
+        "ctr" => {}
         "sft" => return run_sft(&a),
-        other => bail!("unknown --task {other:?}: expected classification, retrieval, reranker or sft"),
+        other => bail!("unknown --task {other:?}: expected classification, retrieval, reranker, ctr or sft"),
     }
     let peft = a.peft.config()?;
     let mut data = DataConfig::new(&a.train);
@@ -289,6 +320,9 @@ pub fn run(a: TrainArgs) -> Result<i32> {
         data.columns = zhiku_data::Columns { text: "text".into(), pair: Some("pair".into()), label: "label".into(), label_separator: None };
         data.split_seed = a.seed;
     }
+    if a.task == "ctr" {
+        data = ctr_data(&a)?;
+    }
     data.dev_fraction = a.dev_fraction;
     data.test_fraction = a.test_fraction;
     data.split_seed = a.seed;
@@ -310,19 +344,72 @@ pub fn run(a: TrainArgs) -> Result<i32> {
             list.split(',').map(|x| x.trim().parse::<f32>().with_context(|| format!("--class-weights: {x:?} is not a number"))).collect::<Result<_>>()?,
         ),
     };
-    let metric = a.metric.clone().unwrap_or_else(|| if task.multi_label { "micro_f1".into() } else { "macro_f1".into() });
+    let metric = a.metric.clone().unwrap_or_else(|| match () {
+        _ if a.task == "ctr" => "loss".into(), // the click probability is what reranks: log loss
+        _ if task.multi_label => "micro_f1".into(),
+        _ => "macro_f1".into(),
+    });
     let config = TrainConfig { class_weights, lr: a.lr.unwrap_or_else(|| default_lr(peft.as_ref())), metric, peft, ..loop_config(&a) };
     let device = device_for(&a);
     if a.setfit {
         return run_setfit(&a, task, device);
     }
     let mut trainer = Trainer::new(&a.model, task, &a.output, config, device)?;
-    if a.task != "reranker" {
+    if a.task != "reranker" && a.task != "ctr" {
         prepare_output(&a)?;
     }
     let interrupt = Arc::new(AtomicBool::new(false));
     trainer.set_interrupt_flag(interrupt.clone());
     drive(&a, interrupt, |on_event| trainer.run(a.resume, on_event))
+}
+
+/// `--task ctr`: (history, candidate, click) examples from the interaction log and the item
+/// table, written beside the run as the classifier's pair data, with what the reranker needs
+/// later (`ctr.json`, `ctr-items.tsv`: the item texts as the ranker read them).
+fn ctr_data(a: &TrainArgs) -> Result<DataConfig> {
+    use zhiku_recommend::{ctr, data};
+    let c = &a.ctr;
+    let Some(items_path) = &c.items else { bail!("--task ctr needs --items: the item table whose texts the ranker reads") };
+    if a.dev.is_some() || a.test.is_some() {
+        bail!("--task ctr holds out --dev-fraction of the log's users for dev; --dev and --test are not used")
+    }
+    let items = data::read_items(items_path, &c.item_column, &[], None)?;
+    let cols = data::InteractionColumns { user: c.user_column.clone(), item: c.item_column.clone(), time: c.time_column.clone(), ..Default::default() };
+    let log = data::read_interactions(&a.train, &cols, data::IdMap::default(), items.ids.clone(), true)?;
+    if let Some(s) = log.report.summary(&a.train) {
+        eprintln!("{s}");
+    }
+    let options = ctr::CtrOptions { history: c.history_items, negatives: c.negatives, per_user: c.positives_per_user, dev_fraction: a.dev_fraction.max(0.01), seed: a.seed };
+    if options.history == 0 || options.per_user == 0 {
+        bail!("--history-items and --positives-per-user must be at least 1")
+    }
+    let built = ctr::pairs(&log, &items, &options);
+    if built.train.is_empty() || built.dev.is_empty() {
+        bail!("{}: too few users with two or more interactions to train and check a ranker ({} users, {} skipped)", a.train.display(), built.users, built.users_skipped)
+    }
+    if !a.json {
+        eprintln!(
+            "ctr: {} training and {} dev examples from {} users ({} with fewer than 2 interactions skipped), {} negatives per click",
+            built.train_examples, built.dev_examples, built.users, built.users_skipped, options.negatives
+        );
+    }
+    prepare_output(a)?;
+    let dir = a.output.join("splits");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("ctr-train.jsonl"), ctr::jsonl(&built.train))?;
+    std::fs::write(dir.join("ctr-dev.jsonl"), ctr::jsonl(&built.dev))?;
+    let mut table = String::from("item_id\ttext\n");
+    for (i, id) in items.ids.ids().iter().enumerate() {
+        let clean = |s: &str| s.replace(['\t', '\n', '\r'], " ");
+        table.push_str(&format!("{}\t{}\n", clean(id), clean(&items.text(i as u32))));
+    }
+    zhiku_models::classifier::write_atomic(&a.output.join("ctr-items.tsv"), table.as_bytes())?;
+    let meta = serde_json::json!({"options": options, "examples": built, "items": items.ids.len()});
+    zhiku_models::classifier::write_atomic(&a.output.join("ctr.json"), serde_json::to_string_pretty(&meta)?.as_bytes())?;
+    let mut data = DataConfig::new(dir.join("ctr-train.jsonl"));
+    data.dev = Some(dir.join("ctr-dev.jsonl"));
+    data.columns = zhiku_data::Columns { text: "text".into(), pair: Some("pair".into()), label: "label".into(), label_separator: None };
+    Ok(data)
 }
 
 /// The settings every task shares, from the command line.

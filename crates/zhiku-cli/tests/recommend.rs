@@ -180,3 +180,54 @@ fn served_recommendations_follow_new_interactions() {
         assert!(v["error"]["message"].as_str().unwrap_or_default().contains(want), "{path} {body}: {v}");
     }
 }
+
+#[test]
+fn text_ranker_trains_on_histories_and_reranks() {
+    // The two taste groups of `write_log`, with item texts that say which group an item is in.
+    let dir = tempfile::tempdir().unwrap();
+    let d = |p: &str| dir.path().join(p).to_str().unwrap().to_string();
+    let log = write_log(dir.path());
+    let words = ["apple", "banana", "cherry", "car", "truck", "train"];
+    zhiku_models::testing::write_tiny_model(&dir.path().join("encoder"), &words, 0.0, 3).unwrap();
+    let mut items = String::from("item_id\ttitle\n");
+    for i in 0..15 {
+        items.push_str(&format!("a{i}\t{} {}\nb{i}\t{} {}\n", words[i % 3], words[(i + 1) % 3], words[3 + i % 3], words[3 + (i + 1) % 3]));
+    }
+    std::fs::write(d("items.tsv"), items).unwrap();
+    ok(&zhiku(&["recommend", "split", "--interactions", log.to_str().unwrap(), "--output", &d("split")]));
+    ok(&zhiku(&["recommend", "train", "--interactions", &d("split/train.tsv"), "--algorithm", "itemknn", "--output", &d("knn"), "--quiet"]));
+    let train = ["train", "--task", "ctr", "--model", &d("encoder"), "--train", &d("split/train.tsv"), "--items", &d("items.tsv"), "--output", &d("ctr"),
+                 "--epochs", "2", "--batch-size", "16", "--lr", "1e-3", "--max-length", "32", "--history-items", "4", "--dev-fraction", "0.2", "--quiet"];
+    ok(&zhiku(&train));
+    let meta = json(&std::fs::read_to_string(d("ctr/ctr.json")).unwrap());
+    // 32 training users x 5 clicks x (1 + 3 skips); 8 dev users likewise.
+    assert_eq!(meta["examples"]["train_examples"], 640, "{meta}");
+    assert_eq!(meta["examples"]["dev_examples"], 160, "{meta}");
+    let rows = std::fs::read_to_string(d("ctr/splits/ctr-train.jsonl")).unwrap();
+    let first = json(rows.lines().next().unwrap());
+    assert_eq!(first["label"], "click");
+    assert_eq!(first["text"].as_str().unwrap().split(" | ").count(), 4, "four history items: {first}");
+    assert!(rows.contains("\"skip\""));
+    assert!(std::path::Path::new(&d("ctr/ctr-items.tsv")).exists() && std::path::Path::new(&d("ctr/config.json")).exists());
+    let metrics = json(&std::fs::read_to_string(d("ctr/metrics.json")).unwrap());
+    assert_eq!(metrics["summary"]["metric"], "loss", "{metrics}");
+
+    // Weight 0 keeps the model's order exactly; weight 1 ranks by the ranker alone.
+    let (knn, test) = (d("knn"), d("split/test.tsv"));
+    let eval = |extra: &[&str]| {
+        let mut a = vec!["recommend", "eval", "--model", &knn, "--test", &test, "--k", "5", "--json"];
+        a.extend(extra);
+        json(&ok(&zhiku(&a)))
+    };
+    let plain = eval(&[]);
+    let ctr = d("ctr");
+    let history = d("split/train.tsv");
+    let kept = eval(&["--reranker", &ctr, "--rerank-top", "10", "--rerank-weight", "0", "--history", &history]);
+    assert_eq!(kept["ndcg@5"], plain["ndcg@5"], "{kept} vs {plain}");
+    assert_eq!(kept["reranker"]["top"], 10);
+    let ranked = eval(&["--reranker", &ctr, "--rerank-top", "10", "--rerank-weight", "1"]);
+    assert!(ranked["ndcg@5"].is_f64() && ranked["users"] == 40, "{ranked}");
+
+    fails_with(&zhiku(&["train", "--task", "ctr", "--model", &d("encoder"), "--train", &d("split/train.tsv"), "--output", &d("ctr2")]), "--task ctr needs --items");
+    fails_with(&zhiku(&["recommend", "eval", "--model", &d("knn"), "--test", &d("split/test.tsv"), "--reranker", &d("knn")]), "is not a text ranker");
+}

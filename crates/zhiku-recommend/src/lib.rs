@@ -8,6 +8,7 @@
 //! in a folder and answers queries, known users or a bare history (fold-in).
 
 pub mod algo;
+pub mod ctr;
 pub mod data;
 pub mod matrix;
 pub mod metrics;

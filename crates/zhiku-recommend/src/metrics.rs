@@ -97,49 +97,60 @@ impl Sums {
 /// Scores `model` on `test` (rows: users in the model's index space, where rows past the model's
 /// users are users it has not seen; columns past its items are items it cannot recommend).
 pub fn evaluate(model: &Recommender, test: &Csr, k: usize) -> Report {
+    score_lists(model, test, &candidate_lists(model, test, k), k)
+}
+
+/// Every test user's (row of `test` with interactions) `n` best items, best first.
+pub fn candidate_lists(model: &Recommender, test: &Csr, n: usize) -> Vec<(usize, Vec<(u32, f32)>)> {
+    let n_known = model.users.len();
+    (0..test.rows)
+        .into_par_iter()
+        .filter(|&u| test.row_len(u) > 0)
+        .map_init(Vec::new, |scores, u| {
+            let q = if u < n_known { Query { user: Some(u as u32), history: model.seen.row(u).0 } } else { Query { user: None, history: &[] } };
+            (u, model.recommend(q, n, &[], scores))
+        })
+        .collect()
+}
+
+/// Scores ranked lists (a test user's row and items best first; the first `k` count).
+pub fn score_lists(model: &Recommender, test: &Csr, lists: &[(usize, Vec<(u32, f32)>)], k: usize) -> Report {
     let n_known = model.users.len();
     let n_items = model.n_items();
     let discount = |rank: usize| 1.0 / ((1 + rank) as f64).ln();
-    let sums = (0..test.rows)
-        .into_par_iter()
-        .filter(|&u| test.row_len(u) > 0)
-        .fold(
-            || (Sums::default(), Vec::new()),
-            |(mut s, mut scores), u| {
-                if s.shown.is_empty() {
-                    s.shown = vec![false; n_items];
-                }
-                let relevant = test.row(u).0;
-                let known = u < n_known;
-                let q = if known { Query { user: Some(u as u32), history: model.seen.row(u).0 } } else { Query { user: None, history: &[] } };
-                let recs = model.recommend(q, k, &[], &mut scores);
-                let (mut hits, mut dcg, mut ap, mut first) = (0usize, 0.0, 0.0, None);
-                for (r, &(item, _)) in recs.iter().enumerate() {
-                    s.shown[item as usize] = true;
-                    if relevant.binary_search(&item).is_ok() {
-                        hits += 1;
-                        dcg += discount(r + 1);
-                        ap += hits as f64 / (r + 1) as f64;
-                        first.get_or_insert(r + 1);
-                        if model.popularity[item as usize] == 0.0 {
-                            s.cold_hits += 1;
-                        }
+    let sums = lists
+        .par_iter()
+        .fold(Sums::default, |mut s, (u, recs)| {
+            if s.shown.is_empty() {
+                s.shown = vec![false; n_items];
+            }
+            let relevant = test.row(*u).0;
+            let known = *u < n_known;
+            let (mut hits, mut dcg, mut ap, mut first) = (0usize, 0.0, 0.0, None);
+            for (r, &(item, _)) in recs.iter().take(k).enumerate() {
+                s.shown[item as usize] = true;
+                if relevant.binary_search(&item).is_ok() {
+                    hits += 1;
+                    dcg += discount(r + 1);
+                    ap += hits as f64 / (r + 1) as f64;
+                    first.get_or_insert(r + 1);
+                    if model.popularity[item as usize] == 0.0 {
+                        s.cold_hits += 1;
                     }
                 }
-                let ideal: f64 = (1..=relevant.len().min(k)).map(discount).sum();
-                s.users += 1;
-                s.unknown += (!known) as usize;
-                s.ndcg += dcg / ideal;
-                s.precision += hits as f64 / k as f64;
-                s.recall += hits as f64 / relevant.len() as f64;
-                s.map += ap / relevant.len().min(k) as f64;
-                s.hit += (hits > 0) as u8 as f64;
-                s.mrr += first.map_or(0.0, |r| 1.0 / r as f64);
-                s.cold += relevant.iter().filter(|&&i| i as usize >= n_items || model.popularity[i as usize] == 0.0).count();
-                (s, scores)
-            },
-        )
-        .map(|(s, _)| s)
+            }
+            let ideal: f64 = (1..=relevant.len().min(k)).map(discount).sum();
+            s.users += 1;
+            s.unknown += (!known) as usize;
+            s.ndcg += dcg / ideal;
+            s.precision += hits as f64 / k as f64;
+            s.recall += hits as f64 / relevant.len() as f64;
+            s.map += ap / relevant.len().min(k) as f64;
+            s.hit += (hits > 0) as u8 as f64;
+            s.mrr += first.map_or(0.0, |r| 1.0 / r as f64);
+            s.cold += relevant.iter().filter(|&&i| i as usize >= n_items || model.popularity[i as usize] == 0.0).count();
+            s
+        })
         .reduce(Sums::default, Sums::merge);
     let n = sums.users.max(1) as f64;
     Report {
@@ -180,7 +191,7 @@ mod tests {
             training: serde_json::Value::Null,
         };
         let seen = Csr::from_triplets(2, 5, [(0u32, 0u32, 1.0f32)].into_iter());
-        Recommender { config, users: ids(2, "u"), items: ids(5, "i"), seen, popularity: vec![5.0, 4.0, 3.0, 2.0, 1.0], weights: Weights::Popularity, item_table: None, item_gram: Default::default() }
+        Recommender { config, users: ids(2, "u"), items: ids(5, "i"), seen, popularity: vec![5.0, 4.0, 3.0, 2.0, 1.0], weights: Weights::Popularity, item_table: None, cache: Default::default() }
     }
 
     #[test]
