@@ -210,6 +210,11 @@ pub struct CtrArgs {
     /// Clicked items drawn per user.
     #[arg(long, default_value_t = 5)]
     positives_per_user: usize,
+    /// A recommender folder (`zhiku recommend train`) whose top items for each user, unclicked,
+    /// are the negatives: the ranker then learns to reorder what that model proposes (hard
+    /// negatives). Without it, negatives are drawn by popularity.
+    #[arg(long, value_name = "DIR")]
+    negatives_from: Option<PathBuf>,
     /// User and item id columns of the log and the item table, and its time column.
     #[arg(long, default_value = "user_id")]
     user_column: String,
@@ -383,7 +388,15 @@ fn ctr_data(a: &TrainArgs) -> Result<DataConfig> {
     if options.history == 0 || options.per_user == 0 {
         bail!("--history-items and --positives-per-user must be at least 1")
     }
-    let built = ctr::pairs(&log, &items, &options);
+    // The candidate generator's top 50 per user, in the item table's indices.
+    let generator = c.negatives_from.as_deref().map(zhiku_recommend::Recommender::load).transpose()?;
+    let candidates = |u: u32| -> Vec<u32> {
+        let Some(model) = &generator else { return Vec::new() };
+        let Some(mu) = model.users.get(log.users.id(u)) else { return Vec::new() };
+        let q = zhiku_recommend::Query { user: Some(mu), history: model.seen.row(mu as usize).0 };
+        model.recommend(q, 50, &[], &mut Vec::new()).into_iter().filter_map(|(i, _)| items.ids.get(model.items.id(i))).collect()
+    };
+    let built = ctr::pairs(&log, &items, &options, generator.is_some().then_some(&candidates as &dyn Fn(u32) -> Vec<u32>));
     if built.train.is_empty() || built.dev.is_empty() {
         bail!("{}: too few users with two or more interactions to train and check a ranker ({} users, {} skipped)", a.train.display(), built.users, built.users_skipped)
     }
@@ -404,7 +417,7 @@ fn ctr_data(a: &TrainArgs) -> Result<DataConfig> {
         table.push_str(&format!("{}\t{}\n", clean(id), clean(&items.text(i as u32))));
     }
     zhiku_models::classifier::write_atomic(&a.output.join("ctr-items.tsv"), table.as_bytes())?;
-    let meta = serde_json::json!({"options": options, "examples": built, "items": items.ids.len()});
+    let meta = serde_json::json!({"options": options, "examples": built, "items": items.ids.len(), "negatives_from": c.negatives_from});
     zhiku_models::classifier::write_atomic(&a.output.join("ctr.json"), serde_json::to_string_pretty(&meta)?.as_bytes())?;
     let mut data = DataConfig::new(dir.join("ctr-train.jsonl"));
     data.dev = Some(dir.join("ctr-dev.jsonl"));

@@ -5,13 +5,14 @@
 //!
 //! Examples, per user with at least two interactions: `per_user` positives drawn at random from
 //! the user's items, each with the user's other items as history (most recent first, up to
-//! `history`), and `negatives` items per positive that the user never touched, drawn by
-//! popularity (so that the ranker must learn taste, not popularity, which the candidate
-//! generator already knows). A random `dev_fraction` of the users is held out for the trainer's
-//! dev loss.
+//! `history`), and `negatives` items per positive that the user never touched: drawn from the
+//! user's candidates when a candidate generator gives them (the items a recommender ranks high
+//! for the user, which is what the ranker will have to reorder: hard negatives), else by
+//! popularity (so that the ranker must learn taste, not popularity). A random `dev_fraction` of
+//! the users is held out for the trainer's dev loss.
 
 use crate::data::{Event, Interactions, Items};
-use rand::seq::SliceRandom;
+use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -69,7 +70,9 @@ pub fn recent_first(events: &[Event]) -> Vec<u32> {
 
 /// Builds the training and dev examples. `log`'s item indices must be `items`' (read the log
 /// with the item table's ids).
-pub fn pairs(log: &Interactions, items: &Items, o: &CtrOptions) -> CtrData {
+/// `candidates`, when given, lists a user's candidate items (indices of `items`) for hard
+/// negatives; users it gives too few for get popularity-drawn ones for the rest.
+pub fn pairs(log: &Interactions, items: &Items, o: &CtrOptions, candidates: Option<&dyn Fn(u32) -> Vec<u32>>) -> CtrData {
     let mut rng = ChaCha8Rng::seed_from_u64(o.seed);
     let n_items = items.ids.len();
     let mut counts = vec![0u64; n_items];
@@ -106,13 +109,18 @@ pub fn pairs(log: &Interactions, items: &Items, o: &CtrOptions) -> CtrData {
         let recent = recent_first(events);
         let mut chosen: Vec<usize> = (0..recent.len()).collect();
         chosen.shuffle(&mut rng);
+        let user = events[0].user;
+        let hard: Vec<u32> = candidates.map(|c| c(user)).unwrap_or_default().into_iter().filter(|&i| !events.iter().any(|e| e.item == i)).collect();
         let out = if dev_user[slot] { &mut data.dev } else { &mut data.train };
         for &p in chosen.iter().take(o.per_user) {
             let history: Vec<u32> = recent.iter().enumerate().filter(|&(j, _)| j != p).map(|(_, &i)| i).collect();
             let history = history_text(items, &history, o.history);
-            let user = events[0].user;
             out.push(CtrExample { user, history: history.clone(), candidate: items.text(recent[p]), click: true });
             let mut drawn = 0;
+            for &item in hard.choose_multiple(&mut rng, o.negatives) {
+                out.push(CtrExample { user, history: history.clone(), candidate: items.text(item), click: false });
+                drawn += 1;
+            }
             // Rejection sampling by popularity; bounded, for users who touched nearly everything.
             for _ in 0..o.negatives * 50 {
                 if drawn == o.negatives {
@@ -195,7 +203,7 @@ mod tests {
         let mut ev = vec![(0, 0, 3), (0, 1, 1), (0, 2, 2), (1, 4, 1)];
         ev.extend((5..10).map(|i| (2, i, i as i64)));
         ev.extend((0..20).map(|i| (3, i, 0))); // a user who saw everything: no negatives possible
-        let data = pairs(&log(ev, 4, 20), &items, &CtrOptions { history: 2, negatives: 2, per_user: 2, dev_fraction: 0.0, seed: 7 });
+        let data = pairs(&log(ev, 4, 20), &items, &CtrOptions { history: 2, negatives: 2, per_user: 2, dev_fraction: 0.0, seed: 7 }, None);
         assert_eq!((data.users, data.users_skipped, data.dev_examples), (4, 1, 0));
         for e in &data.train {
             match e.user {
@@ -220,12 +228,30 @@ mod tests {
             assert_eq!(e.history, "title 0 | title 2", "most recent first");
         }
         // Same seed, same examples; the dev share holds whole users.
-        let again = pairs(&log(vec![(0, 0, 3), (0, 1, 1), (0, 2, 2), (1, 4, 1)], 2, 20), &items, &CtrOptions::default());
-        assert_eq!(again, pairs(&log(vec![(0, 0, 3), (0, 1, 1), (0, 2, 2), (1, 4, 1)], 2, 20), &items, &CtrOptions::default()));
-        let split = pairs(&log((0..40).flat_map(|u| [(u, 0, 1), (u, 1 + u % 5, 2)]).collect(), 40, 20), &items, &CtrOptions { dev_fraction: 0.25, ..Default::default() });
+        let again = pairs(&log(vec![(0, 0, 3), (0, 1, 1), (0, 2, 2), (1, 4, 1)], 2, 20), &items, &CtrOptions::default(), None);
+        assert_eq!(again, pairs(&log(vec![(0, 0, 3), (0, 1, 1), (0, 2, 2), (1, 4, 1)], 2, 20), &items, &CtrOptions::default(), None));
+        let split = pairs(&log((0..40).flat_map(|u| [(u, 0, 1), (u, 1 + u % 5, 2)]).collect(), 40, 20), &items, &CtrOptions { dev_fraction: 0.25, ..Default::default() }, None);
         let dev_users: std::collections::HashSet<u32> = split.dev.iter().map(|e| e.user).collect();
         assert_eq!(dev_users.len(), 10);
         assert!(split.train.iter().all(|e| !dev_users.contains(&e.user)));
+    }
+
+    #[test]
+    fn hard_negatives_come_from_the_candidates() {
+        let items = items(20);
+        let ev: Vec<(u32, u32, i64)> = (0..4).map(|i| (0, i, i as i64)).chain((10..14).map(|i| (1, i, 0))).collect();
+        // The generator proposes two of the user's own items (never negatives) and items 7, 8.
+        let cands = |_u: u32| vec![0, 1, 7, 8];
+        let data = pairs(&log(ev, 2, 20), &items, &CtrOptions { negatives: 2, per_user: 2, dev_fraction: 0.0, ..Default::default() }, Some(&cands));
+        let skips: Vec<&str> = data.train.iter().filter(|e| !e.click && e.user == 0).map(|e| e.candidate.as_str()).collect();
+        assert_eq!(skips.len(), 4);
+        assert!(skips.iter().all(|s| *s == "title 7" || *s == "title 8"), "{skips:?}");
+        // User 1's own items include none of 7, 8: same; a generator with one usable item leaves
+        // the rest to popularity.
+        let one = |_u: u32| vec![7];
+        let data = pairs(&log(vec![(0, 0, 1), (0, 1, 2), (1, 2, 1), (1, 3, 1)], 2, 20), &items, &CtrOptions { negatives: 2, per_user: 1, dev_fraction: 0.0, ..Default::default() }, Some(&one));
+        assert_eq!(data.train.iter().filter(|e| !e.click && e.user == 0 && e.candidate == "title 7").count(), 1);
+        assert_eq!(data.train.iter().filter(|e| !e.click && e.user == 0).count(), 2);
     }
 
     #[test]
