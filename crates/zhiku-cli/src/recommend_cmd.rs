@@ -401,7 +401,7 @@ fn run_eval(a: EvalArgs) -> Result<i32> {
 }
 
 /// Reorders each user's candidates with the text ranker in `dir` (see [`zhiku_recommend::ctr`]).
-fn rerank_lists(model: &Recommender, lists: Vec<(usize, Vec<(u32, f32)>)>, dir: &Path, a: &EvalArgs, cols: &zhiku_recommend::InteractionColumns) -> Result<Vec<(usize, Vec<(u32, f32)>)>> {
+fn rerank_lists(model: &Recommender, lists: metrics::RankedLists, dir: &Path, a: &EvalArgs, cols: &zhiku_recommend::InteractionColumns) -> Result<metrics::RankedLists> {
     use zhiku_recommend::ctr;
     let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("ctr.json")).with_context(|| format!("{} is not a text ranker (no ctr.json): train one with `zhiku train --task ctr`", dir.display()))?)
         .with_context(|| format!("{}: ctr.json is not valid JSON", dir.display()))?;

@@ -100,8 +100,11 @@ pub fn evaluate(model: &Recommender, test: &Csr, k: usize) -> Report {
     score_lists(model, test, &candidate_lists(model, test, k), k)
 }
 
+/// Ranked lists: a test user's row and their items with scores, best first.
+pub type RankedLists = Vec<(usize, Vec<(u32, f32)>)>;
+
 /// Every test user's (row of `test` with interactions) `n` best items, best first.
-pub fn candidate_lists(model: &Recommender, test: &Csr, n: usize) -> Vec<(usize, Vec<(u32, f32)>)> {
+pub fn candidate_lists(model: &Recommender, test: &Csr, n: usize) -> RankedLists {
     let n_known = model.users.len();
     (0..test.rows)
         .into_par_iter()
