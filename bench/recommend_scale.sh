@@ -98,8 +98,8 @@ for model in ml100k big; do
     route=/v1/recommend; [ "$case" = similar ] && route=/v1/similar-items
     for c in 1 8; do
       export BODIES_FILE="$work/$model-$case.jsonl" ROUTE=$route
-      wrk -t "$(( c < 2 ? 1 : 2 ))" -c $c -d 2s -s bench/wrk_bodies.lua "http://127.0.0.1:$PORT" >/dev/null
-      line=$(wrk -t "$(( c < 2 ? 1 : 2 ))" -c $c -d "${DURATION}s" --timeout 30s -s bench/wrk_bodies.lua "http://127.0.0.1:$PORT" | tail -1)
+      wrk -t "$(( c < 2 ? 1 : 2 ))" -c $c -d 2s -s bench/wrk_post.lua "http://127.0.0.1:$PORT" >/dev/null
+      line=$(wrk -t "$(( c < 2 ? 1 : 2 ))" -c $c -d "${DURATION}s" --timeout 30s -s bench/wrk_post.lua "http://127.0.0.1:$PORT" | tail -1)
       echo "{\"model\": \"$model\", \"case\": \"$case\", \"concurrency\": $c, \"result\": $line}" | tee -a "$loads" >&2
     done
   done
