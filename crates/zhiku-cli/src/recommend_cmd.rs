@@ -49,6 +49,13 @@ struct ColumnArgs {
     /// Column holding the time (seconds since 1970; read when present).
     #[arg(long, default_value = "timestamp")]
     time_column: String,
+    /// Column holding the event type (read with --events).
+    #[arg(long, default_value = "event")]
+    event_column: String,
+    /// The event types that count as interactions, comma-separated (e.g. click,purchase); rows
+    /// of other types (impressions, say) are skipped and counted. Default: every row.
+    #[arg(long, value_delimiter = ',')]
+    events: Option<Vec<String>>,
     /// File format when the extension does not tell: csv, tsv or jsonl.
     #[arg(long)]
     format: Option<String>,
@@ -57,7 +64,19 @@ struct ColumnArgs {
 impl ColumnArgs {
     fn columns(&self) -> Result<InteractionColumns> {
         let format = self.format.as_deref().map(|f| zhiku_data::Format::parse(f).with_context(|| format!("unknown --format {f:?}: expected csv, tsv or jsonl"))).transpose()?;
-        Ok(InteractionColumns { user: self.user_column.clone(), item: self.item_column.clone(), rating: self.rating_column.clone(), time: self.time_column.clone(), format })
+        let events = self.events.as_ref().map(|v| v.iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect::<Vec<_>>());
+        if events.as_ref().is_some_and(|v| v.is_empty()) {
+            bail!("--events: give the event types that count, e.g. --events click,purchase")
+        }
+        Ok(InteractionColumns {
+            user: self.user_column.clone(),
+            item: self.item_column.clone(),
+            rating: self.rating_column.clone(),
+            time: self.time_column.clone(),
+            event: self.event_column.clone(),
+            events,
+            format,
+        })
     }
 }
 

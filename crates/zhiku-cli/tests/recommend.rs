@@ -123,6 +123,12 @@ fn bad_input_is_an_error_with_file_and_line_or_a_counted_skip() {
     fails_with(&zhiku(&["recommend", "eval", "--model", &out, "--test", &log, "--k", "0"]), "--k must be at least 1");
     fails_with(&zhiku(&["recommend", "eval", "--model", &d("nothing"), "--test", &log]), "not a recommender folder");
     assert!(!Path::new(&d("nothing")).exists());
+    // Event types: only the listed ones count; the others are counted skips.
+    let events = write("events.csv", "user_id,item_id,event\nu1,i1,view\nu1,i2,purchase\nu2,i1,click\nu2,i2,view\n");
+    let o = zhiku(&["recommend", "train", "--interactions", &events, "--events", "click,purchase", "--algorithm", "popularity", "--output", &out, "--json"]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success() && err.contains("kept 2 of 4 rows") && err.contains("2 of other event types"), "{err}");
+    fails_with(&zhiku(&["recommend", "train", "--interactions", &log, "--events", "click", "--output", &out]), "--event-column");
 }
 
 #[test]

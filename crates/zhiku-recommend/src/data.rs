@@ -65,12 +65,17 @@ pub struct InteractionColumns {
     /// Read when present; rows then need a number there.
     pub rating: String,
     pub time: String,
+    /// The event type (view, click, purchase, ...), read when `events` is given.
+    pub event: String,
+    /// The event types that count as interactions; rows of other types are skipped and counted.
+    /// None: every row counts.
+    pub events: Option<Vec<String>>,
     pub format: Option<Format>,
 }
 
 impl Default for InteractionColumns {
     fn default() -> Self {
-        Self { user: "user_id".into(), item: "item_id".into(), rating: "rating".into(), time: "timestamp".into(), format: None }
+        Self { user: "user_id".into(), item: "item_id".into(), rating: "rating".into(), time: "timestamp".into(), event: "event".into(), events: None, format: None }
     }
 }
 
@@ -85,6 +90,8 @@ pub struct ReadReport {
     pub unknown_items: usize,
     /// Rows whose rating is negative, NaN or infinite (skipped).
     pub invalid_ratings: usize,
+    /// Rows of an event type not among those that count (skipped).
+    pub other_events: usize,
     /// The first skipped row, as `file:line: why`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_skip: Option<String>,
@@ -92,7 +99,7 @@ pub struct ReadReport {
 
 impl ReadReport {
     pub fn skipped(&self) -> usize {
-        self.unknown_items + self.invalid_ratings
+        self.unknown_items + self.invalid_ratings + self.other_events
     }
 
     /// One line for a person, or None when nothing was skipped or merged.
@@ -106,6 +113,9 @@ impl ReadReport {
         }
         if self.invalid_ratings > 0 {
             parts.push(format!("{} with a negative, NaN or infinite rating", self.invalid_ratings));
+        }
+        if self.other_events > 0 {
+            parts.push(format!("{} of other event types", self.other_events));
         }
         let mut s = format!("{}: kept {} of {} rows", path.display(), self.kept, self.rows);
         if !parts.is_empty() {
@@ -141,6 +151,7 @@ pub fn read_interactions(path: &Path, cols: &InteractionColumns, users: IdMap, i
         Column { name: &cols.item, flag: "item-column", required: true },
         Column { name: &cols.rating, flag: "rating-column", required: false },
         Column { name: &cols.time, flag: "time-column", required: false },
+        Column { name: &cols.event, flag: "event-column", required: cols.events.is_some() },
     ];
     let mut out = Interactions { users, items, events: Vec::new(), has_rating: false, has_time: false, report: ReadReport::default() };
     let p = || path.to_path_buf();
@@ -151,6 +162,14 @@ pub fn read_interactions(path: &Path, cols: &InteractionColumns, users: IdMap, i
                 report.first_skip = Some(format!("{}:{line}: {why}", path.display()));
             }
         };
+        if let Some(kinds) = &cols.events {
+            let kind = f[4].unwrap_or_default();
+            if !kinds.iter().any(|k| k == kind) {
+                out.report.other_events += 1;
+                skip(&mut out.report, format!("event type {kind:?}"));
+                return Ok(());
+            }
+        }
         let value = match f[2] {
             None => 1.0,
             Some(s) => {
