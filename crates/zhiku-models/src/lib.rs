@@ -13,6 +13,7 @@ pub mod config;
 pub mod decoder;
 pub mod float_env;
 pub mod folder;
+pub mod ctranslate2;
 pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod attention;
