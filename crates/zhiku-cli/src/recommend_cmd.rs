@@ -425,19 +425,15 @@ fn rerank_lists(model: &Recommender, lists: metrics::RankedLists, dir: &Path, a:
     let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("ctr.json")).with_context(|| format!("{} is not a text ranker (no ctr.json): train one with `zhiku train --task ctr`", dir.display()))?)
         .with_context(|| format!("{}: ctr.json is not valid JSON", dir.display()))?;
     let options: ctr::CtrOptions = serde_json::from_value(meta["options"].clone()).with_context(|| format!("{}: ctr.json has no valid options", dir.display()))?;
-    let texts = read_items(&dir.join("ctr-items.tsv"), "item_id", &["text".to_string()], None)?;
+    let texts = read_items(&dir.join("ctr-items.jsonl"), "item_id", &["text".to_string()], None)?;
     // The model's item index to the ranker's table.
     let text_of: Vec<Option<u32>> = (0..model.n_items() as u32).map(|i| texts.ids.get(model.items.id(i))).collect();
     let mut histories: Vec<Vec<u32>> = (0..model.users.len()).map(|u| model.seen.row(u).0.to_vec()).collect();
     if let Some(path) = &a.history {
         let log = read_interactions(path, cols, model.users.clone(), model.items.clone(), false)?;
-        let mut start = 0;
-        for i in 1..=log.events.len() {
-            if i == log.events.len() || log.events[i].user != log.events[start].user {
-                if let Some(h) = histories.get_mut(log.events[start].user as usize) {
-                    *h = ctr::recent_first(&log.events[start..i]);
-                }
-                start = i;
+        for events in log.by_user() {
+            if let Some(h) = histories.get_mut(events[0].user as usize) {
+                *h = ctr::recent_first(events);
             }
         }
     }

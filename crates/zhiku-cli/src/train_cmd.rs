@@ -349,10 +349,14 @@ pub fn run(a: TrainArgs) -> Result<i32> {
             list.split(',').map(|x| x.trim().parse::<f32>().with_context(|| format!("--class-weights: {x:?} is not a number"))).collect::<Result<_>>()?,
         ),
     };
-    let metric = a.metric.clone().unwrap_or_else(|| match () {
-        _ if a.task == "ctr" => "loss".into(), // the click probability is what reranks: log loss
-        _ if task.multi_label => "micro_f1".into(),
-        _ => "macro_f1".into(),
+    let metric = a.metric.clone().unwrap_or_else(|| {
+        if a.task == "ctr" {
+            "loss".into() // the click probability is what reranks: log loss
+        } else if task.multi_label {
+            "micro_f1".into()
+        } else {
+            "macro_f1".into()
+        }
     });
     let config = TrainConfig { class_weights, lr: a.lr.unwrap_or_else(|| default_lr(peft.as_ref())), metric, peft, ..loop_config(&a) };
     let device = device_for(&a);
@@ -370,7 +374,7 @@ pub fn run(a: TrainArgs) -> Result<i32> {
 
 /// `--task ctr`: (history, candidate, click) examples from the interaction log and the item
 /// table, written beside the run as the classifier's pair data, with what the reranker needs
-/// later (`ctr.json`, `ctr-items.tsv`: the item texts as the ranker read them).
+/// later (`ctr.json`, `ctr-items.jsonl`: the item texts as the ranker read them).
 fn ctr_data(a: &TrainArgs) -> Result<DataConfig> {
     use zhiku_recommend::{ctr, data};
     let c = &a.ctr;
@@ -411,12 +415,7 @@ fn ctr_data(a: &TrainArgs) -> Result<DataConfig> {
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("ctr-train.jsonl"), ctr::jsonl(&built.train))?;
     std::fs::write(dir.join("ctr-dev.jsonl"), ctr::jsonl(&built.dev))?;
-    let mut table = String::from("item_id\ttext\n");
-    for (i, id) in items.ids.ids().iter().enumerate() {
-        let clean = |s: &str| s.replace(['\t', '\n', '\r'], " ");
-        table.push_str(&format!("{}\t{}\n", clean(id), clean(&items.text(i as u32))));
-    }
-    zhiku_models::classifier::write_atomic(&a.output.join("ctr-items.tsv"), table.as_bytes())?;
+    zhiku_models::classifier::write_atomic(&a.output.join("ctr-items.jsonl"), ctr::item_texts_jsonl(&items).as_bytes())?;
     let meta = serde_json::json!({"options": options, "examples": built, "items": items.ids.len(), "negatives_from": c.negatives_from});
     zhiku_models::classifier::write_atomic(&a.output.join("ctr.json"), serde_json::to_string_pretty(&meta)?.as_bytes())?;
     let mut data = DataConfig::new(dir.join("ctr-train.jsonl"));

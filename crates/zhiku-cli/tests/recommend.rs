@@ -214,7 +214,7 @@ fn text_ranker_trains_on_histories_and_reranks() {
     assert_eq!(first["label"], "click");
     assert_eq!(first["text"].as_str().unwrap().split(" | ").count(), 4, "four history items: {first}");
     assert!(rows.contains("\"skip\""));
-    assert!(std::path::Path::new(&d("ctr/ctr-items.tsv")).exists() && std::path::Path::new(&d("ctr/config.json")).exists());
+    assert!(std::path::Path::new(&d("ctr/ctr-items.jsonl")).exists() && std::path::Path::new(&d("ctr/config.json")).exists());
     let metrics = json(&std::fs::read_to_string(d("ctr/metrics.json")).unwrap());
     assert_eq!(metrics["summary"]["metric"], "loss", "{metrics}");
 

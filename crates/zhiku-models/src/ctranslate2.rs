@@ -5,6 +5,7 @@
 //! target). Strings are a u16 length and that many bytes ending in a NUL. Mapped, not read: the
 //! variables are slices of the mapping until a model converts them.
 
+use crate::byte_reader::ByteReader;
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::ops::Range;
@@ -70,34 +71,32 @@ pub struct Ct2File {
     map: memmap2::Mmap,
 }
 
-/// A cursor over the file that names the byte offset of whatever it fails to read.
+/// The shared cursor, with CTranslate2's strings and errors that say what was being read.
 struct Cursor<'a> {
-    data: &'a [u8],
-    at: usize,
+    r: ByteReader<'a>,
     path: &'a Path,
 }
 
 impl<'a> Cursor<'a> {
+    fn at(&self) -> usize {
+        self.r.pos
+    }
+    fn read<T>(&mut self, what: &str, f: impl FnOnce(&mut ByteReader<'a>) -> Result<T>) -> Result<T> {
+        let at = self.r.pos;
+        f(&mut self.r).with_context(|| format!("{}: truncated at byte {at}: {what}", self.path.display()))
+    }
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
-        if self.data.len() - self.at < n {
-            bail!("{}: truncated at byte {}: {what} needs {n} bytes, {} left", self.path.display(), self.at, self.data.len() - self.at)
-        }
-        let s = &self.data[self.at..self.at + n];
-        self.at += n;
-        Ok(s)
+        self.read(what, |r| r.take(n))
     }
     fn u8(&mut self, what: &str) -> Result<u8> {
-        Ok(self.take(1, what)?[0])
-    }
-    fn u16(&mut self, what: &str) -> Result<u16> {
-        Ok(u16::from_le_bytes(self.take(2, what)?.try_into().expect("2 bytes")))
+        self.read(what, ByteReader::u8)
     }
     fn u32(&mut self, what: &str) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().expect("4 bytes")))
+        self.read(what, ByteReader::u32)
     }
     fn string(&mut self, what: &str) -> Result<String> {
-        let at = self.at;
-        let n = self.u16(what)? as usize;
+        let at = self.at();
+        let n = self.read(what, ByteReader::u16)? as usize;
         let raw = self.take(n, what)?;
         let raw = raw.strip_suffix(&[0]).unwrap_or(raw);
         String::from_utf8(raw.to_vec()).map_err(|_| anyhow::anyhow!("{}: byte {at}: {what} is not UTF-8", self.path.display()))
@@ -112,7 +111,7 @@ impl Ct2File {
         // SAFETY: the mapping is read-only and the file is not written while we hold it (a model
         // being replaced under a running program is the same hazard as for any mapped weights).
         let map = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
-        let mut c = Cursor { data: &map, at: 0, path: &path };
+        let mut c = Cursor { r: ByteReader::new(&map), path: &path };
         let version = c.u32("the format version")?;
         if !(4..=6).contains(&version) {
             bail!("{}: CTranslate2 format version {version}; this build reads versions 4 to 6 (convert the model with a recent ctranslate2)", path.display())
@@ -122,7 +121,7 @@ impl Ct2File {
         let count = c.u32("the variable count")? as usize;
         let mut variables = Vec::with_capacity(count.min(1 << 16));
         for k in 0..count {
-            let at = c.at;
+            let at = c.at();
             let name = c.string(&format!("variable {k}'s name"))?;
             let rank = c.u8(&format!("{name}'s rank"))? as usize;
             let mut shape = Vec::with_capacity(rank);
@@ -136,7 +135,7 @@ impl Ct2File {
             if elements * dtype.size() != n {
                 bail!("{}: byte {at}: variable {name} of shape {shape:?} and type {dtype:?} holds {n} bytes, expected {}", path.display(), elements * dtype.size())
             }
-            let start = c.at;
+            let start = c.at();
             c.take(n, &format!("{name}'s data"))?;
             variables.push((name, Ct2Variable { shape, dtype, bytes: start..start + n }));
         }
@@ -147,8 +146,8 @@ impl Ct2File {
             let target = c.string(&format!("the target of alias {alias}"))?;
             aliases.insert(alias, target);
         }
-        if c.at != map.len() {
-            bail!("{}: {} unexpected bytes after the aliases, at byte {}", path.display(), map.len() - c.at, c.at)
+        if c.at() != map.len() {
+            bail!("{}: {} unexpected bytes after the aliases, at byte {}", path.display(), map.len() - c.at(), c.at())
         }
         let index = variables.iter().enumerate().map(|(i, (n, _))| (n.clone(), i)).collect();
         Ok(Self { path, version, spec, revision, variables, index, aliases, map })

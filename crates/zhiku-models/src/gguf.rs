@@ -7,6 +7,7 @@
 //! runs past the end of the file (a truncated download) is named.
 
 use crate::blocks::GgmlType;
+use crate::byte_reader::ByteReader;
 use anyhow::{anyhow, bail, Context, Result};
 use memmap2::Mmap;
 use std::collections::BTreeMap;
@@ -168,7 +169,7 @@ impl GgufFile {
     }
 
     fn parse(path: &Path, map: Arc<FileBytes>) -> Result<Self> {
-        let mut r = Reader { bytes: &map, pos: 0 };
+        let mut r = ByteReader::new(&map);
         let magic = r.take(4)?;
         if magic != MAGIC {
             bail!("bad magic {:?} at byte 0 (expected \"GGUF\")", String::from_utf8_lossy(magic))
@@ -283,28 +284,8 @@ impl GgufFile {
     }
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
-        let Some(end) = end else { bail!("needs {n} bytes at byte {} but the file ends at byte {}", self.pos, self.bytes.len()) };
-        let s = &self.bytes[self.pos..end];
-        self.pos = end;
-        Ok(s)
-    }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
-        Ok(self.take(N)?.try_into().expect("take returned N bytes"))
-    }
-    fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.array()?))
-    }
-    fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.array()?))
-    }
+/// GGUF's strings and metadata values over the shared cursor.
+impl ByteReader<'_> {
     fn string(&mut self) -> Result<String> {
         let at = self.pos;
         let len = self.u64()?;

@@ -13,6 +13,7 @@ pub mod config;
 pub mod decoder;
 pub mod float_env;
 pub mod folder;
+mod byte_reader;
 pub mod ctranslate2;
 pub mod gguf;
 pub mod gguf_tokenizer;

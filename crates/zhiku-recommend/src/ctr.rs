@@ -84,15 +84,7 @@ pub fn pairs(log: &Interactions, items: &Items, o: &CtrOptions, candidates: Opti
         Some(*acc)
     }).collect();
     let total = cumulative.last().copied().unwrap_or(0);
-    // Events are sorted by user: one slice per user.
-    let mut by_user: Vec<&[Event]> = Vec::new();
-    let mut start = 0;
-    for i in 1..=log.events.len() {
-        if i == log.events.len() || log.events[i].user != log.events[start].user {
-            by_user.push(&log.events[start..i]);
-            start = i;
-        }
-    }
+    let by_user: Vec<&[Event]> = log.by_user().collect();
     let mut order: Vec<usize> = (0..by_user.len()).collect();
     order.shuffle(&mut rng);
     let n_dev = ((by_user.len() as f64) * o.dev_fraction).round() as usize;
@@ -139,6 +131,17 @@ pub fn pairs(log: &Interactions, items: &Items, o: &CtrOptions, candidates: Opti
     data.train_examples = data.train.len();
     data.dev_examples = data.dev.len();
     data
+}
+
+/// The item texts as the ranker reads them, as JSONL rows `{"item_id", "text"}` (exact, whatever
+/// the text holds), for reading back with `read_items(path, "item_id", ["text"])`.
+pub fn item_texts_jsonl(items: &Items) -> String {
+    let mut s = String::new();
+    for (i, id) in items.ids.ids().iter().enumerate() {
+        s.push_str(&serde_json::json!({"item_id": id, "text": items.text(i as u32)}).to_string());
+        s.push('\n');
+    }
+    s
 }
 
 /// Examples as JSONL rows for the classification reader: `{"text": history, "pair": candidate,
@@ -252,6 +255,18 @@ mod tests {
         let data = pairs(&log(vec![(0, 0, 1), (0, 1, 2), (1, 2, 1), (1, 3, 1)], 2, 20), &items, &CtrOptions { negatives: 2, per_user: 1, dev_fraction: 0.0, ..Default::default() }, Some(&one));
         assert_eq!(data.train.iter().filter(|e| !e.click && e.user == 0 && e.candidate == "title 7").count(), 1);
         assert_eq!(data.train.iter().filter(|e| !e.click && e.user == 0).count(), 2);
+    }
+
+    #[test]
+    fn item_texts_read_back_exactly() {
+        let mut t = items(2);
+        t.values[1] = vec!["He said \"hi\"\tthen, | left".into()];
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ctr-items.jsonl");
+        std::fs::write(&p, item_texts_jsonl(&t)).unwrap();
+        let back = crate::data::read_items(&p, "item_id", &["text".to_string()], None).unwrap();
+        assert_eq!(back.ids.ids(), t.ids.ids());
+        assert_eq!((back.text(0), back.text(1)), (t.text(0), t.text(1)));
     }
 
     #[test]

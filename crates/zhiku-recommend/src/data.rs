@@ -142,6 +142,13 @@ pub struct Interactions {
     pub report: ReadReport,
 }
 
+impl Interactions {
+    /// Each user's events, one slice per user (the events are sorted by user).
+    pub fn by_user(&self) -> impl Iterator<Item = &[Event]> {
+        self.events.chunk_by(|a, b| a.user == b.user)
+    }
+}
+
 /// Reads an interaction log. `users` and `items` seed the id maps (a model's, when a test file is
 /// read against it); with `closed_items` an item not in `items` is a counted skip (the item table
 /// names the catalogue), otherwise it is added.
