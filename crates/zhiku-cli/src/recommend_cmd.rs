@@ -9,7 +9,7 @@ use zhiku_recommend::data::write_interactions;
 use zhiku_recommend::matrix::Csr;
 use zhiku_recommend::split::{split, Protocol};
 use zhiku_recommend::train::{self, TrainOptions};
-use zhiku_recommend::{metrics, read_interactions, read_items, Algorithm, IdMap, InteractionColumns, Query, Recommender};
+use zhiku_recommend::{metrics, read_interactions, read_items, read_users, Algorithm, IdMap, InteractionColumns, Query, Recommender};
 
 #[derive(Args, Debug)]
 pub struct RecommendArgs {
@@ -21,17 +21,18 @@ pub struct RecommendArgs {
 enum RecommendCommand {
     /// Split an interaction log into train.tsv and test.tsv: random (each user's interactions,
     /// shuffled, cut 75/25 as in Microsoft Recommenders' MovieLens table), last (each user's
-    /// latest interaction held out) or cold-items (a quarter of the interactions, all on items
-    /// that then have none in training).
+    /// latest interaction held out), cold-items (a quarter of the interactions, all on items
+    /// that then have none in training) or cold-users (the same with whole users).
     Split(SplitArgs),
     /// Train a recommender on an interaction log; its hyperparameters are tuned on a validation
     /// split carved from that log (never from a test file) unless given or --no-tune.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Score a recommender on held-out interactions: NDCG, precision, recall, MAP, hit rate and
     /// MRR at k, catalogue coverage and recall on cold items, ranking every item each user has
     /// not seen in training.
     Eval(EvalArgs),
-    /// Recommend items for a user (known to the model, or described by --history).
+    /// Recommend items for a user: known to the model, described by --history, or, for a model
+    /// trained with --users, by their row of that table or --feature NAME=VALUE.
     Predict(PredictArgs),
 }
 
@@ -85,10 +86,11 @@ struct SplitArgs {
     /// The interaction log (CSV, TSV or JSONL).
     #[arg(long, value_name = "FILE")]
     interactions: PathBuf,
-    /// random, last or cold-items.
+    /// random, last, cold-items or cold-users.
     #[arg(long, default_value = "random")]
     protocol: String,
-    /// The share held out (random: of each user's interactions; cold-items: of all interactions).
+    /// The share held out (random: of each user's interactions; cold-items and cold-users: of
+    /// all interactions).
     #[arg(long, default_value_t = 0.25)]
     test_ratio: f64,
     #[arg(long, default_value_t = 42)]
@@ -119,6 +121,15 @@ struct TrainArgs {
     /// Item-table columns joined into an item's text (comma-separated; default: all but the id).
     #[arg(long, value_delimiter = ',')]
     item_text_columns: Vec<String>,
+    /// User table (id column, as --user-column, plus feature columns such as age, gender or
+    /// occupation): users without history get what users with the same features chose, tuned on
+    /// users held out whole, instead of what is popular overall.
+    #[arg(long, value_name = "FILE")]
+    users: Option<PathBuf>,
+    /// User-table columns used as features (comma-separated; default: all but the id). Numbers
+    /// with many distinct values are binned by quantile; rare categories pool into "other".
+    #[arg(long, value_delimiter = ',')]
+    user_features: Vec<String>,
     /// Encoder folder for the content and hybrid models (e.g. all-MiniLM-L6-v2 or m3e-small).
     #[arg(long, value_name = "MODEL_DIR")]
     encoder: Option<PathBuf>,
@@ -218,6 +229,11 @@ struct PredictArgs {
     /// Item ids never to recommend (comma-separated).
     #[arg(long, value_delimiter = ',')]
     exclude: Vec<String>,
+    /// A user feature as NAME=VALUE (repeatable; e.g. --feature age=31 --feature gender=F), for
+    /// a user without history when the model was trained with --users. Default: the user's row
+    /// of that table.
+    #[arg(long = "feature", value_name = "NAME=VALUE")]
+    features: Vec<String>,
     /// How many items.
     #[arg(long, default_value_t = 10)]
     k: usize,
@@ -233,7 +249,7 @@ struct PredictArgs {
 pub fn run(args: RecommendArgs) -> Result<i32> {
     match args.command {
         RecommendCommand::Split(a) => run_split(a),
-        RecommendCommand::Train(a) => run_train(a),
+        RecommendCommand::Train(a) => run_train(*a),
         RecommendCommand::Eval(a) => run_eval(a),
         RecommendCommand::Predict(a) => run_predict(a),
     }
@@ -323,6 +339,11 @@ fn run_train(a: TrainArgs) -> Result<i32> {
     opts.validation = Some(train::Validation::parse(&a.validation_protocol)?);
     opts.encoder = a.encoder.clone();
     opts.item_texts = items.as_ref().map(|it| (0..log.items.len() as u32).map(|i| it.text(i)).collect());
+    if let Some(path) = &a.users {
+        opts.user_table = Some(read_users(path, &cols.user, &a.user_features, cols.format)?);
+    } else if !a.user_features.is_empty() {
+        bail!("--user-features needs --users (the user table)");
+    }
     train::set(&mut opts.params, "als.cg_steps", a.cg_steps as f64);
     let name = algorithm.name();
     let given: [(&str, Option<f64>); 6] = [
@@ -381,12 +402,12 @@ fn run_eval(a: EvalArgs) -> Result<i32> {
     report_read(&a.test, &test.report);
     let matrix = Csr::from_events(test.users.len(), test.items.len(), &test.events);
     let r = match &a.reranker {
-        None => metrics::evaluate(&model, &matrix, a.k),
+        None => metrics::evaluate(&model, &matrix, &test.users, a.k),
         Some(dir) => {
             if !(0.0..=1.0).contains(&a.rerank_weight) {
                 bail!("--rerank-weight must be between 0 and 1")
             }
-            let lists = metrics::candidate_lists(&model, &matrix, a.rerank_top.max(a.k));
+            let lists = metrics::candidate_lists(&model, &matrix, &test.users, a.rerank_top.max(a.k));
             let lists = rerank_lists(&model, lists, dir, &a, &cols)?;
             metrics::score_lists(&model, &matrix, &lists, a.k)
         }
@@ -413,7 +434,8 @@ fn run_eval(a: EvalArgs) -> Result<i32> {
             println!("  cold items   {} test interactions, recall@{k} {:.4}", r.cold_item_interactions, r.cold_item_recall);
         }
         if r.users_without_training > 0 {
-            println!("  {} test users had no training interactions (ranked by popularity)", r.users_without_training);
+            let by = if model.segments.as_ref().is_some_and(|s| s.weight > 0.0) { "their user features" } else { "popularity" };
+            println!("  {} test users had no training interactions (ranked by {by})", r.users_without_training);
         }
     }
     Ok(0)
@@ -466,23 +488,33 @@ fn rerank_lists(model: &Recommender, lists: metrics::RankedLists, dir: &Path, a:
 
 fn run_predict(a: PredictArgs) -> Result<i32> {
     let model = Recommender::load(&a.model)?;
-    let user = match &a.user {
-        Some(u) => model.users.get(u),
-        None => None,
-    };
     let lookup = |ids: &[String], what: &str| -> Result<Vec<u32>> {
         ids.iter().map(|s| model.items.get(s).with_context(|| format!("{what} item {s:?} is not in the model's catalogue"))).collect()
     };
     let mut history = lookup(&a.history, "--history")?;
-    if let Some(u) = user {
-        if !history.is_empty() {
-            history.extend_from_slice(model.seen.row(u as usize).0);
-        }
-    }
     let exclude = lookup(&a.exclude, "--exclude")?;
-    let q = Query { user: if history.is_empty() { user } else { None }, history: &history };
-    let fallback = !model.personalises(q);
+    let codes = if a.features.is_empty() {
+        None
+    } else {
+        let Some(segments) = &model.segments else { bail!("--feature: this model was trained without user features (--users)") };
+        let pairs: Vec<(String, String)> = a
+            .features
+            .iter()
+            .map(|f| f.split_once('=').map(|(n, v)| (n.trim().to_string(), v.trim().to_string())).with_context(|| format!("--feature {f:?}: expected NAME=VALUE")))
+            .collect::<Result<_>>()?;
+        Some(segments.encode(&pairs).context("--feature")?)
+    };
+    let mut q = a.user.as_deref().map_or_else(Query::default, |u| model.query_for(u));
+    if codes.is_some() {
+        q.features = codes.as_deref();
+    }
+    if !history.is_empty() {
+        history.extend_from_slice(q.history);
+        q.user = None;
+        q.history = &history;
+    }
     let recs = model.recommend(q, a.k, &exclude, &mut Vec::new());
+    let why = model.fallback(q);
     let items = match &a.items {
         Some(p) => Some(read_items(p, "item_id", &[], None)?),
         None => None,
@@ -491,11 +523,6 @@ fn run_predict(a: PredictArgs) -> Result<i32> {
     let describe = |i: u32| -> String {
         let id = model.items.id(i);
         items.as_ref().or(model.item_table.as_ref()).and_then(|t| t.ids.get(id).map(|k| t.text(k))).unwrap_or_default()
-    };
-    let why = match (a.user.is_some(), user.is_some(), fallback) {
-        (_, _, false) => None,
-        (true, false, true) => Some(format!("user {:?} is not in the model and no --history was given: most popular items", a.user.as_deref().unwrap_or(""))),
-        _ => Some("no history to personalise from: most popular items".to_string()),
     };
     if a.json {
         let list: Vec<_> = recs.iter().map(|&(i, s)| serde_json::json!({"item": model.items.id(i), "score": s, "text": describe(i)})).collect();

@@ -396,8 +396,10 @@ fn ctr_data(a: &TrainArgs) -> Result<DataConfig> {
     let generator = c.negatives_from.as_deref().map(zhiku_recommend::Recommender::load).transpose()?;
     let candidates = |u: u32| -> Vec<u32> {
         let Some(model) = &generator else { return Vec::new() };
-        let Some(mu) = model.users.get(log.users.id(u)) else { return Vec::new() };
-        let q = zhiku_recommend::Query { user: Some(mu), history: model.seen.row(mu as usize).0 };
+        if model.users.get(log.users.id(u)).is_none() {
+            return Vec::new();
+        }
+        let q = model.query_for(log.users.id(u));
         model.recommend(q, 50, &[], &mut Vec::new()).into_iter().filter_map(|(i, _)| items.ids.get(model.items.id(i))).collect()
     };
     let built = ctr::pairs(&log, &items, &options, generator.is_some().then_some(&candidates as &dyn Fn(u32) -> Vec<u32>));

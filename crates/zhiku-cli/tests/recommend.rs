@@ -75,6 +75,71 @@ fn split_train_eval_predict() {
 }
 
 #[test]
+fn user_features_recommend_for_users_without_history() {
+    use common::Server;
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let d = |p: &str| dir.path().join(p).to_str().unwrap().to_string();
+    let log = write_log(dir.path());
+    // The taste groups of `write_log` as a feature, for the log's users and two new ones.
+    let mut users = String::from("user_id,taste,age\n");
+    for u in 0..40 {
+        users.push_str(&format!("u{u},{},{}\n", if u % 2 == 0 { "sweet" } else { "salty" }, 20 + u));
+    }
+    users.push_str("new_a,sweet,\nnew_b,salty,33\n");
+    std::fs::write(d("users.csv"), users).unwrap();
+    ok(&zhiku(&["recommend", "split", "--interactions", log.to_str().unwrap(), "--protocol", "cold-users", "--output", &d("split")]));
+    let (train, test) = (d("split/train.tsv"), d("split/test.tsv"));
+    let plain = ["recommend", "train", "--interactions", &train, "--algorithm", "als", "--factors", "8", "--quiet"];
+    ok(&zhiku(&[&plain[..], &["--output", &d("als")]].concat()));
+    let trained = json(&ok(&zhiku(&[&plain[..], &["--output", &d("als-users"), "--users", &d("users.csv"), "--user-features", "taste,age", "--json"]].concat())));
+    let report = &trained["training"]["user_features"];
+    assert!(report["weight"].as_f64().unwrap() > 0.0, "{report}");
+    // The test users have no training interactions: popularity mixes the groups, features do not.
+    let eval = |m: &str| json(&ok(&zhiku(&["recommend", "eval", "--model", &d(m), "--test", &test, "--k", "5", "--json"])));
+    let (without, with) = (eval("als"), eval("als-users"));
+    assert_eq!(with["users"], with["users_without_training"]);
+    assert!(with["precision@5"].as_f64().unwrap() > without["precision@5"].as_f64().unwrap() + 0.2, "{without}\n{with}");
+    let text = ok(&zhiku(&["recommend", "eval", "--model", &d("als-users"), "--test", &test]));
+    assert!(text.contains("ranked by their user features"), "{text}");
+
+    let model = d("als-users");
+    let predict = |extra: &[&str]| json(&ok(&zhiku(&[&["recommend", "predict", "--model", &model, "--k", "4", "--json"][..], extra].concat())));
+    let group_of = |v: &Value| -> Vec<char> { v["items"].as_array().unwrap().iter().map(|it| it["item"].as_str().unwrap().chars().next().unwrap()).collect() };
+    let v = predict(&["--user", "new_b"]);
+    assert_eq!(group_of(&v), ['b'; 4], "{v}");
+    assert!(v["fallback"].as_str().unwrap().contains("taste salty"), "{v}");
+    let v = predict(&["--user", "stranger", "--feature", "taste=sweet"]);
+    assert_eq!(group_of(&v), ['a'; 4], "{v}");
+    assert!(predict(&["--user", "u0"])["fallback"].is_null());
+    fails_with(&zhiku(&["recommend", "predict", "--model", &model, "--feature", "height=2"]), "no user feature \"height\" (features: taste, age)");
+    fails_with(&zhiku(&["recommend", "predict", "--model", &model, "--feature", "taste"]), "expected NAME=VALUE");
+    fails_with(&zhiku(&["recommend", "predict", "--model", &d("als"), "--feature", "taste=sweet"]), "trained without user features");
+    fails_with(&zhiku(&[&plain[..], &["--output", &d("x"), "--user-features", "taste"]].concat()), "--user-features needs --users");
+    std::fs::write(d("twice.csv"), "user_id,taste\nu1,sweet\nu1,salty\n").unwrap();
+    fails_with(&zhiku(&[&plain[..], &["--output", &d("x"), "--users", &d("twice.csv")]].concat()), "twice.csv:3: user \"u1\" is listed twice");
+    fails_with(&zhiku(&[&plain[..], &["--output", &d("x"), "--users", &d("users.csv"), "--user-features", "shoe_size"]].concat()), "shoe_size");
+
+    let server = Server::start(&["--recommender", &format!("with={model}"), "--recommender", &format!("without={}", d("als"))], &[]);
+    let (status, v) = server.json("POST", "/v1/recommend", None, &json!({"model": "with", "user": "new_a", "k": 4}));
+    assert_eq!((status, group_of(&v)), (200, vec!['a'; 4]), "{v}");
+    assert_eq!(v["personalised"], false);
+    assert!(v["fallback"].as_str().unwrap().contains("taste sweet"), "{v}");
+    let (_, v) = server.json("POST", "/v1/recommend", None, &json!({"model": "with", "user": "new_a", "k": 4, "features": {"taste": "salty", "age": 61}}));
+    assert_eq!(group_of(&v), ['b'; 4], "the request's features win: {v}");
+    for (body, want) in [
+        (json!({"model": "with", "user": "x", "features": {"colour": "red"}}), "features: no user feature \"colour\""),
+        (json!({"model": "with", "user": "x", "features": {"age": "old"}}), "takes a number"),
+        (json!({"model": "with", "user": "x", "features": {"taste": [1]}}), "features.taste: expected a string or number"),
+        (json!({"model": "without", "user": "x", "features": {"taste": "sweet"}}), "trained without user features"),
+    ] {
+        let (status, v) = server.json("POST", "/v1/recommend", None, &body);
+        assert_eq!(status, 422, "{body}: {v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains(want), "{body}: {v}");
+    }
+}
+
+#[test]
 fn movielens_100k_beats_the_published_bpr() {
     // The published protocol: per-user random 75/25 split (seed 42), k = 10, all unseen items
     // ranked. ALS with the setting zhiku's tuning picks on this training file (see

@@ -11,7 +11,7 @@
 //! popularity (so that the ranker must learn taste, not popularity). A random `dev_fraction` of
 //! the users is held out for the trainer's dev loss.
 
-use crate::data::{Event, Interactions, Items};
+use crate::data::{Event, Interactions, Table};
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -57,7 +57,7 @@ pub struct CtrData {
 }
 
 /// The text the ranker reads for a history: the items' texts, most recent first, joined by " | ".
-pub fn history_text(items: &Items, history: &[u32], max: usize) -> String {
+pub fn history_text(items: &Table, history: &[u32], max: usize) -> String {
     history.iter().take(max).map(|&i| items.text(i)).filter(|t| !t.is_empty()).collect::<Vec<_>>().join(" | ")
 }
 
@@ -72,7 +72,7 @@ pub fn recent_first(events: &[Event]) -> Vec<u32> {
 /// with the item table's ids).
 /// `candidates`, when given, lists a user's candidate items (indices of `items`) for hard
 /// negatives; users it gives too few for get popularity-drawn ones for the rest.
-pub fn pairs(log: &Interactions, items: &Items, o: &CtrOptions, candidates: Option<&dyn Fn(u32) -> Vec<u32>>) -> CtrData {
+pub fn pairs(log: &Interactions, items: &Table, o: &CtrOptions, candidates: Option<&dyn Fn(u32) -> Vec<u32>>) -> CtrData {
     let mut rng = ChaCha8Rng::seed_from_u64(o.seed);
     let n_items = items.ids.len();
     let mut counts = vec![0u64; n_items];
@@ -135,7 +135,7 @@ pub fn pairs(log: &Interactions, items: &Items, o: &CtrOptions, candidates: Opti
 
 /// The item texts as the ranker reads them, as JSONL rows `{"item_id", "text"}` (exact, whatever
 /// the text holds), for reading back with `read_items(path, "item_id", ["text"])`.
-pub fn item_texts_jsonl(items: &Items) -> String {
+pub fn item_texts_jsonl(items: &Table) -> String {
     let mut s = String::new();
     for (i, id) in items.ids.ids().iter().enumerate() {
         s.push_str(&serde_json::json!({"item_id": id, "text": items.text(i as u32)}).to_string());
@@ -182,8 +182,8 @@ mod tests {
     use super::*;
     use crate::data::IdMap;
 
-    fn items(n: usize) -> Items {
-        Items { ids: IdMap::from_ids((0..n).map(|i| format!("i{i}")).collect()), columns: vec!["title".into()], values: (0..n).map(|i| vec![format!("title {i}")]).collect() }
+    fn items(n: usize) -> Table {
+        Table { ids: IdMap::from_ids((0..n).map(|i| format!("i{i}")).collect()), columns: vec!["title".into()], values: (0..n).map(|i| vec![format!("title {i}")]).collect() }
     }
 
     fn log(events: Vec<(u32, u32, i64)>, users: usize, n_items: usize) -> Interactions {

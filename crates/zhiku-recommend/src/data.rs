@@ -270,17 +270,17 @@ pub fn write_interactions(path: &Path, log: &Interactions, events: &[Event], col
     std::fs::rename(&tmp, path)
 }
 
-/// An item table: ids and one text per item (its text columns joined), plus the raw columns
-/// for filters.
+/// A table keyed by id, items or users: the ids, the other columns' names, and their values
+/// (an item's texts and tags, a user's features).
 #[derive(Debug, Clone)]
-pub struct Items {
+pub struct Table {
     pub ids: IdMap,
     pub columns: Vec<String>,
-    /// `values[item][column]`.
+    /// `values[row][column]`.
     pub values: Vec<Vec<String>>,
 }
 
-impl Items {
+impl Table {
     /// The text an encoder reads for an item: its non-empty text columns joined by ". ".
     pub fn text(&self, item: u32) -> String {
         let v = &self.values[item as usize];
@@ -290,25 +290,42 @@ impl Items {
 
 /// Reads an item table: `id_column` plus `text_columns` (all other columns of a CSV/TSV header,
 /// or of the first JSON object, when empty). A repeated item id is an error with its line.
-pub fn read_items(path: &Path, id_column: &str, text_columns: &[String], format: Option<Format>) -> Result<Items, DataError> {
-    let text_columns: Vec<String> = if text_columns.is_empty() {
-        zhiku_data::table::column_names(path, format)?.into_iter().filter(|c| c != id_column).collect()
+pub fn read_items(path: &Path, id_column: &str, text_columns: &[String], format: Option<Format>) -> Result<Table, DataError> {
+    read_table(path, format, ("item", id_column, "item-column"), (text_columns, "item-text-columns"))
+}
+
+/// Reads a user table: `id_column` plus `feature_columns` (all other columns when empty), such
+/// as age, gender or occupation. A repeated user id is an error with its line.
+pub fn read_users(path: &Path, id_column: &str, feature_columns: &[String], format: Option<Format>) -> Result<Table, DataError> {
+    read_table(path, format, ("user", id_column, "user-column"), (feature_columns, "user-features"))
+}
+
+/// `(what, id column, its flag)` and `(value columns, their flag)`.
+fn read_table(path: &Path, format: Option<Format>, id: (&str, &str, &'static str), value_columns: (&[String], &'static str)) -> Result<Table, DataError> {
+    let (what, id_column, id_flag) = id;
+    let in_file = zhiku_data::table::column_names(path, format)?;
+    let names: Vec<String> = if value_columns.0.is_empty() {
+        in_file.iter().filter(|c| *c != id_column).cloned().collect()
     } else {
-        text_columns.to_vec()
+        // A named column must exist: a typo would otherwise read as a column of empty cells.
+        if let Some(c) = value_columns.0.iter().find(|c| !in_file.contains(c)) {
+            return Err(DataError::MissingColumn { path: path.to_path_buf(), line: 1, column: c.clone(), available: in_file.join(", "), flag: value_columns.1 });
+        }
+        value_columns.0.to_vec()
     };
-    let mut columns = vec![Column { name: id_column, flag: "item-column", required: true }];
-    columns.extend(text_columns.iter().map(|c| Column { name: c, flag: "item-text-columns", required: false }));
-    let mut items = Items { ids: IdMap::default(), columns: text_columns.clone(), values: Vec::new() };
+    let mut columns = vec![Column { name: id_column, flag: id_flag, required: true }];
+    columns.extend(names.iter().map(|c| Column { name: c, flag: value_columns.1, required: false }));
+    let mut table = Table { ids: IdMap::default(), columns: names.clone(), values: Vec::new() };
     for_each_row(path, format, &columns, |line, f| {
         let id = f[0].unwrap_or_default();
-        if items.ids.get(id).is_some() {
-            return Err(DataError::Malformed { path: path.to_path_buf(), line, detail: format!("item {id:?} is listed twice") });
+        if table.ids.get(id).is_some() {
+            return Err(DataError::Malformed { path: path.to_path_buf(), line, detail: format!("{what} {id:?} is listed twice") });
         }
-        items.ids.get_or_insert(id);
-        items.values.push(f[1..].iter().map(|v| v.unwrap_or_default().to_string()).collect());
+        table.ids.get_or_insert(id);
+        table.values.push(f[1..].iter().map(|v| v.unwrap_or_default().to_string()).collect());
         Ok(())
     })?;
-    Ok(items)
+    Ok(table)
 }
 
 #[cfg(test)]

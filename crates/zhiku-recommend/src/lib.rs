@@ -13,9 +13,10 @@ pub mod data;
 pub mod matrix;
 pub mod metrics;
 pub mod model;
+pub mod segments;
 pub mod split;
 pub mod train;
 
 pub use algo::{Algorithm, Params};
-pub use data::{read_interactions, read_items, Event, IdMap, InteractionColumns, Interactions, Items};
+pub use data::{read_interactions, read_items, read_users, Event, IdMap, InteractionColumns, Interactions, Table};
 pub use model::{Query, Recommender};

@@ -7,12 +7,14 @@
 //! - MRR@k: 1 / rank of the first hit;
 //! - coverage: the share of the catalogue that appears in at least one user's list.
 //!
-//! Users the model was not trained on get its fallback (popularity) and are counted apart;
+//! Users the model was not trained on get its fallback (popularity, or their segment when the
+//! model has user features) and are counted apart;
 //! test interactions with items that had no training interaction ("cold" items) get their own
 //! recall, the number that says whether new items are ever recommended.
 
 use crate::matrix::Csr;
-use crate::model::{Query, Recommender};
+use crate::data::IdMap;
+use crate::model::Recommender;
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -95,24 +97,21 @@ impl Sums {
 }
 
 /// Scores `model` on `test` (rows: users in the model's index space, where rows past the model's
-/// users are users it has not seen; columns past its items are items it cannot recommend).
-pub fn evaluate(model: &Recommender, test: &Csr, k: usize) -> Report {
-    score_lists(model, test, &candidate_lists(model, test, k), k)
+/// users are users it has not seen, all named by `users`; columns past its items are items it
+/// cannot recommend).
+pub fn evaluate(model: &Recommender, test: &Csr, users: &IdMap, k: usize) -> Report {
+    score_lists(model, test, &candidate_lists(model, test, users, k), k)
 }
 
 /// Ranked lists: a test user's row and their items with scores, best first.
 pub type RankedLists = Vec<(usize, Vec<(u32, f32)>)>;
 
 /// Every test user's (row of `test` with interactions) `n` best items, best first.
-pub fn candidate_lists(model: &Recommender, test: &Csr, n: usize) -> RankedLists {
-    let n_known = model.users.len();
+pub fn candidate_lists(model: &Recommender, test: &Csr, users: &IdMap, n: usize) -> RankedLists {
     (0..test.rows)
         .into_par_iter()
         .filter(|&u| test.row_len(u) > 0)
-        .map_init(Vec::new, |scores, u| {
-            let q = if u < n_known { Query { user: Some(u as u32), history: model.seen.row(u).0 } } else { Query { user: None, history: &[] } };
-            (u, model.recommend(q, n, &[], scores))
-        })
+        .map_init(Vec::new, |scores, u| (u, model.recommend(model.query_for(users.id(u as u32)), n, &[], scores)))
         .collect()
 }
 
@@ -176,12 +175,14 @@ pub fn score_lists(model: &Recommender, test: &Csr, lists: &[(usize, Vec<(u32, f
 mod tests {
     use super::*;
     use crate::algo::{Algorithm, Params};
-    use crate::data::IdMap;
     use crate::model::{ModelConfig, Weights, FORMAT};
 
     /// Popularity 5,4,3,2,1 over items 0..5; user 0 has seen item 0, user 1 nothing.
+    fn ids(n: usize, prefix: &str) -> IdMap {
+        IdMap::from_ids((0..n).map(|i| format!("{prefix}{i}")).collect())
+    }
+
     fn popular() -> Recommender {
-        let ids = |n: usize, p: &str| IdMap::from_ids((0..n).map(|i| format!("{p}{i}")).collect());
         let config = ModelConfig {
             format: FORMAT,
             algorithm: Algorithm::Popularity,
@@ -194,7 +195,7 @@ mod tests {
             training: serde_json::Value::Null,
         };
         let seen = Csr::from_triplets(2, 5, [(0u32, 0u32, 1.0f32)].into_iter());
-        Recommender { config, users: ids(2, "u"), items: ids(5, "i"), seen, popularity: vec![5.0, 4.0, 3.0, 2.0, 1.0], weights: Weights::Popularity, item_table: None, cache: Default::default() }
+        Recommender { config, users: ids(2, "u"), items: ids(5, "i"), seen, popularity: vec![5.0, 4.0, 3.0, 2.0, 1.0], weights: Weights::Popularity, item_table: None, segments: None, cache: Default::default() }
     }
 
     #[test]
@@ -202,7 +203,7 @@ mod tests {
         let model = popular();
         // User 0 is shown items 1, 2 (0 is seen) and wants 1 and 4.
         let test = Csr::from_triplets(2, 5, [(0u32, 1u32, 1.0f32), (0, 4, 1.0)].into_iter());
-        let r = evaluate(&model, &test, 2);
+        let r = evaluate(&model, &test, &ids(3, "u"), 2);
         let ln = |x: f64| x.ln();
         assert_eq!(r.users, 1);
         assert!((r.ndcg - (1.0 / ln(2.0)) / (1.0 / ln(2.0) + 1.0 / ln(3.0))).abs() < 1e-12, "{}", r.ndcg);
@@ -210,7 +211,7 @@ mod tests {
         assert_eq!(r.coverage, 2.0 / 5.0);
         // A second user, unknown to the model and wanting item 3 (rank 4 of the fallback): no hit.
         let test = Csr::from_triplets(3, 5, [(0u32, 1u32, 1.0f32), (0, 4, 1.0), (2, 3, 1.0)].into_iter());
-        let r = evaluate(&model, &test, 2);
+        let r = evaluate(&model, &test, &ids(3, "u"), 2);
         assert_eq!((r.users, r.users_without_training), (2, 1));
         assert_eq!(r.hit_rate, 0.5);
         let json = r.to_json();
@@ -222,7 +223,7 @@ mod tests {
         let mut model = popular();
         model.popularity[4] = 0.0; // item 4 had no training interaction
         let test = Csr::from_triplets(1, 6, [(0u32, 4u32, 1.0f32), (0, 5, 1.0)].into_iter());
-        let r = evaluate(&model, &test, 3);
+        let r = evaluate(&model, &test, &ids(3, "u"), 3);
         // Item 4 is never recommended by a behaviour model, item 5 is outside the catalogue.
         assert_eq!((r.cold_item_interactions, r.cold_item_recall), (2, 0.0));
     }

@@ -2,13 +2,15 @@
 //! seen), item popularity (the fallback for users without history) and the algorithm's weights.
 //!
 //! On disk, a folder: `recommender.json` (algorithm, hyperparameters, training summary),
-//! `ids.json` (user and item ids in index order) and `weights.safetensors` (every array). It is
+//! `ids.json` (user and item ids in index order), `weights.safetensors` (every array) and, when
+//! trained with user features, `segments.json` (the features and the table's user ids). It is
 //! written into a temporary sibling folder and renamed into place, so a reader never sees half.
 
 use crate::algo::hybrid::Hybrid;
 use crate::algo::{als, content, ease, itemknn, Algorithm, Factors, Params};
-use crate::data::{IdMap, Items};
+use crate::data::{IdMap, Table};
 use crate::matrix::{score_rows, Csr};
+use crate::segments::{Feature, Segments};
 use anyhow::{bail, Context, Result};
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
@@ -60,7 +62,9 @@ pub struct Recommender {
     pub weights: Weights,
     /// The item table the model was trained with (for showing items and filtering by their
     /// columns), kept in the folder as `items.tsv`.
-    pub item_table: Option<Items>,
+    pub item_table: Option<Table>,
+    /// User features, when trained with a user table: the fallback for users without history.
+    pub segments: Option<Segments>,
     pub(crate) cache: Cache,
 }
 
@@ -74,11 +78,13 @@ pub(crate) struct Cache {
     item_norms: std::sync::OnceLock<Vec<f32>>,
 }
 
-/// Who to recommend for: a trained user (by index) and/or a history of item indices.
-#[derive(Debug, Clone, Copy)]
+/// Who to recommend for: a trained user (by index) and/or a history of item indices, and the
+/// user's feature values (see [`Segments`]) for when there is no history to go on.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Query<'a> {
     pub user: Option<u32>,
     pub history: &'a [u32],
+    pub features: Option<&'a [u32]>,
 }
 
 impl Recommender {
@@ -86,8 +92,31 @@ impl Recommender {
         self.items.len()
     }
 
+    /// The query for a user by id: their trained row and history when the model knows them,
+    /// and their features when the model has them in its user table.
+    pub fn query_for(&self, id: &str) -> Query<'_> {
+        let user = self.users.get(id);
+        Query {
+            user,
+            history: user.map_or(&[][..], |u| self.seen.row(u as usize).0),
+            features: self.segments.as_ref().and_then(|s| s.user_codes(id)),
+        }
+    }
+
+    /// Why a query is not personalised, as a sentence for the user; None when it is.
+    pub fn fallback(&self, q: Query) -> Option<String> {
+        if self.personalises(q) {
+            return None;
+        }
+        Some(match (&self.segments, q.features) {
+            (Some(s), Some(codes)) if s.applies(codes) => format!("no history to personalise from: what users with the same features ({}) interacted with most", s.describe(codes)),
+            _ if matches!(self.weights, Weights::Popularity) => "this model does not personalise: most popular items".to_string(),
+            _ => "no history to personalise from: most popular items".to_string(),
+        })
+    }
+
     /// Whether the model can score this query with its own algorithm; otherwise [`Self::score`]
-    /// falls back to popularity.
+    /// falls back to the user's segment (with user features) or popularity.
     pub fn personalises(&self, q: Query) -> bool {
         match &self.weights {
             Weights::Popularity => false,
@@ -101,7 +130,10 @@ impl Recommender {
     pub fn score(&self, q: Query, out: &mut [f32]) {
         let n = self.n_items();
         if !self.personalises(q) {
-            out.copy_from_slice(&self.popularity);
+            match (&self.segments, q.features) {
+                (Some(s), Some(codes)) if s.applies(codes) => s.score(codes, &self.popularity, out),
+                _ => out.copy_from_slice(&self.popularity),
+            }
         } else {
             match &self.weights {
                 Weights::Popularity => unreachable!("popularity never personalises"),
@@ -247,6 +279,12 @@ impl Recommender {
                 arrays.push(("hybrid.cold".into(), Array::U32(Cow::Owned(h.cold.iter().map(|&c| c as u32).collect()))));
             }
         }
+        if let Some(seg) = &self.segments {
+            arrays.push(("segments.codes".into(), Array::U32(Cow::Borrowed(&seg.codes))));
+            arrays.push(("segments.counts".into(), Array::F32(Cow::Borrowed(&seg.counts))));
+            let meta = SegmentsFile { features: seg.features.clone(), smoothing: seg.smoothing, weight: seg.weight, users: seg.users.ids().to_vec() };
+            std::fs::write(tmp.path().join("segments.json"), serde_json::to_string(&meta)?)?;
+        }
         let bytes: Vec<(String, Dtype, usize, Cow<[u8]>)> = arrays.iter().map(|(n, a)| (n.clone(), a.dtype(), a.len(), a.bytes())).collect();
         let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
             .iter()
@@ -347,7 +385,24 @@ impl Recommender {
         }
         let table_path = dir.join("items.tsv");
         let item_table = if table_path.exists() { Some(crate::data::read_items(&table_path, "item_id", &[], None)?) } else { None };
-        Ok(Self { config, users, items, seen, popularity, weights, item_table, cache: Default::default() })
+        let segments_path = dir.join("segments.json");
+        let segments = if segments_path.exists() {
+            let meta: SegmentsFile = serde_json::from_str(&std::fs::read_to_string(&segments_path)?).with_context(|| format!("{}: not a segments file", segments_path.display()))?;
+            let values: usize = meta.features.iter().map(|f| f.labels.len()).sum();
+            let n_features = meta.features.len();
+            let users = IdMap::from_ids(meta.users);
+            let codes = get("segments.codes")?.u32()?.to_vec();
+            let in_range = codes.chunks(n_features.max(1)).all(|row| row.iter().zip(&meta.features).all(|(&c, f)| c == crate::segments::MISSING || (c as usize) < f.labels.len()));
+            if codes.len() != users.len() * n_features || !in_range {
+                bail!("{}/weights.safetensors: segments.codes does not fit {} users x {n_features} features", dir.display(), users.len());
+            }
+            let mut s = Segments { features: meta.features, smoothing: meta.smoothing, weight: meta.weight, users, codes, n_items: ni, counts: sized("segments.counts", values * ni)?, ..Segments::default() };
+            s.derive();
+            Some(s)
+        } else {
+            None
+        };
+        Ok(Self { config, users, items, seen, popularity, weights, item_table, segments, cache: Default::default() })
     }
 
     /// An item's columns from the item table, as a JSON object (empty without a table).
@@ -384,6 +439,15 @@ impl Recommender {
             })
             .collect())
     }
+}
+
+/// `segments.json`: what of [`Segments`] is not an array.
+#[derive(Serialize, Deserialize)]
+struct SegmentsFile {
+    features: Vec<Feature>,
+    smoothing: f32,
+    weight: f32,
+    users: Vec<String>,
 }
 
 /// The `k` highest finite scores, best first (ties to the lower index). One pass that keeps a
@@ -545,7 +609,7 @@ mod tests {
             model.save(&out).unwrap(); // replacing a model folder works too
             let back = Recommender::load(&out).unwrap();
             for u in [0u32, 1, 7] {
-                let q = Query { user: Some(u), history: model.seen.row(u as usize).0 };
+                let q = Query { user: Some(u), history: model.seen.row(u as usize).0, features: None };
                 let (a1, a2) = (model.recommend(q, 5, &[], &mut Vec::new()), back.recommend(q, 5, &[], &mut Vec::new()));
                 assert_eq!(a1, a2, "{a:?} user {u}");
                 assert_eq!(a1.len(), 5);
@@ -553,7 +617,7 @@ mod tests {
             }
             // A bare history (a user the model has not seen) is personalised by all but popularity.
             let history = [log.items.get("i1").unwrap(), log.items.get("i2").unwrap()];
-            let q = Query { user: None, history: &history };
+            let q = Query { user: None, history: &history, features: None };
             assert_eq!(model.personalises(q), a != Algorithm::Popularity, "{a:?}");
             let recs = model.recommend(q, 3, &[], &mut Vec::new());
             if a != Algorithm::Popularity {
@@ -578,5 +642,46 @@ mod tests {
         assert_eq!(a.config.params.als.factors, 4);
         let trials = a.config.training["trials"].as_array().unwrap();
         assert!(trials.len() > 5 && trials.iter().all(|t| t["setting"].as_str().unwrap().contains("factors=4")));
+    }
+
+    #[test]
+    fn user_features_recommend_for_users_without_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log(dir.path());
+        // The log's even users take items i0..i9, odd users i10..i19; the table says which is
+        // which, for them and for two users the log has never seen.
+        let mut ids: Vec<String> = (0..30).map(|u| format!("u{u}")).collect();
+        ids.extend(["new_even".to_string(), "new_odd".to_string()]);
+        let values = (0..32).map(|u| vec![if u % 2 == 0 { "even".to_string() } else { "odd".to_string() }, (20 + u).to_string()]).collect();
+        let table = Table { ids: IdMap::from_ids(ids), columns: vec!["group".into(), "age".into()], values };
+        let mut opts = TrainOptions::new(Algorithm::Als);
+        opts.params.als.factors = 4;
+        opts.fixed.extend(["als.factors", "als.regularization", "als.alpha", "als.iterations"].map(String::from));
+        opts.user_table = Some(table);
+        let model = train(&log, &opts, &mut ()).unwrap();
+        let report = &model.config.training["user_features"];
+        assert!(report["weight"].as_f64().unwrap() > 0.0, "validation should keep the features: {report}");
+        assert_eq!(report["trials"].as_array().unwrap().len(), 13);
+        let out = dir.path().join("with-users");
+        model.save(&out).unwrap();
+        let back = Recommender::load(&out).unwrap();
+        for (who, group) in [("new_even", 0..10), ("new_odd", 10..20)] {
+            let q = back.query_for(who);
+            assert!(q.user.is_none() && q.features.is_some());
+            let recs = back.recommend(q, 5, &[], &mut Vec::new());
+            assert_eq!(recs, model.recommend(model.query_for(who), 5, &[], &mut Vec::new()));
+            for (i, _) in &recs {
+                let n: u32 = back.items.id(*i)[1..].parse().unwrap();
+                assert!(group.contains(&n), "{who} got {}", back.items.id(*i));
+            }
+            assert!(back.fallback(q).unwrap().contains("group"), "{:?}", back.fallback(q));
+        }
+        // A stranger to the table gets popularity, and a known user their own list.
+        let q = back.query_for("nobody");
+        assert!(q.features.is_none() && back.fallback(q).unwrap().contains("most popular"));
+        assert!(back.fallback(back.query_for("u3")).is_none());
+        let given = back.segments.as_ref().unwrap().encode(&[("group".into(), "odd".into())]).unwrap();
+        let recs = back.recommend(Query { features: Some(&given), ..Query::default() }, 3, &[], &mut Vec::new());
+        assert!(back.items.id(recs[0].0).len() == 3, "{recs:?}");
     }
 }

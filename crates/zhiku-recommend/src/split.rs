@@ -5,7 +5,9 @@
 //! - `last`: each user's latest interaction by time goes to test (leave-last-out), users with
 //!   a single interaction stay in training;
 //! - `cold-items`: items drawn at random until their interactions reach `test_ratio` of the log;
-//!   all of their interactions go to test, so no test item has a training interaction.
+//!   all of their interactions go to test, so no test item has a training interaction;
+//! - `cold-users`: the same with users: no test user has a training interaction (what a
+//!   fallback from user features is measured on).
 
 use crate::data::Event;
 use anyhow::{bail, Result};
@@ -20,6 +22,7 @@ pub enum Protocol {
     Random,
     Last,
     ColdItems,
+    ColdUsers,
 }
 
 impl Protocol {
@@ -28,7 +31,8 @@ impl Protocol {
             "random" => Protocol::Random,
             "last" => Protocol::Last,
             "cold-items" => Protocol::ColdItems,
-            _ => bail!("unknown protocol {s:?}: expected random, last or cold-items"),
+            "cold-users" => Protocol::ColdUsers,
+            _ => bail!("unknown protocol {s:?}: expected random, last, cold-items or cold-users"),
         })
     }
 }
@@ -82,32 +86,16 @@ pub fn split(events: &[Event], n_items: usize, protocol: Protocol, test_ratio: f
             }
         }
         Protocol::ColdItems => {
-            let mut per_item = vec![0usize; n_items];
-            for e in events {
-                per_item[e.item as usize] += 1;
-            }
-            let mut items: Vec<u32> = (0..n_items as u32).filter(|&i| per_item[i as usize] > 0).collect();
-            items.shuffle(&mut rng);
-            let target = (events.len() as f64 * test_ratio).round() as usize;
-            let mut cold = vec![false; n_items];
-            let mut taken = 0;
-            for i in items {
-                if taken >= target {
-                    break;
-                }
-                cold[i as usize] = true;
-                taken += per_item[i as usize];
-            }
-            for e in events {
-                if cold[e.item as usize] {
-                    test.push(*e);
-                } else {
-                    train.push(*e);
-                }
-            }
-            let all_users: std::collections::BTreeSet<u32> = events.iter().map(|e| e.user).collect();
+            let cold = cold_keys(events, |e| e.item, n_items, test_ratio, &mut rng);
+            (train, test) = events.iter().partition(|e: &&Event| !cold[e.item as usize]);
             let test_users: std::collections::BTreeSet<u32> = test.iter().map(|e| e.user).collect();
-            only_train = all_users.len() - test_users.len();
+            only_train = events.chunk_by(|a, b| a.user == b.user).count() - test_users.len();
+        }
+        Protocol::ColdUsers => {
+            let n_users = events.iter().map(|e| e.user as usize + 1).max().unwrap_or(0);
+            let cold = cold_keys(events, |e| e.user, n_users, test_ratio, &mut rng);
+            (train, test) = events.iter().partition(|e: &&Event| !cold[e.user as usize]);
+            only_train = events.chunk_by(|a, b| a.user == b.user).count() - cold.iter().filter(|&&c| c).count();
         }
     }
     if test.is_empty() {
@@ -121,6 +109,27 @@ pub fn split(events: &[Event], n_items: usize, protocol: Protocol, test_ratio: f
         users_only_in_train: only_train,
     };
     Ok((train, test, summary))
+}
+
+/// Keys (items or users) drawn at random until their interactions reach `ratio` of the log.
+fn cold_keys(events: &[Event], key: impl Fn(&Event) -> u32, n_keys: usize, ratio: f64, rng: &mut ChaCha8Rng) -> Vec<bool> {
+    let mut per_key = vec![0usize; n_keys];
+    for e in events {
+        per_key[key(e) as usize] += 1;
+    }
+    let mut keys: Vec<u32> = (0..n_keys as u32).filter(|&k| per_key[k as usize] > 0).collect();
+    keys.shuffle(rng);
+    let target = (events.len() as f64 * ratio).round() as usize;
+    let mut cold = vec![false; n_keys];
+    let mut taken = 0;
+    for k in keys {
+        if taken >= target {
+            break;
+        }
+        cold[k as usize] = true;
+        taken += per_key[k as usize];
+    }
+    cold
 }
 
 #[cfg(test)]
@@ -181,5 +190,22 @@ mod tests {
         let share = test.len() as f64 / ev.len() as f64;
         assert!((0.2..0.45).contains(&share), "{share}");
         assert!(split(&ev, 50, Protocol::Random, 1.5, 1).is_err());
+    }
+
+    #[test]
+    fn cold_users_never_reach_training() {
+        let ev = log(40, 10);
+        let (train, test, s) = split(&ev, 50, Protocol::ColdUsers, 0.25, 3).unwrap();
+        let cold: std::collections::HashSet<u32> = test.iter().map(|e| e.user).collect();
+        assert!(train.iter().all(|e| !cold.contains(&e.user)));
+        // Whole users: each test user brings every interaction.
+        for &u in &cold {
+            assert_eq!(test.iter().filter(|e| e.user == u).count(), ev.iter().filter(|e| e.user == u).count());
+        }
+        let share = test.len() as f64 / ev.len() as f64;
+        assert!((0.2..0.35).contains(&share), "{share}");
+        assert_eq!(s.users_only_in_train, 40 - cold.len());
+        let (_, again, _) = split(&ev, 50, Protocol::ColdUsers, 0.25, 3).unwrap();
+        assert_eq!(again, test);
     }
 }

@@ -4,10 +4,11 @@
 //! validation; then the model fitted on all training interactions with the best setting.
 
 use crate::algo::{als, bpr, content, ease, hybrid, itemknn, Algorithm, Params};
-use crate::data::{Event, Interactions};
+use crate::data::{Event, Interactions, Table};
 use crate::matrix::Csr;
 use crate::metrics;
 use crate::model::{ModelConfig, Recommender, Weights, FORMAT};
+use crate::segments::Segments;
 use crate::split::{split, Protocol};
 use anyhow::{bail, Result};
 use serde::Serialize;
@@ -31,11 +32,13 @@ pub struct TrainOptions {
     /// Content models: the encoder folder and every item's text (by item index).
     pub encoder: Option<PathBuf>,
     pub item_texts: Option<Vec<String>>,
+    /// User features (id plus feature columns): the fallback for users without history.
+    pub user_table: Option<Table>,
 }
 
 impl TrainOptions {
     pub fn new(algorithm: Algorithm) -> Self {
-        Self { algorithm, params: Params::default(), fixed: BTreeSet::new(), tune: true, validation_ratio: 0.2, validation: None, seed: 42, encoder: None, item_texts: None }
+        Self { algorithm, params: Params::default(), fixed: BTreeSet::new(), tune: true, validation_ratio: 0.2, validation: None, seed: 42, encoder: None, item_texts: None, user_table: None }
     }
 }
 
@@ -106,7 +109,7 @@ pub fn train(log: &Interactions, opts: &TrainOptions, progress: &mut dyn Progres
                 return Ok(s);
             }
             let model = assemble(opts, p.clone(), &fit_ui, &fit_events, log, embeddings.clone(), &mut ())?;
-            let s = metrics::evaluate(&model, &val, 10).ndcg;
+            let s = metrics::evaluate(&model, &val, &log.users, 10).ndcg;
             progress.tried(&key, s);
             trail.push(Trial { setting: key.clone(), validation_ndcg: s });
             cache.insert(key, s);
@@ -133,6 +136,13 @@ pub fn train(log: &Interactions, opts: &TrainOptions, progress: &mut dyn Progres
     let tuning_seconds = started.elapsed().as_secs_f64();
     let started = Instant::now();
     let mut model = assemble(opts, params.clone(), &ui, &log.events, log, embeddings, progress)?;
+    let segments = match &opts.user_table {
+        Some(table) => Some(fit_segments(log, table, opts, progress)?),
+        None => None,
+    };
+    if let Some((s, _)) = &segments {
+        model.segments = Some(s.clone());
+    }
     model.config.training = serde_json::json!({
         "tuned": opts.tune,
         "tuning_seconds": tuning_seconds,
@@ -141,9 +151,57 @@ pub fn train(log: &Interactions, opts: &TrainOptions, progress: &mut dyn Progres
         "validation": opts.validation,
         "trials": trail,
         "read": log.report,
+        "user_features": segments.map(|(_, report)| report),
     });
     Ok(model)
 }
+
+/// The user-feature fallback: smoothing and weight tuned on users held out whole (the cold-users
+/// protocol, `validation_ratio` of the interactions) against popularity for them, then counted
+/// on the whole log. Weight 0, popularity itself, is a candidate: the features must earn their
+/// place.
+fn fit_segments(log: &Interactions, table: &Table, opts: &TrainOptions, progress: &mut dyn Progress) -> Result<(Segments, serde_json::Value)> {
+    let ni = log.items.len();
+    let mut segments = Segments::from_table(table, ni)?;
+    let mut trials = Vec::new();
+    if opts.tune {
+        let (fit_events, val_events, _) = split(&log.events, ni, Protocol::ColdUsers, opts.validation_ratio, opts.seed)?;
+        let fit_ui = Csr::from_events(log.users.len(), ni, &fit_events).binary();
+        let val = Csr::from_events(log.users.len(), ni, &val_events);
+        let mut probe = assemble(&TrainOptions::new(Algorithm::Popularity), Params::default(), &fit_ui, &fit_events, log, None, &mut ())?;
+        segments.count(&fit_events, &log.users);
+        let mut best = (f64::NEG_INFINITY, 0.0, segments.smoothing);
+        for (weight, smoothing) in std::iter::once((0.0, segments.smoothing)).chain(SEGMENT_WEIGHTS.iter().flat_map(|&w| SEGMENT_SMOOTHING.iter().map(move |&b| (w, b)))) {
+            segments.weight = weight;
+            segments.smoothing = smoothing;
+            probe.segments = Some(segments.clone());
+            let ndcg = metrics::evaluate(&probe, &val, &log.users, 10).ndcg;
+            let setting = format!("user features: weight={weight} smoothing={smoothing}");
+            progress.tried(&setting, ndcg);
+            trials.push(Trial { setting, validation_ndcg: ndcg });
+            if ndcg > best.0 + 1e-9 {
+                best = (ndcg, weight, smoothing);
+            }
+        }
+        (segments.weight, segments.smoothing) = (best.1, best.2);
+    } else {
+        segments.weight = 1.0;
+    }
+    let without = segments.count(&log.events, &log.users);
+    let report = serde_json::json!({
+        "table_users": segments.users.len(),
+        "interactions_without_features": without,
+        "features": segments.features,
+        "weight": segments.weight,
+        "smoothing": segments.smoothing,
+        "trials": trials,
+    });
+    Ok((segments, report))
+}
+
+/// The user-feature fallback's candidates (weight 0 is tried once, as popularity).
+const SEGMENT_WEIGHTS: [f32; 3] = [0.25, 0.5, 1.0];
+const SEGMENT_SMOOTHING: [f32; 4] = [2.0, 10.0, 50.0, 250.0];
 
 fn validation_protocol(opts: &TrainOptions) -> Validation {
     opts.validation.unwrap_or(Validation::Random)
@@ -222,7 +280,7 @@ fn assemble(
         seed: opts.seed,
         training: serde_json::Value::Null,
     };
-    Ok(Recommender { config, users: log.users.clone(), items: log.items.clone(), seen: ui.clone(), popularity, weights, item_table: None, cache: Default::default() })
+    Ok(Recommender { config, users: log.users.clone(), items: log.items.clone(), seen: ui.clone(), popularity, weights, item_table: None, segments: None, cache: Default::default() })
 }
 
 /// The hyperparameters each algorithm tunes, in search order, with their candidates.

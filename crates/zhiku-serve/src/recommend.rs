@@ -1,7 +1,9 @@
 //! Recommenders over HTTP (scope `predict`, like the model routes):
-//! - `POST /v1/recommend` `{"model", "user", "k", "exclude", "filter", "history"}`: the user's
-//!   list; a user the model was not trained on, with no history, gets the most popular items and
-//!   the response says so (`"fallback"`);
+//! - `POST /v1/recommend` `{"model", "user", "k", "exclude", "filter", "history", "features"}`:
+//!   the user's list; a user the model was not trained on, with no history, gets what users
+//!   with the same features chose (from the model's user table, or `"features"` such as
+//!   `{"age": 31, "occupation": "writer"}`), else the most popular items, and the response says
+//!   which (`"fallback"`);
 //! - `POST /v1/similar-items` `{"model", "item", "k", "filter"}`;
 //! - `POST /v1/interactions` `{"model", "user", "items"}`: new interactions, reflected in that
 //!   user's next list without retraining (folded into the user's factors for factor models,
@@ -20,7 +22,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use zhiku_recommend::{Query, Recommender};
+use zhiku_recommend::Recommender;
 
 type AppResult<T> = Result<T, ApiError>;
 
@@ -63,13 +65,14 @@ fn item_indices(model: &Recommender, ids: &[String], field: &str) -> AppResult<V
     ids.iter().map(|id| model.items.get(id).ok_or_else(|| ApiError::unprocessable(format!("{field}: item {id:?} is not in the model's catalogue")))).collect()
 }
 
-fn filter_pairs(filter: &Option<HashMap<String, Value>>) -> AppResult<Vec<(String, String)>> {
+/// `{"name": "value" or number}` as pairs; `field` names the object in errors.
+fn string_pairs(object: &Option<HashMap<String, Value>>, field: &str) -> AppResult<Vec<(String, String)>> {
     let mut out = Vec::new();
-    for (k, v) in filter.iter().flatten() {
+    for (k, v) in object.iter().flatten() {
         let v = match v {
             Value::String(s) => s.clone(),
             Value::Number(n) => n.to_string(),
-            other => return Err(ApiError::unprocessable(format!("filter.{k}: expected a string or number, found {other}"))),
+            other => return Err(ApiError::unprocessable(format!("{field}.{k}: expected a string or number, found {other}"))),
         };
         out.push((k.clone(), v));
     }
@@ -103,38 +106,40 @@ struct RecommendRequest {
     /// Items the user interacted with that the model does not know of (not stored).
     #[serde(default)]
     history: Vec<String>,
+    /// The user's features (for a user without history), overriding the model's user table.
+    features: Option<HashMap<String, Value>>,
 }
 
 pub async fn recommend(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> AppResult<Json<Value>> {
     let req: RecommendRequest = parse(body)?;
     let (name, served) = pick(&state, req.model.as_deref())?;
     let k = check_k(req.k)?;
-    let filter = filter_pairs(&req.filter)?;
+    let filter = string_pairs(&req.filter, "filter")?;
+    let features = string_pairs(&req.features, "features")?;
     blocking(move || {
         let model = &served.model;
+        let codes = match (&model.segments, req.features.is_some()) {
+            (_, false) => None,
+            (Some(s), true) => Some(s.encode(&features).map_err(|e| ApiError::unprocessable(format!("features: {e:#}")))?),
+            (None, true) => return Err(ApiError::unprocessable("features: this model was trained without user features (zhiku recommend train --users FILE)")),
+        };
         let mut exclude = item_indices(model, &req.exclude, "exclude")?;
         exclude.extend(model.filtered_out(&filter).map_err(|e| ApiError::unprocessable(format!("filter: {e:#}")))?);
-        let known = model.users.get(&req.user);
         let mut history = item_indices(model, &req.history, "history")?;
         history.extend(served.posted.lock().unwrap_or_else(|e| e.into_inner()).get(&req.user).into_iter().flatten().copied());
-        let query = if history.is_empty() {
-            Query { user: known, history: known.map_or(&[][..], |u| model.seen.row(u as usize).0) }
-        } else {
+        let mut query = model.query_for(&req.user);
+        if let Some(c) = &codes {
+            query.features = Some(c);
+        }
+        if !history.is_empty() {
             // New interactions: the whole history scored afresh (folded in for factor models).
-            if let Some(u) = known {
-                history.extend_from_slice(model.seen.row(u as usize).0);
-            }
-            Query { user: None, history: &history }
-        };
-        let personalised = model.personalises(query);
+            history.extend_from_slice(query.history);
+            query.user = None;
+            query.history = &history;
+        }
         let recs = model.recommend(query, k, &exclude, &mut Vec::new());
-        let fallback = (!personalised).then(|| {
-            if known.is_none() {
-                "the user is not in the model and has no history here: most popular items"
-            } else {
-                "this model does not personalise: most popular items"
-            }
-        });
+        let fallback = model.fallback(query);
+        let personalised = fallback.is_none();
         Ok(Json(json!({"model": name, "user": req.user, "items": listed(model, &recs), "personalised": personalised, "fallback": fallback})))
     })
     .await
@@ -153,7 +158,7 @@ pub async fn similar_items(State(state): State<Arc<AppState>>, body: Result<Byte
     let req: SimilarRequest = parse(body)?;
     let (name, served) = pick(&state, req.model.as_deref())?;
     let k = check_k(req.k)?;
-    let filter = filter_pairs(&req.filter)?;
+    let filter = string_pairs(&req.filter, "filter")?;
     blocking(move || {
         let model = &served.model;
         let item = item_indices(model, std::slice::from_ref(&req.item), "item")?[0];
