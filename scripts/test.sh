@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The whole test suite: fetches the small real models once (two encoders and three GGUF language
-# models, into .cache/models) and a PostgreSQL server with pgvector (.cache/postgres), then runs
+# The whole test suite: fetches the small real models once (two encoders, Whisper tiny.en and
+# three GGUF language models, into .cache/models), speech samples (.cache/media) and a
+# PostgreSQL server with pgvector (.cache/postgres), then runs
 # every unit, integration and end-to-end test of the workspace, and prints one total line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/fetch-models.sh >/dev/null
+./scripts/fetch-media.sh >/dev/null
 ./scripts/fetch-llms.sh >/dev/null
 ./scripts/fetch-postgres.sh >/dev/null
 log="$(mktemp)"

@@ -56,6 +56,58 @@ unsafe fn mm(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: isize, accumul
     gemm(m, n, k, dst, 1, dst_rs, accumulate, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs, 1.0, 1.0, false, false, false, Parallelism::None);
 }
 
+/// Where a block of queries stands among the keys, for [`attention_rows`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryMask {
+    /// Every query sees every key (an encoder; cross-attention).
+    None,
+    /// Query row `r` is at position `first + r` and sees keys `0..=first + r` (a decoder's new
+    /// tokens against its cache, which already holds them).
+    Causal { first: usize },
+}
+
+/// Multi-head attention on plain slices, for inference: per head, `softmax(Q Kᵀ · scale) · V`
+/// for `n` query rows (`q_stride` floats apart) against `m` key and value rows (`kv_stride`
+/// apart), the heads side by side in each row (`heads · d` wide); writes `out` as `[n, heads · d]`.
+/// One task per head, each with its own `n × m` score buffer.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_rows(q: &[f32], q_stride: usize, k: &[f32], v: &[f32], kv_stride: usize, n: usize, m: usize, heads: usize, d: usize, scale: f32, mask: QueryMask, out: &mut [f32]) {
+    let hd = heads * d;
+    assert!(q.len() >= (n.max(1) - 1) * q_stride + hd && k.len() >= (m.max(1) - 1) * kv_stride + hd && v.len() >= (m.max(1) - 1) * kv_stride + hd, "attention input shapes");
+    assert_eq!(out.len(), n * hd, "attention output shape");
+    if n == 0 {
+        return;
+    }
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    (0..heads).into_par_iter().for_each_init(
+        || vec![0f32; n * m],
+        |p, h| {
+            let base = h * d;
+            // SAFETY: the strides cover the slices (asserted above); this task writes only the
+            // columns base..base + d of `out`.
+            unsafe {
+                mm(n, m, d, p.as_mut_ptr(), m as isize, false, q.as_ptr().add(base), q_stride as isize, 1, k.as_ptr().add(base), 1, kv_stride as isize);
+            }
+            for (r, row) in p.chunks_exact_mut(m).enumerate() {
+                let visible = match mask {
+                    QueryMask::None => m,
+                    QueryMask::Causal { first } => (first + r + 1).min(m),
+                };
+                for x in row[..visible].iter_mut() {
+                    *x *= scale;
+                }
+                for x in row[visible..].iter_mut() {
+                    *x = f32::NEG_INFINITY;
+                }
+                crate::kernels::softmax_row(row);
+            }
+            unsafe {
+                mm(n, d, m, out_ptr.at(base), hd as isize, false, p.as_ptr(), m as isize, 1, v.as_ptr().add(base), kv_stride as isize, 1);
+            }
+        },
+    );
+}
+
 fn dropout_keep(seed: u64, index: u64, threshold: u32) -> bool {
     let mut z = seed.wrapping_add(index).wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

@@ -31,6 +31,7 @@ pub mod slice_ops;
 pub mod testing;
 pub mod text_model;
 pub mod tokenizer;
+pub mod whisper;
 
 pub use bert::BertModel;
 pub use classifier::{ClassifierConfig, Pooling, ProblemType, SequenceClassifier};

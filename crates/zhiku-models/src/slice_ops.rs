@@ -40,6 +40,19 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
+/// LayerNorm of each row of `x` (length `w.len()`) into `out`: `(x − mean) / sqrt(var + eps) · w + b`.
+pub fn layer_norm(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
+    let n = w.len();
+    for (xr, or) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        let mean = xr.iter().sum::<f32>() / n as f32;
+        let var = xr.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n as f32;
+        let inv = 1.0 / (var + eps).sqrt();
+        for (((o, &v), &g), &bb) in or.iter_mut().zip(xr).zip(w).zip(b) {
+            *o = (v - mean) * inv * g + bb;
+        }
+    }
+}
+
 /// RMSNorm in place.
 pub fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
     let n = w.len();

@@ -1,0 +1,9 @@
+//! Audio and images in, numbers a model reads out: audio files decoded to 16 kHz mono
+//! ([`audio`]) and the log-mel front end of speech recognition ([`mel`]). Decoding, voice activity detection and the OCR pipeline join it here; the models
+//! themselves (Whisper, ...) live in `zhiku-models` beside the text models.
+
+pub mod audio;
+pub mod mel;
+
+/// The sample rate every speech model here reads.
+pub const SAMPLE_RATE: u32 = 16_000;

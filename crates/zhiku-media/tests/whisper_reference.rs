@@ -1,0 +1,103 @@
+//! Whisper tiny.en (CTranslate2 weights, scripts/fetch-models.sh) on jfk.wav
+//! (scripts/fetch-media.sh) against CTranslate2 itself, the engine under faster-whisper
+//! (fixture: tests/fixtures/whisper/tiny-en-jfk.json, made by make_whisper_model_fixtures.py):
+//! the encoder output, and greedy decoding token for token.
+
+use std::path::PathBuf;
+use zhiku_media::{audio, mel};
+use zhiku_models::blocks::GgmlType;
+use zhiku_models::whisper::Whisper;
+
+fn cache(dir: &str, var: &str, name: &str) -> PathBuf {
+    let base = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache").join(dir));
+    let p = base.join(name);
+    assert!(p.exists(), "{} missing: run scripts/fetch-models.sh and scripts/fetch-media.sh first", p.display());
+    p
+}
+
+fn fixture() -> serde_json::Value {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/whisper/tiny-en-jfk.json");
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// The first 30 s window of jfk.wav, as faster-whisper's transcribe builds it.
+fn jfk_window() -> Vec<f32> {
+    let samples = audio::load(&cache("media", "ZHIKU_MEDIA", "jfk.wav")).unwrap().samples;
+    let spec = mel::LogMel::whisper(80).compute(&samples);
+    // The content frames (the last one is the padding's), zero-padded to 3000.
+    let content = mel::Spectrogram { n_mels: 80, frames: spec.frames - 1, data: (0..80).flat_map(|m| spec.data[m * spec.frames..(m + 1) * spec.frames - 1].to_vec()).collect() };
+    content.window(0, mel::WINDOW_FRAMES).data
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i as u32).unwrap()
+}
+
+#[test]
+fn tiny_en_matches_ctranslate2_on_jfk() {
+    let f = fixture();
+    let model = Whisper::load(&cache("models", "ZHIKU_MODELS", "whisper-tiny.en"), GgmlType::F32).unwrap();
+    assert_eq!((model.dims.d_model, model.dims.encoder_layers, model.dims.decoder_layers, model.dims.vocab), (384, 4, 4, 51864));
+    let window = jfk_window();
+    let enc = model.encode(&window, mel::WINDOW_FRAMES).unwrap();
+    let d = model.dims.d_model;
+    assert_eq!(enc.len(), 1500 * d);
+    let mut worst = 0f64;
+    for (row, want) in f["encoder_rows"].as_object().unwrap() {
+        let r: usize = row.parse().unwrap();
+        for (c, w) in want.as_array().unwrap().iter().enumerate() {
+            worst = worst.max((enc[r * d + c] as f64 - w.as_f64().unwrap()).abs());
+        }
+    }
+    let max_abs = f["encoder_max_abs"].as_f64().unwrap();
+    eprintln!("encoder: max |diff| {worst:.3e} over the fixture's rows (values up to {max_abs:.2})");
+    assert!(worst < 1e-4, "encoder rows: max |diff| {worst} (values up to {max_abs})");
+    let mean = enc.iter().map(|&v| v as f64).sum::<f64>() / enc.len() as f64;
+    assert!((mean - f["encoder_mean"].as_f64().unwrap()).abs() < 1e-4, "mean {mean}");
+
+    let mut state = model.start(&enc).unwrap();
+    let prompt: Vec<u32> = f["prompt"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
+    let mut logits = model.decode(&mut state, &prompt, false).unwrap();
+    // The first step's log-probabilities of CTranslate2's ten best tokens.
+    let max = logits.iter().cloned().fold(f32::MIN, f32::max);
+    let lse = max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
+    let mut worst_logp = 0f64;
+    for pair in f["first_step_top10"].as_array().unwrap() {
+        let (t, want) = (pair[0].as_u64().unwrap() as usize, pair[1].as_f64().unwrap());
+        worst_logp = worst_logp.max(((logits[t] - lse) as f64 - want).abs());
+        assert!(((logits[t] - lse) as f64 - want).abs() < 1e-3, "token {t}: {} vs {want}", logits[t] - lse);
+    }
+    eprintln!("first step: max |diff| of the top-10 log-probabilities {worst_logp:.3e}");
+    let mut tokens = Vec::new();
+    loop {
+        let next = argmax(&logits);
+        if next == 50256 || tokens.len() >= 100 {
+            break;
+        }
+        tokens.push(next);
+        logits = model.decode(&mut state, &[next], false).unwrap();
+    }
+    let want: Vec<u32> = f["greedy_tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
+    assert_eq!(tokens, want);
+}
+
+#[test]
+fn decoding_a_prefix_at_once_equals_token_by_token() {
+    let model = Whisper::load(&cache("models", "ZHIKU_MODELS", "whisper-tiny.en"), GgmlType::F32).unwrap();
+    let enc = model.encode(&jfk_window(), mel::WINDOW_FRAMES).unwrap();
+    let tokens = [50257u32, 50362, 843, 523, 616];
+    let mut a = model.start(&enc).unwrap();
+    let all = model.decode(&mut a, &tokens, true).unwrap();
+    let mut b = model.start(&enc).unwrap();
+    let v = model.dims.vocab;
+    for (i, &t) in tokens.iter().enumerate() {
+        let one = model.decode(&mut b, &[t], false).unwrap();
+        let gap = one.iter().zip(&all[i * v..(i + 1) * v]).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(gap < 1e-3, "step {i}: {gap}");
+    }
+    // Truncating the cache and decoding again gives the same logits.
+    b.truncate(3);
+    let again = model.decode(&mut b, &tokens[3..], true).unwrap();
+    let gap = again.iter().zip(&all[3 * v..]).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(gap < 1e-3, "{gap}");
+}
