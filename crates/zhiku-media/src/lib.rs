@@ -4,6 +4,7 @@
 
 pub mod audio;
 pub mod mel;
+pub mod speech;
 
 /// The sample rate every speech model here reads.
 pub const SAMPLE_RATE: u32 = 16_000;

@@ -101,3 +101,22 @@ fn decoding_a_prefix_at_once_equals_token_by_token() {
     let gap = again.iter().zip(&all[3 * v..]).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
     assert!(gap < 1e-3, "{gap}");
 }
+
+#[test]
+fn transcribe_matches_faster_whisper_on_jfk() {
+    use zhiku_media::speech::{SpeechModel, TranscribeOptions};
+    let f = fixture();
+    let model = SpeechModel::load(&cache("models", "ZHIKU_MODELS", "whisper-tiny.en"), GgmlType::F32).unwrap();
+    let samples = audio::load(&cache("media", "ZHIKU_MEDIA", "jfk.wav")).unwrap().samples;
+    let t = model.transcribe(&samples, &TranscribeOptions::default(), |_, _| {}).unwrap();
+    let want = f["transcribe_beam1"].as_array().unwrap();
+    assert_eq!(t.segments.len(), want.len(), "{t:#?}");
+    for (got, want) in t.segments.iter().zip(want) {
+        assert_eq!(got.text, want["text"].as_str().unwrap());
+        assert!((got.start - want["start"].as_f64().unwrap()).abs() < 1e-9 && (got.end - want["end"].as_f64().unwrap()).abs() < 1e-9, "{got:?} vs {want}");
+        assert!((got.avg_logprob - want["avg_logprob"].as_f64().unwrap()).abs() < 1e-3, "{got:?} vs {want}");
+        assert!((got.no_speech_prob - want["no_speech_prob"].as_f64().unwrap()).abs() < 1e-3, "{got:?} vs {want}");
+    }
+    assert_eq!(t.language, "en");
+    assert!(t.text.starts_with("And so my fellow Americans"), "{}", t.text);
+}
