@@ -12,6 +12,7 @@ mod predict_cmd;
 mod recommend_cmd;
 mod serve_cmd;
 mod summarize_cmd;
+mod transcribe_cmd;
 mod train_cmd;
 
 use clap::{Parser, Subcommand};
@@ -75,6 +76,8 @@ enum Command {
     Augment(augment_cmd::AugmentArgs),
     /// Recommend items from behaviour and item text: split logs, train (popularity, item-kNN, BPR, ALS, EASE, content, hybrid), evaluate, predict.
     Recommend(recommend_cmd::RecommendArgs),
+    /// Speech to text with Whisper: WAV, FLAC, MP3, Ogg; txt, srt, vtt or json with timestamps.
+    Transcribe(transcribe_cmd::TranscribeArgs),
 }
 
 fn main() {
@@ -101,6 +104,7 @@ fn main() {
         Command::Summarize(a) => summarize_cmd::run(a),
         Command::Augment(a) => augment_cmd::run(a),
         Command::Recommend(a) => recommend_cmd::run(a),
+        Command::Transcribe(a) => transcribe_cmd::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -79,7 +79,7 @@ pub fn decode(path: &Path) -> Result<Audio, AudioError> {
     if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
         hint.with_extension(ext);
     }
-    decode_stream(Counted::new(file, len), &hint, &name)
+    decode_stream(Counted::stream(file, len), &hint, &name)
 }
 
 /// Decodes audio held in memory (an upload); `name` is used in errors.
@@ -88,7 +88,7 @@ pub fn decode_bytes(bytes: Vec<u8>, name: &str) -> Result<Audio, AudioError> {
         return Err(AudioError::Empty { path: name.to_string() });
     }
     let len = bytes.len() as u64;
-    decode_stream(Counted::new(std::io::Cursor::new(bytes), len), &Hint::new(), name)
+    decode_stream(Counted::stream(std::io::Cursor::new(bytes), len), &Hint::new(), name)
 }
 
 /// A source that keeps how far the decoder has read, for errors.
@@ -99,7 +99,7 @@ struct Counted<R> {
 }
 
 impl<R: Read + Seek + Send + Sync + 'static> Counted<R> {
-    fn new(inner: R, len: u64) -> (MediaSourceStream, Arc<AtomicU64>) {
+    fn stream(inner: R, len: u64) -> (MediaSourceStream, Arc<AtomicU64>) {
         let position = Arc::new(AtomicU64::new(0));
         let source = Counted { inner, len, position: position.clone() };
         (MediaSourceStream::new(Box::new(source), Default::default()), position)

@@ -94,6 +94,61 @@ pub struct Transcript {
     pub segments: Vec<Segment>,
 }
 
+/// How a transcript is written out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Txt,
+    Srt,
+    Vtt,
+    Json,
+}
+
+impl Format {
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "txt" | "text" => Self::Txt,
+            "srt" => Self::Srt,
+            "vtt" => Self::Vtt,
+            "json" => Self::Json,
+            _ => bail!("unknown format {s:?}: expected txt, srt, vtt or json"),
+        })
+    }
+
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::Txt => "txt",
+            Self::Srt => "srt",
+            Self::Vtt => "vtt",
+            Self::Json => "json",
+        }
+    }
+}
+
+/// `HH:MM:SS` and milliseconds after `sep` (`,` for SubRip, `.` for WebVTT).
+fn clock(seconds: f64, sep: char) -> String {
+    let ms = (seconds.max(0.0) * 1000.0).round() as u64;
+    format!("{:02}:{:02}:{:02}{sep}{:03}", ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000)
+}
+
+impl Transcript {
+    /// The transcript as plain text (a segment per line), SubRip, WebVTT or JSON
+    /// (`{"text", "language", "duration", "segments": [{"start", "end", "text", ...}]}`, seconds).
+    pub fn render(&self, format: Format) -> String {
+        match format {
+            Format::Txt => self.segments.iter().map(|s| format!("{}\n", s.text.trim())).collect(),
+            Format::Srt => self.segments.iter().enumerate().map(|(i, s)| format!("{}\n{} --> {}\n{}\n\n", i + 1, clock(s.start, ','), clock(s.end, ','), s.text.trim())).collect(),
+            Format::Vtt => {
+                let mut out = String::from("WEBVTT\n\n");
+                for s in &self.segments {
+                    out.push_str(&format!("{} --> {}\n{}\n\n", clock(s.start, '.'), clock(s.end, '.'), s.text.trim()));
+                }
+                out
+            }
+            Format::Json => serde_json::to_string(self).expect("plain data") + "\n",
+        }
+    }
+}
+
 /// The special tokens, by their text in the tokenizer.
 #[derive(Debug, Clone)]
 struct Specials {
@@ -515,6 +570,18 @@ mod tests {
         let looped = compression_ratio(&"thank you ".repeat(40));
         assert!(plain < 1.5 && looped > 2.4, "{plain} {looped}");
         assert_eq!(compression_ratio(""), 0.0);
+    }
+
+    #[test]
+    fn subtitles_are_well_formed() {
+        let seg = |start, end, text: &str| Segment { start, end, text: text.into(), tokens: vec![], avg_logprob: 0.0, no_speech_prob: 0.0, temperature: 0.0, compression_ratio: 1.0 };
+        let t = Transcript { text: "a b".into(), language: "en".into(), language_probability: None, duration: 3725.5, segments: vec![seg(0.0, 7.74, " a"), seg(3723.25, 3725.5, " b")] };
+        assert_eq!(t.render(Format::Srt), "1\n00:00:00,000 --> 00:00:07,740\na\n\n2\n01:02:03,250 --> 01:02:05,500\nb\n\n");
+        assert_eq!(t.render(Format::Vtt), "WEBVTT\n\n00:00:00.000 --> 00:00:07.740\na\n\n01:02:03.250 --> 01:02:05.500\nb\n\n");
+        assert_eq!(t.render(Format::Txt), "a\nb\n");
+        let v: serde_json::Value = serde_json::from_str(&t.render(Format::Json)).unwrap();
+        assert_eq!((v["text"].as_str(), v["segments"][1]["start"].as_f64(), v["segments"][0]["text"].as_str()), (Some("a b"), Some(3723.25), Some(" a")));
+        assert!(Format::parse("doc").is_err());
     }
 
     #[test]

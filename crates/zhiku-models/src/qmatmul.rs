@@ -521,6 +521,22 @@ fn group_value(p: &GroupParams, d: f32, s: [i32; 2], dsum: [f32; 2]) -> f32 {
 /// `y[n, rows] = x[n, cols] · Wᵀ` for f32 weights, parallel over weight rows.
 fn float_matmul(w: &[f32], rows: usize, cols: usize, x: &[f32], n: usize, y: &mut [f32]) {
     let threads = rayon::current_num_threads().max(1);
+    if n >= GEMM_ROWS {
+        // Many rows (a prompt, an audio window): a blocked GEMM reuses each weight tile across
+        // rows from cache, where the dot products below stream the whole matrix per row block.
+        // SAFETY: y is n × rows, x is n × cols, w is rows × cols, with the strides given.
+        unsafe {
+            gemm::gemm(
+                n, rows, cols,
+                y.as_mut_ptr(), 1, rows as isize, false,
+                x.as_ptr(), 1, cols as isize,
+                w.as_ptr(), cols as isize, 1,
+                0.0, 1.0, false, false, false,
+                gemm::Parallelism::Rayon(threads),
+            );
+        }
+        return;
+    }
     let chunk = rows.div_ceil(threads * 4).max(8);
     let mut yt = vec![0f32; rows * n];
     yt.par_chunks_mut(chunk * n).enumerate().for_each(|(ci, out)| {

@@ -247,7 +247,7 @@ impl Whisper {
             text_ctx: dec_pos.shape[0],
         };
         let d = dims.d_model;
-        if d % dims.encoder_heads != 0 || d % dims.decoder_heads != 0 || emb.shape[1] != d {
+        if !d.is_multiple_of(dims.encoder_heads) || !d.is_multiple_of(dims.decoder_heads) || emb.shape[1] != d {
             bail!("{}: inconsistent dimensions {dims:?}", f.path.display())
         }
         let encoder = (0..dims.encoder_layers)
@@ -318,7 +318,7 @@ impl Whisper {
     /// A decoding state for one window's encoder output (`[positions, d_model]`).
     pub fn start(&self, encoded: &[f32]) -> Result<DecoderState> {
         let d = self.dims.d_model;
-        if encoded.is_empty() || encoded.len() % d != 0 {
+        if encoded.is_empty() || !encoded.len().is_multiple_of(d) {
             bail!("the encoder output holds {} values, not a whole number of {d}-wide rows", encoded.len())
         }
         let n = encoded.len() / d;

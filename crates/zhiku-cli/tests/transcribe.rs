@@ -1,0 +1,62 @@
+//! `zhiku transcribe` through the binary: Whisper tiny.en (scripts/fetch-models.sh) on the real
+//! speech of scripts/fetch-media.sh, every output format, several files, and bad input.
+
+use std::path::PathBuf;
+
+mod common;
+use common::{fails_with, ok, zhiku};
+
+fn cache(dir: &str, name: &str) -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache").join(dir).join(name);
+    assert!(p.exists(), "{} missing: run scripts/fetch-models.sh and scripts/fetch-media.sh", p.display());
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn transcribes_real_speech_in_every_format() {
+    let model = cache("models", "whisper-tiny.en");
+    let jfk = cache("media", "jfk.wav");
+    let text = ok(&zhiku(&["transcribe", "--model", &model, "--quiet", &jfk]));
+    assert_eq!(text, "And so my fellow Americans ask not what your country can do for you\nask what you can do for your country\n");
+    let srt = ok(&zhiku(&["transcribe", "--model", &model, "--quiet", "--format", "srt", &jfk]));
+    assert!(srt.starts_with("1\n00:00:00,000 --> 00:00:07,740\nAnd so my fellow Americans"), "{srt}");
+    let vtt = ok(&zhiku(&["transcribe", "--model", &model, "--quiet", "--format", "vtt", &jfk]));
+    assert!(vtt.starts_with("WEBVTT\n\n00:00:00.000 --> 00:00:07.740\n"), "{vtt}");
+    // JSON, two files (a 24 kHz one, resampled), a line each.
+    let en = cache("media", "basic_ref_en.wav");
+    let json = ok(&zhiku(&["transcribe", "--model", &model, "--quiet", "--format", "json", &jfk, &en]));
+    let lines: Vec<serde_json::Value> = json.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!((lines[0]["language"].as_str(), lines[0]["segments"][1]["end"].as_f64()), (Some("en"), Some(10.74)));
+    assert_eq!(lines[1]["text"], "Some call me nature. Others call me Mother Nature.");
+    // int8 weights, into a folder.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let o = zhiku(&["transcribe", "--model", &model, "--compute-type", "int8", "--format", "txt", "--output-dir", out, &jfk, &en]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success() && err.contains("real-time factor"), "{err}");
+    let jfk_text = std::fs::read_to_string(dir.path().join("jfk.txt")).unwrap();
+    assert!(jfk_text.contains("ask not what your country can do for you"), "{jfk_text}");
+    assert!(dir.path().join("basic_ref_en.txt").exists());
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let model = cache("models", "whisper-tiny.en");
+    let jfk = cache("media", "jfk.wav");
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.wav");
+    std::fs::write(&empty, b"").unwrap();
+    fails_with(&zhiku(&["transcribe", "--model", &model, empty.to_str().unwrap()]), "empty.wav: the file is empty (0 bytes)");
+    let text = dir.path().join("notes.ogg");
+    std::fs::write(&text, "not audio at all\n".repeat(20)).unwrap();
+    fails_with(&zhiku(&["transcribe", "--model", &model, text.to_str().unwrap()]), "not an audio file");
+    fails_with(&zhiku(&["transcribe", "--model", &model, "--language", "zh", &jfk]), "English-only model");
+    fails_with(&zhiku(&["transcribe", "--model", &model, "--format", "docx", &jfk]), "unknown format");
+    fails_with(&zhiku(&["transcribe", "--model", &model, &jfk, &jfk]), "--output-dir");
+    fails_with(&zhiku(&["transcribe", "--model", dir.path().to_str().unwrap(), &jfk]), "cannot load a Whisper model");
+    // One bad file among good ones: the good ones are transcribed, the exit status says 1.
+    let o = zhiku(&["transcribe", "--model", &model, "--quiet", "--format", "json", &jfk, empty.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("ask not what your country"));
+}
