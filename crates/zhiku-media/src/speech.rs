@@ -16,7 +16,9 @@
 //!   when it ends on a single timestamp.
 //!
 //! Language detection (multilingual models without `--language`) reads the language tokens'
-//! probabilities after `<|startoftranscript|>` on the first window.
+//! probabilities after `<|startoftranscript|>` on the first window. Chinese text comes out in
+//! Simplified characters unless asked otherwise (OpenCC's tables): Whisper base writes
+//! Traditional for much Mandarin speech.
 
 use crate::mel::{LogMel, Spectrogram, HOP, WINDOW_FRAMES};
 use crate::SAMPLE_RATE;
@@ -50,6 +52,9 @@ pub struct TranscribeOptions {
     pub max_initial_timestamp: f64,
     pub suppress_blank: bool,
     pub seed: u64,
+    /// Chinese output in Simplified characters (Whisper often writes Traditional for Mandarin),
+    /// converted with OpenCC's Traditional-to-Simplified tables.
+    pub simplified_chinese: bool,
 }
 
 impl Default for TranscribeOptions {
@@ -68,6 +73,7 @@ impl Default for TranscribeOptions {
             max_initial_timestamp: 1.0,
             suppress_blank: true,
             seed: 42,
+            simplified_chinese: true,
         }
     }
 }
@@ -331,8 +337,15 @@ impl SpeechModel {
             }
             progress((seek as f64 / 100.0).min(duration), duration);
         }
+        let language = language.unwrap_or_else(|| "en".to_string());
+        if language == "zh" && opts.simplified_chinese {
+            let t2s = simplifier()?;
+            for s in &mut segments {
+                s.text = t2s.convert(&s.text);
+            }
+        }
         let text = segments.iter().map(|s| s.text.as_str()).collect::<String>().trim().to_string();
-        Ok(Transcript { text, language: language.unwrap_or_else(|| "en".to_string()), language_probability, duration, segments })
+        Ok(Transcript { text, language, language_probability, duration, segments })
     }
 
     fn generate_with_fallback(&self, encoded: &[f32], prompt: &[u32], opts: &TranscribeOptions, rng: &mut impl Rng) -> Result<Generated> {
@@ -510,6 +523,16 @@ impl SpeechModel {
     }
 }
 
+/// OpenCC's Traditional-to-Simplified converter, built once.
+fn simplifier() -> Result<&'static ferrous_opencc::OpenCC> {
+    static T2S: std::sync::OnceLock<ferrous_opencc::OpenCC> = std::sync::OnceLock::new();
+    if let Some(c) = T2S.get() {
+        return Ok(c);
+    }
+    let c = ferrous_opencc::OpenCC::from_config(ferrous_opencc::config::BuiltinConfig::T2s).map_err(|e| anyhow::anyhow!("cannot load the Traditional-to-Simplified tables: {e}"))?;
+    Ok(T2S.get_or_init(|| c))
+}
+
 /// Frames `seek..seek + len` of the features, zero-padded to a full window.
 fn window_of(features: &Spectrogram, seek: usize, len: usize) -> Spectrogram {
     let mut w = features.window(seek, WINDOW_FRAMES);
@@ -582,6 +605,11 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&t.render(Format::Json)).unwrap();
         assert_eq!((v["text"].as_str(), v["segments"][1]["start"].as_f64(), v["segments"][0]["text"].as_str()), (Some("a b"), Some(3723.25), Some(" a")));
         assert!(Format::parse("doc").is_err());
+    }
+
+    #[test]
+    fn traditional_becomes_simplified() {
+        assert_eq!(simplifier().unwrap().convert("對,這就是我萬人傾樣的太以真人"), "对,这就是我万人倾样的太以真人");
     }
 
     #[test]
