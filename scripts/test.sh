@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite: fetches the small real models once (two encoders, Whisper tiny.en and
+# The whole test suite: fetches the small real models once (two encoders, Whisper tiny.en and base,
 # three GGUF language models, into .cache/models), speech samples (.cache/media) and a
 # PostgreSQL server with pgvector (.cache/postgres), then runs
 # every unit, integration and end-to-end test of the workspace, and prints one total line.

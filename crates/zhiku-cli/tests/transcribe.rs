@@ -60,3 +60,21 @@ fn bad_input_is_a_clear_error() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stdout).contains("ask not what your country"));
 }
+
+#[test]
+fn whisper_base_detects_mandarin_and_writes_simplified_characters() {
+    let model = cache("models", "whisper-base");
+    let zh = cache("media", "basic_ref_zh.wav");
+    let json = ok(&zhiku(&["transcribe", "--model", &model, "--quiet", "--format", "json", &zh]));
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(v["language"], "zh");
+    assert!(v["language_probability"].as_f64().unwrap() > 0.9, "{v}");
+    // faster-whisper's words on the same weights, in Simplified characters.
+    assert_eq!(v["text"], "对,这就是我万人倾样的太以真人");
+    let original = ok(&zhiku(&["transcribe", "--model", &model, "--quiet", "--zh", "original", &zh]));
+    assert_eq!(original.trim(), "對,這就是我萬人傾樣的太以真人");
+    // English with the multilingual model: detected, and the same words as tiny.en.
+    let en = ok(&zhiku(&["transcribe", "--model", &model, "--quiet", "--language", "en", &cache("media", "jfk.wav")]));
+    assert!(en.contains("ask not what your country can do for you"), "{en}");
+    fails_with(&zhiku(&["transcribe", "--model", &model, "--language", "xx", &zh]), "unknown language \"xx\"");
+}
