@@ -22,7 +22,7 @@ pub struct ServeArgs {
     /// (OpenAI-compatible /v1/chat/completions and /v1/completions), or a LoRA adapter folder
     /// from `zhiku train --task sft` (or PEFT) over a GGUF model also served: requests choose it
     /// by NAME, and every adapter shares its base's weights and batches.
-    #[arg(long = "model", value_name = "NAME=PATH", required_unless_present_any = ["libraries", "recommenders"])]
+    #[arg(long = "model", value_name = "NAME=PATH", required_unless_present_any = ["libraries", "recommenders", "speech"])]
     models: Vec<String>,
     /// A content library to serve, as NAME=DIR (made by `zhiku library add`; repeat for several)
     /// or NAME=postgres://USER@HOST/DB#LIB (several servers may share it):
@@ -36,6 +36,17 @@ pub struct ServeArgs {
     /// interactions change that user's next list without retraining. Scope: predict.
     #[arg(long = "recommender", value_name = "NAME=DIR")]
     recommenders: Vec<String>,
+    /// A speech model to serve, as NAME=DIR (a CTranslate2 Whisper folder; repeat for several):
+    /// POST /v1/audio/transcriptions, OpenAI's multipart upload (json, verbose_json, text, srt,
+    /// vtt). --int8 NAME runs it with 8-bit weights. Scope: predict.
+    #[arg(long = "speech", value_name = "NAME=DIR")]
+    speech: Vec<String>,
+    /// Largest audio upload to /v1/audio/transcriptions, in MiB (more: 413).
+    #[arg(long, default_value_t = 100)]
+    max_upload_mib: usize,
+    /// Longest recording /v1/audio/transcriptions accepts, in seconds (more: 413).
+    #[arg(long, default_value_t = 3.0 * 3600.0)]
+    max_audio_seconds: f64,
     /// Run the named model with int8 linear layers (repeat for several): faster on the CPU,
     /// scores change slightly (see the README for measured accuracy).
     #[arg(long = "int8", value_name = "NAME")]
@@ -112,6 +123,7 @@ pub fn run(a: ServeArgs) -> Result<i32> {
     }
     let libraries = named_dirs("library", &a.libraries)?;
     let recommenders = named_dirs("recommender", &a.recommenders)?;
+    let speech = named_dirs("speech", &a.speech)?;
     let long_text = match a.long_text.as_str() {
         "truncate" => LongText::Truncate,
         "reject" => LongText::Reject,
@@ -120,8 +132,8 @@ pub fn run(a: ServeArgs) -> Result<i32> {
     zhiku_serve::run(ServeConfig {
         int8: {
             for n in &a.int8 {
-                if !models.iter().any(|(m, _)| m == n) {
-                    bail!("--int8 {n:?}: no --model of that name")
+                if !models.iter().chain(&speech).any(|(m, _)| m == n) {
+                    bail!("--int8 {n:?}: no --model or --speech of that name")
                 }
             }
             a.int8.clone()
@@ -131,6 +143,9 @@ pub fn run(a: ServeArgs) -> Result<i32> {
         adapters,
         libraries,
         recommenders,
+        speech,
+        max_upload_bytes: a.max_upload_mib << 20,
+        max_audio_seconds: a.max_audio_seconds,
         llm_limits: {
             if a.max_sequences == 0 || a.kv_cache_mib == 0 {
                 bail!("--max-sequences and --kv-cache-mib must be at least 1")

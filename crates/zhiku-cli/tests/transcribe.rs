@@ -78,3 +78,74 @@ fn whisper_base_detects_mandarin_and_writes_simplified_characters() {
     assert!(en.contains("ask not what your country can do for you"), "{en}");
     fails_with(&zhiku(&["transcribe", "--model", &model, "--language", "xx", &zh]), "unknown language \"xx\"");
 }
+
+/// A multipart form: (name, optional file name, content).
+fn form(fields: &[(&str, Option<&str>, &[u8])]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (name, file, content) in fields {
+        body.extend_from_slice(b"--zhikuBOUNDARY\r\n");
+        match file {
+            Some(f) => body.extend_from_slice(format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes()),
+            None => body.extend_from_slice(format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes()),
+        }
+        body.extend_from_slice(content);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(b"--zhikuBOUNDARY--\r\n");
+    body
+}
+
+#[test]
+fn served_transcriptions_take_openai_uploads() {
+    use common::Server;
+    let model = cache("models", "whisper-tiny.en");
+    let jfk = std::fs::read(cache("media", "jfk.wav")).unwrap();
+    let server = Server::start(&["--speech", &format!("whisper={model}"), "--max-upload-mib", "1", "--max-audio-seconds", "20"], &[]);
+    let post = |fields: &[(&str, Option<&str>, &[u8])]| {
+        let (status, _, body) = server.raw("POST", "/v1/audio/transcriptions", &[("Content-Type", "multipart/form-data; boundary=zhikuBOUNDARY")], &form(fields));
+        (status, String::from_utf8_lossy(&body).to_string())
+    };
+    let (status, body) = post(&[("file", Some("jfk.wav"), &jfk), ("model", None, b"whisper")]);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["text"], "And so my fellow Americans ask not what your country can do for you ask what you can do for your country");
+    let (status, body) = post(&[("file", Some("jfk.wav"), &jfk), ("response_format", None, b"srt")]);
+    assert_eq!(status, 200);
+    assert!(body.starts_with("1\n00:00:00,000 --> 00:00:07,740\n"), "{body}");
+    let (_, body) = post(&[("file", Some("jfk.wav"), &jfk), ("response_format", None, b"verbose_json")]);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((v["language"].as_str(), v["segments"][1]["end"].as_f64()), (Some("en"), Some(10.74)));
+    // Bad uploads are 4xx with a reason.
+    // 25 s of silence as a 16 kHz mono 16-bit WAV (800 kB: under the upload limit).
+    let long: Vec<u8> = {
+        let data_len = 16_000u32 * 2 * 25;
+        let mut w = Vec::new();
+        w.extend_from_slice(b"RIFF");
+        w.extend_from_slice(&(36 + data_len).to_le_bytes());
+        w.extend_from_slice(b"WAVEfmt ");
+        for v in [16u32.to_le_bytes().to_vec(), 1u16.to_le_bytes().to_vec(), 1u16.to_le_bytes().to_vec(), 16_000u32.to_le_bytes().to_vec(), 32_000u32.to_le_bytes().to_vec(), 2u16.to_le_bytes().to_vec(), 16u16.to_le_bytes().to_vec()] {
+            w.extend_from_slice(&v);
+        }
+        w.extend_from_slice(b"data");
+        w.extend_from_slice(&data_len.to_le_bytes());
+        w.resize(w.len() + data_len as usize, 0);
+        w
+    };
+    for (fields, status, want) in [
+        (vec![("file", Some("empty.wav"), &b""[..])], 422, "empty"),
+        (vec![("file", Some("notes.mp3"), &b"not audio, just words and more words"[..])], 422, "not an audio file"),
+        (vec![("model", None, &b"whisper"[..])], 422, "file: the audio is required"),
+        (vec![("file", Some("jfk.wav"), &jfk[..]), ("model", None, &b"nope"[..])], 404, "no speech model"),
+        (vec![("file", Some("jfk.wav"), &jfk[..]), ("response_format", None, &b"docx"[..])], 422, "response_format"),
+        (vec![("file", Some("jfk.wav"), &jfk[..]), ("language", None, &b"zh"[..])], 422, "English-only"),
+        (vec![("file", Some("long.wav"), &long[..])], 413, "over this server's 20 s"),
+    ] {
+        let (s, body) = post(&fields);
+        assert_eq!(s, status, "{body}");
+        assert!(body.contains(want), "{want}: {body}");
+    }
+    // Over --max-upload-mib (1 MiB): refused before transcription.
+    let big = vec![0u8; 2 << 20];
+    let (s, _) = post(&[("file", Some("big.wav"), &big)]);
+    assert_eq!(s, 413);
+}

@@ -14,6 +14,7 @@ pub mod llm;
 pub mod metrics;
 pub mod openapi;
 pub mod recommend;
+pub mod speech;
 pub mod registry;
 
 use anyhow::{bail, Context, Result};
@@ -47,6 +48,11 @@ pub struct ServeConfig {
     pub libraries: Vec<(String, PathBuf)>,
     /// Recommenders (NAME, folder made by `zhiku recommend train`).
     pub recommenders: Vec<(String, PathBuf)>,
+    /// Speech models (NAME, CTranslate2 Whisper folder) for /v1/audio/transcriptions.
+    pub speech: Vec<(String, PathBuf)>,
+    /// Largest audio upload in bytes, and longest recording in seconds.
+    pub max_upload_bytes: usize,
+    pub max_audio_seconds: f64,
     /// Each language model's batch bounds (sequences, KV-cache bytes).
     pub llm_limits: zhiku_infer::scheduler::Limits,
     /// Map GGUF files (the default) instead of reading them into memory.
@@ -73,6 +79,7 @@ pub struct AppState {
     pub libraries: std::collections::HashMap<String, Arc<std::sync::Mutex<zhiku_library::Library>>>,
     pub llms: Vec<Arc<llm::LlmWorker>>,
     pub recommenders: std::collections::HashMap<String, Arc<recommend::ServedRecommender>>,
+    pub speech: std::collections::HashMap<String, Arc<zhiku_media::speech::SpeechModel>>,
     pub keys: auth::ApiKeys,
     pub metrics: Arc<metrics::Metrics>,
     pub config: ServeConfig,
@@ -89,8 +96,8 @@ pub fn run(config: ServeConfig) -> Result<()> {
             config.host
         )
     }
-    if config.models.is_empty() && config.llms.is_empty() && config.adapters.is_empty() && config.libraries.is_empty() && config.recommenders.is_empty() {
-        bail!("nothing to serve: give at least one --model NAME=DIR (or NAME=FILE.gguf), --library NAME=DIR or --recommender NAME=DIR")
+    if config.models.is_empty() && config.llms.is_empty() && config.adapters.is_empty() && config.libraries.is_empty() && config.recommenders.is_empty() && config.speech.is_empty() {
+        bail!("nothing to serve: give at least one --model NAME=DIR (or NAME=FILE.gguf), --library NAME=DIR, --recommender NAME=DIR or --speech NAME=DIR")
     }
     let metrics = Arc::new(metrics::Metrics::new());
     let registry = registry::Registry::new(config.batch, metrics.clone());
@@ -139,7 +146,14 @@ pub fn run(config: ServeConfig) -> Result<()> {
         eprintln!("zhiku serve: loaded recommender {name} ({}, {} users, {} items) from {}", model.config.algorithm.name(), model.users.len(), model.n_items(), dir.display());
         recommenders.insert(name.clone(), Arc::new(recommend::ServedRecommender::new(model)));
     }
-    let state = Arc::new(AppState { registry, libraries, llms, recommenders, keys, metrics, config: config.clone() });
+    let mut speech = std::collections::HashMap::new();
+    for (name, dir) in &config.speech {
+        let dtype = if config.int8.contains(name) { zhiku_models::blocks::GgmlType::Q8_0 } else { zhiku_models::blocks::GgmlType::F32 };
+        let model = zhiku_media::speech::SpeechModel::load(dir, dtype).with_context(|| format!("cannot load speech model {name:?} from {}", dir.display()))?;
+        eprintln!("zhiku serve: loaded speech model {name} from {}", dir.display());
+        speech.insert(name.clone(), Arc::new(model));
+    }
+    let state = Arc::new(AppState { registry, libraries, llms, recommenders, speech, keys, metrics, config: config.clone() });
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(SocketAddr::new(config.host, config.port))

@@ -95,6 +95,11 @@ pub fn document() -> Value {
                 "responses": with(json!({"description": "{\"mode\", \"results\": [{\"id\", \"title\", \"chunk\", \"score\", \"bm25\", \"dense\", \"highlighted\", ...}]}"}), &[400, 401, 403, 404, 422, 429])}},
             "/v1/ask": {"post": {"summary": "Answer a question from a library with a served language model, citing the passages as [n] (\"stream\": true for server-sent events: {\"delta\"} per sentence, then {\"done\": true, ...}, then [DONE]); scope library:NAME", "requestBody": body("AskRequest"),
                 "responses": with(json!({"description": "{\"answer\", \"found\", \"citations\": [{\"n\", \"id\", \"title\", \"source\", \"chunk\", \"cited\"}], \"prompt_tokens\", \"completion_tokens\", \"unsupported_sentences\"}", "content": {"application/json": {}, "text/event-stream": {}}}), &[400, 401, 403, 404, 422, 429, 503])}},
+            "/v1/audio/transcriptions": {"post": {"summary": "Speech to text (OpenAI-compatible multipart upload: file, model, language, response_format json|verbose_json|text|srt|vtt); scope predict",
+                "requestBody": {"required": true, "content": {"multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+                    "file": {"type": "string", "format": "binary"}, "model": {"type": "string"}, "language": {"type": "string"},
+                    "response_format": {"type": "string", "enum": ["json", "verbose_json", "text", "srt", "vtt"], "default": "json"}}}}}},
+                "responses": with(json!({"description": "{\"text\"}, the transcript with segments (verbose_json), or subtitles", "content": {"application/json": {}, "text/plain": {}, "text/vtt": {}}}), &[400, 401, 403, 404, 413, 422, 429])}},
             "/health": {"get": {"summary": "Liveness and loaded model names", "security": [], "responses": {"200": {"description": "OK"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": with(json!({"description": "Prometheus text format", "content": {"text/plain": {}}}), &[401, 403])}},
             "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OK"}}}},

@@ -1,0 +1,80 @@
+//! Speech to text over HTTP, OpenAI's shape (scope `predict`):
+//! `POST /v1/audio/transcriptions`, a multipart form with `file` (the audio: WAV, FLAC, MP3,
+//! Ogg/Vorbis), and optionally `model` (which `--speech` model; may be left out when one is
+//! served), `language` (ISO code; detected when absent), `response_format` (`json`, the default:
+//! `{"text"}`; `verbose_json`: language, duration and segments; `text`; `srt`; `vtt`) and
+//! `prompt`/`temperature` (accepted, not used). Uploads are limited by `--max-upload-mib`, the
+//! audio by `--max-audio-seconds`; decoding and transcription run on the blocking pool, so a long
+//! recording does not hold up other requests.
+
+use crate::api::ApiError;
+use crate::AppState;
+use axum::extract::{Multipart, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+use zhiku_media::speech::{Format, TranscribeOptions};
+
+pub async fn transcriptions(State(state): State<Arc<AppState>>, mut form: Multipart) -> Result<Response, ApiError> {
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
+    let (mut file, mut model, mut language, mut format) = (None, None, None, "json".to_string());
+    while let Some(field) = form.next_field().await.map_err(|e| bad(format!("malformed multipart form: {e}")))? {
+        let name = field.name().unwrap_or_default().to_string();
+        match name.as_str() {
+            "file" => {
+                let upload = field.file_name().unwrap_or("upload").to_string();
+                let bytes = field.bytes().await.map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("file: {e}")))?;
+                file = Some((upload, bytes.to_vec()));
+            }
+            "model" | "language" | "response_format" | "prompt" | "temperature" => {
+                let text = field.text().await.map_err(|e| bad(format!("{name}: {e}")))?;
+                match name.as_str() {
+                    "model" => model = Some(text),
+                    "language" => language = Some(text).filter(|l| !l.is_empty() && l != "auto"),
+                    "response_format" => format = text,
+                    _ => {}
+                }
+            }
+            other => return Err(ApiError::unprocessable(format!("unknown form field {other:?} (expected file, model, language, response_format, prompt, temperature)"))),
+        }
+    }
+    let Some((upload, bytes)) = file else { return Err(ApiError::unprocessable("file: the audio is required (a multipart field named file)")) };
+    if bytes.is_empty() {
+        return Err(ApiError::unprocessable(format!("file: {upload} is empty (0 bytes)")));
+    }
+    let verbose = format == "verbose_json";
+    let render = match format.as_str() {
+        "json" | "verbose_json" => Format::Json,
+        "text" => Format::Txt,
+        "srt" => Format::Srt,
+        "vtt" => Format::Vtt,
+        other => return Err(ApiError::unprocessable(format!("response_format {other:?}: expected json, verbose_json, text, srt or vtt"))),
+    };
+    let speech = match model.as_deref() {
+        Some(n) => state.speech.get(n).cloned().ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no speech model {n:?} on this server")))?,
+        None if state.speech.len() == 1 => state.speech.values().next().cloned().expect("one"),
+        None if state.speech.is_empty() => return Err(ApiError::new(StatusCode::NOT_FOUND, "no speech model is served (start with --speech NAME=DIR)")),
+        None => return Err(ApiError::unprocessable("several speech models are served: name one with the model field")),
+    };
+    if language.is_some() && !speech.is_multilingual() && language.as_deref() != Some("en") {
+        return Err(ApiError::unprocessable("language: this is an English-only model"));
+    }
+    let max_seconds = state.config.max_audio_seconds;
+    let transcript = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+        let audio = zhiku_media::audio::decode_bytes(bytes, &upload).map_err(|e| ApiError::unprocessable(e.to_string()))?;
+        if audio.seconds() > max_seconds {
+            return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("{upload}: {:.0} s of audio, over this server's {max_seconds:.0} s", audio.seconds())));
+        }
+        let audio = zhiku_media::audio::resample(audio, zhiku_media::SAMPLE_RATE);
+        let opts = TranscribeOptions { language, ..Default::default() };
+        speech.transcribe(&audio.samples, &opts, |_, _| {}).map_err(|e| ApiError::unprocessable(format!("{e:#}")))
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the transcription task failed: {e}")))??;
+    Ok(match render {
+        Format::Json if !verbose => axum::Json(serde_json::json!({"text": transcript.text})).into_response(),
+        Format::Json => ([(header::CONTENT_TYPE, "application/json")], transcript.render(Format::Json)).into_response(),
+        Format::Vtt => ([(header::CONTENT_TYPE, "text/vtt; charset=utf-8")], transcript.render(Format::Vtt)).into_response(),
+        other => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], transcript.render(other)).into_response(),
+    })
+}
