@@ -76,7 +76,7 @@ enum Command {
     Augment(augment_cmd::AugmentArgs),
     /// Recommend items from behaviour and item text: split logs, train (popularity, item-kNN, BPR, ALS, EASE, content, hybrid), evaluate, predict.
     Recommend(recommend_cmd::RecommendArgs),
-    /// Speech to text with Whisper: WAV, FLAC, MP3, Ogg/Vorbis; txt, srt, vtt or json with timestamps.
+    /// Speech to text with Whisper: WAV, FLAC, MP3, Ogg (Vorbis, Opus); txt, srt, vtt or json with timestamps.
     Transcribe(transcribe_cmd::TranscribeArgs),
 }
 

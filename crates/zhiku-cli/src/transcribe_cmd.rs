@@ -10,7 +10,7 @@ use zhiku_media::speech::{Format, SpeechModel, TranscribeOptions};
 use zhiku_models::blocks::GgmlType;
 
 #[derive(Args, Debug)]
-#[command(after_help = "Audio: WAV, FLAC, MP3 or Ogg/Vorbis, any sample rate and channel count (mixed to mono, resampled to\n\
+#[command(after_help = "Audio: WAV, FLAC, MP3, Ogg/Vorbis or Ogg/Opus, any sample rate and channel count (mixed to mono, resampled to\n\
 16 kHz). Recordings longer than 30 s are transcribed window by window, each window starting at the last\n\
 timestamp of the one before, with the previous text as context.\n\n\
 Model: a CTranslate2 Whisper folder (model.bin, tokenizer.json, config.json), as faster-whisper uses; e.g.\n\

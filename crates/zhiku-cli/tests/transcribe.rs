@@ -38,6 +38,9 @@ fn transcribes_real_speech_in_every_format() {
     let jfk_text = std::fs::read_to_string(dir.path().join("jfk.txt")).unwrap();
     assert!(jfk_text.contains("ask not what your country can do for you"), "{jfk_text}");
     assert!(dir.path().join("basic_ref_en.txt").exists());
+    // The same speech as Ogg/Opus gives the same words.
+    let opus = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/audio/jfk.opus");
+    assert_eq!(ok(&zhiku(&["transcribe", "--model", &model, "--quiet", opus.to_str().unwrap()])), text);
 }
 
 #[test]

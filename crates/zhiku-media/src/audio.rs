@@ -1,5 +1,6 @@
-//! Audio files to 16 kHz mono samples: WAV, FLAC, MP3 and Ogg/Vorbis decoded by symphonia,
-//! channels averaged, then resampled (rubato's FFT resampler) when the file's rate is not 16 kHz.
+//! Audio files to 16 kHz mono samples: WAV, FLAC, MP3 and Ogg/Vorbis decoded by symphonia, Ogg/Opus
+//! demuxed by symphonia and decoded by opus-decoder (pure Rust), channels averaged, then resampled (rubato's FFT resampler) when the file's
+//! rate is not 16 kHz.
 //!
 //! Errors say what is wrong and where: a missing or empty file, a format none of the decoders
 //! knows, a stream that breaks off (with the byte offset reached). Packets that fail to decode
@@ -8,7 +9,7 @@
 use crate::SAMPLE_RATE;
 use std::path::Path;
 use symphonia::core::audio::SampleBuffer;
-use symphonia::core::codecs::{DecoderOptions, CODEC_TYPE_NULL};
+use symphonia::core::codecs::{DecoderOptions, CODEC_TYPE_NULL, CODEC_TYPE_OPUS};
 use symphonia::core::errors::Error as SymphoniaError;
 use symphonia::core::formats::FormatOptions;
 use std::io::{Read, Seek, SeekFrom};
@@ -29,7 +30,7 @@ pub enum AudioError {
     Io { path: String, source: std::io::Error },
     #[error("{path}: the file is empty (0 bytes)")]
     Empty { path: String },
-    #[error("{path}: not an audio file zhiku can decode (WAV, FLAC, MP3, Ogg/Vorbis): {detail}")]
+    #[error("{path}: not an audio file zhiku can decode (WAV, FLAC, MP3, Ogg/Vorbis, Ogg/Opus): {detail}")]
     Unsupported { path: String, detail: String },
     /// `offset`: how far into the file the decoder had read (the damage lies before it).
     #[error("{path}: corrupt audio (read up to byte {offset}): {detail}")]
@@ -141,6 +142,11 @@ fn decode_stream((stream, position): (MediaSourceStream, Arc<AtomicU64>), hint: 
     let track = format.tracks().iter().find(|t| t.codec_params.codec != CODEC_TYPE_NULL).ok_or_else(|| unsupported("no audio track".into()))?;
     let track_id = track.id;
     let source_rate = track.codec_params.sample_rate.ok_or_else(|| unsupported("the track does not say its sample rate".into()))?;
+    if track.codec_params.codec == CODEC_TYPE_OPUS {
+        let channels = track.codec_params.channels.map_or(1, |c| c.count());
+        let pre_skip = track.codec_params.delay.unwrap_or(0) as usize;
+        return decode_opus(format, track_id, channels, pre_skip, name, &corrupt);
+    }
     let mut decoder = symphonia::default::get_codecs().make(&track.codec_params, &DecoderOptions::default()).map_err(|e| unsupported(e.to_string()))?;
     let max_samples = (MAX_SECONDS * source_rate as f64) as usize;
     let (mut samples, mut channels, mut skipped) = (Vec::new(), 0usize, 0usize);
@@ -179,6 +185,54 @@ fn decode_stream((stream, position): (MediaSourceStream, Arc<AtomicU64>), hint: 
         return Err(AudioError::NoAudio { path: name.to_string() });
     }
     Ok(Audio { samples, sample_rate: source_rate, source_rate, source_channels: channels, skipped_packets: skipped })
+}
+
+/// Ogg/Opus packets decoded at 48 kHz, channels averaged, the encoder's pre-skip dropped from
+/// the start.
+fn decode_opus(
+    mut format: Box<dyn symphonia::core::formats::FormatReader>,
+    track_id: u32,
+    channels: usize,
+    pre_skip: usize,
+    name: &str,
+    corrupt: &dyn Fn(String) -> AudioError,
+) -> Result<Audio, AudioError> {
+    if !(1..=2).contains(&channels) {
+        return Err(AudioError::Unsupported { path: name.to_string(), detail: format!("Opus with {channels} channels (mono and stereo are supported)") });
+    }
+    let mut decoder = opus_decoder::OpusDecoder::new(48_000, channels).map_err(|e| corrupt(e.to_string()))?;
+    let mut pcm = vec![0f32; decoder.max_frame_size_per_channel() * channels];
+    let max_samples = (MAX_SECONDS * 48_000.0) as usize;
+    let (mut samples, mut skipped) = (Vec::new(), 0usize);
+    loop {
+        let packet = match format.next_packet() {
+            Ok(p) => p,
+            Err(SymphoniaError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(SymphoniaError::ResetRequired) => break,
+            Err(e) => return Err(corrupt(e.to_string())),
+        };
+        if packet.track_id() != track_id {
+            continue;
+        }
+        // A damaged packet must not take the process down with it: a panic inside the decoder
+        // is treated as a corrupt stream.
+        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decoder.decode_float(&packet.data, &mut pcm, false)))
+            .map_err(|_| corrupt("the Opus decoder failed on a damaged packet".into()))?;
+        match decoded {
+            Ok(n) => {
+                samples.extend(pcm[..n * channels].chunks_exact(channels).map(|f| f.iter().sum::<f32>() / channels as f32));
+                if samples.len() > max_samples {
+                    return Err(AudioError::TooLong { path: name.to_string(), seconds: samples.len() as f64 / 48_000.0, max: MAX_SECONDS });
+                }
+            }
+            Err(_) => skipped += 1,
+        }
+    }
+    samples.drain(..pre_skip.min(samples.len()));
+    if samples.is_empty() {
+        return Err(AudioError::NoAudio { path: name.to_string() });
+    }
+    Ok(Audio { samples, sample_rate: 48_000, source_rate: 48_000, source_channels: channels, skipped_packets: skipped })
 }
 
 /// Resamples to `rate` (unchanged when already there), keeping the length in time.

@@ -122,3 +122,28 @@ fn bad_audio_is_a_clear_error() {
     assert_eq!(from_bytes.samples, audio::decode(&media("jfk.wav")).unwrap().samples);
     assert!(audio::decode_bytes(Vec::new(), "upload").unwrap_err().to_string().contains("0 bytes"));
 }
+
+#[test]
+fn ogg_opus_decodes_to_the_same_speech() {
+    // jfk.wav encoded by libopus at 24 kbit/s (tests/fixtures/audio/make_opus.py).
+    let opus = audio::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/audio/jfk.opus")).unwrap();
+    let wav = audio::load(&media("jfk.wav")).unwrap();
+    assert_eq!((opus.sample_rate, opus.source_rate, opus.source_channels), (16_000, 48_000, 1));
+    assert!((opus.seconds() - wav.seconds()).abs() < 0.05, "{} vs {} s", opus.seconds(), wav.seconds());
+    // A lossy copy: aligned (the pre-skip dropped), it follows the original closely.
+    let n = opus.samples.len().min(wav.samples.len());
+    let dot: f64 = (0..n).map(|i| opus.samples[i] as f64 * wav.samples[i] as f64).sum();
+    let norm = |x: &[f32]| x[..n].iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+    let correlation = dot / (norm(&opus.samples) * norm(&wav.samples));
+    eprintln!("Opus copy: correlation with the original {correlation:.4}");
+    assert!(correlation > 0.9, "correlation with the original {correlation}");
+    // Damaged packets: an error or skipped packets, never a crash.
+    let mut bytes = std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/audio/jfk.opus")).unwrap();
+    for i in (2000..bytes.len()).step_by(97) {
+        bytes[i] ^= 0x5a;
+    }
+    match audio::decode_bytes(bytes, "damaged.opus") {
+        Ok(a) => assert!(a.samples.len() < 48_000 * 12),
+        Err(e) => assert!(e.to_string().contains("damaged.opus"), "{e}"),
+    }
+}

@@ -1,6 +1,6 @@
 //! Speech to text over HTTP, OpenAI's shape (scope `predict`):
 //! `POST /v1/audio/transcriptions`, a multipart form with `file` (the audio: WAV, FLAC, MP3,
-//! Ogg/Vorbis), and optionally `model` (which `--speech` model; may be left out when one is
+//! Ogg/Vorbis, Ogg/Opus), and optionally `model` (which `--speech` model; may be left out when one is
 //! served), `language` (ISO code; detected when absent), `response_format` (`json`, the default:
 //! `{"text"}`; `verbose_json`: language, duration and segments; `text`; `srt`; `vtt`) and
 //! `prompt`/`temperature` (accepted, not used). Uploads are limited by `--max-upload-mib`, the
