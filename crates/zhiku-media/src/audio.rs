@@ -151,16 +151,7 @@ fn decode_stream((stream, position): (MediaSourceStream, Arc<AtomicU64>), hint: 
     let max_samples = (MAX_SECONDS * source_rate as f64) as usize;
     let (mut samples, mut channels, mut skipped) = (Vec::new(), 0usize, 0usize);
     let mut buffer: Option<SampleBuffer<f32>> = None;
-    loop {
-        let packet = match format.next_packet() {
-            Ok(p) => p,
-            Err(SymphoniaError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(SymphoniaError::ResetRequired) => break,
-            Err(e) => return Err(corrupt(e.to_string())),
-        };
-        if packet.track_id() != track_id {
-            continue;
-        }
+    while let Some(packet) = next_packet(format.as_mut(), track_id, &corrupt)? {
         match decoder.decode(&packet) {
             Ok(decoded) => {
                 let spec = *decoded.spec();
@@ -204,16 +195,7 @@ fn decode_opus(
     let mut pcm = vec![0f32; decoder.max_frame_size_per_channel() * channels];
     let max_samples = (MAX_SECONDS * 48_000.0) as usize;
     let (mut samples, mut skipped) = (Vec::new(), 0usize);
-    loop {
-        let packet = match format.next_packet() {
-            Ok(p) => p,
-            Err(SymphoniaError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(SymphoniaError::ResetRequired) => break,
-            Err(e) => return Err(corrupt(e.to_string())),
-        };
-        if packet.track_id() != track_id {
-            continue;
-        }
+    while let Some(packet) = next_packet(format.as_mut(), track_id, &corrupt)? {
         // A damaged packet must not take the process down with it: a panic inside the decoder
         // is treated as a corrupt stream.
         let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decoder.decode_float(&packet.data, &mut pcm, false)))
@@ -233,6 +215,19 @@ fn decode_opus(
         return Err(AudioError::NoAudio { path: name.to_string() });
     }
     Ok(Audio { samples, sample_rate: 48_000, source_rate: 48_000, source_channels: channels, skipped_packets: skipped })
+}
+
+/// The next packet of the track; None at the end of the stream.
+fn next_packet(format: &mut dyn symphonia::core::formats::FormatReader, track_id: u32, corrupt: &dyn Fn(String) -> AudioError) -> Result<Option<symphonia::core::formats::Packet>, AudioError> {
+    loop {
+        match format.next_packet() {
+            Ok(p) if p.track_id() == track_id => return Ok(Some(p)),
+            Ok(_) => continue,
+            Err(SymphoniaError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(SymphoniaError::ResetRequired) => return Ok(None),
+            Err(e) => return Err(corrupt(e.to_string())),
+        }
+    }
 }
 
 /// Resamples to `rate` (unchanged when already there), keeping the length in time.
