@@ -171,10 +171,12 @@ fn fit_segments(log: &Interactions, table: &Table, opts: &TrainOptions, progress
         let mut probe = assemble(&TrainOptions::new(Algorithm::Popularity), Params::default(), &fit_ui, &fit_events, log, None, &mut ())?;
         segments.count(&fit_events, &log.users);
         let mut best = (f64::NEG_INFINITY, 0.0, segments.smoothing);
-        for (weight, smoothing) in std::iter::once((0.0, segments.smoothing)).chain(SEGMENT_WEIGHTS.iter().flat_map(|&w| SEGMENT_SMOOTHING.iter().map(move |&b| (w, b)))) {
-            segments.weight = weight;
-            segments.smoothing = smoothing;
-            probe.segments = Some(segments.clone());
+        let candidates: Vec<(f32, f32)> = std::iter::once((0.0, segments.smoothing)).chain(SEGMENT_WEIGHTS.iter().flat_map(|&w| SEGMENT_SMOOTHING.iter().map(move |&b| (w, b)))).collect();
+        // The probe holds the counts once; each trial only changes the two settings.
+        probe.segments = Some(segments);
+        for (weight, smoothing) in candidates {
+            let tried = probe.segments.as_mut().expect("set above");
+            (tried.weight, tried.smoothing) = (weight, smoothing);
             let ndcg = metrics::evaluate(&probe, &val, &log.users, 10).ndcg;
             let setting = format!("user features: weight={weight} smoothing={smoothing}");
             progress.tried(&setting, ndcg);
@@ -183,6 +185,7 @@ fn fit_segments(log: &Interactions, table: &Table, opts: &TrainOptions, progress
                 best = (ndcg, weight, smoothing);
             }
         }
+        segments = probe.segments.take().expect("set above");
         (segments.weight, segments.smoothing) = (best.1, best.2);
     } else {
         segments.weight = 1.0;
