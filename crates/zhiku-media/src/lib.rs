@@ -3,7 +3,9 @@
 //! themselves (Whisper, ...) live in `zhiku-models` beside the text models.
 
 pub mod audio;
+pub mod image;
 pub mod mel;
+pub mod ocr;
 pub mod speech;
 
 /// The sample rate every speech model here reads.
