@@ -25,8 +25,8 @@ pub struct OcrArgs {
     #[arg(long, short)]
     model: PathBuf,
     /// txt (a line per text line, in reading order) or json ({"text", "width", "height",
-    /// "lines": [{"text", "box", "confidence"}]}, boxes as four x, y corners from the top-left,
-    /// clockwise, in the image's pixels).
+    /// "lines": [{"text", "box", "confidence"}], "seconds"}, boxes as four x, y corners from the
+    /// top-left, clockwise, in the image's pixels; seconds: decoding plus OCR).
     #[arg(long, default_value = "txt")]
     format: String,
     /// Write FILE-STEM.txt or .json per input into this folder instead of printing (needed for
@@ -78,11 +78,13 @@ pub fn run(a: OcrArgs) -> Result<i32> {
             }
         };
         let page = model.recognize(&image).with_context(|| format!("{}: OCR failed", path.display()))?;
+        let seconds = t0.elapsed().as_secs_f64();
         if a.verbose {
-            eprintln!("{}: {} x {}, {} lines in {:.3} s", path.display(), page.width, page.height, page.lines.len(), t0.elapsed().as_secs_f64());
+            eprintln!("{}: {} x {}, {} lines in {seconds:.3} s", path.display(), page.width, page.height, page.lines.len());
         }
         let text = if json {
             let mut v = serde_json::to_value(&page)?;
+            v["seconds"] = serde_json::json!(seconds);
             if a.output_dir.is_none() {
                 v["file"] = serde_json::json!(path);
             }

@@ -22,7 +22,7 @@ pub struct ServeArgs {
     /// (OpenAI-compatible /v1/chat/completions and /v1/completions), or a LoRA adapter folder
     /// from `zhiku train --task sft` (or PEFT) over a GGUF model also served: requests choose it
     /// by NAME, and every adapter shares its base's weights and batches.
-    #[arg(long = "model", value_name = "NAME=PATH", required_unless_present_any = ["libraries", "recommenders", "speech"])]
+    #[arg(long = "model", value_name = "NAME=PATH", required_unless_present_any = ["libraries", "recommenders", "speech", "ocr"])]
     models: Vec<String>,
     /// A content library to serve, as NAME=DIR (made by `zhiku library add`; repeat for several)
     /// or NAME=postgres://USER@HOST/DB#LIB (several servers may share it):
@@ -41,7 +41,12 @@ pub struct ServeArgs {
     /// vtt). --int8 NAME runs it with 8-bit weights. Scope: predict.
     #[arg(long = "speech", value_name = "NAME=DIR")]
     speech: Vec<String>,
-    /// Largest audio upload to /v1/audio/transcriptions, in MiB (more: 413).
+    /// An OCR model to serve, as NAME=DIR (the folder of PP-OCR det, cls and rec .onnx files;
+    /// repeat for several): POST /v1/ocr, a multipart upload of a PNG or JPEG, answered with the
+    /// lines, their boxes and confidences. Scope: predict.
+    #[arg(long = "ocr", value_name = "NAME=DIR")]
+    ocr: Vec<String>,
+    /// Largest audio or image upload to /v1/audio/transcriptions and /v1/ocr, in MiB (more: 413).
     #[arg(long, default_value_t = 100)]
     max_upload_mib: usize,
     /// Longest recording /v1/audio/transcriptions accepts, in seconds (more: 413).
@@ -124,6 +129,7 @@ pub fn run(a: ServeArgs) -> Result<i32> {
     let libraries = named_dirs("library", &a.libraries)?;
     let recommenders = named_dirs("recommender", &a.recommenders)?;
     let speech = named_dirs("speech", &a.speech)?;
+    let ocr = named_dirs("ocr", &a.ocr)?;
     let long_text = match a.long_text.as_str() {
         "truncate" => LongText::Truncate,
         "reject" => LongText::Reject,
@@ -144,6 +150,7 @@ pub fn run(a: ServeArgs) -> Result<i32> {
         libraries,
         recommenders,
         speech,
+        ocr,
         max_upload_bytes: a.max_upload_mib << 20,
         max_audio_seconds: a.max_audio_seconds,
         llm_limits: {

@@ -93,6 +93,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/similar-items", post(crate::recommend::similar_items))
         .route("/v1/interactions", post(crate::recommend::interactions))
         .route("/v1/audio/transcriptions", post(crate::speech::transcriptions).layer(DefaultBodyLimit::max(state.config.max_upload_bytes)))
+        .route("/v1/ocr", post(crate::ocr::ocr).layer(DefaultBodyLimit::max(state.config.max_upload_bytes)))
         .route("/v1/admin/models", post(admin_load))
         .route("/v1/admin/models/{name}", delete(admin_unload))
         .fallback(not_found)
@@ -122,6 +123,7 @@ fn route_label(path: &str) -> &'static str {
         "/v1/similar-items" => "/v1/similar-items",
         "/v1/interactions" => "/v1/interactions",
         "/v1/audio/transcriptions" => "/v1/audio/transcriptions",
+        "/v1/ocr" => "/v1/ocr",
         p if p.starts_with("/v1/libraries/") => "/v1/libraries",
         _ => "other",
     }

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod recommend;
 pub mod speech;
+pub mod ocr;
 pub mod registry;
 
 use anyhow::{bail, Context, Result};
@@ -50,7 +51,9 @@ pub struct ServeConfig {
     pub recommenders: Vec<(String, PathBuf)>,
     /// Speech models (NAME, CTranslate2 Whisper folder) for /v1/audio/transcriptions.
     pub speech: Vec<(String, PathBuf)>,
-    /// Largest audio upload in bytes, and longest recording in seconds.
+    /// OCR models (NAME, folder of PP-OCR .onnx files) for /v1/ocr.
+    pub ocr: Vec<(String, PathBuf)>,
+    /// Largest audio or image upload in bytes, and longest recording in seconds.
     pub max_upload_bytes: usize,
     pub max_audio_seconds: f64,
     /// Each language model's batch bounds (sequences, KV-cache bytes).
@@ -80,6 +83,7 @@ pub struct AppState {
     pub llms: Vec<Arc<llm::LlmWorker>>,
     pub recommenders: std::collections::HashMap<String, Arc<recommend::ServedRecommender>>,
     pub speech: std::collections::HashMap<String, Arc<zhiku_media::speech::SpeechModel>>,
+    pub ocr: std::collections::HashMap<String, Arc<zhiku_media::ocr::OcrModel>>,
     pub keys: auth::ApiKeys,
     pub metrics: Arc<metrics::Metrics>,
     pub config: ServeConfig,
@@ -96,8 +100,8 @@ pub fn run(config: ServeConfig) -> Result<()> {
             config.host
         )
     }
-    if config.models.is_empty() && config.llms.is_empty() && config.adapters.is_empty() && config.libraries.is_empty() && config.recommenders.is_empty() && config.speech.is_empty() {
-        bail!("nothing to serve: give at least one --model NAME=DIR (or NAME=FILE.gguf), --library NAME=DIR, --recommender NAME=DIR or --speech NAME=DIR")
+    if config.models.is_empty() && config.llms.is_empty() && config.adapters.is_empty() && config.libraries.is_empty() && config.recommenders.is_empty() && config.speech.is_empty() && config.ocr.is_empty() {
+        bail!("nothing to serve: give at least one --model NAME=DIR (or NAME=FILE.gguf), --library NAME=DIR, --recommender NAME=DIR, --speech NAME=DIR or --ocr NAME=DIR")
     }
     let metrics = Arc::new(metrics::Metrics::new());
     let registry = registry::Registry::new(config.batch, metrics.clone());
@@ -153,7 +157,13 @@ pub fn run(config: ServeConfig) -> Result<()> {
         eprintln!("zhiku serve: loaded speech model {name} from {}", dir.display());
         speech.insert(name.clone(), Arc::new(model));
     }
-    let state = Arc::new(AppState { registry, libraries, llms, recommenders, speech, keys, metrics, config: config.clone() });
+    let mut ocr = std::collections::HashMap::new();
+    for (name, dir) in &config.ocr {
+        let model = zhiku_media::ocr::OcrModel::load(dir).with_context(|| format!("cannot load OCR model {name:?} from {}", dir.display()))?;
+        eprintln!("zhiku serve: loaded OCR model {name} from {}", dir.display());
+        ocr.insert(name.clone(), Arc::new(model));
+    }
+    let state = Arc::new(AppState { registry, libraries, llms, recommenders, speech, ocr, keys, metrics, config: config.clone() });
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(SocketAddr::new(config.host, config.port))

@@ -100,6 +100,11 @@ pub fn document() -> Value {
                     "file": {"type": "string", "format": "binary"}, "model": {"type": "string"}, "language": {"type": "string"},
                     "response_format": {"type": "string", "enum": ["json", "verbose_json", "text", "srt", "vtt"], "default": "json"}}}}}},
                 "responses": with(json!({"description": "{\"text\"}, the transcript with segments (verbose_json), or subtitles", "content": {"application/json": {}, "text/plain": {}, "text/vtt": {}}}), &[400, 401, 403, 404, 413, 422, 429])}},
+            "/v1/ocr": {"post": {"summary": "Text in an image (multipart upload: file as PNG or JPEG, model, min_confidence, response_format json|text); lines in reading order with boxes and confidences; scope predict",
+                "requestBody": {"required": true, "content": {"multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+                    "file": {"type": "string", "format": "binary"}, "model": {"type": "string"}, "min_confidence": {"type": "number", "default": 0.5},
+                    "response_format": {"type": "string", "enum": ["json", "text"], "default": "json"}}}}}},
+                "responses": with(json!({"description": "{\"model\", \"text\", \"width\", \"height\", \"lines\": [{\"text\", \"box\": [[x, y] x 4], \"confidence\"}]}, or the text", "content": {"application/json": {}, "text/plain": {}}}), &[400, 401, 403, 404, 413, 422, 429])}},
             "/health": {"get": {"summary": "Liveness and loaded model names", "security": [], "responses": {"200": {"description": "OK"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": with(json!({"description": "Prometheus text format", "content": {"text/plain": {}}}), &[401, 403])}},
             "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OK"}}}},

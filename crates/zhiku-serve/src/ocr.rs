@@ -1,0 +1,80 @@
+//! Text in images over HTTP (scope `predict`): `POST /v1/ocr`, a multipart form with `file` (a
+//! PNG or JPEG image), and optionally `model` (which `--ocr` model; may be left out when one is
+//! served), `min_confidence` (drop lines below it; default 0.5) and `response_format` (`json`,
+//! the default: `{"model", "text", "width", "height", "lines": [{"text", "box", "confidence"}]}`;
+//! `text`: the lines, one per line). Uploads are limited by `--max-upload-mib`; decoding and OCR
+//! run on the blocking pool, so a large page does not hold up other requests.
+
+use crate::api::ApiError;
+use crate::AppState;
+use axum::extract::{Multipart, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+
+pub async fn ocr(State(state): State<Arc<AppState>>, mut form: Multipart) -> Result<Response, ApiError> {
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
+    let (mut file, mut model, mut format, mut min_confidence) = (None, None, "json".to_string(), None);
+    while let Some(field) = form.next_field().await.map_err(|e| bad(format!("malformed multipart form: {e}")))? {
+        let name = field.name().unwrap_or_default().to_string();
+        match name.as_str() {
+            "file" => {
+                let upload = field.file_name().unwrap_or("upload").to_string();
+                let bytes = field.bytes().await.map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("file: {e}")))?;
+                file = Some((upload, bytes.to_vec()));
+            }
+            "model" | "response_format" | "min_confidence" => {
+                let text = field.text().await.map_err(|e| bad(format!("{name}: {e}")))?;
+                match name.as_str() {
+                    "model" => model = Some(text),
+                    "response_format" => format = text,
+                    _ => {
+                        let v: f32 = text.trim().parse().map_err(|_| ApiError::unprocessable(format!("min_confidence: {text:?} is not a number")))?;
+                        if !(0.0..=1.0).contains(&v) {
+                            return Err(ApiError::unprocessable(format!("min_confidence: {v} is not between 0 and 1")));
+                        }
+                        min_confidence = Some(v);
+                    }
+                }
+            }
+            other => return Err(ApiError::unprocessable(format!("unknown form field {other:?} (expected file, model, response_format, min_confidence)"))),
+        }
+    }
+    let Some((upload, bytes)) = file else { return Err(ApiError::unprocessable("file: the image is required (a multipart field named file)")) };
+    if bytes.is_empty() {
+        return Err(ApiError::unprocessable(format!("file: {upload} is empty (0 bytes)")));
+    }
+    let as_text = match format.as_str() {
+        "json" => false,
+        "text" => true,
+        other => return Err(ApiError::unprocessable(format!("response_format {other:?}: expected json or text"))),
+    };
+    let (name, ocr) = match model.as_deref() {
+        Some(n) => (n.to_string(), state.ocr.get(n).cloned().ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no OCR model {n:?} on this server")))?),
+        None if state.ocr.len() == 1 => state.ocr.iter().next().map(|(n, m)| (n.clone(), m.clone())).expect("one"),
+        None if state.ocr.is_empty() => return Err(ApiError::new(StatusCode::NOT_FOUND, "no OCR model is served (start with --ocr NAME=DIR)")),
+        None => return Err(ApiError::unprocessable("several OCR models are served: name one with the model field")),
+    };
+    let page = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+        let image = zhiku_media::image::decode_image(&bytes, &upload).map_err(|e| match e {
+            zhiku_media::image::ImageError::TooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+            e => ApiError::unprocessable(e.to_string()),
+        })?;
+        let mut page = ocr.recognize(&image).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{upload}: OCR failed: {e:#}")))?;
+        if let Some(min) = min_confidence {
+            // The model drops lines under its default (0.5); a request may only ask for stricter.
+            page.lines.retain(|l| l.confidence >= min);
+            page.text = page.lines.iter().map(|l| l.text.as_str()).collect::<Vec<_>>().join("\n");
+        }
+        Ok(page)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the OCR task failed: {e}")))??;
+    Ok(if as_text {
+        ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], page.text).into_response()
+    } else {
+        let mut v = serde_json::to_value(&page).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        v["model"] = serde_json::json!(name);
+        axum::Json(v).into_response()
+    })
+}
