@@ -1,12 +1,15 @@
 //! `zhiku library`: add documents to a content library, list, show and remove them, search it.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use zhiku_library::chunk::ChunkOptions;
-use zhiku_library::document::{collect_files, read_file};
+use zhiku_library::document::{collect_files, kind, read_file_with, Kind};
+use zhiku_library::media::MediaReaders;
+use zhiku_media::ocr::OcrModel;
+use zhiku_media::speech::SpeechModel;
 use zhiku_library::{CreateOptions, Library, Mode, SearchOptions};
 
 #[derive(Args, Debug)]
@@ -17,8 +20,8 @@ pub struct LibraryArgs {
 
 #[derive(Subcommand, Debug)]
 enum LibraryCommand {
-    /// Add files or folders (.txt, .md, .html, .pdf, .jsonl, .csv; a JSONL or CSV row per document) to a
-    /// library, creating it on first use. Unchanged documents are skipped, changed ones replaced.
+    /// Add files or folders (.txt, .md, .html, .pdf, .jsonl, .csv; a JSONL or CSV row per document;
+    /// audio with --speech-model, images with --ocr-model) to a library, creating it on first use. Unchanged documents are skipped, changed ones replaced.
     Add(AddArgs),
     /// List the documents.
     List(ListArgs),
@@ -81,6 +84,16 @@ struct AddArgs {
     /// numbers (Chinese and international formats) before anything is stored.
     #[arg(long)]
     mask_pii: bool,
+    /// A Whisper model folder (CTranslate2, as `zhiku transcribe` takes): audio files (.wav,
+    /// .flac, .mp3, .ogg, .opus) are transcribed, and hits in them show the time range said.
+    #[arg(long, value_name = "DIR")]
+    speech_model: Option<PathBuf>,
+    /// The spoken language of the audio (ISO code); detected per recording by default.
+    #[arg(long)]
+    language: Option<String>,
+    /// A PP-OCR model folder (as `zhiku ocr` takes): images (.png, .jpg) are read by OCR.
+    #[arg(long, value_name = "DIR")]
+    ocr_model: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -313,7 +326,8 @@ pub fn run(args: LibraryArgs) -> Result<i32> {
                 let any_cited = answer.citations.iter().any(|c| c.cited);
                 for c in answer.citations.iter().filter(|c| c.cited || !any_cited) {
                     let page = c.page.map(|p| format!("page {p}, ")).unwrap_or_default();
-                    println!("[{}] {} ({}, {page}characters {}-{})", c.n, c.title, c.id, c.start, c.end);
+                    let time = c.time.as_ref().map(|t| format!("{}, ", t.label)).unwrap_or_default();
+                    println!("[{}] {} ({}, {page}{time}characters {}-{})", c.n, c.title, c.id, c.start, c.end);
                 }
             }
             Ok(0)
@@ -392,8 +406,21 @@ fn add(a: AddArgs) -> Result<i32> {
     }
     let files = collect_files(&a.paths)?;
     if files.is_empty() {
-        bail!("no .txt, .md, .html, .pdf, .jsonl or .csv files under the paths given")
+        bail!("no .txt, .md, .html, .pdf, .jsonl, .csv, audio or image files under the paths given")
     }
+    // The media models load only when there are files for them.
+    let has = |k: Kind| files.iter().any(|f| kind(f) == Some(k));
+    let media = MediaReaders {
+        speech: match &a.speech_model {
+            Some(dir) if has(Kind::Audio) => Some(SpeechModel::load(dir, zhiku_models::blocks::GgmlType::F32).with_context(|| format!("cannot load a Whisper model from {}", dir.display()))?),
+            _ => None,
+        },
+        ocr: match &a.ocr_model {
+            Some(dir) if has(Kind::Image) => Some(OcrModel::load(dir).with_context(|| format!("cannot load the OCR models from {}", dir.display()))?),
+            _ => None,
+        },
+        language: a.language.clone().filter(|l| l != "auto"),
+    };
     let mut lib = Library::open_for_writing(&a.dir.library, &create)?;
     if a.encoder.is_some() && lib.config.encoder.as_deref() != a.encoder.as_deref().and_then(|p| std::fs::canonicalize(p).ok()).as_deref() {
         eprintln!("note: the library already exists; its encoder stays {}", lib.config.encoder.as_ref().map_or("none".to_string(), |p| p.display().to_string()));
@@ -404,7 +431,7 @@ fn add(a: AddArgs) -> Result<i32> {
     let bar = if std::io::stderr().is_terminal() && !a.json { ProgressBar::new(files.len() as u64) } else { ProgressBar::hidden() };
     bar.set_style(ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} files [{elapsed_precise}<{eta_precise}] {msg}").unwrap());
     for f in &files {
-        match read_file(f).and_then(|docs| lib.add(&docs, |_| {})) {
+        match read_file_with(f, &media).and_then(|docs| lib.add(&docs, |_| {})) {
             Ok(r) => {
                 total.added += r.added;
                 total.replaced += r.replaced;
@@ -457,6 +484,7 @@ fn search(a: SearchArgs) -> Result<i32> {
     for (i, r) in results.iter().enumerate() {
         let why = [r.bm25.map(|b| format!("bm25 #{} {:.2}", b.rank, b.score)), r.dense.map(|d| format!("dense #{} {:.3}", d.rank, d.score)), r.rerank.map(|s| format!("rerank {s:.3}"))].into_iter().flatten().collect::<Vec<_>>().join(", ");
         let page = r.page.map(|p| format!(" page {p}")).unwrap_or_default();
+        let page = page + &r.time.as_ref().map(|t| format!(" {}", t.label)).unwrap_or_default();
         println!("{}. {} [{}]{page} score {:.4} ({why})", i + 1, r.title, r.id, r.score);
         println!("   {}", r.highlighted.replace('\n', " "));
     }

@@ -41,6 +41,9 @@ pub struct Citation {
     /// The page the passage starts on (PDF documents).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub page: Option<usize>,
+    /// Where in the recording the passage was said (transcribed audio).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time: Option<crate::media::TimeSpan>,
     /// Whether the answer cites it.
     pub cited: bool,
 }
@@ -224,6 +227,7 @@ impl AnswerWriter {
                 start: h.start,
                 end: h.end,
                 page: h.page,
+                time: h.time.clone(),
                 cited: self.kept.contains(&format!("[{}]", i + 1)),
             })
             .collect();

@@ -1,5 +1,6 @@
 //! Documents as the library stores them, and reading them from files: `.txt`, `.md`,
-//! `.html`, `.pdf`, `.jsonl` and `.csv` (one document per file or per row). Errors name the
+//! `.html`, `.pdf`, `.jsonl` and `.csv` (one document per file or per row), and with the models
+//! of [`MediaReaders`], audio (transcribed) and images (OCR). Errors name the
 //! file and, for rows, the line (for PDF pages, the page); a non-UTF-8 file names the byte
 //! offset.
 
@@ -7,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+use crate::media::MediaReaders;
 use std::path::{Path, PathBuf};
 
 /// Files larger than this are refused (a library holds texts, not dumps).
@@ -67,6 +69,10 @@ pub enum Kind {
     Jsonl,
     Csv,
     Pdf,
+    /// WAV, FLAC, MP3, Ogg (Vorbis, Opus): transcribed.
+    Audio,
+    /// PNG, JPEG: read by OCR.
+    Image,
 }
 
 pub fn kind(path: &Path) -> Option<Kind> {
@@ -78,15 +84,28 @@ pub fn kind(path: &Path) -> Option<Kind> {
         "jsonl" | "ndjson" => Kind::Jsonl,
         "csv" => Kind::Csv,
         "pdf" => Kind::Pdf,
+        "wav" | "flac" | "mp3" | "ogg" | "oga" | "opus" => Kind::Audio,
+        "png" | "jpg" | "jpeg" => Kind::Image,
         _ => return None,
     })
 }
 
-/// Reads the documents of one file.
+/// Reads the documents of one text file (media files need [`read_file_with`]).
 pub fn read_file(path: &Path) -> Result<Vec<Document>> {
+    read_file_with(path, &MediaReaders::default())
+}
+
+/// Reads the documents of one file; audio and images go through `media`'s models.
+pub fn read_file_with(path: &Path, media: &MediaReaders) -> Result<Vec<Document>> {
     let Some(kind) = kind(path) else {
-        bail!("{}: unsupported file type (the library reads .txt, .md, .html, .pdf, .jsonl and .csv)", path.display())
+        bail!("{}: unsupported file type (the library reads .txt, .md, .html, .pdf, .jsonl, .csv, audio: .wav, .flac, .mp3, .ogg, .opus, and images: .png, .jpg)", path.display())
     };
+    match kind {
+        // Their decoders bound them (4 hours of audio, 120 megapixels).
+        Kind::Audio => return Ok(vec![crate::media::read_audio(path, media)?]),
+        Kind::Image => return Ok(vec![crate::media::read_image(path, media)?]),
+        _ => {}
+    }
     let size = std::fs::metadata(path).with_context(|| format!("{}: cannot read", path.display()))?.len();
     if size > MAX_FILE_BYTES {
         bail!("{}: {} MB is over the limit of {} MB per file; split it", path.display(), size >> 20, MAX_FILE_BYTES >> 20)
@@ -116,7 +135,7 @@ pub fn read_file(path: &Path) -> Result<Vec<Document>> {
         }
         Kind::Jsonl => read_jsonl(path, text),
         Kind::Csv => read_csv(path, text),
-        Kind::Pdf => unreachable!("read above"),
+        Kind::Pdf | Kind::Audio | Kind::Image => unreachable!("read above"),
     }
 }
 

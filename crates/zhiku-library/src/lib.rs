@@ -9,6 +9,7 @@ pub mod ask;
 pub mod chunk;
 pub mod document;
 pub mod hnsw;
+pub mod media;
 pub mod pdf;
 pub mod pii;
 pub mod rerank;
@@ -103,6 +104,9 @@ pub struct SearchResult {
     /// The page (from 1) the chunk starts on, for PDF documents.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub page: Option<usize>,
+    /// Where in the recording the chunk was said, for transcribed audio.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time: Option<media::TimeSpan>,
     /// BM25 score, cosine similarity, or the fused score (hybrid).
     pub score: f64,
     pub bm25: Option<Ranked>,
@@ -463,6 +467,7 @@ impl Library {
                 start: c.start,
                 end: c.end,
                 page: document::page_of(&metadata, c.start),
+                time: media::time_span(&metadata, c.start, c.end),
                 score,
                 bm25: rank_of(&bm25, c.id),
                 dense: rank_of(&dense, c.id),

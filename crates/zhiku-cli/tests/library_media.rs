@@ -1,0 +1,48 @@
+//! Audio and images in a library, through the binary: `zhiku library add` transcribes a
+//! recording (Whisper tiny.en) and reads a scan (PP-OCRv4), and search hits and citations point
+//! into them (a time range, a page).
+
+use std::path::PathBuf;
+
+mod common;
+use common::{ok, zhiku};
+
+fn root(rel: &str) -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel);
+    assert!(p.exists(), "{} missing: run scripts/fetch-models.sh and scripts/fetch-media.sh", p.display());
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn recordings_and_scans_are_searchable_with_times_and_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = dir.path().join("in");
+    std::fs::create_dir(&files).unwrap();
+    std::fs::copy(root(".cache/media/jfk.wav"), files.join("jfk.wav")).unwrap();
+    std::fs::copy(root("tests/fixtures/ocr/000.png"), files.join("scan.png")).unwrap();
+    std::fs::write(files.join("note.txt"), "A note about gardens and roses.\n").unwrap();
+    let lib = dir.path().join("lib");
+    let (lib_s, files_s) = (lib.to_str().unwrap(), files.to_str().unwrap());
+    // Without the models the text goes in, and each media file is an error naming its option.
+    let o = zhiku(&["library", "add", "-l", lib_s, files_s]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("jfk.wav: an audio file; give a Whisper model (--speech-model DIR)") && err.contains("scan.png: an image; give an OCR model (--ocr-model DIR)"), "{err}");
+    let (speech, ocr) = (root(".cache/models/whisper-tiny.en"), root(".cache/models/ppocr-v4"));
+    let report = ok(&zhiku(&["library", "add", "-l", lib_s, "--speech-model", &speech, "--ocr-model", &ocr, "--json", files_s]));
+    let r: serde_json::Value = serde_json::from_str(report.trim()).unwrap();
+    assert_eq!((r["added"].as_u64(), r["unchanged"].as_u64()), (Some(2), Some(1)), "{r}");
+    let hits = ok(&zhiku(&["library", "search", "-l", lib_s, "--json", "ask what you can do for your country"]));
+    let v: serde_json::Value = serde_json::from_str(hits.trim()).unwrap();
+    let top = &v["results"][0];
+    assert!(top["source"].as_str().unwrap().ends_with("jfk.wav"), "{v}");
+    assert_eq!(top["time"]["label"], "0:00-0:10", "{top}");
+    assert_eq!(top["time"]["to"].as_f64(), Some(10.74));
+    let text = ok(&zhiku(&["library", "search", "-l", lib_s, "收视不佳"]));
+    assert!(text.starts_with("1. scan [") && text.contains(" page 1 "), "{text}");
+    // The stored document keeps each OCR line's box.
+    let id = text.split('[').nth(1).unwrap().split(']').next().unwrap();
+    let shown = ok(&zhiku(&["library", "show", "-l", lib_s, "--json", id]));
+    let d: serde_json::Value = serde_json::from_str(shown.trim()).unwrap();
+    assert_eq!(d["document"]["metadata"]["ocr_lines"].as_array().map(|a| a.len()), Some(3), "{d}");
+}
