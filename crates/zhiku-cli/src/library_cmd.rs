@@ -91,7 +91,8 @@ struct AddArgs {
     /// The spoken language of the audio (ISO code); detected per recording by default.
     #[arg(long)]
     language: Option<String>,
-    /// A PP-OCR model folder (as `zhiku ocr` takes): images (.png, .jpg) are read by OCR.
+    /// A PP-OCR model folder (as `zhiku ocr` takes): images (.png, .jpg), and PDF pages without a
+    /// text layer (scans), are read by OCR.
     #[arg(long, value_name = "DIR")]
     ocr_model: Option<PathBuf>,
     /// Print the report as JSON.
@@ -416,7 +417,7 @@ fn add(a: AddArgs) -> Result<i32> {
             _ => None,
         },
         ocr: match &a.ocr_model {
-            Some(dir) if has(Kind::Image) => Some(OcrModel::load(dir).with_context(|| format!("cannot load the OCR models from {}", dir.display()))?),
+            Some(dir) if has(Kind::Image) || has(Kind::Pdf) => Some(OcrModel::load(dir).with_context(|| format!("cannot load the OCR models from {}", dir.display()))?),
             _ => None,
         },
         language: a.language.clone().filter(|l| l != "auto"),

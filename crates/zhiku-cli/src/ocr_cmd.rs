@@ -9,7 +9,8 @@ use zhiku_media::ocr::OcrModel;
 
 #[derive(Args, Debug)]
 #[command(after_help = "Images: PNG or JPEG (grey, colour or with transparency, laid on white), up to 120 megapixels;\n\
-pages over 2,000 pixels on a side are shrunk before detection, as RapidOCR does.\n\n\
+pages over 2,000 pixels on a side are shrunk before detection, as RapidOCR does. PDF: every page is rendered\n\
+(2,000 pixels on its longer side) and read; txt separates pages with a form feed, json prints a line per page.\n\n\
 Model: a folder with the det, rec and (optional) cls .onnx files as rapidocr_onnxruntime/models/ ships them\n\
 (PP-OCRv4 detection and recognition, the mobile v2.0 orientation classifier); the character list is read\n\
 from the rec model's metadata. `scripts/fetch-models.sh` puts them in .cache/models/ppocr-v4.\n\n\
@@ -18,7 +19,7 @@ zhiku ocr --model .cache/models/ppocr-v4 scan.png\n  \
 zhiku ocr --model .cache/models/ppocr-v4 --format json slides/*.jpg > slides.jsonl\n  \
 zhiku ocr --model .cache/models/ppocr-v4 --output-dir texts/ pages/*.png")]
 pub struct OcrArgs {
-    /// Image files.
+    /// Image files (PNG, JPEG) or PDFs (scans: each page is rendered and read).
     #[arg(required = true)]
     files: Vec<PathBuf>,
     /// The folder with the PP-OCR .onnx files.
@@ -69,7 +70,17 @@ pub fn run(a: OcrArgs) -> Result<i32> {
     let mut failed = 0;
     for path in &a.files {
         let t0 = Instant::now();
-        let image = match zhiku_media::image::load_image(path) {
+        // A PDF is read page by page; any other file is one image.
+        let is_pdf = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("pdf"));
+        let images = if is_pdf {
+            std::fs::read(path)
+                .map_err(|e| format!("{}: cannot read: {e}", path.display()))
+                .and_then(|bytes| zhiku_media::pdf::render_pages(&bytes, &path.display().to_string(), None).map_err(|e| e.to_string()))
+                .map(|pages| pages.into_iter().map(|(n, img)| (Some(n), img)).collect::<Vec<_>>())
+        } else {
+            zhiku_media::image::load_image(path).map(|img| vec![(None, img)]).map_err(|e| e.to_string())
+        };
+        let images = match images {
             Ok(x) => x,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -77,23 +88,36 @@ pub fn run(a: OcrArgs) -> Result<i32> {
                 continue;
             }
         };
-        let page = model.recognize(&image).with_context(|| format!("{}: OCR failed", path.display()))?;
-        let seconds = t0.elapsed().as_secs_f64();
-        if a.verbose {
-            eprintln!("{}: {} x {}, {} lines in {seconds:.3} s", path.display(), page.width, page.height, page.lines.len());
-        }
-        let text = if json {
-            let mut v = serde_json::to_value(&page)?;
-            v["seconds"] = serde_json::json!(seconds);
-            if a.output_dir.is_none() {
-                v["file"] = serde_json::json!(path);
+        let mut text = String::new();
+        let mut texts = Vec::new();
+        for (page_no, image) in images {
+            let page = model.recognize(&image).with_context(|| format!("{}: OCR failed", path.display()))?;
+            let seconds = t0.elapsed().as_secs_f64();
+            if a.verbose {
+                let at = page_no.map(|n| format!(" page {n}")).unwrap_or_default();
+                eprintln!("{}{at}: {} x {}, {} lines in {seconds:.3} s", path.display(), page.width, page.height, page.lines.len());
             }
-            v.to_string() + "\n"
-        } else if page.text.is_empty() {
-            String::new()
-        } else {
-            page.text.clone() + "\n"
-        };
+            if json {
+                let mut v = serde_json::to_value(&page)?;
+                v["seconds"] = serde_json::json!(seconds);
+                if let Some(n) = page_no {
+                    v["page"] = serde_json::json!(n);
+                }
+                if a.output_dir.is_none() {
+                    v["file"] = serde_json::json!(path);
+                }
+                text.push_str(&(v.to_string() + "\n"));
+            } else {
+                texts.push(page.text.clone());
+            }
+        }
+        if !json {
+            // Pages of a PDF are separated by a form feed, as pdftotext separates them.
+            text = texts.join("\n\x0c\n");
+            if !text.is_empty() {
+                text.push('\n');
+            }
+        }
         match &a.output_dir {
             Some(dir) => {
                 let stem = path.file_stem().map_or_else(|| "image".into(), |s| s.to_string_lossy().to_string());

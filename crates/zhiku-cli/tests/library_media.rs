@@ -46,3 +46,21 @@ fn recordings_and_scans_are_searchable_with_times_and_pages() {
     let d: serde_json::Value = serde_json::from_str(shown.trim()).unwrap();
     assert_eq!(d["document"]["metadata"]["ocr_lines"].as_array().map(|a| a.len()), Some(3), "{d}");
 }
+
+#[test]
+fn scanned_pdf_pages_are_read_by_ocr_and_hits_name_their_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("lib");
+    let lib_s = lib.to_str().unwrap();
+    let scan = root("tests/fixtures/ocr/scan.pdf");
+    // Small chunks (set when the library is created), so that each page's text is a chunk of its own.
+    let o = zhiku(&["library", "add", "-l", lib_s, "--chunk-size", "60", "--chunk-overlap", "0", &scan]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no text layer on any of its 2 pages (a scan?); give an OCR model (--ocr-model DIR)"), "{o:?}");
+    ok(&zhiku(&["library", "add", "-l", lib_s, "--ocr-model", &root(".cache/models/ppocr-v4"), &scan]));
+    let hit = |q: &str| -> serde_json::Value {
+        let out = ok(&zhiku(&["library", "search", "-l", lib_s, "--json", q]));
+        serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()["results"][0].clone()
+    };
+    assert_eq!(hit("收视不佳")["page"], 1);
+    assert_eq!(hit("Coal-to-liquid")["page"], 2);
+}

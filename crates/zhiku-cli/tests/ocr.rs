@@ -43,6 +43,25 @@ fn reads_chinese_and_english_pages_as_text_and_json() {
 }
 
 #[test]
+fn scanned_pdfs_are_read_page_by_page() {
+    let m = model();
+    let text = ok(&zhiku(&["ocr", "--model", &m, &fixture("scan.pdf")]));
+    let pages: Vec<&str> = text.split("\n\x0c\n").collect();
+    assert_eq!(pages.len(), 2, "{text:?}");
+    assert!(pages[0].starts_with("周杰伦回应收视不佳称偶尔失利很正常\n"), "{text}");
+    assert!(pages[1].contains("Trump") && pages[1].ends_with("\n"), "{text}");
+    let json = ok(&zhiku(&["ocr", "--model", &m, "--format", "json", &fixture("scan.pdf")]));
+    let lines: Vec<serde_json::Value> = json.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.iter().map(|v| v["page"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 2]);
+    // Rendered at 2,000 pixels on the longer side.
+    assert_eq!(lines[1]["width"].as_u64().unwrap().max(lines[1]["height"].as_u64().unwrap()), 2000, "{}", lines[1]);
+    let dir = tempfile::tempdir().unwrap();
+    let cut = dir.path().join("cut.pdf");
+    std::fs::write(&cut, b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\n").unwrap();
+    fails_with(&zhiku(&["ocr", "--model", &m, cut.to_str().unwrap()]), "cut.pdf: corrupt image");
+}
+
+#[test]
 fn bad_images_are_clear_errors() {
     let m = model();
     let dir = tempfile::tempdir().unwrap();

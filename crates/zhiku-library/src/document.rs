@@ -112,7 +112,7 @@ pub fn read_file_with(path: &Path, media: &MediaReaders) -> Result<Vec<Document>
     }
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     if kind == Kind::Pdf {
-        return read_pdf(path, &bytes);
+        return read_pdf(path, &bytes, media);
     }
     let text = match std::str::from_utf8(&bytes) {
         Ok(t) => t.strip_prefix('\u{feff}').unwrap_or(t),
@@ -141,15 +141,32 @@ pub fn read_file_with(path: &Path, media: &MediaReaders) -> Result<Vec<Document>
 
 /// A PDF is one document: its pages' text, the title and date from its information
 /// dictionary, and `pages` (count) and `page_starts` (character offsets) as metadata, so a
-/// chunk's span tells its page.
-fn read_pdf(path: &Path, bytes: &[u8]) -> Result<Vec<Document>> {
-    let pdf = crate::pdf::read(path, bytes)?;
+/// chunk's span tells its page. Pages without a text layer (scans) are rendered and read by
+/// OCR when `media` has a model (listed in `ocr_pages`).
+fn read_pdf(path: &Path, bytes: &[u8], media: &MediaReaders) -> Result<Vec<Document>> {
+    let mut pdf = crate::pdf::read(path, bytes)?;
+    let blank: Vec<usize> = pdf.pages.iter().enumerate().filter(|(_, p)| p.trim().is_empty()).map(|(i, _)| i + 1).collect();
+    let mut ocr_pages = Vec::new();
+    if let (Some(ocr), false) = (&media.ocr, blank.is_empty()) {
+        for (n, image) in zhiku_media::pdf::render_pages(bytes, &path.display().to_string(), Some(&blank))? {
+            let page = ocr.recognize(&image).with_context(|| format!("{}: page {n}: OCR failed", path.display()))?;
+            pdf.pages[n - 1] = page.text;
+            ocr_pages.push(n);
+        }
+    }
+    if pdf.pages.iter().all(|p| p.trim().is_empty()) {
+        let hint = if media.ocr.is_some() { "and OCR found no text on them" } else { "give an OCR model (--ocr-model DIR) to read them" };
+        bail!("{}: no text layer on any of its {} pages (a scan?); {hint}", path.display(), pdf.pages.len())
+    }
     let (text, starts) = pdf.joined();
     let source = path.display().to_string();
     let title = pdf.title.clone().or_else(|| first_line_title(&text)).unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
     let mut metadata = Map::new();
     metadata.insert("pages".into(), Value::from(pdf.pages.len()));
     metadata.insert("page_starts".into(), Value::from(starts));
+    if !ocr_pages.is_empty() {
+        metadata.insert("ocr_pages".into(), Value::from(ocr_pages));
+    }
     Ok(vec![Document { id: derived_id(&source), title, text, source, date: pdf.date, tags: Vec::new(), metadata }])
 }
 

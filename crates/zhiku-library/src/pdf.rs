@@ -148,7 +148,8 @@ pub fn clean(text: &str) -> String {
     out
 }
 
-/// Reads the text of a PDF. Errors name the file, and the page where one page fails.
+/// Reads the text layer of a PDF (pages without one come back empty, for OCR to fill). Errors
+/// name the file, and the page where one page fails.
 pub fn read(path: &Path, bytes: &[u8]) -> Result<PdfText> {
     let shown = path.display();
     let mut doc = match quietly(|| pdf_extract::Document::load_mem(bytes)) {
@@ -186,9 +187,6 @@ pub fn read(path: &Path, bytes: &[u8]) -> Result<PdfText> {
             Ok(Err(e)) => bail!("{shown}: page {n}: cannot extract its text ({e})"),
             Err(e) => bail!("{shown}: page {n}: cannot extract its text ({})", if e.is_empty() { "malformed content" } else { e.as_str() }),
         }
-    }
-    if pages.iter().all(|p| p.is_empty()) {
-        bail!("{shown}: no text layer on any of its {} pages (a scan?); text in images needs OCR first", pages.len())
     }
     Ok(PdfText { title, date, pages })
 }

@@ -6,6 +6,7 @@ pub mod audio;
 pub mod image;
 pub mod mel;
 pub mod ocr;
+pub mod pdf;
 pub mod speech;
 
 /// The sample rate every speech model here reads.
