@@ -24,8 +24,15 @@ zhiku summarize --method abstractive --model qwen.gguf lecture-notes.md\n  \
 zhiku summarize --method abstractive --adapter runs/headlines --instruction \"Write a headline for this news article.\" articles.jsonl --output headlines.jsonl\n  \
 zhiku eval --task generation --predictions headlines.jsonl")]
 pub struct SummarizeArgs {
-    /// Files to summarise (one summary per document).
+    /// Files to summarise (one summary per document): text, Markdown, HTML, PDF, JSONL, CSV;
+    /// audio with --speech-model, images and scanned PDFs with --ocr-model.
     files: Vec<PathBuf>,
+    /// A Whisper model folder: audio files are transcribed, then summarised.
+    #[arg(long, value_name = "DIR")]
+    speech_model: Option<PathBuf>,
+    /// A PP-OCR model folder: images, and PDF pages without a text layer, are read by OCR, then summarised.
+    #[arg(long, value_name = "DIR")]
+    ocr_model: Option<PathBuf>,
     /// Summarise this text (instead of files or standard input).
     #[arg(long, conflicts_with = "files")]
     text: Option<String>,
@@ -193,9 +200,14 @@ fn inputs(a: &SummarizeArgs) -> Result<Vec<Document>> {
         std::io::stdin().read_to_string(&mut s).context("cannot read standard input")?;
         return one(s, "stdin");
     }
+    let media = zhiku_library::media::MediaReaders {
+        speech: a.speech_model.as_deref().map(|d| zhiku_media::speech::SpeechModel::load(d, zhiku_models::blocks::GgmlType::F32).with_context(|| format!("cannot load a Whisper model from {}", d.display()))).transpose()?,
+        ocr: a.ocr_model.as_deref().map(|d| zhiku_media::ocr::OcrModel::load(d).with_context(|| format!("cannot load the OCR models from {}", d.display()))).transpose()?,
+        language: None,
+    };
     let mut docs = Vec::new();
     for f in &a.files {
-        docs.extend(document::read_file(f)?);
+        docs.extend(document::read_file_with(f, &media)?);
     }
     if docs.is_empty() {
         bail!("no documents to summarise")

@@ -45,6 +45,9 @@ fn recordings_and_scans_are_searchable_with_times_and_pages() {
     let shown = ok(&zhiku(&["library", "show", "-l", lib_s, "--json", id]));
     let d: serde_json::Value = serde_json::from_str(shown.trim()).unwrap();
     assert_eq!(d["document"]["metadata"]["ocr_lines"].as_array().map(|a| a.len()), Some(3), "{d}");
+    // `zhiku summarize` reads the same files through the same models.
+    let summary = ok(&zhiku(&["summarize", "--method", "lead", "--speech-model", &speech, &root(".cache/media/jfk.wav")]));
+    assert!(summary.contains("ask not what your country can do for you"), "{summary}");
 }
 
 #[test]
