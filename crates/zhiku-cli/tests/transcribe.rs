@@ -82,22 +82,6 @@ fn whisper_base_detects_mandarin_and_writes_simplified_characters() {
     fails_with(&zhiku(&["transcribe", "--model", &model, "--language", "xx", &zh]), "unknown language \"xx\"");
 }
 
-/// A multipart form: (name, optional file name, content).
-fn form(fields: &[(&str, Option<&str>, &[u8])]) -> Vec<u8> {
-    let mut body = Vec::new();
-    for (name, file, content) in fields {
-        body.extend_from_slice(b"--zhikuBOUNDARY\r\n");
-        match file {
-            Some(f) => body.extend_from_slice(format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes()),
-            None => body.extend_from_slice(format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes()),
-        }
-        body.extend_from_slice(content);
-        body.extend_from_slice(b"\r\n");
-    }
-    body.extend_from_slice(b"--zhikuBOUNDARY--\r\n");
-    body
-}
-
 #[test]
 fn served_transcriptions_take_openai_uploads() {
     use common::Server;
@@ -105,7 +89,7 @@ fn served_transcriptions_take_openai_uploads() {
     let jfk = std::fs::read(cache("media", "jfk.wav")).unwrap();
     let server = Server::start(&["--speech", &format!("whisper={model}"), "--max-upload-mib", "1", "--max-audio-seconds", "20"], &[]);
     let post = |fields: &[(&str, Option<&str>, &[u8])]| {
-        let (status, _, body) = server.raw("POST", "/v1/audio/transcriptions", &[("Content-Type", "multipart/form-data; boundary=zhikuBOUNDARY")], &form(fields));
+        let (status, _, body) = server.raw("POST", "/v1/audio/transcriptions", &[("Content-Type", "multipart/form-data; boundary=zhikuBOUNDARY")], &common::multipart_form(fields));
         (status, String::from_utf8_lossy(&body).to_string())
     };
     let (status, body) = post(&[("file", Some("jfk.wav"), &jfk), ("model", None, b"whisper")]);

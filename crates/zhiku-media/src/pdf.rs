@@ -1,7 +1,7 @@
 //! PDF pages to images, for OCR of scans: hayro (a pure-Rust PDF rasteriser) draws each page on
-//! white at a scale that puts its longer side near [`PAGE_PIXELS`] pixels, the size OCR works at
+//! white at a scale that puts its longer side at [`PAGE_PIXELS`] pixels, the size OCR works at
 //! anyway (RapidOCR shrinks pages to 2,000 pixels), so memory stays bounded whatever size the
-//! page claims. A renderer panic on a malformed file is caught and reported as a corrupt PDF.
+//! page claims; small pages are drawn at 4 pixels a point at most (288 dpi). A renderer panic on a malformed file is caught and reported as a corrupt PDF.
 
 use crate::image::{ImageError, RgbImage};
 use hayro::hayro_interpret::InterpreterSettings;

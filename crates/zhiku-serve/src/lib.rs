@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod recommend;
 pub mod speech;
+pub mod upload;
 pub mod ocr;
 pub mod registry;
 

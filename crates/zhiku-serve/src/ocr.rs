@@ -12,38 +12,21 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 
-pub async fn ocr(State(state): State<Arc<AppState>>, mut form: Multipart) -> Result<Response, ApiError> {
-    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
-    let (mut file, mut model, mut format, mut min_confidence) = (None, None, "json".to_string(), None);
-    while let Some(field) = form.next_field().await.map_err(|e| bad(format!("malformed multipart form: {e}")))? {
-        let name = field.name().unwrap_or_default().to_string();
-        match name.as_str() {
-            "file" => {
-                let upload = field.file_name().unwrap_or("upload").to_string();
-                let bytes = field.bytes().await.map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("file: {e}")))?;
-                file = Some((upload, bytes.to_vec()));
+pub async fn ocr(State(state): State<Arc<AppState>>, form: Multipart) -> Result<Response, ApiError> {
+    let upload = crate::upload::read(form, "the image", &["model", "response_format", "min_confidence"]).await?;
+    let (upload, bytes, mut fields) = (upload.name, upload.bytes, upload.fields);
+    let model = fields.remove("model");
+    let format = fields.remove("response_format").unwrap_or_else(|| "json".to_string());
+    let min_confidence = match fields.remove("min_confidence") {
+        None => None,
+        Some(text) => {
+            let v: f32 = text.trim().parse().map_err(|_| ApiError::unprocessable(format!("min_confidence: {text:?} is not a number")))?;
+            if !(0.0..=1.0).contains(&v) {
+                return Err(ApiError::unprocessable(format!("min_confidence: {v} is not between 0 and 1")));
             }
-            "model" | "response_format" | "min_confidence" => {
-                let text = field.text().await.map_err(|e| bad(format!("{name}: {e}")))?;
-                match name.as_str() {
-                    "model" => model = Some(text),
-                    "response_format" => format = text,
-                    _ => {
-                        let v: f32 = text.trim().parse().map_err(|_| ApiError::unprocessable(format!("min_confidence: {text:?} is not a number")))?;
-                        if !(0.0..=1.0).contains(&v) {
-                            return Err(ApiError::unprocessable(format!("min_confidence: {v} is not between 0 and 1")));
-                        }
-                        min_confidence = Some(v);
-                    }
-                }
-            }
-            other => return Err(ApiError::unprocessable(format!("unknown form field {other:?} (expected file, model, response_format, min_confidence)"))),
+            Some(v)
         }
-    }
-    let Some((upload, bytes)) = file else { return Err(ApiError::unprocessable("file: the image is required (a multipart field named file)")) };
-    if bytes.is_empty() {
-        return Err(ApiError::unprocessable(format!("file: {upload} is empty (0 bytes)")));
-    }
+    };
     let as_text = match format.as_str() {
         "json" => false,
         "text" => true,

@@ -15,33 +15,12 @@ use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 use zhiku_media::speech::{Format, TranscribeOptions};
 
-pub async fn transcriptions(State(state): State<Arc<AppState>>, mut form: Multipart) -> Result<Response, ApiError> {
-    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
-    let (mut file, mut model, mut language, mut format) = (None, None, None, "json".to_string());
-    while let Some(field) = form.next_field().await.map_err(|e| bad(format!("malformed multipart form: {e}")))? {
-        let name = field.name().unwrap_or_default().to_string();
-        match name.as_str() {
-            "file" => {
-                let upload = field.file_name().unwrap_or("upload").to_string();
-                let bytes = field.bytes().await.map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("file: {e}")))?;
-                file = Some((upload, bytes.to_vec()));
-            }
-            "model" | "language" | "response_format" | "prompt" | "temperature" => {
-                let text = field.text().await.map_err(|e| bad(format!("{name}: {e}")))?;
-                match name.as_str() {
-                    "model" => model = Some(text),
-                    "language" => language = Some(text).filter(|l| !l.is_empty() && l != "auto"),
-                    "response_format" => format = text,
-                    _ => {}
-                }
-            }
-            other => return Err(ApiError::unprocessable(format!("unknown form field {other:?} (expected file, model, language, response_format, prompt, temperature)"))),
-        }
-    }
-    let Some((upload, bytes)) = file else { return Err(ApiError::unprocessable("file: the audio is required (a multipart field named file)")) };
-    if bytes.is_empty() {
-        return Err(ApiError::unprocessable(format!("file: {upload} is empty (0 bytes)")));
-    }
+pub async fn transcriptions(State(state): State<Arc<AppState>>, form: Multipart) -> Result<Response, ApiError> {
+    let upload = crate::upload::read(form, "the audio", &["model", "language", "response_format", "prompt", "temperature"]).await?;
+    let (upload, bytes, mut fields) = (upload.name, upload.bytes, upload.fields);
+    let model = fields.remove("model");
+    let language = fields.remove("language").filter(|l| !l.is_empty() && l != "auto");
+    let format = fields.remove("response_format").unwrap_or_else(|| "json".to_string());
     let verbose = format == "verbose_json";
     let render = match format.as_str() {
         "json" | "verbose_json" => Format::Json,

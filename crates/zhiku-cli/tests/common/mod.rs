@@ -26,6 +26,22 @@ pub fn fails_with(o: &Output, want: &str) {
     assert!(!err.contains("panicked"), "panic: {err}");
 }
 
+/// A multipart form with the boundary `zhikuBOUNDARY`: (name, optional file name, content).
+pub fn multipart_form(fields: &[(&str, Option<&str>, &[u8])]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (name, file, content) in fields {
+        body.extend_from_slice(b"--zhikuBOUNDARY\r\n");
+        match file {
+            Some(f) => body.extend_from_slice(format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes()),
+            None => body.extend_from_slice(format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes()),
+        }
+        body.extend_from_slice(content);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(b"--zhikuBOUNDARY--\r\n");
+    body
+}
+
 pub struct Server {
     pub child: Child,
     pub addr: String,
