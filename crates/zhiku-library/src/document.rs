@@ -170,6 +170,23 @@ fn read_pdf(path: &Path, bytes: &[u8], media: &MediaReaders) -> Result<Vec<Docum
     Ok(vec![Document { id: derived_id(&source), title, text, source, date: pdf.date, tags: Vec::new(), metadata }])
 }
 
+/// `parts` joined by `sep`, and the character offset where each part starts (how a document
+/// remembers its pages, transcript segments and OCR lines).
+pub fn join_with_offsets<'a>(parts: impl IntoIterator<Item = &'a str>, sep: &str) -> (String, Vec<usize>) {
+    let (mut text, mut starts, mut chars) = (String::new(), Vec::new(), 0);
+    let sep_chars = sep.chars().count();
+    for (i, p) in parts.into_iter().enumerate() {
+        if i > 0 {
+            text.push_str(sep);
+            chars += sep_chars;
+        }
+        starts.push(chars);
+        text.push_str(p);
+        chars += p.chars().count();
+    }
+    (text, starts)
+}
+
 /// The page (from 1) that character offset `at` of a PDF document's text falls on.
 pub fn page_of(metadata: &Map<String, Value>, at: usize) -> Option<usize> {
     let starts = metadata.get("page_starts")?.as_array()?;

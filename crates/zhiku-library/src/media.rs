@@ -8,7 +8,7 @@
 //! `page_starts` = [0], `width`, `height`, and `ocr_lines`, one `[first character, box]` per line
 //! (box: four x, y corners in the image's pixels).
 
-use crate::document::{derived_id, Document};
+use crate::document::{derived_id, join_with_offsets, Document};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -38,19 +38,9 @@ pub fn read_audio(path: &Path, media: &MediaReaders) -> Result<Document> {
     let audio = zhiku_media::audio::load(path)?;
     let opts = TranscribeOptions { language: media.language.clone(), ..Default::default() };
     let transcript = speech.transcribe(&audio.samples, &opts, |_, _| {}).with_context(|| format!("{}: transcription failed", path.display()))?;
-    let mut text = String::new();
-    let mut spans = Vec::new();
-    for s in &transcript.segments {
-        let t = s.text.trim();
-        if t.is_empty() {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push('\n');
-        }
-        spans.push(Value::from(vec![Value::from(text.chars().count()), Value::from(s.start), Value::from(s.end)]));
-        text.push_str(t);
-    }
+    let said: Vec<_> = transcript.segments.iter().filter(|s| !s.text.trim().is_empty()).collect();
+    let (text, starts) = join_with_offsets(said.iter().map(|s| s.text.trim()), "\n");
+    let spans: Vec<Value> = said.iter().zip(starts).map(|(s, first)| serde_json::json!([first, s.start, s.end])).collect();
     if text.is_empty() {
         bail!("{}: no speech found ({:.0} s of audio transcribed to nothing)", path.display(), transcript.duration)
     }
@@ -72,15 +62,8 @@ pub fn read_image(path: &Path, media: &MediaReaders) -> Result<Document> {
     if page.lines.is_empty() {
         bail!("{}: no text found in the image ({} x {} pixels)", path.display(), page.width, page.height)
     }
-    let mut text = String::new();
-    let mut lines = Vec::new();
-    for l in &page.lines {
-        if !text.is_empty() {
-            text.push('\n');
-        }
-        lines.push(serde_json::json!([text.chars().count(), l.quad]));
-        text.push_str(&l.text);
-    }
+    let (text, starts) = join_with_offsets(page.lines.iter().map(|l| l.text.as_str()), "\n");
+    let lines: Vec<Value> = page.lines.iter().zip(starts).map(|(l, first)| serde_json::json!([first, l.quad])).collect();
     let source = path.display().to_string();
     let mut metadata = Map::new();
     metadata.insert("pages".into(), Value::from(1));

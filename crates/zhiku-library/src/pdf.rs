@@ -23,19 +23,7 @@ pub struct PdfText {
 impl PdfText {
     /// The pages joined by blank lines, and the character offset where each page starts.
     pub fn joined(&self) -> (String, Vec<usize>) {
-        let mut text = String::new();
-        let mut starts = Vec::with_capacity(self.pages.len());
-        let mut chars = 0;
-        for p in &self.pages {
-            if !text.is_empty() {
-                text.push_str("\n\n");
-                chars += 2;
-            }
-            starts.push(chars);
-            text.push_str(p);
-            chars += p.chars().count();
-        }
-        (text, starts)
+        crate::document::join_with_offsets(self.pages.iter().map(String::as_str), "\n\n")
     }
 }
 

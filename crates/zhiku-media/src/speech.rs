@@ -544,7 +544,8 @@ fn window_of(features: &Spectrogram, seek: usize, len: usize) -> Spectrogram {
     w
 }
 
-fn argmax(v: &[f32]) -> u32 {
+/// The index of the first largest value (0 for an empty slice). The OCR decoders use it too.
+pub(crate) fn argmax(v: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &x) in v.iter().enumerate() {
         if x > v[best] {

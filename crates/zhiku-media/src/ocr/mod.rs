@@ -111,10 +111,12 @@ fn find_model(dir: &Path, role: &str, required: bool) -> Result<Option<PathBuf>>
     }
 }
 
-fn load_onnx(path: &Path) -> Result<(Model, Vec<u8>)> {
+/// The model and its `metadata_props` (read from the bytes before rten takes them).
+fn load_onnx(path: &Path) -> Result<(Model, Vec<(String, String)>)> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let model = Model::load(bytes.clone()).map_err(|e| anyhow!("{}: not an ONNX model rten can run: {e}", path.display()))?;
-    Ok((model, bytes))
+    let meta = onnx_meta::metadata(&bytes).map_err(|e| anyhow!("{}: not an ONNX model rten can run: {e}", path.display()));
+    let model = Model::load(bytes).map_err(|e| anyhow!("{}: not an ONNX model rten can run: {e}", path.display()))?;
+    Ok((model, meta?))
 }
 
 impl OcrModel {
@@ -128,9 +130,8 @@ impl OcrModel {
         let rec_path = find_model(dir, "rec", true)?.expect("required");
         let cls_path = find_model(dir, "cls", false)?;
         let (det, _) = load_onnx(&det_path)?;
-        let (rec, rec_bytes) = load_onnx(&rec_path)?;
+        let (rec, meta) = load_onnx(&rec_path)?;
         let cls = cls_path.as_deref().map(load_onnx).transpose()?.map(|(m, _)| m);
-        let meta = onnx_meta::metadata(&rec_bytes).with_context(|| format!("{}: reading its metadata", rec_path.display()))?;
         let listed = match meta.into_iter().find(|(k, _)| k == "character") {
             Some((_, chars)) => chars,
             None => {
@@ -150,7 +151,7 @@ impl OcrModel {
         let files = [Some(det_path), cls_path, Some(rec_path)].into_iter().flatten().collect();
         let model = OcrModel { det, cls, rec, characters, files, options: OcrOptions::default() };
         // A dictionary that does not fit the model would decode to the wrong characters.
-        let probe = model.run_rec(&[RgbImage::new(32, 48)])?;
+        let probe = model.run_rec(&[&RgbImage::new(32, 48)])?;
         let classes = probe.shape()[2];
         if classes != model.characters.len() {
             bail!(
@@ -171,7 +172,7 @@ impl OcrModel {
             return Ok(empty());
         }
         // 1. Size bounds, then black bands for very flat pages.
-        let mut img = image.clone();
+        let mut img = std::borrow::Cow::Borrowed(image);
         let (mut ratio_w, mut ratio_h) = (1.0f64, 1.0f64);
         for (limit, shrink) in [(o.max_side, true), (o.min_side, false)] {
             let (h, w) = (img.height, img.width);
@@ -183,7 +184,7 @@ impl OcrModel {
                 if rh == 0 || rw == 0 {
                     return Ok(empty());
                 }
-                img = img.resize(rw, rh);
+                img = std::borrow::Cow::Owned(img.resize(rw, rh));
                 ratio_h *= h as f64 / rh as f64;
                 ratio_w *= w as f64 / rw as f64;
             }
@@ -192,7 +193,7 @@ impl OcrModel {
         if img.height <= o.min_height || img.width as f32 / img.height as f32 > o.flat_ratio {
             let new_h = ((img.width as f32 / o.flat_ratio) as usize).max(o.min_height) * 2;
             top = new_h.abs_diff(img.height) / 2;
-            img = img.pad_vertical(top, top);
+            img = std::borrow::Cow::Owned(img.pad_vertical(top, top));
         }
         // 2. Detection.
         let quads = self.detect(&img)?;
@@ -264,8 +265,8 @@ impl OcrModel {
             let classes = out.shape()[1];
             for (row, &i) in batch.iter().enumerate() {
                 let p = &probs[row * classes..(row + 1) * classes];
-                let (best, score) = p.iter().enumerate().fold((0, f32::MIN), |b, (j, &v)| if v > b.1 { (j, v) } else { b });
-                if best == 1 && score > self.options.cls_thresh {
+                let best = crate::speech::argmax(p) as usize;
+                if best == 1 && p[best] > self.options.cls_thresh {
                     crops[i] = crops[i].rotate180();
                 }
             }
@@ -273,7 +274,7 @@ impl OcrModel {
         Ok(())
     }
 
-    fn run_rec(&self, batch: &[RgbImage]) -> Result<Tensor<f32>> {
+    fn run_rec(&self, batch: &[&RgbImage]) -> Result<Tensor<f32>> {
         const HEIGHT: usize = 48;
         let max_ratio = batch.iter().map(|c| c.width as f64 / c.height as f64).fold(320.0 / 48.0, f64::max);
         let width = (HEIGHT as f64 * max_ratio) as usize;
@@ -291,7 +292,7 @@ impl OcrModel {
     fn recognize_lines(&self, crops: &[RgbImage]) -> Result<Vec<(String, f32)>> {
         let mut out = vec![(String::new(), 0.0f32); crops.len()];
         for batch in batches_by_ratio(crops) {
-            let images: Vec<RgbImage> = batch.iter().map(|&i| crops[i].clone()).collect();
+            let images: Vec<&RgbImage> = batch.iter().map(|&i| &crops[i]).collect();
             let probs = self.run_rec(&images)?;
             let shape = probs.shape().to_vec();
             let (steps, classes) = (shape[1], shape[2]);
@@ -311,10 +312,10 @@ fn ctc_decode(probs: &[f32], classes: usize, characters: &[String]) -> (String, 
     let (mut sum, mut kept) = (0f64, 0usize);
     let mut previous = usize::MAX;
     for step in probs.chunks_exact(classes) {
-        let (best, p) = step.iter().enumerate().fold((0, f32::MIN), |b, (j, &v)| if v > b.1 { (j, v) } else { b });
+        let best = crate::speech::argmax(step) as usize;
         if best != 0 && best != previous {
             text.push_str(characters.get(best).map(String::as_str).unwrap_or(""));
-            sum += p as f64;
+            sum += step[best] as f64;
             kept += 1;
         }
         previous = best;
