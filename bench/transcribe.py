@@ -96,7 +96,7 @@ def main():
             for _ in range(a.repeats):
                 # The transcription time zhiku reports (model loading and start-up not counted,
                 # as they are not on faster-whisper's side).
-                p = subprocess.run([a.zhiku, "transcribe", "--model", a.model, "--compute-type", "f32" if compute == "float32" else "int8", "--format", "json", path(f)], capture_output=True, text=True, check=True)
+                p = subprocess.run([a.zhiku, "transcribe", "--model", a.model, "--vad", "off", "--compute-type", "f32" if compute == "float32" else "int8", "--format", "json", path(f)], capture_output=True, text=True, check=True)
                 out = json.loads(p.stdout)
                 best = min(best, float(re.search(r"audio in ([0-9.]+) s", p.stderr).group(1)))
             rows.append({"tool": "zhiku", "compute": compute, "file": f, "seconds": best, "audio_s": out["duration"], "text": out["text"], "language": out["language"]})

@@ -7,12 +7,15 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 use zhiku_media::speech::{Format, SpeechModel, TranscribeOptions};
+use zhiku_media::vad::VadOptions;
 use zhiku_models::blocks::GgmlType;
 
 #[derive(Args, Debug)]
 #[command(after_help = "Audio: WAV, FLAC, MP3, Ogg/Vorbis or Ogg/Opus, any sample rate and channel count (mixed to mono, resampled to\n\
-16 kHz). Recordings longer than 30 s are transcribed window by window, each window starting at the last\n\
-timestamp of the one before, with the previous text as context.\n\n\
+16 kHz). Voice activity detection (Silero VAD v6, built in) first cuts out the silences of 2 s and more\n\
+(--vad off decodes everything); the speech is then transcribed in 30 s windows, each starting at the last\n\
+timestamp of the one before, with the previous text as context, and times are given in the recording.\n\
+Recordings of up to 4 hours are read.\n\n\
 Model: a CTranslate2 Whisper folder (model.bin, tokenizer.json, config.json), as faster-whisper uses; e.g.\n\
 Whisper tiny.en from `scripts/fetch-models.sh` in .cache/models/whisper-tiny.en.\n\n\
 Examples:\n  \
@@ -55,6 +58,16 @@ pub struct TranscribeArgs {
     /// them for Mandarin) or original (as the model wrote it).
     #[arg(long, default_value = "simplified")]
     zh: String,
+    /// Voice activity detection: on (transcribe only the speech, as faster-whisper's vad_filter;
+    /// silence gives no text) or off (decode every window).
+    #[arg(long, default_value = "on")]
+    vad: String,
+    /// VAD: a pause this long (milliseconds) separates two pieces of speech.
+    #[arg(long, default_value_t = 2000)]
+    vad_min_silence_ms: u32,
+    /// VAD: the speech probability a 32 ms window needs to count as speech.
+    #[arg(long, default_value_t = 0.5)]
+    vad_threshold: f32,
     /// Seed for the sampled fallback decodings.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -93,7 +106,17 @@ pub fn run(a: TranscribeArgs) -> Result<i32> {
         "original" => false,
         other => bail!("unknown --zh {other:?}: expected simplified or original"),
     };
-    let opts = TranscribeOptions { language, translate, simplified_chinese, without_timestamps: a.without_timestamps, condition_on_previous_text: !a.no_previous_text, seed: a.seed, ..Default::default() };
+    let vad = match a.vad.as_str() {
+        "on" => {
+            if !(0.0..=1.0).contains(&a.vad_threshold) {
+                bail!("--vad-threshold {} is not a probability", a.vad_threshold)
+            }
+            Some(VadOptions { threshold: a.vad_threshold, min_silence_ms: a.vad_min_silence_ms, ..Default::default() })
+        }
+        "off" => None,
+        other => bail!("unknown --vad {other:?}: expected on or off"),
+    };
+    let opts = TranscribeOptions { language, translate, simplified_chinese, without_timestamps: a.without_timestamps, condition_on_previous_text: !a.no_previous_text, seed: a.seed, vad, ..Default::default() };
     if let Some(dir) = &a.output_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }

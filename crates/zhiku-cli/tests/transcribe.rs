@@ -103,21 +103,8 @@ fn served_transcriptions_take_openai_uploads() {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!((v["language"].as_str(), v["segments"][1]["end"].as_f64()), (Some("en"), Some(10.74)));
     // Bad uploads are 4xx with a reason.
-    // 25 s of silence as a 16 kHz mono 16-bit WAV (800 kB: under the upload limit).
-    let long: Vec<u8> = {
-        let data_len = 16_000u32 * 2 * 25;
-        let mut w = Vec::new();
-        w.extend_from_slice(b"RIFF");
-        w.extend_from_slice(&(36 + data_len).to_le_bytes());
-        w.extend_from_slice(b"WAVEfmt ");
-        for v in [16u32.to_le_bytes().to_vec(), 1u16.to_le_bytes().to_vec(), 1u16.to_le_bytes().to_vec(), 16_000u32.to_le_bytes().to_vec(), 32_000u32.to_le_bytes().to_vec(), 2u16.to_le_bytes().to_vec(), 16u16.to_le_bytes().to_vec()] {
-            w.extend_from_slice(&v);
-        }
-        w.extend_from_slice(b"data");
-        w.extend_from_slice(&data_len.to_le_bytes());
-        w.resize(w.len() + data_len as usize, 0);
-        w
-    };
+    // 25 s of silence (800 kB: under the upload limit).
+    let long = silent_wav(25);
     for (fields, status, want) in [
         (vec![("file", Some("empty.wav"), &b""[..])], 422, "empty"),
         (vec![("file", Some("notes.mp3"), &b"not audio, just words and more words"[..])], 422, "not an audio file"),
@@ -135,4 +122,42 @@ fn served_transcriptions_take_openai_uploads() {
     let big = vec![0u8; 2 << 20];
     let (s, _) = post(&[("file", Some("big.wav"), &big)]);
     assert_eq!(s, 413);
+    // Silence gives no text (voice activity detection is on unless vad=false).
+    let quiet = silent_wav(8);
+    let (s, body) = post(&[("file", Some("quiet.wav"), &quiet)]);
+    assert_eq!((s, body.as_str()), (200, r#"{"text":""}"#));
+    let (s, body) = post(&[("file", Some("quiet.wav"), &quiet), ("vad", None, b"maybe")]);
+    assert_eq!(s, 422, "{body}");
+}
+
+/// `seconds` of silence as a 16 kHz mono 16-bit WAV.
+fn silent_wav(seconds: u32) -> Vec<u8> {
+    let data_len = 16_000u32 * 2 * seconds;
+    let mut w = Vec::new();
+    w.extend_from_slice(b"RIFF");
+    w.extend_from_slice(&(36 + data_len).to_le_bytes());
+    w.extend_from_slice(b"WAVEfmt ");
+    for v in [16u32.to_le_bytes().to_vec(), 1u16.to_le_bytes().to_vec(), 1u16.to_le_bytes().to_vec(), 16_000u32.to_le_bytes().to_vec(), 32_000u32.to_le_bytes().to_vec(), 2u16.to_le_bytes().to_vec(), 16u16.to_le_bytes().to_vec()] {
+        w.extend_from_slice(&v);
+    }
+    w.extend_from_slice(b"data");
+    w.extend_from_slice(&data_len.to_le_bytes());
+    w.resize(w.len() + data_len as usize, 0);
+    w
+}
+
+#[test]
+fn voice_activity_detection_skips_silence() {
+    let model = cache("models", "whisper-tiny.en");
+    let dir = tempfile::tempdir().unwrap();
+    let quiet = dir.path().join("quiet.wav");
+    std::fs::write(&quiet, silent_wav(6)).unwrap();
+    let q = quiet.to_str().unwrap();
+    let json: serde_json::Value = serde_json::from_str(&ok(&zhiku(&["transcribe", "--model", &model, "--quiet", "--format", "json", q]))).unwrap();
+    assert_eq!((json["text"].as_str(), json["segments"].as_array().map(Vec::len), json["duration"].as_f64()), (Some(""), Some(0), Some(6.0)));
+    // Without VAD the window is decoded (and found silent by Whisper's no-speech probability).
+    let json: serde_json::Value = serde_json::from_str(&ok(&zhiku(&["transcribe", "--model", &model, "--quiet", "--vad", "off", "--format", "json", q]))).unwrap();
+    assert_eq!(json["duration"].as_f64(), Some(6.0));
+    fails_with(&zhiku(&["transcribe", "--model", &model, "--vad", "maybe", q]), "unknown --vad");
+    fails_with(&zhiku(&["transcribe", "--model", &model, "--vad-threshold", "1.5", q]), "not a probability");
 }

@@ -36,7 +36,8 @@ pub fn read_audio(path: &Path, media: &MediaReaders) -> Result<Document> {
         bail!("{}: an audio file; give a Whisper model (--speech-model DIR) to transcribe it", path.display())
     };
     let audio = zhiku_media::audio::load(path)?;
-    let opts = TranscribeOptions { language: media.language.clone(), ..Default::default() };
+    // Only the speech: silences of a lecture give no text (Whisper invents some without VAD).
+    let opts = TranscribeOptions { language: media.language.clone(), vad: Some(zhiku_media::vad::VadOptions::default()), ..Default::default() };
     let transcript = speech.transcribe(&audio.samples, &opts, |_, _| {}).with_context(|| format!("{}: transcription failed", path.display()))?;
     let said: Vec<_> = transcript.segments.iter().filter(|s| !s.text.trim().is_empty()).collect();
     let (text, starts) = join_with_offsets(said.iter().map(|s| s.text.trim()), "\n");

@@ -27,6 +27,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use std::path::Path;
 use zhiku_models::blocks::GgmlType;
+use crate::vad::{SpeechMap, Vad, VadOptions};
 use zhiku_models::whisper::{DecoderState, Whisper};
 
 /// Seconds per timestamp token.
@@ -55,6 +56,10 @@ pub struct TranscribeOptions {
     /// Chinese output in Simplified characters (Whisper often writes Traditional for Mandarin),
     /// converted with OpenCC's Traditional-to-Simplified tables.
     pub simplified_chinese: bool,
+    /// Transcribe only the speech that voice activity detection finds (faster-whisper's
+    /// `vad_filter`): the silences are cut out before decoding, and segment times are mapped
+    /// back to the recording. None decodes every window.
+    pub vad: Option<VadOptions>,
 }
 
 impl Default for TranscribeOptions {
@@ -74,6 +79,7 @@ impl Default for TranscribeOptions {
             suppress_blank: true,
             seed: 42,
             simplified_chinese: true,
+            vad: None,
         }
     }
 }
@@ -182,6 +188,7 @@ pub struct SpeechModel {
     /// Not allowed as the first token (`suppress_blank`): the blank and end of text.
     suppress_begin: Vec<u32>,
     mel: LogMel,
+    vad: Vad,
 }
 
 /// A window's decoding.
@@ -238,7 +245,8 @@ impl SpeechModel {
         suppress.dedup();
         let suppress_begin = vec![encode(" ")?[0], eot];
         let mel = LogMel::whisper(whisper.dims.n_mels);
-        Ok(Self { whisper, tokenizer, specials, multilingual, suppress, suppress_begin, mel })
+        let vad = Vad::builtin()?;
+        Ok(Self { whisper, tokenizer, specials, multilingual, suppress, suppress_begin, mel, vad })
     }
 
     pub fn is_multilingual(&self) -> bool {
@@ -266,12 +274,36 @@ impl SpeechModel {
         Ok(out)
     }
 
-    /// Transcribes 16 kHz mono samples.
+    /// Transcribes 16 kHz mono samples. `progress(seconds done, seconds in all)` follows the
+    /// decoding.
     pub fn transcribe(&self, samples: &[f32], opts: &TranscribeOptions, mut progress: impl FnMut(f64, f64)) -> Result<Transcript> {
         if opts.temperatures.is_empty() {
             bail!("no temperatures to decode at")
         }
         let duration = samples.len() as f64 / SAMPLE_RATE as f64;
+        let Some(vad) = &opts.vad else {
+            return self.transcribe_all(samples, duration, opts, progress);
+        };
+        let chunks = self.vad.speech(samples, vad)?;
+        if chunks.is_empty() {
+            progress(duration, duration);
+            let language = opts.language.clone().unwrap_or_else(|| "en".to_string());
+            return Ok(Transcript { text: String::new(), language, language_probability: None, duration, segments: Vec::new() });
+        }
+        let speech = crate::vad::join(samples, &chunks);
+        let scale = duration / (speech.len() as f64 / SAMPLE_RATE as f64);
+        let mut t = self.transcribe_all(&speech, duration, opts, |done, _| progress(done * scale, duration))?;
+        let map = SpeechMap::new(&chunks);
+        for s in &mut t.segments {
+            s.start = map.original_time(s.start, false);
+            s.end = map.original_time(s.end, true);
+        }
+        Ok(t)
+    }
+
+    /// Decodes every 30 s window of `samples`; `duration` is the recording's.
+    fn transcribe_all(&self, samples: &[f32], duration: f64, opts: &TranscribeOptions, mut progress: impl FnMut(f64, f64)) -> Result<Transcript> {
+        let decoded_seconds = samples.len() as f64 / SAMPLE_RATE as f64;
         let features = self.mel.compute(samples);
         let content_frames = features.frames - 1;
         let s = &self.specials;
@@ -319,7 +351,7 @@ impl SpeechModel {
             let silent = opts.no_speech_threshold.is_some_and(|t| g.no_speech_prob > t) && !opts.log_prob_threshold.is_some_and(|t| g.avg_logprob > t);
             if silent {
                 seek += segment_size;
-                progress(seek as f64 / 100.0, duration);
+                progress((seek as f64 / 100.0).min(decoded_seconds), decoded_seconds);
                 continue;
             }
             let (pieces, next_seek) = self.split_by_timestamps(&g.tokens, time_offset, segment_size, segment_duration, seek);
@@ -335,7 +367,7 @@ impl SpeechModel {
             if !opts.condition_on_previous_text || g.temperature > opts.prompt_reset_on_temperature {
                 prompt_reset_since = all_tokens.len();
             }
-            progress((seek as f64 / 100.0).min(duration), duration);
+            progress((seek as f64 / 100.0).min(decoded_seconds), decoded_seconds);
         }
         let language = language.unwrap_or_else(|| "en".to_string());
         if language == "zh" && opts.simplified_chinese {

@@ -98,7 +98,8 @@ pub fn document() -> Value {
             "/v1/audio/transcriptions": {"post": {"summary": "Speech to text (OpenAI-compatible multipart upload: file, model, language, response_format json|verbose_json|text|srt|vtt); scope predict",
                 "requestBody": {"required": true, "content": {"multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
                     "file": {"type": "string", "format": "binary"}, "model": {"type": "string"}, "language": {"type": "string"},
-                    "response_format": {"type": "string", "enum": ["json", "verbose_json", "text", "srt", "vtt"], "default": "json"}}}}}},
+                    "response_format": {"type": "string", "enum": ["json", "verbose_json", "text", "srt", "vtt"], "default": "json"},
+                    "vad": {"type": "string", "enum": ["true", "false"], "default": "true", "description": "transcribe only the speech voice activity detection finds (silence gives no text)"}}}}}},
                 "responses": with(json!({"description": "{\"text\"}, the transcript with segments (verbose_json), or subtitles", "content": {"application/json": {}, "text/plain": {}, "text/vtt": {}}}), &[400, 401, 403, 404, 413, 422, 429])}},
             "/v1/ocr": {"post": {"summary": "Text in an image (multipart upload: file as PNG or JPEG, model, min_confidence, response_format json|text); lines in reading order with boxes and confidences; scope predict",
                 "requestBody": {"required": true, "content": {"multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {

@@ -3,7 +3,9 @@
 //! Ogg/Vorbis, Ogg/Opus), and optionally `model` (which `--speech` model; may be left out when one is
 //! served), `language` (ISO code; detected when absent), `response_format` (`json`, the default:
 //! `{"text"}`; `verbose_json`: language, duration and segments; `text`; `srt`; `vtt`) and
-//! `prompt`/`temperature` (accepted, not used). Uploads are limited by `--max-upload-mib`, the
+//! `prompt`/`temperature` (accepted, not used), and zhiku's `vad` (`true`, the default: only
+//! the speech voice activity detection finds is transcribed, and silence gives no text;
+//! `false`: every window). Uploads are limited by `--max-upload-mib`, the
 //! audio by `--max-audio-seconds`; decoding and transcription run on the blocking pool, so a long
 //! recording does not hold up other requests.
 
@@ -14,14 +16,20 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 use zhiku_media::speech::{Format, TranscribeOptions};
+use zhiku_media::vad::VadOptions;
 
 pub async fn transcriptions(State(state): State<Arc<AppState>>, form: Multipart) -> Result<Response, ApiError> {
-    let upload = crate::upload::read(form, "the audio", &["model", "language", "response_format", "prompt", "temperature"]).await?;
+    let upload = crate::upload::read(form, "the audio", &["model", "language", "response_format", "prompt", "temperature", "vad"]).await?;
     let (upload, bytes, mut fields) = (upload.name, upload.bytes, upload.fields);
     let model = fields.remove("model");
     let language = fields.remove("language").filter(|l| !l.is_empty() && l != "auto");
     let format = fields.remove("response_format").unwrap_or_else(|| "json".to_string());
     let verbose = format == "verbose_json";
+    let vad = match fields.remove("vad").as_deref() {
+        None | Some("true") | Some("on") => Some(VadOptions::default()),
+        Some("false") | Some("off") => None,
+        Some(other) => return Err(ApiError::unprocessable(format!("vad {other:?}: expected true or false"))),
+    };
     let render = match format.as_str() {
         "json" | "verbose_json" => Format::Json,
         "text" => Format::Txt,
@@ -45,7 +53,7 @@ pub async fn transcriptions(State(state): State<Arc<AppState>>, form: Multipart)
             return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("{upload}: {:.0} s of audio, over this server's {max_seconds:.0} s", audio.seconds())));
         }
         let audio = zhiku_media::audio::resample(audio, zhiku_media::SAMPLE_RATE);
-        let opts = TranscribeOptions { language, ..Default::default() };
+        let opts = TranscribeOptions { language, vad, ..Default::default() };
         speech.transcribe(&audio.samples, &opts, |_, _| {}).map_err(|e| ApiError::unprocessable(format!("{e:#}")))
     })
     .await
