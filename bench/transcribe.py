@@ -1,5 +1,5 @@
 """Speech to text side by side (issue 16): zhiku transcribe against faster-whisper on the same
-CTranslate2 weights, the same files, greedy decoding (beam 1) on both sides, f32 and int8, in
+CTranslate2 weights, the same files, greedy decoding (beam 1) and beam search (5) on both sides, f32 and int8, in
 one run. Called by bench/transcribe.sh with the faster-whisper venv's python.
 
 Files: the three clips of scripts/fetch-media.sh with their transcripts (jfk.wav, the f5-tts
@@ -68,6 +68,7 @@ def main():
     ap.add_argument("media")
     ap.add_argument("out")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--beams", default="1,5", help="beam sizes to run (1: greedy)")
     a = ap.parse_args()
     refs = json.load(open(os.path.join(a.media, "transcripts.json")))
     long_path = os.path.join(os.path.dirname(a.out), "long-en.wav")
@@ -78,28 +79,28 @@ def main():
     path = lambda f: long_path if f == "long-en.wav" else os.path.join(a.media, f)
     long_ref = " ".join([refs["jfk.wav"], refs["basic_ref_en.wav"]] * 4)
     rows = []
+    beams = [int(b) for b in a.beams.split(",")]
     for compute in ["float32", "int8"]:
         fw = WhisperModel(a.model, device="cpu", compute_type=compute, cpu_threads=2)
-        for f, lang in files:
-            ref = long_ref if f == "long-en.wav" else refs[f]
-            audio = decode_audio(path(f))
-            best, text = 1e9, ""
-            for _ in range(a.repeats):
-                t = time.time()
-                segs, info = fw.transcribe(audio, beam_size=1, vad_filter=False, language=None)
-                text = "".join(s.text for s in segs)
-                best = min(best, time.time() - t)
-            rows.append({"tool": "faster-whisper", "compute": compute, "file": f, "seconds": best, "audio_s": len(audio) / 16000, "text": text, "language": info.language})
-        for f, lang in files:
-            ref = long_ref if f == "long-en.wav" else refs[f]
-            best, out = 1e9, None
-            for _ in range(a.repeats):
-                # The transcription time zhiku reports (model loading and start-up not counted,
-                # as they are not on faster-whisper's side).
-                p = subprocess.run([a.zhiku, "transcribe", "--model", a.model, "--vad", "off", "--compute-type", "f32" if compute == "float32" else "int8", "--format", "json", path(f)], capture_output=True, text=True, check=True)
-                out = json.loads(p.stdout)
-                best = min(best, float(re.search(r"audio in ([0-9.]+) s", p.stderr).group(1)))
-            rows.append({"tool": "zhiku", "compute": compute, "file": f, "seconds": best, "audio_s": out["duration"], "text": out["text"], "language": out["language"]})
+        for beam in beams:
+            for f, lang in files:
+                audio = decode_audio(path(f))
+                best, text = 1e9, ""
+                for _ in range(a.repeats):
+                    t = time.time()
+                    segs, info = fw.transcribe(audio, beam_size=beam, vad_filter=False, language=None)
+                    text = "".join(s.text for s in segs)
+                    best = min(best, time.time() - t)
+                rows.append({"tool": "faster-whisper", "compute": compute, "beam": beam, "file": f, "seconds": best, "audio_s": len(audio) / 16000, "text": text, "language": info.language})
+            for f, lang in files:
+                best, out = 1e9, None
+                for _ in range(a.repeats):
+                    # The transcription time zhiku reports (model loading and start-up not counted,
+                    # as they are not on faster-whisper's side).
+                    p = subprocess.run([a.zhiku, "transcribe", "--model", a.model, "--vad", "off", "--beam-size", str(beam), "--compute-type", "f32" if compute == "float32" else "int8", "--format", "json", path(f)], capture_output=True, text=True, check=True)
+                    out = json.loads(p.stdout)
+                    best = min(best, float(re.search(r"audio in ([0-9.]+) s", p.stderr).group(1)))
+                rows.append({"tool": "zhiku", "compute": compute, "beam": beam, "file": f, "seconds": best, "audio_s": out["duration"], "text": out["text"], "language": out["language"]})
     # Chinese is scored in Simplified characters on both sides: zhiku writes them, faster-whisper's
     # text is converted with OpenCC's tables (the pure-Python port).
     from opencc import OpenCC

@@ -13,9 +13,9 @@ use zhiku_models::blocks::GgmlType;
 #[derive(Args, Debug)]
 #[command(after_help = "Audio: WAV, FLAC, MP3, Ogg/Vorbis or Ogg/Opus, any sample rate and channel count (mixed to mono, resampled to\n\
 16 kHz). Voice activity detection (Silero VAD v6, built in) first cuts out the silences of 2 s and more\n\
-(--vad off decodes everything); the speech is then transcribed in 30 s windows, each starting at the last\n\
-timestamp of the one before, with the previous text as context, and times are given in the recording.\n\
-Recordings of up to 4 hours are read.\n\n\
+(--vad off decodes everything). The speech is then transcribed in 30 s windows by beam search over 5\n\
+hypotheses (--beam-size 1: greedy), each window starting at the last timestamp of the one before, with the\n\
+previous text as context; times are given in the recording. Recordings of up to 4 hours are read.\n\n\
 Model: a CTranslate2 Whisper folder (model.bin, tokenizer.json, config.json), as faster-whisper uses; e.g.\n\
 Whisper tiny.en from `scripts/fetch-models.sh` in .cache/models/whisper-tiny.en.\n\n\
 Examples:\n  \
@@ -68,6 +68,13 @@ pub struct TranscribeArgs {
     /// VAD: the speech probability a 32 ms window needs to count as speech.
     #[arg(long, default_value_t = 0.5)]
     vad_threshold: f32,
+    /// Beam search with this many hypotheses (faster-whisper's default, 5); 1 decodes greedily
+    /// (faster, a little less accurate).
+    #[arg(long, default_value_t = 5)]
+    beam_size: usize,
+    /// Beam search ends once beam-size x patience hypotheses have ended.
+    #[arg(long, default_value_t = 1.0)]
+    patience: f32,
     /// Seed for the sampled fallback decodings.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -116,7 +123,24 @@ pub fn run(a: TranscribeArgs) -> Result<i32> {
         "off" => None,
         other => bail!("unknown --vad {other:?}: expected on or off"),
     };
-    let opts = TranscribeOptions { language, translate, simplified_chinese, without_timestamps: a.without_timestamps, condition_on_previous_text: !a.no_previous_text, seed: a.seed, vad, ..Default::default() };
+    if a.beam_size == 0 || a.beam_size > 64 {
+        bail!("--beam-size {}: expected 1 to 64", a.beam_size)
+    }
+    if !(a.patience > 0.0 && a.patience <= 16.0) {
+        bail!("--patience {}: expected a number above 0 and at most 16", a.patience)
+    }
+    let opts = TranscribeOptions {
+        language,
+        translate,
+        simplified_chinese,
+        without_timestamps: a.without_timestamps,
+        condition_on_previous_text: !a.no_previous_text,
+        seed: a.seed,
+        vad,
+        beam_size: a.beam_size,
+        patience: a.patience,
+        ..Default::default()
+    };
     if let Some(dir) = &a.output_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }

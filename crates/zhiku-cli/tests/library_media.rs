@@ -36,8 +36,8 @@ fn recordings_and_scans_are_searchable_with_times_and_pages() {
     let v: serde_json::Value = serde_json::from_str(hits.trim()).unwrap();
     let top = &v["results"][0];
     assert!(top["source"].as_str().unwrap().ends_with("jfk.wav"), "{v}");
-    assert_eq!(top["time"]["label"], "0:00-0:10", "{top}");
-    assert_eq!(top["time"]["to"].as_f64(), Some(10.74));
+    assert_eq!(top["time"]["label"], "0:00-0:11", "{top}");
+    assert_eq!(top["time"]["to"].as_f64(), Some(11.0));
     let text = ok(&zhiku(&["library", "search", "-l", lib_s, "收视不佳"]));
     assert!(text.starts_with("1. scan [") && text.contains(" page 1 "), "{text}");
     // The stored document keeps each OCR line's box.

@@ -41,6 +41,11 @@ pub struct TranscribeOptions {
     pub language: Option<String>,
     pub translate: bool,
     pub temperatures: Vec<f32>,
+    /// Hypotheses kept by beam search at temperature 0 (CTranslate2's, as faster-whisper runs
+    /// it; 1 is greedy decoding).
+    pub beam_size: usize,
+    /// Beam search stops once `beam_size * patience` hypotheses have ended.
+    pub patience: f32,
     /// Candidates sampled per temperature above 0; the most probable is kept.
     pub best_of: usize,
     pub compression_ratio_threshold: Option<f64>,
@@ -68,6 +73,8 @@ impl Default for TranscribeOptions {
             language: None,
             translate: false,
             temperatures: vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+            beam_size: 5,
+            patience: 1.0,
             best_of: 5,
             compression_ratio_threshold: Some(2.4),
             log_prob_threshold: Some(-1.0),
@@ -393,6 +400,8 @@ impl SpeechModel {
                     }
                 }
                 best.expect("at least one candidate")
+            } else if opts.beam_size > 1 {
+                self.beam_search(encoded, prompt, opts)?
             } else {
                 self.generate(encoded, prompt, 0.0, opts, rng)?
             };
@@ -431,25 +440,13 @@ impl SpeechModel {
         let at_sot = w.decode(&mut state, &prompt[..=sot_index], false)?;
         let no_speech_prob = softmax_at(&at_sot, s.no_speech as usize);
         let mut logits = if sot_index + 1 < prompt.len() { w.decode(&mut state, &prompt[sot_index + 1..], false)? } else { at_sot };
-        let timestamps = !opts.without_timestamps;
         let max_new = (w.dims.text_ctx / 2).min(w.dims.text_ctx - (prompt.len() - 1));
         let max_initial = s.timestamp_begin as usize + (opts.max_initial_timestamp / TIME_PRECISION).round() as usize;
         let vocab = w.dims.vocab;
         let mut tokens: Vec<u32> = Vec::new();
         let mut sum_logprob = 0f64;
         for step in 0..max_new {
-            for &t in &self.suppress {
-                logits[t as usize] = f32::NEG_INFINITY;
-            }
-            if step == 0 && opts.suppress_blank {
-                for &t in &self.suppress_begin {
-                    logits[t as usize] = f32::NEG_INFINITY;
-                }
-            }
-            if timestamps {
-                self.apply_timestamp_rules(&mut logits, &tokens, max_initial);
-            }
-            let logprobs = log_softmax(&logits);
+            let logprobs = self.step_log_probs(&mut logits, &tokens, opts, max_initial);
             let next = if temperature > 0.0 {
                 let scaled: Vec<f32> = logits.iter().map(|&l| l / temperature).collect();
                 let p = log_softmax(&scaled);
@@ -478,6 +475,112 @@ impl SpeechModel {
         }
         let text = self.decode_text(&tokens);
         Ok(Generated { avg_logprob: sum_logprob / (tokens.len() + 1) as f64, no_speech_prob, temperature, compression_ratio: compression_ratio(text.trim()), tokens })
+    }
+
+    /// Logits after the window's rules for the token after `tokens` (suppressed tokens, no blank
+    /// first, the timestamp rules), as log-probabilities.
+    fn step_log_probs(&self, logits: &mut [f32], tokens: &[u32], opts: &TranscribeOptions, max_initial: usize) -> Vec<f32> {
+        for &t in &self.suppress {
+            logits[t as usize] = f32::NEG_INFINITY;
+        }
+        if tokens.is_empty() && opts.suppress_blank {
+            for &t in &self.suppress_begin {
+                logits[t as usize] = f32::NEG_INFINITY;
+            }
+        }
+        if !opts.without_timestamps {
+            self.apply_timestamp_rules(logits, tokens, max_initial);
+        }
+        log_softmax(logits)
+    }
+
+    /// Beam search as CTranslate2 runs it for faster-whisper (length penalty 1, no early exit):
+    /// the first step expands one hypothesis; each step scores every hypothesis's next tokens,
+    /// keeps the best `2 * beam` continuations, ends those that chose end-of-text among the first
+    /// `beam` (their places taken by the next live ones), and stops when `beam * patience`
+    /// hypotheses have ended or at the length limit. The best by log-probability per token wins.
+    fn beam_search(&self, encoded: &[f32], prompt: &[u32], opts: &TranscribeOptions) -> Result<Generated> {
+        let s = &self.specials;
+        let w = &self.whisper;
+        let beam = opts.beam_size;
+        let candidates = 2 * beam;
+        let max_hypotheses = ((beam as f32) * opts.patience).round().max(1.0) as usize;
+        let mut state: DecoderState = w.start(encoded)?;
+        let sot_index = prompt.iter().position(|&t| t == s.sot).context("the prompt has no <|startoftranscript|>")?;
+        let at_sot = w.decode(&mut state, &prompt[..=sot_index], false)?;
+        let no_speech_prob = softmax_at(&at_sot, s.no_speech as usize);
+        let mut logits = if sot_index + 1 < prompt.len() { w.decode(&mut state, &prompt[sot_index + 1..], false)? } else { at_sot };
+        let max_new = (w.dims.text_ctx / 2).min(w.dims.text_ctx - (prompt.len() - 1));
+        let max_initial = s.timestamp_begin as usize + (opts.max_initial_timestamp / TIME_PRECISION).round() as usize;
+        let vocab = w.dims.vocab;
+        // Live hypotheses: tokens and summed log-probability. One to start with.
+        let mut alive: Vec<(Vec<u32>, f32)> = vec![(Vec::new(), 0.0)];
+        let mut beams: Option<zhiku_models::whisper::Beams> = None;
+        let mut ended: Vec<(Vec<u32>, f32)> = Vec::new();
+        for step in 0..max_new {
+            // Every live hypothesis's continuations, scored.
+            let mut scored: Vec<(f32, usize, u32)> = Vec::with_capacity(alive.len() * vocab);
+            for (b, (tokens, score)) in alive.iter().enumerate() {
+                let lp = self.step_log_probs(&mut logits[b * vocab..(b + 1) * vocab], tokens, opts, max_initial);
+                scored.extend(lp.iter().enumerate().filter(|(_, l)| l.is_finite()).map(|(t, &l)| (score + l, b, t as u32)));
+            }
+            let keep = candidates.min(scored.len());
+            if keep == 0 {
+                break;
+            }
+            scored.select_nth_unstable_by(keep - 1, |a, b| b.0.total_cmp(&a.0));
+            scored.truncate(keep);
+            scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+            let last_step = step + 1 == max_new;
+            let mut next: Vec<(Vec<u32>, f32)> = Vec::with_capacity(beam);
+            let mut origins = Vec::with_capacity(beam);
+            let mut secondary = beam;
+            for k in 0..beam.min(scored.len()) {
+                let (score, origin, token) = scored[k];
+                let mut chosen = k;
+                if token == s.eot || last_step {
+                    let mut tokens = alive[origin].0.clone();
+                    if token != s.eot {
+                        tokens.push(token);
+                    }
+                    ended.push((tokens, score));
+                    // Its place goes to the next candidate that does not end.
+                    match (secondary..scored.len()).find(|&j| scored[j].2 != s.eot) {
+                        Some(j) => {
+                            chosen = j;
+                            secondary = j + 1;
+                        }
+                        None => continue,
+                    }
+                }
+                let (score, origin, token) = scored[chosen];
+                if token == s.eot {
+                    continue;
+                }
+                let mut tokens = alive[origin].0.clone();
+                tokens.push(token);
+                next.push((tokens, score));
+                origins.push(origin);
+            }
+            if last_step || ended.len() >= max_hypotheses || next.is_empty() {
+                break;
+            }
+            let b = match beams.as_mut() {
+                Some(b) => {
+                    b.reorder(&origins);
+                    b
+                }
+                None => beams.insert(w.beams(&state, origins.len())),
+            };
+            let fed: Vec<u32> = next.iter().map(|(t, _)| *t.last().expect("a live hypothesis has a token")).collect();
+            logits = w.decode_beams(&state, b, &fed)?;
+            alive = next;
+        }
+        // The best ended hypothesis by log-probability per token (length penalty 1).
+        let per_token = |(t, s): &(Vec<u32>, f32)| if t.is_empty() { f32::NEG_INFINITY } else { *s / t.len() as f32 };
+        let (tokens, score) = ended.into_iter().max_by(|a, b| per_token(a).total_cmp(&per_token(b))).unwrap_or_default();
+        let text = self.decode_text(&tokens);
+        Ok(Generated { avg_logprob: score as f64 / (tokens.len() + 1) as f64, no_speech_prob, temperature: 0.0, compression_ratio: compression_ratio(text.trim()), tokens })
     }
 
     /// CTranslate2's `ApplyTimestampRules`, for the token after `tokens`.

@@ -52,16 +52,19 @@ fn transcript_with_vad_matches_faster_whisper() {
     use zhiku_models::blocks::GgmlType;
     let f = fixture();
     let model = SpeechModel::load(&cache("models", "ZHIKU_MODELS", "whisper-tiny.en"), GgmlType::F32).unwrap();
-    let opts = TranscribeOptions { vad: Some(VadOptions::default()), language: Some("en".into()), ..Default::default() };
-    let t = model.transcribe(&recording(), &opts, |_, _| {}).unwrap();
-    let want = f["transcripts_tiny_en"]["beam1"].as_array().unwrap();
-    assert_eq!(t.segments.len(), want.len(), "{t:#?}");
-    for (got, want) in t.segments.iter().zip(want) {
-        assert_eq!(got.text, want["text"].as_str().unwrap());
-        let close = |a: f64, b: &serde_json::Value| (a - b.as_f64().unwrap()).abs() < 1e-9;
-        assert!(close(got.start, &want["start"]) && close(got.end, &want["end"]), "{got:?} vs {want}");
+    for beam in [1, 5] {
+        let opts = TranscribeOptions { vad: Some(VadOptions::default()), language: Some("en".into()), beam_size: beam, ..Default::default() };
+        let t = model.transcribe(&recording(), &opts, |_, _| {}).unwrap();
+        let want = f["transcripts_tiny_en"][format!("beam{beam}")].as_array().unwrap();
+        assert_eq!(t.segments.len(), want.len(), "beam {beam}: {t:#?}");
+        for (got, want) in t.segments.iter().zip(want) {
+            assert_eq!(got.text, want["text"].as_str().unwrap(), "beam {beam}");
+            let close = |a: f64, b: &serde_json::Value| (a - b.as_f64().unwrap()).abs() < 1e-9;
+            assert!(close(got.start, &want["start"]) && close(got.end, &want["end"]), "beam {beam}: {got:?} vs {want}");
+        }
+        assert!((t.duration - 23.0).abs() < 0.01, "the recording's duration, not the speech's: {}", t.duration);
     }
-    assert!((t.duration - 23.0).abs() < 0.01, "the recording's duration, not the speech's: {}", t.duration);
+    let opts = TranscribeOptions { vad: Some(VadOptions::default()), language: Some("en".into()), ..Default::default() };
     // Silence alone: no speech, no text (without VAD Whisper writes " you").
     let silent = model.transcribe(&vec![0f32; 16_000 * 10], &opts, |_, _| {}).unwrap();
     assert!(silent.segments.is_empty() && silent.text.is_empty(), "{silent:?}");

@@ -108,7 +108,7 @@ fn transcribe_matches_faster_whisper_on_jfk() {
     let f = fixture();
     let model = SpeechModel::load(&cache("models", "ZHIKU_MODELS", "whisper-tiny.en"), GgmlType::F32).unwrap();
     let samples = audio::load(&cache("media", "ZHIKU_MEDIA", "jfk.wav")).unwrap().samples;
-    let t = model.transcribe(&samples, &TranscribeOptions::default(), |_, _| {}).unwrap();
+    let t = model.transcribe(&samples, &TranscribeOptions { beam_size: 1, ..Default::default() }, |_, _| {}).unwrap();
     let want = f["transcribe_beam1"].as_array().unwrap();
     assert_eq!(t.segments.len(), want.len(), "{t:#?}");
     for (got, want) in t.segments.iter().zip(want) {
@@ -119,4 +119,58 @@ fn transcribe_matches_faster_whisper_on_jfk() {
     }
     assert_eq!(t.language, "en");
     assert!(t.text.starts_with("And so my fellow Americans"), "{}", t.text);
+}
+
+/// Beam search (5 beams, faster-whisper's default) on Whisper base: the same tokens, times and
+/// text as faster-whisper on the three real clips, English and Mandarin, language detected
+/// (fixture tests/fixtures/whisper/beam-base.json, made by make_beam_fixture.py).
+#[test]
+fn beam_search_matches_faster_whisper_on_whisper_base() {
+    use zhiku_media::speech::{SpeechModel, TranscribeOptions};
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/whisper/beam-base.json");
+    let f: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    let model = SpeechModel::load(&cache("models", "ZHIKU_MODELS", "whisper-base"), GgmlType::F32).unwrap();
+    let opts = TranscribeOptions { beam_size: 5, simplified_chinese: false, ..Default::default() };
+    for (name, want) in f.as_object().unwrap() {
+        let samples = audio::load(&cache("media", "ZHIKU_MEDIA", name)).unwrap().samples;
+        let t = model.transcribe(&samples, &opts, |_, _| {}).unwrap();
+        assert_eq!(t.language, want["language"].as_str().unwrap(), "{name}");
+        let segments = want["segments"].as_array().unwrap();
+        assert_eq!(t.segments.len(), segments.len(), "{name}: {t:#?}");
+        for (got, want) in t.segments.iter().zip(segments) {
+            let tokens: Vec<u32> = want["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
+            assert_eq!(got.tokens, tokens, "{name}: {:?} vs {}", got.text, want["text"]);
+            assert_eq!(got.text, want["text"].as_str().unwrap(), "{name}");
+            assert!((got.start - want["start"].as_f64().unwrap()).abs() < 1e-9 && (got.end - want["end"].as_f64().unwrap()).abs() < 1e-9, "{name}: {got:?} vs {want}");
+            assert!((got.avg_logprob - want["avg_logprob"].as_f64().unwrap()).abs() < 1e-3, "{name}: {} vs {}", got.avg_logprob, want["avg_logprob"]);
+        }
+    }
+}
+
+#[test]
+fn batched_hypotheses_decode_as_each_alone() {
+    let model = Whisper::load(&cache("models", "ZHIKU_MODELS", "whisper-tiny.en"), GgmlType::F32).unwrap();
+    let enc = model.encode(&jfk_window(), mel::WINDOW_FRAMES).unwrap();
+    let prompt = [50257u32, 50362];
+    let mut state = model.start(&enc).unwrap();
+    model.decode(&mut state, &prompt, false).unwrap();
+    let mut beams = model.beams(&state, 3);
+    let v = model.dims.vocab;
+    let alone = |seq: &[u32]| {
+        let mut s = model.start(&enc).unwrap();
+        model.decode(&mut s, &prompt, false).unwrap();
+        model.decode(&mut s, seq, false).unwrap()
+    };
+    let close = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let first = model.decode_beams(&state, &mut beams, &[843, 50363, 1265]).unwrap();
+    for (i, t) in [843u32, 50363, 1265].iter().enumerate() {
+        assert!(close(&first[i * v..(i + 1) * v], &alone(&[*t])) < 1e-3, "hypothesis {i}");
+    }
+    // Hypothesis 2 twice, 0 once; 1 dropped.
+    beams.reorder(&[2, 2, 0]);
+    let second = model.decode_beams(&state, &mut beams, &[407, 644, 523]).unwrap();
+    for (i, seq) in [[1265u32, 407], [1265, 644], [843, 523]].iter().enumerate() {
+        assert!(close(&second[i * v..(i + 1) * v], &alone(seq)) < 1e-3, "hypothesis {i} after reordering");
+    }
+    assert!(model.decode_beams(&state, &mut beams, &[1, 2]).is_err(), "a token per hypothesis");
 }

@@ -221,6 +221,42 @@ impl DecoderState {
     }
 }
 
+/// Several hypotheses decoding the same window (beam search): each its own self-attention
+/// cache, all of the same length, sharing the window's cross-attention keys and values (held by
+/// the [`DecoderState`] they were split from). A step feeds one token per hypothesis through the
+/// decoder's matrices together, so the weights are read once for all of them.
+pub struct Beams {
+    /// Per hypothesis, per layer, `[tokens so far, d]`.
+    self_k: Vec<Vec<Vec<f32>>>,
+    self_v: Vec<Vec<Vec<f32>>>,
+    len: usize,
+}
+
+impl Beams {
+    pub fn count(&self) -> usize {
+        self.self_k.len()
+    }
+
+    /// Keeps hypothesis `origins[i]` as the new hypothesis `i` (an origin may repeat or go).
+    pub fn reorder(&mut self, origins: &[usize]) {
+        let n = self.count();
+        assert!(origins.iter().all(|&o| o < n), "beam origin out of range");
+        let mut uses = vec![0usize; n];
+        for &o in origins {
+            uses[o] += 1;
+        }
+        let mut k: Vec<Option<Vec<Vec<f32>>>> = std::mem::take(&mut self.self_k).into_iter().map(Some).collect();
+        let mut v: Vec<Option<Vec<Vec<f32>>>> = std::mem::take(&mut self.self_v).into_iter().map(Some).collect();
+        for &o in origins {
+            uses[o] -= 1;
+            // The last use of a cache moves it; the others copy it.
+            let (nk, nv) = if uses[o] == 0 { (k[o].take(), v[o].take()) } else { (k[o].clone(), v[o].clone()) };
+            self.self_k.push(nk.expect("a cache is moved only on its last use"));
+            self.self_v.push(nv.expect("a cache is moved only on its last use"));
+        }
+    }
+}
+
 impl Whisper {
     /// Loads a CTranslate2 Whisper folder (or its `model.bin`), with its matrices in `dtype`
     /// (`F32`, `F16` or `Q8_0`).
@@ -379,6 +415,58 @@ impl Whisper {
         let last = self.decoder_norm.forward(&x[(n - rows) * d..]);
         let mut logits = vec![0f32; rows * self.dims.vocab];
         self.embeddings.matmul(&last, rows, &mut logits);
+        Ok(logits)
+    }
+}
+
+impl Whisper {
+    /// `n` hypotheses continuing from `state` (whose prompt has been decoded).
+    pub fn beams(&self, state: &DecoderState, n: usize) -> Beams {
+        Beams { self_k: vec![state.self_k.clone(); n], self_v: vec![state.self_v.clone(); n], len: state.len }
+    }
+
+    /// Feeds `tokens[i]` to hypothesis `i` and returns every hypothesis's logits (`[n, vocab]`).
+    /// `state` supplies the window's cross-attention; its own cache is not touched.
+    pub fn decode_beams(&self, state: &DecoderState, beams: &mut Beams, tokens: &[u32]) -> Result<Vec<f32>> {
+        let d = self.dims.d_model;
+        let n = tokens.len();
+        if n == 0 || n != beams.count() {
+            bail!("{n} tokens for {} hypotheses", beams.count())
+        }
+        if beams.len + 1 > self.dims.text_ctx {
+            bail!("{} tokens exceed the decoder's {} positions", beams.len + 1, self.dims.text_ctx)
+        }
+        let pos = &self.decoder_positions[beams.len * d..(beams.len + 1) * d];
+        let mut x = vec![0f32; n * d];
+        for (&t, row) in tokens.iter().zip(x.chunks_exact_mut(d)) {
+            if t as usize >= self.dims.vocab {
+                bail!("token {t} is outside the vocabulary of {}", self.dims.vocab)
+            }
+            self.embeddings.row(t as usize, row)?;
+            add(row, pos);
+        }
+        let heads = self.dims.decoder_heads;
+        let scale = 1.0 / ((d / heads) as f32).sqrt();
+        let mut ctx = vec![0f32; n * d];
+        let total = beams.len + 1;
+        for (l, layer) in self.decoder.iter().enumerate() {
+            let qkv = layer.self_qkv.forward(&layer.self_norm.forward(&x), n);
+            for (b, row) in qkv.chunks_exact(3 * d).enumerate() {
+                beams.self_k[b][l].extend_from_slice(&row[d..2 * d]);
+                beams.self_v[b][l].extend_from_slice(&row[2 * d..]);
+                // Each hypothesis attends to its own cache (its new token sees all of it).
+                attention_rows(row, 3 * d, &beams.self_k[b][l], &beams.self_v[b][l], d, 1, total, heads, d / heads, scale, QueryMask::None, &mut ctx[b * d..(b + 1) * d]);
+            }
+            add(&mut x, &layer.self_out.forward(&ctx, n));
+            let q = layer.cross_q.forward(&layer.cross_norm.forward(&x), n);
+            attention_rows(&q, d, &state.cross_k[l], &state.cross_v[l], d, n, state.audio_len, heads, d / heads, scale, QueryMask::None, &mut ctx);
+            add(&mut x, &layer.cross_out.forward(&ctx, n));
+            layer.mlp.residual(&mut x, n);
+        }
+        beams.len += 1;
+        let last = self.decoder_norm.forward(&x);
+        let mut logits = vec![0f32; n * self.dims.vocab];
+        self.embeddings.matmul(&last, n, &mut logits);
         Ok(logits)
     }
 }
