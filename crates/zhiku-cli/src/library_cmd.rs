@@ -84,7 +84,7 @@ struct AddArgs {
     /// numbers (Chinese and international formats) before anything is stored.
     #[arg(long)]
     mask_pii: bool,
-    /// A Whisper model folder (CTranslate2, as `zhiku transcribe` takes): audio files (.wav,
+    /// A Whisper model folder (CTranslate2 or Hugging Face, as `zhiku transcribe` takes): audio files (.wav,
     /// .flac, .mp3, .ogg, .opus) are transcribed, and hits in them show the time range said.
     #[arg(long, value_name = "DIR")]
     speech_model: Option<PathBuf>,

@@ -36,7 +36,7 @@ pub struct ServeArgs {
     /// interactions change that user's next list without retraining. Scope: predict.
     #[arg(long = "recommender", value_name = "NAME=DIR")]
     recommenders: Vec<String>,
-    /// A speech model to serve, as NAME=DIR (a CTranslate2 Whisper folder; repeat for several):
+    /// A speech model to serve, as NAME=DIR (a CTranslate2 or Hugging Face Whisper folder; repeat for several):
     /// POST /v1/audio/transcriptions, OpenAI's multipart upload (json, verbose_json, text, srt,
     /// vtt). --int8 NAME runs it with 8-bit weights. Scope: predict.
     #[arg(long = "speech", value_name = "NAME=DIR")]

@@ -1,4 +1,4 @@
-//! `zhiku transcribe`: speech to text with Whisper (CTranslate2 weights, as faster-whisper uses).
+//! `zhiku transcribe`: speech to text with Whisper (CTranslate2 weights, as faster-whisper uses, or a Hugging Face folder).
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -16,8 +16,9 @@ use zhiku_models::blocks::GgmlType;
 (--vad off decodes everything). The speech is then transcribed in 30 s windows by beam search over 5\n\
 hypotheses (--beam-size 1: greedy), each window starting at the last timestamp of the one before, with the\n\
 previous text as context; times are given in the recording. Recordings of up to 4 hours are read.\n\n\
-Model: a CTranslate2 Whisper folder (model.bin, tokenizer.json, config.json), as faster-whisper uses; e.g.\n\
-Whisper tiny.en from `scripts/fetch-models.sh` in .cache/models/whisper-tiny.en.\n\n\
+Model: a CTranslate2 Whisper folder (model.bin, tokenizer.json), as faster-whisper uses, or a Hugging Face one\n\
+(config.json, model.safetensors in f32/f16/bf16, tokenizer.json); e.g. Whisper tiny.en from\n\
+`scripts/fetch-models.sh` in .cache/models/whisper-tiny.en.\n\n\
 Examples:\n  \
 zhiku transcribe --model .cache/models/whisper-tiny.en lecture.wav\n  \
 zhiku transcribe --model whisper-base --language zh --format srt talk.mp3 > talk.srt\n  \
@@ -26,7 +27,7 @@ pub struct TranscribeArgs {
     /// Audio files.
     #[arg(required = true)]
     files: Vec<PathBuf>,
-    /// The Whisper model folder (CTranslate2 format).
+    /// The Whisper model folder (CTranslate2, or Hugging Face safetensors).
     #[arg(long, short)]
     model: PathBuf,
     /// Spoken language as an ISO code (en, zh, ...), or auto to detect it from the first 30 s

@@ -208,7 +208,8 @@ struct Generated {
 }
 
 impl SpeechModel {
-    /// Loads a CTranslate2 Whisper folder (`model.bin`, `tokenizer.json`), its matrices in
+    /// Loads a Whisper folder (CTranslate2's `model.bin`, or a Hugging Face `config.json` and
+    /// `model.safetensors`; and `tokenizer.json`), its matrices in
     /// `dtype` (F32, or Q8_0 for 8-bit).
     pub fn load(dir: &Path, dtype: GgmlType) -> Result<Self> {
         let whisper = Whisper::load(dir, dtype)?;

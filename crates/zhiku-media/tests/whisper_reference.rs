@@ -174,3 +174,75 @@ fn batched_hypotheses_decode_as_each_alone() {
     }
     assert!(model.decode_beams(&state, &mut beams, &[1, 2]).is_err(), "a token per hypothesis");
 }
+
+/// tiny.en's CTranslate2 tensors written out as a Hugging Face folder (transformers' names, Q, K
+/// and V apart, no K bias) with its tokenizer: loaded from there, it transcribes jfk.wav exactly as
+/// from model.bin.
+#[test]
+fn a_hugging_face_folder_transcribes_as_the_ctranslate2_model() {
+    use candle_core::{Device, Tensor};
+    use std::collections::HashMap;
+    use zhiku_media::speech::{SpeechModel, TranscribeOptions};
+    use zhiku_models::ctranslate2::Ct2File;
+    let ct2_dir = cache("models", "ZHIKU_MODELS", "whisper-tiny.en");
+    let f = Ct2File::open(&ct2_dir).unwrap();
+    // (name, shape, values) of every Hugging Face tensor.
+    let mut hf: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    for (name, v) in &f.variables {
+        let data = f.f32(name).unwrap();
+        let renamed = name.replace("/gamma", "/weight").replace("/beta", "/bias");
+        let (head, kind) = renamed.rsplit_once('/').unwrap();
+        let simple = match head {
+            "encoder/conv1" | "encoder/conv2" | "encoder/layer_norm" | "decoder/layer_norm" => Some(format!("model.{}.{kind}", head.replace('/', "."))),
+            "encoder/position_encodings" => Some("model.encoder.embed_positions.weight".into()),
+            "decoder/position_encodings" => Some("model.decoder.embed_positions.weight".into()),
+            "decoder/embeddings" => Some("model.decoder.embed_tokens.weight".into()),
+            _ => None,
+        };
+        if let Some(n) = simple {
+            hf.push((n, v.shape.clone(), data));
+            continue;
+        }
+        let parts: Vec<&str> = head.split('/').collect();
+        let [stack, layer, block, part] = parts[..] else { continue };
+        let base = format!("model.{stack}.layers.{}", layer.trim_start_matches("layer_"));
+        let module = match (block, part) {
+            ("self_attention", "layer_norm") => vec!["self_attn_layer_norm"],
+            ("self_attention", "linear_0") => vec!["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+            ("self_attention", "linear_1") => vec!["self_attn.out_proj"],
+            ("attention", "layer_norm") => vec!["encoder_attn_layer_norm"],
+            ("attention", "linear_0") => vec!["encoder_attn.q_proj"],
+            ("attention", "linear_1") => vec!["encoder_attn.k_proj", "encoder_attn.v_proj"],
+            ("attention", "linear_2") => vec!["encoder_attn.out_proj"],
+            ("ffn", "layer_norm") => vec!["final_layer_norm"],
+            ("ffn", "linear_0") => vec!["fc1"],
+            ("ffn", "linear_1") => vec!["fc2"],
+            _ => continue,
+        };
+        // Stacked projections come apart block by block of rows; K's bias is dropped.
+        let rows = v.shape[0] / module.len();
+        let width = data.len() / v.shape[0];
+        for (i, m) in module.iter().enumerate() {
+            if kind == "bias" && m.ends_with("k_proj") {
+                continue;
+            }
+            let mut shape = v.shape.clone();
+            shape[0] = rows;
+            hf.push((format!("{base}.{m}.{kind}"), shape, data[i * rows * width..(i + 1) * rows * width].to_vec()));
+        }
+    }
+    let out: HashMap<String, Tensor> = hf.into_iter().map(|(n, shape, data)| (n, Tensor::from_vec(data, shape, &Device::Cpu).unwrap())).collect();
+    let dir = tempfile::tempdir().unwrap();
+    candle_core::safetensors::save(&out, dir.path().join("model.safetensors")).unwrap();
+    let heads = |n: &str| f.f32(n).unwrap()[0] as usize;
+    let config = serde_json::json!({"model_type": "whisper", "encoder_attention_heads": heads("encoder/num_heads"), "decoder_attention_heads": heads("decoder/num_heads")});
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    std::fs::copy(ct2_dir.join("tokenizer.json"), dir.path().join("tokenizer.json")).unwrap();
+    let samples = audio::load(&cache("media", "ZHIKU_MEDIA", "jfk.wav")).unwrap().samples;
+    let opts = TranscribeOptions::default();
+    let from_ct2 = SpeechModel::load(&ct2_dir, GgmlType::F32).unwrap().transcribe(&samples, &opts, |_, _| {}).unwrap();
+    let from_hf = SpeechModel::load(dir.path(), GgmlType::F32).unwrap().transcribe(&samples, &opts, |_, _| {}).unwrap();
+    assert_eq!(from_hf.text, from_ct2.text);
+    assert_eq!(from_hf.segments.iter().map(|s| (s.start, s.end, s.tokens.clone())).collect::<Vec<_>>(), from_ct2.segments.iter().map(|s| (s.start, s.end, s.tokens.clone())).collect::<Vec<_>>());
+    assert!(from_hf.text.contains("ask not what your country can do for you"), "{}", from_hf.text);
+}

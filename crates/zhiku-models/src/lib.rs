@@ -32,6 +32,7 @@ pub mod testing;
 pub mod text_model;
 pub mod tokenizer;
 pub mod whisper;
+pub mod whisper_folder;
 
 pub use bert::BertModel;
 pub use classifier::{ClassifierConfig, Pooling, ProblemType, SequenceClassifier};

@@ -1,5 +1,6 @@
 //! Whisper, OpenAI's encoder-decoder speech recogniser, on CTranslate2 `model.bin` weights (the
-//! files faster-whisper runs).
+//! files faster-whisper runs) or a Hugging Face folder (`config.json`, `model.safetensors`; read
+//! under CTranslate2's names by [`crate::whisper_folder`]).
 //!
 //! - Encoder: two 1-D convolutions over the log-mel spectrogram (kernel 3; the second with
 //!   stride 2, so 3000 frames become 1500 positions), GELU after each, the sinusoidal position
@@ -26,6 +27,26 @@ use std::path::Path;
 
 const LN_EPS: f32 = 1e-5;
 
+/// Whisper's tensors under CTranslate2's names (`encoder/layer_0/self_attention/linear_0/weight`,
+/// Q, K and V fused), whichever file they are read from.
+pub(crate) trait Tensors {
+    fn path(&self) -> &Path;
+    fn shape(&self, name: &str) -> Option<Vec<usize>>;
+    fn f32(&self, name: &str) -> Result<Vec<f32>>;
+}
+
+impl Tensors for Ct2File {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.get(name).map(|v| v.shape.clone())
+    }
+    fn f32(&self, name: &str) -> Result<Vec<f32>> {
+        Ct2File::f32(self, name)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WhisperDims {
     pub n_mels: usize,
@@ -47,19 +68,19 @@ struct Linear {
 }
 
 impl Linear {
-    fn load(f: &Ct2File, prefix: &str, dtype: GgmlType) -> Result<Self> {
-        let v = f.get(&format!("{prefix}/weight")).with_context(|| format!("{}: no {prefix}/weight", f.path.display()))?;
-        let (rows, cols) = match v.shape[..] {
+    fn load(f: &dyn Tensors, prefix: &str, dtype: GgmlType) -> Result<Self> {
+        let shape = f.shape(&format!("{prefix}/weight")).with_context(|| format!("{}: no {prefix}/weight", f.path().display()))?;
+        let (rows, cols) = match shape[..] {
             [r, c] => (r, c),
-            _ => bail!("{}: {prefix}/weight has shape {:?}, expected a matrix", f.path.display(), v.shape),
+            _ => bail!("{}: {prefix}/weight has shape {shape:?}, expected a matrix", f.path().display()),
         };
         let w = QMatrix::from_f32(f.f32(&format!("{prefix}/weight"))?, rows, cols, dtype)?;
-        let b = match f.get(&format!("{prefix}/bias")) {
+        let b = match f.shape(&format!("{prefix}/bias")) {
             Some(_) => f.f32(&format!("{prefix}/bias"))?,
             None => vec![0.0; rows],
         };
         if b.len() != rows {
-            bail!("{}: {prefix}/bias holds {} values for {rows} outputs", f.path.display(), b.len())
+            bail!("{}: {prefix}/bias holds {} values for {rows} outputs", f.path().display(), b.len())
         }
         Ok(Self { w, b })
     }
@@ -82,7 +103,7 @@ struct Norm {
 }
 
 impl Norm {
-    fn load(f: &Ct2File, prefix: &str) -> Result<Self> {
+    fn load(f: &dyn Tensors, prefix: &str) -> Result<Self> {
         Ok(Self { gamma: f.f32(&format!("{prefix}/gamma"))?, beta: f.f32(&format!("{prefix}/beta"))? })
     }
 
@@ -100,7 +121,7 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn load(f: &Ct2File, prefix: &str, dtype: GgmlType) -> Result<Self> {
+    fn load(f: &dyn Tensors, prefix: &str, dtype: GgmlType) -> Result<Self> {
         Ok(Self { norm: Norm::load(f, &format!("{prefix}/layer_norm"))?, fc1: Linear::load(f, &format!("{prefix}/linear_0"), dtype)?, fc2: Linear::load(f, &format!("{prefix}/linear_1"), dtype)? })
     }
 
@@ -138,9 +159,9 @@ struct Conv {
 }
 
 impl Conv {
-    fn load(f: &Ct2File, prefix: &str, stride: usize) -> Result<Self> {
-        let v = f.get(&format!("{prefix}/weight")).with_context(|| format!("{}: no {prefix}/weight", f.path.display()))?;
-        let [out, inp, 3] = v.shape[..] else { bail!("{}: {prefix}/weight has shape {:?}, expected [out, in, 3]", f.path.display(), v.shape) };
+    fn load(f: &dyn Tensors, prefix: &str, stride: usize) -> Result<Self> {
+        let shape = f.shape(&format!("{prefix}/weight")).with_context(|| format!("{}: no {prefix}/weight", f.path().display()))?;
+        let [out, inp, 3] = shape[..] else { bail!("{}: {prefix}/weight has shape {shape:?}, expected [out, in, 3]", f.path().display()) };
         // Convolutions stay f32: they are a small share of the work and set the scale of all
         // that follows.
         Ok(Self { w: QMatrix::from_f32(f.f32(&format!("{prefix}/weight"))?, out, inp * 3, GgmlType::F32)?, b: f.f32(&format!("{prefix}/bias"))?, stride })
@@ -258,42 +279,49 @@ impl Beams {
 }
 
 impl Whisper {
-    /// Loads a CTranslate2 Whisper folder (or its `model.bin`), with its matrices in `dtype`
-    /// (`F32`, `F16` or `Q8_0`).
+    /// Loads a CTranslate2 Whisper folder (or its `model.bin`) or a Hugging Face folder, with its
+    /// matrices in `dtype` (`F32`, `F16` or `Q8_0`).
     pub fn load(path: &Path, dtype: GgmlType) -> Result<Self> {
+        if crate::whisper_folder::is_hugging_face_folder(path) {
+            return Self::from_tensors(&crate::whisper_folder::HfWhisper::open(path)?, dtype);
+        }
         let f = Ct2File::open(path)?;
         if f.spec != "WhisperSpec" {
             bail!("{}: a {} model, not Whisper", f.path.display(), f.spec)
         }
+        Self::from_tensors(&f, dtype)
+    }
+
+    fn from_tensors(f: &dyn Tensors, dtype: GgmlType) -> Result<Self> {
         let scalar = |name: &str| -> Result<usize> { Ok(f.f32(name)?.first().copied().with_context(|| format!("{name} is empty"))? as usize) };
-        let count = |prefix: &str| (0..).take_while(|i| f.get(&format!("{prefix}/layer_{i}/ffn/linear_0/weight")).is_some()).count();
-        let conv1 = f.get("encoder/conv1/weight").context("no encoder/conv1/weight: not a Whisper model")?;
-        let emb = f.get("decoder/embeddings/weight").context("no decoder/embeddings/weight")?;
-        let enc_pos = f.get("encoder/position_encodings/encodings").context("no encoder position table")?;
-        let dec_pos = f.get("decoder/position_encodings/encodings").context("no decoder position table")?;
+        let count = |prefix: &str| (0..).take_while(|i| f.shape(&format!("{prefix}/layer_{i}/ffn/linear_0/weight")).is_some()).count();
+        let conv1 = f.shape("encoder/conv1/weight").context("no encoder/conv1/weight: not a Whisper model")?;
+        let emb = f.shape("decoder/embeddings/weight").context("no decoder/embeddings/weight")?;
+        let enc_pos = f.shape("encoder/position_encodings/encodings").context("no encoder position table")?;
+        let dec_pos = f.shape("decoder/position_encodings/encodings").context("no decoder position table")?;
         let dims = WhisperDims {
-            n_mels: conv1.shape[1],
-            d_model: conv1.shape[0],
+            n_mels: conv1[1],
+            d_model: conv1[0],
             encoder_heads: scalar("encoder/num_heads")?,
             decoder_heads: scalar("decoder/num_heads")?,
             encoder_layers: count("encoder"),
             decoder_layers: count("decoder"),
-            vocab: emb.shape[0],
-            audio_ctx: enc_pos.shape[0],
-            text_ctx: dec_pos.shape[0],
+            vocab: emb[0],
+            audio_ctx: enc_pos[0],
+            text_ctx: dec_pos[0],
         };
         let d = dims.d_model;
-        if !d.is_multiple_of(dims.encoder_heads) || !d.is_multiple_of(dims.decoder_heads) || emb.shape[1] != d {
-            bail!("{}: inconsistent dimensions {dims:?}", f.path.display())
+        if !d.is_multiple_of(dims.encoder_heads) || !d.is_multiple_of(dims.decoder_heads) || emb[1] != d {
+            bail!("{}: inconsistent dimensions {dims:?}", f.path().display())
         }
         let encoder = (0..dims.encoder_layers)
             .map(|i| {
                 let p = format!("encoder/layer_{i}");
                 Ok(EncoderLayer {
-                    norm: Norm::load(&f, &format!("{p}/self_attention/layer_norm"))?,
-                    qkv: Linear::load(&f, &format!("{p}/self_attention/linear_0"), dtype)?,
-                    out: Linear::load(&f, &format!("{p}/self_attention/linear_1"), dtype)?,
-                    mlp: Mlp::load(&f, &format!("{p}/ffn"), dtype)?,
+                    norm: Norm::load(f, &format!("{p}/self_attention/layer_norm"))?,
+                    qkv: Linear::load(f, &format!("{p}/self_attention/linear_0"), dtype)?,
+                    out: Linear::load(f, &format!("{p}/self_attention/linear_1"), dtype)?,
+                    mlp: Mlp::load(f, &format!("{p}/ffn"), dtype)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -301,28 +329,28 @@ impl Whisper {
             .map(|i| {
                 let p = format!("decoder/layer_{i}");
                 Ok(DecoderLayer {
-                    self_norm: Norm::load(&f, &format!("{p}/self_attention/layer_norm"))?,
-                    self_qkv: Linear::load(&f, &format!("{p}/self_attention/linear_0"), dtype)?,
-                    self_out: Linear::load(&f, &format!("{p}/self_attention/linear_1"), dtype)?,
-                    cross_norm: Norm::load(&f, &format!("{p}/attention/layer_norm"))?,
-                    cross_q: Linear::load(&f, &format!("{p}/attention/linear_0"), dtype)?,
-                    cross_kv: Linear::load(&f, &format!("{p}/attention/linear_1"), dtype)?,
-                    cross_out: Linear::load(&f, &format!("{p}/attention/linear_2"), dtype)?,
-                    mlp: Mlp::load(&f, &format!("{p}/ffn"), dtype)?,
+                    self_norm: Norm::load(f, &format!("{p}/self_attention/layer_norm"))?,
+                    self_qkv: Linear::load(f, &format!("{p}/self_attention/linear_0"), dtype)?,
+                    self_out: Linear::load(f, &format!("{p}/self_attention/linear_1"), dtype)?,
+                    cross_norm: Norm::load(f, &format!("{p}/attention/layer_norm"))?,
+                    cross_q: Linear::load(f, &format!("{p}/attention/linear_0"), dtype)?,
+                    cross_kv: Linear::load(f, &format!("{p}/attention/linear_1"), dtype)?,
+                    cross_out: Linear::load(f, &format!("{p}/attention/linear_2"), dtype)?,
+                    mlp: Mlp::load(f, &format!("{p}/ffn"), dtype)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             dims,
-            conv1: Conv::load(&f, "encoder/conv1", 1)?,
-            conv2: Conv::load(&f, "encoder/conv2", 2)?,
+            conv1: Conv::load(f, "encoder/conv1", 1)?,
+            conv2: Conv::load(f, "encoder/conv2", 2)?,
             encoder_positions: f.f32("encoder/position_encodings/encodings")?,
             encoder,
-            encoder_norm: Norm::load(&f, "encoder/layer_norm")?,
+            encoder_norm: Norm::load(f, "encoder/layer_norm")?,
             embeddings: QMatrix::from_f32(f.f32("decoder/embeddings/weight")?, dims.vocab, d, dtype)?,
             decoder_positions: f.f32("decoder/position_encodings/encodings")?,
             decoder,
-            decoder_norm: Norm::load(&f, "decoder/layer_norm")?,
+            decoder_norm: Norm::load(f, "decoder/layer_norm")?,
         })
     }
 

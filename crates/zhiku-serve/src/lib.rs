@@ -50,7 +50,7 @@ pub struct ServeConfig {
     pub libraries: Vec<(String, PathBuf)>,
     /// Recommenders (NAME, folder made by `zhiku recommend train`).
     pub recommenders: Vec<(String, PathBuf)>,
-    /// Speech models (NAME, CTranslate2 Whisper folder) for /v1/audio/transcriptions.
+    /// Speech models (NAME, CTranslate2 or Hugging Face Whisper folder) for /v1/audio/transcriptions.
     pub speech: Vec<(String, PathBuf)>,
     /// OCR models (NAME, folder of PP-OCR .onnx files) for /v1/ocr.
     pub ocr: Vec<(String, PathBuf)>,
