@@ -9,6 +9,7 @@
 pub mod bert;
 pub mod blocks;
 pub mod classifier;
+pub mod clip;
 pub mod config;
 pub mod decoder;
 pub mod float_env;
