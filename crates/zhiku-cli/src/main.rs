@@ -14,6 +14,7 @@ mod serve_cmd;
 mod summarize_cmd;
 mod transcribe_cmd;
 mod ocr_cmd;
+mod tag_images_cmd;
 mod train_cmd;
 
 use clap::{Parser, Subcommand};
@@ -81,6 +82,8 @@ enum Command {
     Transcribe(transcribe_cmd::TranscribeArgs),
     /// Text in images with PP-OCR (detection, orientation, recognition): PNG or JPEG; txt, or json with a box per line.
     Ocr(ocr_cmd::OcrArgs),
+    /// Tag images by label text and embed images and texts with CLIP or Chinese-CLIP (zero-shot).
+    TagImages(tag_images_cmd::TagImagesArgs),
 }
 
 fn main() {
@@ -109,6 +112,7 @@ fn main() {
         Command::Recommend(a) => recommend_cmd::run(a),
         Command::Transcribe(a) => transcribe_cmd::run(a),
         Command::Ocr(a) => ocr_cmd::run(a),
+        Command::TagImages(a) => tag_images_cmd::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

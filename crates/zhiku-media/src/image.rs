@@ -119,6 +119,70 @@ impl RgbImage {
         out
     }
 
+    /// Bicubic resize as Pillow's `Image.resize(..., BICUBIC)` computes it for 8-bit images (the
+    /// resize of transformers' image processors): a separable convolution with the a = -0.5
+    /// cubic, its support widened by the scale when shrinking (antialiasing), weights in 22-bit
+    /// fixed point, the horizontal pass first, each pass rounded and clipped to 8 bits.
+    pub fn resize_bicubic(&self, width: usize, height: usize) -> RgbImage {
+        let mut img = self.clone();
+        if width != img.width {
+            let (starts, weights, taps) = pil_coefficients(img.width, width);
+            let mut out = RgbImage::new(width, img.height);
+            for y in 0..img.height {
+                let row = &img.data[y * img.width * 3..(y + 1) * img.width * 3];
+                for x in 0..width {
+                    for c in 0..3 {
+                        let mut acc: i64 = 1 << (PIL_PRECISION - 1);
+                        for (t, &w) in weights[x * taps..(x + 1) * taps].iter().enumerate() {
+                            if w != 0 {
+                                acc += row[(starts[x] + t) * 3 + c] as i64 * w as i64;
+                            }
+                        }
+                        out.data[(y * width + x) * 3 + c] = (acc >> PIL_PRECISION).clamp(0, 255) as u8;
+                    }
+                }
+            }
+            img = out;
+        }
+        if height != img.height {
+            let (starts, weights, taps) = pil_coefficients(img.height, height);
+            let w3 = img.width * 3;
+            let mut out = RgbImage::new(img.width, height);
+            for y in 0..height {
+                for i in 0..w3 {
+                    let mut acc: i64 = 1 << (PIL_PRECISION - 1);
+                    for (t, &w) in weights[y * taps..(y + 1) * taps].iter().enumerate() {
+                        if w != 0 {
+                            acc += img.data[(starts[y] + t) * w3 + i] as i64 * w as i64;
+                        }
+                    }
+                    out.data[y * w3 + i] = (acc >> PIL_PRECISION).clamp(0, 255) as u8;
+                }
+            }
+            img = out;
+        }
+        img
+    }
+
+    /// The `width` x `height` window at (`left`, `top`); parts outside the image are black.
+    pub fn crop(&self, left: i64, top: i64, width: usize, height: usize) -> RgbImage {
+        let mut out = RgbImage::new(width, height);
+        for y in 0..height {
+            let sy = top + y as i64;
+            if sy < 0 || sy >= self.height as i64 {
+                continue;
+            }
+            for x in 0..width {
+                let sx = left + x as i64;
+                if sx >= 0 && sx < self.width as i64 {
+                    let (o, i) = ((y * width + x) * 3, (sy as usize * self.width + sx as usize) * 3);
+                    out.data[o..o + 3].copy_from_slice(&self.data[i..i + 3]);
+                }
+            }
+        }
+        out
+    }
+
     /// Black bands `top` and `bottom` pixels high above and below the image.
     pub fn pad_vertical(&self, top: usize, bottom: usize) -> RgbImage {
         let mut out = RgbImage::new(self.width, self.height + top + bottom);
@@ -210,6 +274,45 @@ fn cubic_weights(t: f32) -> [f32; 4] {
     let w1 = ((A + 2.0) * t - (A + 3.0)) * t * t + 1.0;
     let w2 = ((A + 2.0) * (1.0 - t) - (A + 3.0)) * (1.0 - t) * (1.0 - t) + 1.0;
     [w0, w1, w2, 1.0 - w0 - w1 - w2]
+}
+
+/// Fixed-point precision of Pillow's 8-bit resampling weights.
+const PIL_PRECISION: u32 = 22;
+
+/// Pillow's `precompute_coeffs` for the bicubic filter: per output position its first input
+/// position and `taps` weights in fixed point.
+fn pil_coefficients(in_size: usize, out_size: usize) -> (Vec<usize>, Vec<i32>, usize) {
+    let cubic = |x: f64| {
+        let (a, x) = (-0.5, x.abs());
+        if x < 1.0 {
+            ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+        } else if x < 2.0 {
+            (((x - 5.0) * x + 8.0) * x - 4.0) * a
+        } else {
+            0.0
+        }
+    };
+    let scale = in_size as f64 / out_size as f64;
+    let filter_scale = scale.max(1.0);
+    let support = 2.0 * filter_scale;
+    let taps = support.ceil() as usize * 2 + 1;
+    let mut starts = vec![0usize; out_size];
+    let mut weights = vec![0i32; out_size * taps];
+    for (x, start) in starts.iter_mut().enumerate() {
+        let center = (x as f64 + 0.5) * scale;
+        let lo = ((center - support + 0.5) as i64).max(0) as usize;
+        let hi = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+        let n = hi.saturating_sub(lo).min(taps);
+        let k: Vec<f64> = (0..n).map(|i| cubic((i as f64 + lo as f64 - center + 0.5) / filter_scale)).collect();
+        let total: f64 = k.iter().sum();
+        for (i, &w) in k.iter().enumerate() {
+            let w = if total != 0.0 { w / total } else { w };
+            let fixed = w * (1u64 << PIL_PRECISION) as f64;
+            weights[x * taps + i] = if fixed < 0.0 { (fixed - 0.5) as i32 } else { (fixed + 0.5) as i32 };
+        }
+        *start = lo;
+    }
+    (starts, weights, taps)
 }
 
 /// The 3 × 3 projective map (row-major, last entry 1) taking each `from` point onto its `to`

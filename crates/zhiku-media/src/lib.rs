@@ -4,6 +4,7 @@
 //! themselves (Whisper, ...) live in `zhiku-models` beside the text models.
 
 pub mod audio;
+pub mod clip;
 pub mod image;
 pub mod mel;
 pub mod ocr;
