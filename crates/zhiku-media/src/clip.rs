@@ -29,7 +29,9 @@ pub struct ImageProcessor {
 }
 
 impl ImageProcessor {
-    /// CLIP's defaults for a model reading `image_size` pixels square.
+    /// CLIP's defaults for a model reading `image_size` pixels square (the constants as
+    /// transformers writes them).
+    #[allow(clippy::excessive_precision)]
     pub fn clip_default(image_size: usize) -> Self {
         Self { shortest_edge: Some(image_size), crop: Some((image_size, image_size)), rescale: 1.0 / 255.0, mean: [0.481_454_66, 0.457_827_5, 0.408_210_73], std: [0.268_629_54, 0.261_302_58, 0.275_777_11] }
     }

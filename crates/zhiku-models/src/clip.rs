@@ -200,7 +200,7 @@ struct VisionTower {
 
 enum TextTower {
     Clip { tokens: Tensor, positions: Tensor, layers: Vec<Layer>, final_norm: LayerNorm },
-    Bert(BertModel),
+    Bert(Box<BertModel>),
 }
 
 /// A CLIP or Chinese-CLIP model with both towers and projections.
@@ -256,7 +256,7 @@ impl ClipModel {
                 },
                 tower.hidden,
             ),
-            TextConfig::Bert(b) => (TextTower::Bert(BertModel::load(ws, b, "text_model", false)?), b.hidden_size),
+            TextConfig::Bert(b) => (TextTower::Bert(Box::new(BertModel::load(ws, b, "text_model", false)?)), b.hidden_size),
         };
         let p = config.projection_dim;
         let visual_projection = ws.get("visual_projection.weight", (p, h), Init::Zeros)?;
