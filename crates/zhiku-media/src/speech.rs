@@ -520,10 +520,21 @@ impl SpeechModel {
         let mut ended: Vec<(Vec<u32>, f32)> = Vec::new();
         for step in 0..max_new {
             // Every live hypothesis's continuations, scored.
-            let mut scored: Vec<(f32, usize, u32)> = Vec::with_capacity(alive.len() * vocab);
+            // Only a hypothesis's own best `candidates` continuations can be among the best
+            // `candidates` overall.
+            let mut scored: Vec<(f32, usize, u32)> = Vec::with_capacity(alive.len() * candidates);
             for (b, (tokens, score)) in alive.iter().enumerate() {
                 let lp = self.step_log_probs(&mut logits[b * vocab..(b + 1) * vocab], tokens, opts, max_initial);
-                scored.extend(lp.iter().enumerate().filter(|(_, l)| l.is_finite()).map(|(t, &l)| (score + l, b, t as u32)));
+                // The best `candidates`, kept sorted as the row streams by.
+                let mut own: Vec<(f32, u32)> = Vec::with_capacity(candidates + 1);
+                for (t, &l) in lp.iter().enumerate() {
+                    if l.is_finite() && (own.len() < candidates || l > own[own.len() - 1].0) {
+                        let at = own.partition_point(|&(x, _)| x >= l);
+                        own.insert(at, (l, t as u32));
+                        own.truncate(candidates);
+                    }
+                }
+                scored.extend(own.into_iter().map(|(l, t)| (score + l, b, t)));
             }
             let keep = candidates.min(scored.len());
             if keep == 0 {

@@ -227,6 +227,22 @@ impl QMatrix {
         self.matmul_quantized(&acts, y)
     }
 
+    /// [`Self::matmul`] for a few rows that are independent hypotheses (beam search). With f32
+    /// weights each weight row is read once and multiplied with up to eight rows at a time, each
+    /// with its own accumulators (one dot product at a time waits on its FMA chain, and the
+    /// GEMM would repack the whole matrix every call). Its rounding differs from `matmul`'s,
+    /// which is why it is a separate entry point.
+    pub fn matmul_rows(&self, x: &[f32], n: usize, y: &mut [f32]) {
+        match &self.weights {
+            Weights::Float(w) if n > 1 => {
+                assert_eq!(x.len(), n * self.cols, "matmul input shape");
+                assert_eq!(y.len(), n * self.rows, "matmul output shape");
+                float_matmul_rows(w, self.rows, self.cols, x, n, y)
+            }
+            _ => self.matmul(x, n, y),
+        }
+    }
+
     /// Several rows (prompts, and decoding many sequences at once): weight rows are dequantised
     /// 64 at a time into an f32 tile that stays in cache (SIMD unpacking), and an f32 GEMM
     /// (AVX-512 where the CPU has it) multiplies the tile by every activation row. It beats the
@@ -519,23 +535,66 @@ fn group_value(p: &GroupParams, d: f32, s: [i32; 2], dsum: [f32; 2]) -> f32 {
 }
 
 /// `y[n, rows] = x[n, cols] · Wᵀ` for f32 weights, parallel over weight rows.
+/// `y[n, rows] = x[n, cols] · wᵀ` for a few rows: per weight row, dot products with up to 8
+/// activation rows at once.
+fn float_matmul_rows(w: &[f32], rows: usize, cols: usize, x: &[f32], n: usize, y: &mut [f32]) {
+    const LANES: usize = 16;
+    const GROUP: usize = 8;
+    let threads = rayon::current_num_threads().max(1);
+    let chunk = rows.div_ceil(threads * 4).max(8);
+    let body = cols / LANES * LANES;
+    let mut yt = vec![0f32; rows * n];
+    yt.par_chunks_mut(chunk * n).enumerate().for_each(|(ci, out)| {
+        for (o, col) in out.chunks_exact_mut(n).enumerate() {
+            let wr = &w[(ci * chunk + o) * cols..(ci * chunk + o + 1) * cols];
+            for first in (0..n).step_by(GROUP) {
+                let g = GROUP.min(n - first);
+                let mut acc = [[0f32; LANES]; GROUP];
+                for k in (0..body).step_by(LANES) {
+                    let wv = &wr[k..k + LANES];
+                    for (r, a) in acc.iter_mut().enumerate().take(g) {
+                        let xv = &x[(first + r) * cols + k..(first + r) * cols + k + LANES];
+                        for l in 0..LANES {
+                            a[l] = wv[l].mul_add(xv[l], a[l]);
+                        }
+                    }
+                }
+                for (r, a) in acc.iter().enumerate().take(g) {
+                    let xr = &x[(first + r) * cols..(first + r + 1) * cols];
+                    let mut s: f32 = a.iter().sum();
+                    for k in body..cols {
+                        s += wr[k] * xr[k];
+                    }
+                    col[first + r] = s;
+                }
+            }
+        }
+    });
+    transpose_into(&yt, n, rows, y);
+}
+
+/// `y[n, rows] = x[n, cols] · wᵀ` by the blocked GEMM.
+fn float_gemm(w: &[f32], rows: usize, cols: usize, x: &[f32], n: usize, y: &mut [f32]) {
+    let threads = rayon::current_num_threads().max(1);
+    // SAFETY: y is n × rows, x is n × cols, w is rows × cols, with the strides given.
+    unsafe {
+        gemm::gemm(
+            n, rows, cols,
+            y.as_mut_ptr(), 1, rows as isize, false,
+            x.as_ptr(), 1, cols as isize,
+            w.as_ptr(), cols as isize, 1,
+            0.0, 1.0, false, false, false,
+            gemm::Parallelism::Rayon(threads),
+        );
+    }
+}
+
 fn float_matmul(w: &[f32], rows: usize, cols: usize, x: &[f32], n: usize, y: &mut [f32]) {
     let threads = rayon::current_num_threads().max(1);
     if n >= GEMM_ROWS {
         // Many rows (a prompt, an audio window): a blocked GEMM reuses each weight tile across
         // rows from cache, where the dot products below stream the whole matrix per row block.
-        // SAFETY: y is n × rows, x is n × cols, w is rows × cols, with the strides given.
-        unsafe {
-            gemm::gemm(
-                n, rows, cols,
-                y.as_mut_ptr(), 1, rows as isize, false,
-                x.as_ptr(), 1, cols as isize,
-                w.as_ptr(), cols as isize, 1,
-                0.0, 1.0, false, false, false,
-                gemm::Parallelism::Rayon(threads),
-            );
-        }
-        return;
+        return float_gemm(w, rows, cols, x, n, y);
     }
     let chunk = rows.div_ceil(threads * 4).max(8);
     let mut yt = vec![0f32; rows * n];
@@ -1080,6 +1139,23 @@ pub(crate) mod x86 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn matmul_rows_equals_matmul_for_hypotheses() {
+        // 37 rows x 83 columns (a remainder after the 16-lane body), 1 to 11 hypotheses.
+        let (rows, cols) = (37, 83);
+        let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
+        let m = QMatrix::from_f32(w, rows, cols, GgmlType::F32).unwrap();
+        for n in [1, 2, 5, 8, 11] {
+            let x: Vec<f32> = (0..n * cols).map(|i| ((i * 104729 % 997) as f32 / 498.0) - 1.0).collect();
+            let (mut a, mut b) = (vec![0f32; n * rows], vec![0f32; n * rows]);
+            m.matmul(&x, n, &mut a);
+            m.matmul_rows(&x, n, &mut b);
+            let gap = a.iter().zip(&b).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+            assert!(gap < 1e-4, "{n} rows: {gap}");
+        }
+    }
+
     use super::*;
 
     fn values(n: usize, seed: u64) -> Vec<f32> {

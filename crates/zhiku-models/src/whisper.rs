@@ -86,8 +86,17 @@ impl Linear {
     }
 
     fn forward(&self, x: &[f32], n: usize) -> Vec<f32> {
+        self.forward_with(x, n, QMatrix::matmul)
+    }
+
+    /// For rows that are separate hypotheses (beam search).
+    fn forward_rows(&self, x: &[f32], n: usize) -> Vec<f32> {
+        self.forward_with(x, n, QMatrix::matmul_rows)
+    }
+
+    fn forward_with(&self, x: &[f32], n: usize, matmul: fn(&QMatrix, &[f32], usize, &mut [f32])) -> Vec<f32> {
         let mut y = vec![0f32; n * self.w.rows];
-        self.w.matmul(x, n, &mut y);
+        matmul(&self.w, x, n, &mut y);
         for row in y.chunks_exact_mut(self.w.rows) {
             for (v, b) in row.iter_mut().zip(&self.b) {
                 *v += b;
@@ -130,6 +139,13 @@ impl Mlp {
         let mut h = self.fc1.forward(&self.norm.forward(x), n);
         gelu_erf_in_place(&mut h);
         add(x, &self.fc2.forward(&h, n));
+    }
+
+    /// [`Self::residual`] for rows that are separate hypotheses.
+    fn residual_rows(&self, x: &mut [f32], n: usize) {
+        let mut h = self.fc1.forward_rows(&self.norm.forward(x), n);
+        gelu_erf_in_place(&mut h);
+        add(x, &self.fc2.forward_rows(&h, n));
     }
 }
 
@@ -478,23 +494,23 @@ impl Whisper {
         let mut ctx = vec![0f32; n * d];
         let total = beams.len + 1;
         for (l, layer) in self.decoder.iter().enumerate() {
-            let qkv = layer.self_qkv.forward(&layer.self_norm.forward(&x), n);
+            let qkv = layer.self_qkv.forward_rows(&layer.self_norm.forward(&x), n);
             for (b, row) in qkv.chunks_exact(3 * d).enumerate() {
                 beams.self_k[b][l].extend_from_slice(&row[d..2 * d]);
                 beams.self_v[b][l].extend_from_slice(&row[2 * d..]);
                 // Each hypothesis attends to its own cache (its new token sees all of it).
                 attention_rows(row, 3 * d, &beams.self_k[b][l], &beams.self_v[b][l], d, 1, total, heads, d / heads, scale, QueryMask::None, &mut ctx[b * d..(b + 1) * d]);
             }
-            add(&mut x, &layer.self_out.forward(&ctx, n));
-            let q = layer.cross_q.forward(&layer.cross_norm.forward(&x), n);
+            add(&mut x, &layer.self_out.forward_rows(&ctx, n));
+            let q = layer.cross_q.forward_rows(&layer.cross_norm.forward(&x), n);
             attention_rows(&q, d, &state.cross_k[l], &state.cross_v[l], d, n, state.audio_len, heads, d / heads, scale, QueryMask::None, &mut ctx);
-            add(&mut x, &layer.cross_out.forward(&ctx, n));
-            layer.mlp.residual(&mut x, n);
+            add(&mut x, &layer.cross_out.forward_rows(&ctx, n));
+            layer.mlp.residual_rows(&mut x, n);
         }
         beams.len += 1;
         let last = self.decoder_norm.forward(&x);
         let mut logits = vec![0f32; n * self.dims.vocab];
-        self.embeddings.matmul(&last, n, &mut logits);
+        self.embeddings.matmul_rows(&last, n, &mut logits);
         Ok(logits)
     }
 }

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The synthetic English speech set (bench/speech_set.py): 60 news subtitles spoken by espeak-ng,
+# zhiku against faster-whisper (beam 5, f32, no VAD) on Whisper base and tiny.en, in one run.
+# Writes bench/results/speech-set-MODEL.json and prints the word error rates.
+#   bench/speech_set.sh        (MODELS="whisper-base whisper-tiny.en" COUNT=60)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODELS="${MODELS:-whisper-base whisper-tiny.en}"
+venv=.cache/venvs/faster-whisper
+work=.cache/bench/speech-set
+mkdir -p "$work" bench/results
+command -v espeak-ng >/dev/null || { apt-get install -y -q espeak-ng >/dev/null || sudo apt-get install -y -q espeak-ng >/dev/null; }
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import faster_whisper" 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q faster-whisper==1.2.1 opencc-python-reimplemented==0.1.7
+fi
+./scripts/fetch-models.sh >/dev/null
+cargo build --release -q -p zhiku-cli
+Z="$(pwd)/${ZHIKU:-target/release/zhiku}"
+for m in $MODELS; do
+  OMP_NUM_THREADS=2 "$venv/bin/python" bench/speech_set.py "$Z" ".cache/models/$m" "$work/audio" "$work/$m.json" --count "${COUNT:-60}"
+  python3 - "$work/$m.json" "bench/results/speech-set-$m.json" <<'PY'
+import datetime, json, os, sys
+d = json.load(open(sys.argv[1]))
+d["date"] = datetime.date.today().isoformat()
+d["command"] = "bench/speech_set.sh"
+json.dump(d, open(sys.argv[2] + ".tmp", "w"), ensure_ascii=False, indent=1)
+os.replace(sys.argv[2] + ".tmp", sys.argv[2])
+w, s = d["wer"], d["seconds"]
+print(f"{os.path.basename(d['model'])}: {d['files']} files, {d['reference_words']} words, {d['audio_seconds']:.0f} s of speech")
+print(f"  WER zhiku {w['zhiku']:.4f}, faster-whisper {w['faster-whisper']:.4f}; identical text on {d['identical_text']}/{d['files']} files")
+print(f"  time zhiku {s['zhiku']:.1f} s, faster-whisper {s['faster-whisper']:.1f} s (speed x {s['faster-whisper'] / s['zhiku']:.2f})")
+PY
+done
