@@ -13,6 +13,7 @@ mod recommend_cmd;
 mod serve_cmd;
 mod summarize_cmd;
 mod transcribe_cmd;
+mod media_data;
 mod ocr_cmd;
 mod tag_images_cmd;
 mod train_cmd;

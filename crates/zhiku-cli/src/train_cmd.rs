@@ -48,6 +48,8 @@ pub struct TrainArgs {
     #[command(flatten)]
     text: TextColumnArgs,
     #[command(flatten)]
+    media: crate::media_data::MediaArgs,
+    #[command(flatten)]
     label: LabelColumnArgs,
     /// Treat the task as multi-label (sigmoid per label, tuned thresholds).
     #[arg(long)]
@@ -304,6 +306,13 @@ pub fn run(a: TrainArgs) -> Result<i32> {
     data.test = a.test.clone();
     data.columns = a.text.columns(Some(&a.label));
     data.format = a.text.format()?;
+    if a.media.media_column.is_some() || a.media.speech_model.is_some() || a.media.ocr_model.is_some() {
+        if a.task != "classification" {
+            bail!("--media-column reads media for --task classification")
+        }
+        prepare_output(&a)?;
+        crate::media_data::read_media(&mut data, &a.media, &a.output, a.resume, a.quiet)?;
+    }
     if a.task == "reranker" {
         // Query-passage pairs become labelled text pairs, written beside the run (the same
         // seed mines the same negatives again on --resume).

@@ -67,3 +67,39 @@ fn scanned_pdf_pages_are_read_by_ocr_and_hits_name_their_page() {
     assert_eq!(hit("收视不佳")["page"], 1);
     assert_eq!(hit("Coal-to-liquid")["page"], 2);
 }
+
+/// `zhiku train --media-column`: rows name scans and a recording instead of holding text; the
+/// texts are read (OCR, Whisper), written into the run, and trained on; a missing file names its
+/// data line.
+#[test]
+fn training_reads_the_media_a_data_file_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for f in ["000.png", "004.jpg", "006.png", "009.png", "010.png", "037.jpg"] {
+        std::fs::copy(root(&format!("tests/fixtures/ocr/{f}")), d.join(f)).unwrap();
+    }
+    std::fs::copy(root(".cache/media/jfk.wav"), d.join("jfk.wav")).unwrap();
+    let rows = "file,label\n000.png,news\n004.jpg,news\n006.png,news\njfk.wav,speech\n009.png,news\n010.png,finance\n037.jpg,news\njfk.wav,speech\n";
+    std::fs::write(d.join("train.csv"), rows).unwrap();
+    zhiku_models::testing::write_tiny_model(&d.join("model"), &["ask", "country", "not", "what"], 0.1, 1).unwrap();
+    let (speech, ocr) = (root(".cache/models/whisper-tiny.en"), root(".cache/models/ppocr-v4"));
+    let (model, train, out) = (d.join("model"), d.join("train.csv"), d.join("run"));
+    let args = |train: &std::path::Path, out: &std::path::Path| -> Vec<String> {
+        ["train", "--model", model.to_str().unwrap(), "--train", train.to_str().unwrap(), "--output", out.to_str().unwrap(), "--media-column", "file", "--speech-model", &speech, "--ocr-model", &ocr,
+         "--epochs", "1", "--batch-size", "4", "--max-length", "16", "--dev-fraction", "0.25", "--quiet"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let a = args(&train, &out);
+    ok(&zhiku(&a.iter().map(String::as_str).collect::<Vec<_>>()));
+    let texts = std::fs::read_to_string(out.join("media-text/train.jsonl")).unwrap();
+    assert_eq!(texts.lines().count(), 8, "{texts}");
+    assert!(texts.contains("周杰伦回应收视不佳") && texts.contains("ask not what your country"), "{texts}");
+    assert!(out.join("config.json").exists());
+    // A row naming a missing file: an error with the data file and line, no run left behind.
+    std::fs::write(d.join("bad.csv"), "file,label\n000.png,news\ngone.png,news\n").unwrap();
+    let a = args(&d.join("bad.csv"), &d.join("bad-run"));
+    common::fails_with(&zhiku(&a.iter().map(String::as_str).collect::<Vec<_>>()), "bad.csv, line 3");
+    assert!(!d.join("bad-run/config.json").exists());
+}
