@@ -198,6 +198,18 @@ pub struct SpeechModel {
     vad: Vad,
 }
 
+/// A window's decoding just after its prompt.
+struct Start {
+    state: DecoderState,
+    /// The logits of the first token to generate.
+    logits: Vec<f32>,
+    no_speech_prob: f64,
+    /// Most tokens the window may generate.
+    max_new: usize,
+    /// The latest timestamp token allowed first.
+    max_initial: usize,
+}
+
 /// A window's decoding.
 struct Generated {
     tokens: Vec<u32>,
@@ -431,18 +443,26 @@ impl SpeechModel {
         Ok(all.swap_remove(best))
     }
 
-    /// One decoding of a window from `prompt`: greedy at temperature 0, else sampled.
-    fn generate(&self, encoded: &[f32], prompt: &[u32], temperature: f32, opts: &TranscribeOptions, rng: &mut impl Rng) -> Result<Generated> {
+    /// A window's decoder state after `prompt`, with the no-speech probability (read at
+    /// `<|startoftranscript|>`) and the limits of what may follow.
+    fn start_window(&self, encoded: &[f32], prompt: &[u32], opts: &TranscribeOptions) -> Result<Start> {
         let s = &self.specials;
         let w = &self.whisper;
         let mut state: DecoderState = w.start(encoded)?;
         let sot_index = prompt.iter().position(|&t| t == s.sot).context("the prompt has no <|startoftranscript|>")?;
-        // The no-speech probability is read at <|startoftranscript|>.
         let at_sot = w.decode(&mut state, &prompt[..=sot_index], false)?;
         let no_speech_prob = softmax_at(&at_sot, s.no_speech as usize);
-        let mut logits = if sot_index + 1 < prompt.len() { w.decode(&mut state, &prompt[sot_index + 1..], false)? } else { at_sot };
+        let logits = if sot_index + 1 < prompt.len() { w.decode(&mut state, &prompt[sot_index + 1..], false)? } else { at_sot };
         let max_new = (w.dims.text_ctx / 2).min(w.dims.text_ctx - (prompt.len() - 1));
         let max_initial = s.timestamp_begin as usize + (opts.max_initial_timestamp / TIME_PRECISION).round() as usize;
+        Ok(Start { state, logits, no_speech_prob, max_new, max_initial })
+    }
+
+    /// One decoding of a window from `prompt`: greedy at temperature 0, else sampled.
+    fn generate(&self, encoded: &[f32], prompt: &[u32], temperature: f32, opts: &TranscribeOptions, rng: &mut impl Rng) -> Result<Generated> {
+        let s = &self.specials;
+        let w = &self.whisper;
+        let Start { mut state, mut logits, no_speech_prob, max_new, max_initial } = self.start_window(encoded, prompt, opts)?;
         let vocab = w.dims.vocab;
         let mut tokens: Vec<u32> = Vec::new();
         let mut sum_logprob = 0f64;
@@ -506,13 +526,7 @@ impl SpeechModel {
         let beam = opts.beam_size;
         let candidates = 2 * beam;
         let max_hypotheses = ((beam as f32) * opts.patience).round().max(1.0) as usize;
-        let mut state: DecoderState = w.start(encoded)?;
-        let sot_index = prompt.iter().position(|&t| t == s.sot).context("the prompt has no <|startoftranscript|>")?;
-        let at_sot = w.decode(&mut state, &prompt[..=sot_index], false)?;
-        let no_speech_prob = softmax_at(&at_sot, s.no_speech as usize);
-        let mut logits = if sot_index + 1 < prompt.len() { w.decode(&mut state, &prompt[sot_index + 1..], false)? } else { at_sot };
-        let max_new = (w.dims.text_ctx / 2).min(w.dims.text_ctx - (prompt.len() - 1));
-        let max_initial = s.timestamp_begin as usize + (opts.max_initial_timestamp / TIME_PRECISION).round() as usize;
+        let Start { state, mut logits, no_speech_prob, max_new, max_initial } = self.start_window(encoded, prompt, opts)?;
         let vocab = w.dims.vocab;
         // Live hypotheses: tokens and summed log-probability. One to start with.
         let mut alive: Vec<(Vec<u32>, f32)> = vec![(Vec::new(), 0.0)];
