@@ -1,6 +1,6 @@
 //! `zhiku library`: add documents to a content library, list, show and remove them, search it.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
@@ -8,8 +8,6 @@ use std::path::PathBuf;
 use zhiku_library::chunk::ChunkOptions;
 use zhiku_library::document::{collect_files, kind, read_file_with, Kind};
 use zhiku_library::media::MediaReaders;
-use zhiku_media::ocr::OcrModel;
-use zhiku_media::speech::SpeechModel;
 use zhiku_library::{CreateOptions, Library, Mode, SearchOptions};
 
 #[derive(Args, Debug)]
@@ -411,17 +409,11 @@ fn add(a: AddArgs) -> Result<i32> {
     }
     // The media models load only when there are files for them.
     let has = |k: Kind| files.iter().any(|f| kind(f) == Some(k));
-    let media = MediaReaders {
-        speech: match &a.speech_model {
-            Some(dir) if has(Kind::Audio) => Some(SpeechModel::load(dir, zhiku_models::blocks::GgmlType::F32).with_context(|| format!("cannot load a Whisper model from {}", dir.display()))?),
-            _ => None,
-        },
-        ocr: match &a.ocr_model {
-            Some(dir) if has(Kind::Image) || has(Kind::Pdf) => Some(OcrModel::load(dir).with_context(|| format!("cannot load the OCR models from {}", dir.display()))?),
-            _ => None,
-        },
-        language: a.language.clone().filter(|l| l != "auto"),
-    };
+    let media = MediaReaders::load(
+        a.speech_model.as_deref().filter(|_| has(Kind::Audio)),
+        a.ocr_model.as_deref().filter(|_| has(Kind::Image) || has(Kind::Pdf)),
+        a.language.clone(),
+    )?;
     let mut lib = Library::open_for_writing(&a.dir.library, &create)?;
     if a.encoder.is_some() && lib.config.encoder.as_deref() != a.encoder.as_deref().and_then(|p| std::fs::canonicalize(p).ok()).as_deref() {
         eprintln!("note: the library already exists; its encoder stays {}", lib.config.encoder.as_ref().map_or("none".to_string(), |p| p.display().to_string()));

@@ -40,11 +40,8 @@ pub fn read_media(data: &mut DataConfig, media: &MediaArgs, out: &Path, resume: 
         }
         return Ok(());
     };
-    let readers = MediaReaders {
-        speech: media.speech_model.as_deref().map(|d| zhiku_media::speech::SpeechModel::load(d, zhiku_models::blocks::GgmlType::F32).with_context(|| format!("cannot load a Whisper model from {}", d.display()))).transpose()?,
-        ocr: media.ocr_model.as_deref().map(|d| zhiku_media::ocr::OcrModel::load(d).with_context(|| format!("cannot load the OCR models from {}", d.display()))).transpose()?,
-        language: media.language.clone().filter(|l| l != "auto"),
-    };
+    // The models load on the first file to read (a resumed run reads none).
+    let readers: std::cell::OnceCell<MediaReaders> = std::cell::OnceCell::new();
     let dir = out.join("media-text");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let columns = Columns { text: column.clone(), ..data.columns.clone() };
@@ -61,9 +58,12 @@ pub fn read_media(data: &mut DataConfig, media: &MediaArgs, out: &Path, resume: 
         bar.set_message(format!("reading the media of {}", path.display()));
         let mut examples = set.examples;
         let multi = multi || examples.iter().any(|e| e.labels.len() != 1);
+        if readers.get().is_none() && !examples.is_empty() {
+            let _ = readers.set(MediaReaders::load(media.speech_model.as_deref(), media.ocr_model.as_deref(), media.language.clone())?);
+        }
         for e in &mut examples {
             let file = base.join(e.text.trim());
-            let docs = zhiku_library::document::read_file_with(&file, &readers).with_context(|| format!("{}, line {}", path.display(), e.line))?;
+            let docs = zhiku_library::document::read_file_with(&file, readers.get().expect("loaded above")).with_context(|| format!("{}, line {}", path.display(), e.line))?;
             let text = docs.iter().map(|d| d.text.trim()).filter(|t| !t.is_empty()).collect::<Vec<_>>().join("\n");
             if text.is_empty() {
                 bail!("{}, line {}: {} holds no text", path.display(), e.line, file.display())

@@ -200,11 +200,7 @@ fn inputs(a: &SummarizeArgs) -> Result<Vec<Document>> {
         std::io::stdin().read_to_string(&mut s).context("cannot read standard input")?;
         return one(s, "stdin");
     }
-    let media = zhiku_library::media::MediaReaders {
-        speech: a.speech_model.as_deref().map(|d| zhiku_media::speech::SpeechModel::load(d, zhiku_models::blocks::GgmlType::F32).with_context(|| format!("cannot load a Whisper model from {}", d.display()))).transpose()?,
-        ocr: a.ocr_model.as_deref().map(|d| zhiku_media::ocr::OcrModel::load(d).with_context(|| format!("cannot load the OCR models from {}", d.display()))).transpose()?,
-        language: None,
-    };
+    let media = zhiku_library::media::MediaReaders::load(a.speech_model.as_deref(), a.ocr_model.as_deref(), None)?;
     let mut docs = Vec::new();
     for f in &a.files {
         docs.extend(document::read_file_with(f, &media)?);

@@ -75,7 +75,8 @@ pub fn run(a: TagImagesArgs) -> Result<i32> {
             writeln!(out, "{}", serde_json::json!({"text": t, "embedding": e}))?;
         }
     }
-    let label_refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+    // The labels' texts are embedded once for all the images.
+    let label_set = if labels.is_empty() { None } else { Some(model.labels(&labels.iter().map(String::as_str).collect::<Vec<_>>(), &a.template)?) };
     let mut failed = 0;
     for path in &a.files {
         let image = match zhiku_media::image::load_image(path) {
@@ -86,12 +87,13 @@ pub fn run(a: TagImagesArgs) -> Result<i32> {
                 continue;
             }
         };
-        let scores = if labels.is_empty() { Vec::new() } else { model.tag(&[&image], &label_refs, &a.template)?.remove(0) };
+        let embedding = model.embed_images(&[&image])?.remove(0);
+        let scores = label_set.as_ref().map_or_else(Vec::new, |l| model.rank(&embedding, l));
         let shown = &scores[..a.top.min(scores.len())];
         if json {
             let mut v = serde_json::json!({"file": path, "labels": shown});
             if a.embeddings || labels.is_empty() {
-                v["embedding"] = serde_json::json!(model.embed_images(&[&image])?.remove(0));
+                v["embedding"] = serde_json::json!(embedding);
             }
             writeln!(out, "{v}")?;
         } else {

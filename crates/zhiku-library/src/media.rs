@@ -26,6 +26,18 @@ pub struct MediaReaders {
     pub language: Option<String>,
 }
 
+impl MediaReaders {
+    /// Loads the models given: a Whisper folder (f32 weights) and a PP-OCR folder; `language`
+    /// "auto" (or none) detects it per recording.
+    pub fn load(speech: Option<&Path>, ocr: Option<&Path>, language: Option<String>) -> Result<Self> {
+        Ok(Self {
+            speech: speech.map(|d| SpeechModel::load(d, zhiku_models::blocks::GgmlType::F32).with_context(|| format!("cannot load a Whisper model from {}", d.display()))).transpose()?,
+            ocr: ocr.map(|d| OcrModel::load(d).with_context(|| format!("cannot load the OCR models from {}", d.display()))).transpose()?,
+            language: language.filter(|l| l != "auto"),
+        })
+    }
+}
+
 fn stem(path: &Path) -> String {
     path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
 }

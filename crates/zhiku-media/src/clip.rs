@@ -167,29 +167,40 @@ impl ImageTextModel {
         Ok(normalize(&self.model.text_features(&batch.input_ids, &batch.attention_mask)?)?.to_vec2::<f32>()?)
     }
 
-    /// Each image's labels, best first: `template` with `{}` replaced by the label is the text
-    /// each label is matched as ("a photo of {}", "{}的照片").
-    pub fn tag(&self, images: &[&RgbImage], labels: &[&str], template: &str) -> Result<Vec<Vec<LabelScore>>> {
+    /// Labels embedded once, to rank many images against: `template` with `{}` replaced by the
+    /// label is the text each label is matched as ("a photo of {}", "{}的照片").
+    pub fn labels(&self, labels: &[&str], template: &str) -> Result<Labels> {
         if labels.is_empty() {
             bail!("no labels to tag with")
         }
         let prompts: Vec<String> = labels.iter().map(|l| if template.contains("{}") { template.replace("{}", l) } else { format!("{template}{l}") }).collect();
-        let texts = self.embed_texts(&prompts.iter().map(String::as_str).collect::<Vec<_>>())?;
-        let images = self.embed_images(images)?;
-        let scale = self.model.logit_scale;
-        Ok(images
-            .iter()
-            .map(|img| {
-                let sims: Vec<f32> = texts.iter().map(|t| t.iter().zip(img).map(|(a, b)| a * b).sum()).collect();
-                let max = sims.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s * scale));
-                let exp: Vec<f32> = sims.iter().map(|&s| (s * scale - max).exp()).collect();
-                let total: f32 = exp.iter().sum();
-                let mut scores: Vec<LabelScore> = labels.iter().zip(sims.iter().zip(&exp)).map(|(l, (&s, &e))| LabelScore { label: l.to_string(), similarity: s, probability: e / total }).collect();
-                scores.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
-                scores
-            })
-            .collect())
+        let embeddings = self.embed_texts(&prompts.iter().map(String::as_str).collect::<Vec<_>>())?;
+        Ok(Labels { names: labels.iter().map(|l| l.to_string()).collect(), embeddings })
     }
+
+    /// An image's labels (from its unit-length embedding), best first.
+    pub fn rank(&self, image: &[f32], labels: &Labels) -> Vec<LabelScore> {
+        let scale = self.model.logit_scale;
+        let sims: Vec<f32> = labels.embeddings.iter().map(|t| t.iter().zip(image).map(|(a, b)| a * b).sum()).collect();
+        let max = sims.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s * scale));
+        let exp: Vec<f32> = sims.iter().map(|&s| (s * scale - max).exp()).collect();
+        let total: f32 = exp.iter().sum();
+        let mut scores: Vec<LabelScore> = labels.names.iter().zip(sims.iter().zip(&exp)).map(|(l, (&s, &e))| LabelScore { label: l.clone(), similarity: s, probability: e / total }).collect();
+        scores.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
+        scores
+    }
+
+    /// Each image's labels, best first (see [`Self::labels`] for `template`).
+    pub fn tag(&self, images: &[&RgbImage], labels: &[&str], template: &str) -> Result<Vec<Vec<LabelScore>>> {
+        let labels = self.labels(labels, template)?;
+        Ok(self.embed_images(images)?.iter().map(|img| self.rank(img, &labels)).collect())
+    }
+}
+
+/// Label texts with their unit-length embeddings.
+pub struct Labels {
+    names: Vec<String>,
+    embeddings: Vec<Vec<f32>>,
 }
 
 #[cfg(test)]

@@ -124,7 +124,8 @@ impl RgbImage {
     /// cubic, its support widened by the scale when shrinking (antialiasing), weights in 22-bit
     /// fixed point, the horizontal pass first, each pass rounded and clipped to 8 bits.
     pub fn resize_bicubic(&self, width: usize, height: usize) -> RgbImage {
-        let mut img = self.clone();
+        // Each pass reads the previous one's output; the input is copied only when no pass runs.
+        let mut img = std::borrow::Cow::Borrowed(self);
         if width != img.width {
             let (starts, weights, taps) = pil_coefficients(img.width, width);
             let mut out = RgbImage::new(width, img.height);
@@ -142,7 +143,7 @@ impl RgbImage {
                     }
                 }
             }
-            img = out;
+            img = std::borrow::Cow::Owned(out);
         }
         if height != img.height {
             let (starts, weights, taps) = pil_coefficients(img.height, height);
@@ -159,9 +160,9 @@ impl RgbImage {
                     out.data[y * w3 + i] = (acc >> PIL_PRECISION).clamp(0, 255) as u8;
                 }
             }
-            img = out;
+            img = std::borrow::Cow::Owned(out);
         }
-        img
+        img.into_owned()
     }
 
     /// The `width` x `height` window at (`left`, `top`); parts outside the image are black.

@@ -533,9 +533,8 @@ impl SpeechModel {
         let mut beams: Option<zhiku_models::whisper::Beams> = None;
         let mut ended: Vec<(Vec<u32>, f32)> = Vec::new();
         for step in 0..max_new {
-            // Every live hypothesis's continuations, scored.
-            // Only a hypothesis's own best `candidates` continuations can be among the best
-            // `candidates` overall.
+            // Every live hypothesis's continuations, scored. Only a hypothesis's own best
+            // `candidates` continuations can be among the best `candidates` overall.
             let mut scored: Vec<(f32, usize, u32)> = Vec::with_capacity(alive.len() * candidates);
             for (b, (tokens, score)) in alive.iter().enumerate() {
                 let lp = self.step_log_probs(&mut logits[b * vocab..(b + 1) * vocab], tokens, opts, max_initial);
@@ -550,13 +549,12 @@ impl SpeechModel {
                 }
                 scored.extend(own.into_iter().map(|(l, t)| (score + l, b, t)));
             }
-            let keep = candidates.min(scored.len());
-            if keep == 0 {
+            if scored.is_empty() {
                 break;
             }
-            scored.select_nth_unstable_by(keep - 1, |a, b| b.0.total_cmp(&a.0));
-            scored.truncate(keep);
+            // At most beam x candidates entries: a full sort is cheap.
             scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+            scored.truncate(candidates);
             let last_step = step + 1 == max_new;
             let mut next: Vec<(Vec<u32>, f32)> = Vec::with_capacity(beam);
             let mut origins = Vec::with_capacity(beam);
@@ -579,10 +577,8 @@ impl SpeechModel {
                         None => continue,
                     }
                 }
+                // Not end-of-text: either candidate k, or the replacement found above.
                 let (score, origin, token) = scored[chosen];
-                if token == s.eot {
-                    continue;
-                }
                 let mut tokens = alive[origin].0.clone();
                 tokens.push(token);
                 next.push((tokens, score));

@@ -534,7 +534,6 @@ fn group_value(p: &GroupParams, d: f32, s: [i32; 2], dsum: [f32; 2]) -> f32 {
     d * (p.scale[0] * s[0] as f32 + p.scale[1] * s[1] as f32) + p.offset[0] * dsum[0] + p.offset[1] * dsum[1]
 }
 
-/// `y[n, rows] = x[n, cols] · Wᵀ` for f32 weights, parallel over weight rows.
 /// `y[n, rows] = x[n, cols] · wᵀ` for a few rows: per weight row, dot products with up to 8
 /// activation rows at once.
 fn float_matmul_rows(w: &[f32], rows: usize, cols: usize, x: &[f32], n: usize, y: &mut [f32]) {
@@ -589,6 +588,7 @@ fn float_gemm(w: &[f32], rows: usize, cols: usize, x: &[f32], n: usize, y: &mut 
     }
 }
 
+/// `y[n, rows] = x[n, cols] · Wᵀ` for f32 weights, parallel over weight rows.
 fn float_matmul(w: &[f32], rows: usize, cols: usize, x: &[f32], n: usize, y: &mut [f32]) {
     let threads = rayon::current_num_threads().max(1);
     if n >= GEMM_ROWS {
@@ -1139,6 +1139,7 @@ pub(crate) mod x86 {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn matmul_rows_equals_matmul_for_hypotheses() {
@@ -1155,8 +1156,6 @@ mod tests {
             assert!(gap < 1e-4, "{n} rows: {gap}");
         }
     }
-
-    use super::*;
 
     fn values(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;

@@ -136,16 +136,18 @@ impl Mlp {
 
     /// `x += fc2(gelu(fc1(norm(x))))`.
     fn residual(&self, x: &mut [f32], n: usize) {
-        let mut h = self.fc1.forward(&self.norm.forward(x), n);
-        gelu_erf_in_place(&mut h);
-        add(x, &self.fc2.forward(&h, n));
+        self.residual_with(x, n, QMatrix::matmul)
     }
 
     /// [`Self::residual`] for rows that are separate hypotheses.
     fn residual_rows(&self, x: &mut [f32], n: usize) {
-        let mut h = self.fc1.forward_rows(&self.norm.forward(x), n);
+        self.residual_with(x, n, QMatrix::matmul_rows)
+    }
+
+    fn residual_with(&self, x: &mut [f32], n: usize, matmul: fn(&QMatrix, &[f32], usize, &mut [f32])) {
+        let mut h = self.fc1.forward_with(&self.norm.forward(x), n, matmul);
         gelu_erf_in_place(&mut h);
-        add(x, &self.fc2.forward_rows(&h, n));
+        add(x, &self.fc2.forward_with(&h, n, matmul));
     }
 }
 
