@@ -6,17 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODELS="${MODELS:-whisper-base whisper-tiny.en}"
-venv=.cache/venvs/faster-whisper
 work=.cache/bench/speech-set
 mkdir -p "$work" bench/results
 command -v espeak-ng >/dev/null || { apt-get install -y -q espeak-ng >/dev/null || sudo apt-get install -y -q espeak-ng >/dev/null; }
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import faster_whisper" 2>/dev/null; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q faster-whisper==1.2.1 opencc-python-reimplemented==0.1.7
-fi
-./scripts/fetch-models.sh >/dev/null
-cargo build --release -q -p zhiku-cli
-Z="$(pwd)/${ZHIKU:-target/release/zhiku}"
+. bench/faster_whisper_env.sh
 for m in $MODELS; do
   OMP_NUM_THREADS=2 "$venv/bin/python" bench/speech_set.py "$Z" ".cache/models/$m" "$work/audio" "$work/$m.json" --count "${COUNT:-60}"
   python3 - "$work/$m.json" "bench/results/speech-set-$m.json" <<'PY'

@@ -6,17 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODELS="${MODELS:-whisper-base whisper-tiny.en}"
-venv=.cache/venvs/faster-whisper
 work=.cache/bench/transcribe
 mkdir -p "$work" bench/results
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import faster_whisper, opencc" 2>/dev/null; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q faster-whisper==1.2.1 opencc-python-reimplemented==0.1.7
-fi
-./scripts/fetch-models.sh >/dev/null
+. bench/faster_whisper_env.sh
 ./scripts/fetch-media.sh >/dev/null
-cargo build --release -q -p zhiku-cli
-Z="$(pwd)/${ZHIKU:-target/release/zhiku}"
 for m in $MODELS; do
   OMP_NUM_THREADS=2 "$venv/bin/python" bench/transcribe.py "$Z" ".cache/models/$m" .cache/media "$work/$m.json" --repeats "${REPEATS:-3}"
   python3 - "$work/$m.json" "bench/results/transcribe-$m.json" <<'PY'
