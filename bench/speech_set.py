@@ -1,23 +1,35 @@
-"""A larger English speech set with known transcripts, synthetic (issue 16): 60 subtitles of
-../shared/datasets/news-articles spoken by espeak-ng (American and British voices, 140-175 words
-a minute), transcribed by zhiku and by faster-whisper on the same CTranslate2 weights in one run:
-beam search (5) without VAD on both sides, f32. Reports the corpus word error rate of each side,
-how many files they transcribe identically, and the total time of each.
+"""English speech sets with known transcripts (issue 16), transcribed by zhiku and by
+faster-whisper on the same CTranslate2 weights in one run: beam search (5) without VAD on both
+sides, f32. Reports the corpus word error rate of each side, how many files they transcribe
+identically, and the total time of each.
 
-The speech is a formant synthesiser's, not a person's: the set measures whether the two
-implementations make the same errors over many sentences (decoding rules, numbers,
-punctuation), not Whisper's accuracy on real recordings. espeak-ng's Mandarin voice reads tone
-numbers rather than syllables, so the set is English only.
+--set espeak (synthetic): 60 subtitles of ../shared/datasets/news-articles spoken by espeak-ng
+(American and British voices, 140-175 words a minute). The speech is a formant synthesiser's,
+not a person's: the set measures whether the two implementations make the same errors over many
+sentences (decoding rules, numbers, punctuation), not Whisper's accuracy on real recordings.
+espeak-ng's Mandarin voice reads tone numbers rather than syllables, so the set is English only.
 
-usage: speech_set.py ZHIKU MODEL_DIR WORK_DIR OUT_JSON [--count 60]
+--set real: every recording of a person with a transcript that the package index carries here.
+From the pocketsphinx==5.1.1 source package (test/data, BSD licence): five sentences of a
+LibriVox audiobook (Sense and Sensibility), five spoken card names and "go forward ten meters";
+with jfk.wav and basic_ref_en.wav from scripts/fetch-media.sh. Numbers are compared as words
+("10" and "ten" are the same word) on both sides, as are "Mr." and "mister".
+
+usage: speech_set.py ZHIKU MODEL_DIR WORK_DIR OUT_JSON [--set espeak|real] [--count 60]
 """
 import argparse
+import hashlib
+import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tarfile
 import time
+import urllib.parse
+import urllib.request
 import wave
 
 from faster_whisper import WhisperModel
@@ -33,7 +45,7 @@ def seconds(path):
         return w.getnframes() / w.getframerate()
 
 
-def build(work, count):
+def build_espeak(work, count):
     """The first `count` articles (in file order) whose subtitle is plain ASCII of 8-30 words."""
     os.makedirs(work, exist_ok=True)
     refs_path = os.path.join(work, "transcripts.json")
@@ -56,15 +68,89 @@ def build(work, count):
     return refs
 
 
+POCKETSPHINX = ("pocketsphinx", "pocketsphinx-5.1.1.tar.gz")
+
+
+def fetch(project, filename):
+    """One file of a release from the package index, its sha256 checked."""
+    index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+    html = urllib.request.urlopen(f"{index}/{project}/", timeout=60).read().decode()
+    for href in re.findall(r'href="([^"]+)"', html):
+        url, _, frag = href.partition("#")
+        if url.rsplit("/", 1)[-1] == filename:
+            data = urllib.request.urlopen(urllib.parse.urljoin(f"{index}/{project}/", url), timeout=300).read()
+            if frag.startswith("sha256=") and hashlib.sha256(data).hexdigest() != frag[7:]:
+                sys.exit(f"{filename}: sha256 mismatch")
+            return data
+    sys.exit(f"{filename} is not on the index for {project}")
+
+
+def write_wav(path, pcm16, rate=16000):
+    with wave.open(path, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm16)
+
+
+def build_real(work):
+    os.makedirs(work, exist_ok=True)
+    refs_path = os.path.join(work, "transcripts.json")
+    if os.path.exists(refs_path):
+        return json.load(open(refs_path))
+    refs = {}
+    with tarfile.open(fileobj=io.BytesIO(fetch(*POCKETSPHINX))) as t:
+        root = "pocketsphinx-5.1.1/test/data/"
+        read = lambda name: t.extractfile(root + name).read()  # noqa: E731
+        for m in t.getmembers():
+            if m.name.startswith(root + "librivox/") and m.name.endswith(".wav"):
+                name = os.path.basename(m.name)
+                open(os.path.join(work, name), "wb").write(read("librivox/" + name))
+                refs[name] = read("librivox/" + name[:-4] + ".txt").decode().strip()
+        for line in read("cards/cards.transcription").decode().splitlines():
+            words, uid = re.match(r"<s>(.*)</s> \((\d+)\)", line).groups()
+            name = f"cards-{uid}.wav"
+            open(os.path.join(work, name), "wb").write(read(f"cards/{uid}.wav"))
+            refs[name] = words.strip()
+        # Headerless 16 kHz 16-bit mono; its words are the ones pocketsphinx's own tests expect.
+        write_wav(os.path.join(work, "goforward.wav"), read("goforward.raw"))
+        refs["goforward.wav"] = "go forward ten meters"
+    media = subprocess.run(["./scripts/fetch-media.sh"], capture_output=True, text=True, check=True).stdout.strip()
+    texts = json.load(open(os.path.join(media, "transcripts.json")))
+    for name in ("jfk.wav", "basic_ref_en.wav"):
+        shutil.copy(os.path.join(media, name), os.path.join(work, name))
+        refs[name] = texts[name]
+    json.dump(refs, open(refs_path + ".tmp", "w"), indent=1)
+    os.replace(refs_path + ".tmp", refs_path)
+    return refs
+
+
+ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
+TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+
+
+def spoken(words):
+    """Numbers below 100 as words, and Mr./Mrs. spelt out, so that '10' and 'ten' match."""
+    out = []
+    for w in words:
+        if w.isdigit() and int(w) < 100:
+            n = int(w)
+            out += [ONES[n]] if n < 20 else [TENS[n // 10]] + ([ONES[n % 10]] if n % 10 else [])
+        else:
+            out.append({"mr": "mister", "mrs": "missus"}.get(w, w))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("zhiku")
     ap.add_argument("model")
     ap.add_argument("work")
     ap.add_argument("out")
+    ap.add_argument("--set", choices=["espeak", "real"], default="espeak")
     ap.add_argument("--count", type=int, default=60)
     a = ap.parse_args()
-    refs = build(a.work, a.count)
+    refs = build_espeak(a.work, a.count) if a.set == "espeak" else build_real(a.work)
     files = sorted(refs)
     fw = WhisperModel(a.model, device="cpu", compute_type="float32", cpu_threads=2)
     fw_text, t = {}, time.time()
@@ -77,15 +163,16 @@ def main():
     zh_s = sum(float(x) for x in re.findall(r"audio in ([0-9.]+) s", p.stderr))
     rows, totals = [], {"zhiku": 0, "faster-whisper": 0}
     words = 0
+    norm = (lambda t: spoken(units(t, "en"))) if a.set == "real" else (lambda t: units(t, "en"))
     for f in files:
-        r = units(refs[f], "en")
+        r = norm(refs[f])
         words += len(r)
-        e = {"zhiku": edit_distance(units(zh_text[f], "en"), r), "faster-whisper": edit_distance(units(fw_text[f], "en"), r)}
+        e = {"zhiku": edit_distance(norm(zh_text[f]), r), "faster-whisper": edit_distance(norm(fw_text[f]), r)}
         for k in totals:
             totals[k] += e[k]
         rows.append({"file": f, "reference": refs[f], "zhiku": zh_text[f], "faster_whisper": fw_text[f], "edits": e, "words": len(r)})
     out = {
-        "model": a.model, "files": len(files), "reference_words": words,
+        "model": a.model, "set": a.set, "files": len(files), "reference_words": words,
         "audio_seconds": sum(seconds(os.path.join(a.work, f)) for f in files),
         "wer": {k: v / words for k, v in totals.items()},
         "identical_text": sum(r["zhiku"] == r["faster_whisper"] for r in rows),

@@ -62,6 +62,17 @@ fn bad_input_is_a_clear_error() {
     fails_with(&zhiku(&["transcribe", "--model", &model, "--beam-size", "0", &jfk]), "--beam-size 0: expected 1 to 64");
     fails_with(&zhiku(&["transcribe", "--model", &model, &jfk, &jfk]), "--output-dir");
     fails_with(&zhiku(&["transcribe", "--model", dir.path().to_str().unwrap(), &jfk]), "cannot load a Whisper model");
+    // Malformed WAVs that pocketsphinx tests with: chunk sizes past the end, no samples, a sample
+    // rate of 1.09 MHz (resampled to 6 silent samples, so no text).
+    let malformed = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/audio/malformed");
+    let path = |name: &str| malformed.join(name).to_str().unwrap().to_string();
+    for name in ["bad.wav", "evil.wav"] {
+        fails_with(&zhiku(&["transcribe", "--model", &model, &path(name)]), &format!("{name}: not an audio file zhiku can decode"));
+    }
+    fails_with(&zhiku(&["transcribe", "--model", &model, &path("null.wav")]), "null.wav: no audio in the file");
+    let awful = ok(&zhiku(&["transcribe", "--model", &model, "--quiet", "--format", "json", &path("awful.wav")]));
+    let awful: serde_json::Value = serde_json::from_str(&awful).unwrap();
+    assert_eq!((awful["text"].as_str(), awful["segments"].as_array().map(Vec::len)), (Some(""), Some(0)), "{awful}");
     // One bad file among good ones: the good ones are transcribed, the exit status says 1.
     let o = zhiku(&["transcribe", "--model", &model, "--quiet", "--format", "json", &jfk, empty.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
