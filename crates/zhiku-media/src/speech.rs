@@ -24,9 +24,11 @@ use crate::mel::{LogMel, Spectrogram, HOP, WINDOW_FRAMES};
 use crate::SAMPLE_RATE;
 use anyhow::{bail, Context, Result};
 use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
 use serde::Serialize;
 use std::path::Path;
 use zhiku_models::blocks::GgmlType;
+use zhiku_models::kernels::fast_exp;
 use crate::vad::{SpeechMap, Vad, VadOptions};
 use zhiku_models::whisper::{DecoderState, Whisper};
 
@@ -467,9 +469,12 @@ impl SpeechModel {
         let mut tokens: Vec<u32> = Vec::new();
         let mut sum_logprob = 0f64;
         for step in 0..max_new {
-            let logprobs = self.step_log_probs(&mut logits, &tokens, opts, max_initial);
+            self.step_log_probs(&mut logits, &tokens, opts, max_initial);
+            let logprobs = &logits;
             let next = if temperature > 0.0 {
-                let scaled: Vec<f32> = logits.iter().map(|&l| l / temperature).collect();
+                // Log-probabilities differ from the logits by a constant, which the softmax of
+                // their scaled values does not see.
+                let scaled: Vec<f32> = logprobs.iter().map(|&l| l / temperature).collect();
                 let p = log_softmax(&scaled);
                 let mut u: f64 = rng.random();
                 let mut pick = vocab - 1;
@@ -482,7 +487,7 @@ impl SpeechModel {
                 }
                 pick as u32
             } else {
-                argmax(&logprobs)
+                argmax(logprobs)
             };
             sum_logprob += logprobs[next as usize] as f64;
             if next == s.eot {
@@ -498,9 +503,9 @@ impl SpeechModel {
         Ok(Generated { avg_logprob: sum_logprob / (tokens.len() + 1) as f64, no_speech_prob, temperature, compression_ratio: compression_ratio(text.trim()), tokens })
     }
 
-    /// Logits after the window's rules for the token after `tokens` (suppressed tokens, no blank
-    /// first, the timestamp rules), as log-probabilities.
-    fn step_log_probs(&self, logits: &mut [f32], tokens: &[u32], opts: &TranscribeOptions, max_initial: usize) -> Vec<f32> {
+    /// Turns `logits` into log-probabilities for the token after `tokens`, after the window's
+    /// rules (suppressed tokens, no blank first, the timestamp rules).
+    fn step_log_probs(&self, logits: &mut [f32], tokens: &[u32], opts: &TranscribeOptions, max_initial: usize) {
         for &t in &self.suppress {
             logits[t as usize] = f32::NEG_INFINITY;
         }
@@ -512,7 +517,10 @@ impl SpeechModel {
         if !opts.without_timestamps {
             self.apply_timestamp_rules(logits, tokens, max_initial);
         }
-        log_softmax(logits)
+        // In place: a fresh vocabulary-wide vector per hypothesis and step cost more in page
+        // faults than the arithmetic.
+        let lse = log_sum_exp(logits);
+        logits.iter_mut().for_each(|x| *x -= lse);
     }
 
     /// Beam search as CTranslate2 runs it for faster-whisper (length penalty 1, no early exit):
@@ -535,20 +543,27 @@ impl SpeechModel {
         for step in 0..max_new {
             // Every live hypothesis's continuations, scored. Only a hypothesis's own best
             // `candidates` continuations can be among the best `candidates` overall.
-            let mut scored: Vec<(f32, usize, u32)> = Vec::with_capacity(alive.len() * candidates);
-            for (b, (tokens, score)) in alive.iter().enumerate() {
-                let lp = self.step_log_probs(&mut logits[b * vocab..(b + 1) * vocab], tokens, opts, max_initial);
-                // The best `candidates`, kept sorted as the row streams by.
-                let mut own: Vec<(f32, u32)> = Vec::with_capacity(candidates + 1);
-                for (t, &l) in lp.iter().enumerate() {
-                    if l.is_finite() && (own.len() < candidates || l > own[own.len() - 1].0) {
-                        let at = own.partition_point(|&(x, _)| x >= l);
-                        own.insert(at, (l, t as u32));
-                        own.truncate(candidates);
+            // The hypotheses' rows are independent: one task each.
+            let per_beam: Vec<Vec<(f32, usize, u32)>> = logits
+                .par_chunks_mut(vocab)
+                .zip(alive.par_iter())
+                .enumerate()
+                .map(|(b, (row, (tokens, score)))| {
+                    self.step_log_probs(row, tokens, opts, max_initial);
+                    let lp = &*row;
+                    // The best `candidates`, kept sorted as the row streams by.
+                    let mut own: Vec<(f32, u32)> = Vec::with_capacity(candidates + 1);
+                    for (t, &l) in lp.iter().enumerate() {
+                        if l.is_finite() && (own.len() < candidates || l > own[own.len() - 1].0) {
+                            let at = own.partition_point(|&(x, _)| x >= l);
+                            own.insert(at, (l, t as u32));
+                            own.truncate(candidates);
+                        }
                     }
-                }
-                scored.extend(own.into_iter().map(|(l, t)| (score + l, b, t)));
-            }
+                    own.into_iter().map(|(l, t)| (score + l, b, t)).collect()
+                })
+                .collect();
+            let mut scored: Vec<(f32, usize, u32)> = per_beam.concat();
             if scored.is_empty() {
                 break;
             }
@@ -637,9 +652,11 @@ impl SpeechModel {
             }
         }
         if check {
-            let lp = log_softmax(logits);
-            let max_text = lp[..ts_begin].iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            if log_sum_exp(&lp[ts_begin..]) > max_text {
+            // The timestamps' total probability against the likeliest text token's. Both sides
+            // of CTranslate2's comparison of log-probabilities carry the same normaliser, so
+            // the logits compare as they are.
+            let max_text = logits[..ts_begin].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            if log_sum_exp(&logits[ts_begin..]) > max_text {
                 logits[..ts_begin].fill(f32::NEG_INFINITY);
             }
         }
@@ -712,12 +729,23 @@ pub(crate) fn argmax(v: &[f32]) -> u32 {
     best as u32
 }
 
+/// `ln Σ e^v` over a vocabulary-wide row. The exponentials are the vectorised `fast_exp` (about
+/// 2 ulp; libm's is a call per element, and beam search takes five rows of 52k a step), summed
+/// in f64 so the row's length does not cost precision.
 fn log_sum_exp(v: &[f32]) -> f32 {
-    let max = v.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let max = v.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
     if max == f32::NEG_INFINITY {
         return max;
     }
-    max + v.iter().map(|&x| ((x - max) as f64).exp()).sum::<f64>().ln() as f32
+    let mut acc = [0f64; 8];
+    let chunks = v.chunks_exact(8);
+    let tail: f64 = chunks.remainder().iter().map(|&x| fast_exp(x - max) as f64).sum();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] += fast_exp(c[i] - max) as f64;
+        }
+    }
+    max + (acc.iter().sum::<f64>() + tail).ln() as f32
 }
 
 fn log_softmax(v: &[f32]) -> Vec<f32> {

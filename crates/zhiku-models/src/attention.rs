@@ -108,6 +108,41 @@ pub fn attention_rows(q: &[f32], q_stride: usize, k: &[f32], v: &[f32], kv_strid
     );
 }
 
+/// One query per cache (beam search: each hypothesis's new token against its own
+/// self-attention cache): query row `b` of `q` (`q_stride` floats apart) attends to the first
+/// `m` rows of `caches[b]`'s keys and values (`kv_stride` apart); writes `out` as
+/// `[caches, heads · d]`. One task per (cache, head), all in one parallel call, with plain dot
+/// products and AXPYs: a GEMM call per head for a single query, and a parallel call per cache,
+/// cost more than the arithmetic.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_per_cache(q: &[f32], q_stride: usize, caches: &[(&[f32], &[f32])], kv_stride: usize, m: usize, heads: usize, d: usize, scale: f32, out: &mut [f32]) {
+    let hd = heads * d;
+    let n = caches.len();
+    assert!(n == 0 || q.len() >= (n - 1) * q_stride + hd, "attention query shape");
+    assert!(m > 0 && caches.iter().all(|(k, v)| k.len() >= (m - 1) * kv_stride + hd && v.len() >= (m - 1) * kv_stride + hd), "attention cache shapes");
+    assert_eq!(out.len(), n * hd, "attention output shape");
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    (0..n * heads).into_par_iter().for_each_init(
+        || vec![0f32; m],
+        |p, task| {
+            let (b, base) = (task / heads, (task % heads) * d);
+            let (k, v) = caches[b];
+            let qh = &q[b * q_stride + base..b * q_stride + base + d];
+            for (j, s) in p.iter_mut().enumerate() {
+                *s = crate::slice_ops::dot(qh, &k[j * kv_stride + base..j * kv_stride + base + d]) * scale;
+            }
+            crate::kernels::softmax_row(p);
+            // SAFETY: `out` is n × hd (asserted above); this task alone writes row b's columns
+            // base..base + d.
+            let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(b * hd + base), d) };
+            o.fill(0.0);
+            for (j, &w) in p.iter().enumerate() {
+                crate::slice_ops::axpy(w, &v[j * kv_stride + base..j * kv_stride + base + d], o);
+            }
+        },
+    );
+}
+
 fn dropout_keep(seed: u64, index: u64, threshold: u32) -> bool {
     let mut z = seed.wrapping_add(index).wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

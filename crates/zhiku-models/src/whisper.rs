@@ -16,7 +16,7 @@
 //! for self-attention) is the output. Matrices are kept as [`QMatrix`], in f32 or quantised to
 //! 8 bits (`GgmlType::Q8_0`, the counterpart of CTranslate2's int8).
 
-use crate::attention::{attention_rows, QueryMask};
+use crate::attention::{attention_per_cache, attention_rows, QueryMask};
 use crate::ctranslate2::Ct2File;
 use crate::blocks::GgmlType;
 use crate::kernels::gelu_erf_in_place;
@@ -500,9 +500,10 @@ impl Whisper {
             for (b, row) in qkv.chunks_exact(3 * d).enumerate() {
                 beams.self_k[b][l].extend_from_slice(&row[d..2 * d]);
                 beams.self_v[b][l].extend_from_slice(&row[2 * d..]);
-                // Each hypothesis attends to its own cache (its new token sees all of it).
-                attention_rows(row, 3 * d, &beams.self_k[b][l], &beams.self_v[b][l], d, 1, total, heads, d / heads, scale, QueryMask::None, &mut ctx[b * d..(b + 1) * d]);
             }
+            // Each hypothesis attends to its own cache (its new token sees all of it).
+            let caches: Vec<(&[f32], &[f32])> = (0..n).map(|b| (beams.self_k[b][l].as_slice(), beams.self_v[b][l].as_slice())).collect();
+            attention_per_cache(&qkv, 3 * d, &caches, d, total, heads, d / heads, scale, &mut ctx);
             add(&mut x, &layer.self_out.forward_rows(&ctx, n));
             let q = layer.cross_q.forward_rows(&layer.cross_norm.forward(&x), n);
             attention_rows(&q, d, &state.cross_k[l], &state.cross_v[l], d, n, state.audio_len, heads, d / heads, scale, QueryMask::None, &mut ctx);
