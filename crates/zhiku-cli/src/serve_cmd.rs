@@ -22,7 +22,7 @@ pub struct ServeArgs {
     /// (OpenAI-compatible /v1/chat/completions and /v1/completions), or a LoRA adapter folder
     /// from `zhiku train --task sft` (or PEFT) over a GGUF model also served: requests choose it
     /// by NAME, and every adapter shares its base's weights and batches.
-    #[arg(long = "model", value_name = "NAME=PATH", required_unless_present_any = ["libraries", "recommenders", "speech", "ocr"])]
+    #[arg(long = "model", value_name = "NAME=PATH", required_unless_present_any = ["libraries", "recommenders", "speech", "ocr", "clip"])]
     models: Vec<String>,
     /// A content library to serve, as NAME=DIR (made by `zhiku library add`; repeat for several)
     /// or NAME=postgres://USER@HOST/DB#LIB (several servers may share it):
@@ -46,7 +46,13 @@ pub struct ServeArgs {
     /// lines, their boxes and confidences. Scope: predict.
     #[arg(long = "ocr", value_name = "NAME=DIR")]
     ocr: Vec<String>,
-    /// Largest audio or image upload to /v1/audio/transcriptions and /v1/ocr, in MiB (more: 413).
+    /// An image-text model to serve, as NAME=DIR (a CLIP or Chinese-CLIP folder; repeat for
+    /// several): POST /v1/images/tags (zero-shot tags of an uploaded image from label texts),
+    /// POST /v1/images/embeddings, and POST /v1/embeddings with model NAME for texts in the same
+    /// space. Scope: predict.
+    #[arg(long = "clip", value_name = "NAME=DIR")]
+    clip: Vec<String>,
+    /// Largest audio or image upload to /v1/audio/transcriptions, /v1/ocr and /v1/images, in MiB (more: 413).
     #[arg(long, default_value_t = 100)]
     max_upload_mib: usize,
     /// Longest recording /v1/audio/transcriptions accepts, in seconds (more: 413).
@@ -130,6 +136,7 @@ pub fn run(a: ServeArgs) -> Result<i32> {
     let recommenders = named_dirs("recommender", &a.recommenders)?;
     let speech = named_dirs("speech", &a.speech)?;
     let ocr = named_dirs("ocr", &a.ocr)?;
+    let clip = named_dirs("clip", &a.clip)?;
     let long_text = match a.long_text.as_str() {
         "truncate" => LongText::Truncate,
         "reject" => LongText::Reject,
@@ -151,6 +158,7 @@ pub fn run(a: ServeArgs) -> Result<i32> {
         recommenders,
         speech,
         ocr,
+        clip,
         max_upload_bytes: a.max_upload_mib << 20,
         max_audio_seconds: a.max_audio_seconds,
         llm_limits: {

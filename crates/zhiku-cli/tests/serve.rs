@@ -75,7 +75,7 @@ fn classifies_embeds_and_describes_itself() {
 
     let (s, spec) = srv.json("GET", "/openapi.json", None, &Value::Null);
     assert_eq!(s, 200);
-    for p in ["/v1/classify", "/v1/embed", "/v1/embeddings", "/v1/models", "/health", "/metrics", "/v1/admin/models"] {
+    for p in ["/v1/classify", "/v1/embed", "/v1/embeddings", "/v1/models", "/health", "/metrics", "/v1/admin/models", "/v1/ocr", "/v1/audio/transcriptions", "/v1/images/tags", "/v1/images/embeddings"] {
         assert!(spec["paths"].get(p).is_some(), "openapi lacks {p}");
     }
     let (s, head, page) = srv.raw("GET", "/", &[], b"");

@@ -160,11 +160,17 @@ impl ImageTextModel {
 
     /// Unit-length embeddings of texts (cut to the text tower's length), one row each.
     pub fn embed_texts(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        Ok(self.embed_texts_counted(texts)?.0)
+    }
+
+    /// [`Self::embed_texts`] and the number of tokens read.
+    pub fn embed_texts_counted(&self, texts: &[&str]) -> Result<(Vec<Vec<f32>>, usize)> {
         if texts.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), 0));
         }
         let batch = self.tokenizer.encode_batch(texts, None, &Device::Cpu)?;
-        Ok(normalize(&self.model.text_features(&batch.input_ids, &batch.attention_mask)?)?.to_vec2::<f32>()?)
+        let rows = normalize(&self.model.text_features(&batch.input_ids, &batch.attention_mask)?)?.to_vec2::<f32>()?;
+        Ok((rows, batch.lengths.iter().sum()))
     }
 
     /// Labels embedded once, to rank many images against: `template` with `{}` replaced by the

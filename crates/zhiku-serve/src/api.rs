@@ -94,6 +94,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/interactions", post(crate::recommend::interactions))
         .route("/v1/audio/transcriptions", post(crate::speech::transcriptions).layer(DefaultBodyLimit::max(state.config.max_upload_bytes)))
         .route("/v1/ocr", post(crate::ocr::ocr).layer(DefaultBodyLimit::max(state.config.max_upload_bytes)))
+        .route("/v1/images/tags", post(crate::images::tags).layer(DefaultBodyLimit::max(state.config.max_upload_bytes)))
+        .route("/v1/images/embeddings", post(crate::images::embeddings).layer(DefaultBodyLimit::max(state.config.max_upload_bytes)))
         .route("/v1/admin/models", post(admin_load))
         .route("/v1/admin/models/{name}", delete(admin_unload))
         .fallback(not_found)
@@ -124,6 +126,8 @@ fn route_label(path: &str) -> &'static str {
         "/v1/interactions" => "/v1/interactions",
         "/v1/audio/transcriptions" => "/v1/audio/transcriptions",
         "/v1/ocr" => "/v1/ocr",
+        "/v1/images/tags" => "/v1/images/tags",
+        "/v1/images/embeddings" => "/v1/images/embeddings",
         p if p.starts_with("/v1/libraries/") => "/v1/libraries",
         _ => "other",
     }
@@ -367,15 +371,22 @@ struct OpenAiRequest {
 
 async fn openai_embeddings(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> AppResult<Json<Value>> {
     let req: OpenAiRequest = parse(body)?;
-    let m = pick_model(&state, req.model.as_deref())?;
+    // An image-text model's name: its text tower, in the space of its image embeddings.
+    let clip = req.model.as_deref().and_then(|n| state.clip.get(n).cloned());
+    let m = if clip.is_some() { None } else { Some(pick_model(&state, req.model.as_deref())?) };
     if let Some(f) = req.encoding_format.as_deref() {
         if f != "float" {
             return Err(ApiError::bad(format!("encoding_format {f:?} is not supported; use \"float\"")));
         }
     }
     if let Some(d) = req.dimensions {
-        if d != m.model.dimensions() {
-            return Err(ApiError::bad(format!("this model's vectors have {} dimensions; it cannot give {d}", m.model.dimensions())));
+        let dims = match (&m, &clip) {
+            (Some(m), _) => m.model.dimensions(),
+            (None, Some(c)) => c.model.config.projection_dim,
+            (None, None) => unreachable!("one of the two is picked"),
+        };
+        if d != dims {
+            return Err(ApiError::bad(format!("this model's vectors have {dims} dimensions; it cannot give {d}")));
         }
     }
     let texts = match req.input {
@@ -390,6 +401,10 @@ async fn openai_embeddings(State(state): State<Arc<AppState>>, body: Result<Byte
         _ => return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "\"input\" must be a string or a list of strings")),
     };
     let texts = collect_texts(&state, None, Some(texts))?;
+    let Some(m) = m else {
+        let name = req.model.unwrap_or_default();
+        return crate::images::text_embeddings(&name, clip.expect("picked above"), texts).await;
+    };
     let (rows, tokens) = run_model(&state, &m, Op::Embed { normalize: true }, texts, None).await?;
     let data: Vec<Value> = rows.into_iter().enumerate().map(|(i, e)| json!({"object": "embedding", "index": i, "embedding": e})).collect();
     Ok(Json(json!({"object": "list", "data": data, "model": m.name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})))

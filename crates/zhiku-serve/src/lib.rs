@@ -16,6 +16,7 @@ pub mod openapi;
 pub mod recommend;
 pub mod speech;
 pub mod upload;
+pub mod images;
 pub mod ocr;
 pub mod registry;
 
@@ -54,6 +55,9 @@ pub struct ServeConfig {
     pub speech: Vec<(String, PathBuf)>,
     /// OCR models (NAME, folder of PP-OCR .onnx files) for /v1/ocr.
     pub ocr: Vec<(String, PathBuf)>,
+    /// Image-text models (NAME, CLIP or Chinese-CLIP folder) for /v1/images/tags and
+    /// /v1/images/embeddings, and their text tower for /v1/embeddings.
+    pub clip: Vec<(String, PathBuf)>,
     /// Largest audio or image upload in bytes, and longest recording in seconds.
     pub max_upload_bytes: usize,
     pub max_audio_seconds: f64,
@@ -85,6 +89,7 @@ pub struct AppState {
     pub recommenders: std::collections::HashMap<String, Arc<recommend::ServedRecommender>>,
     pub speech: std::collections::HashMap<String, Arc<zhiku_media::speech::SpeechModel>>,
     pub ocr: std::collections::HashMap<String, Arc<zhiku_media::ocr::OcrModel>>,
+    pub clip: std::collections::HashMap<String, Arc<zhiku_media::clip::ImageTextModel>>,
     pub keys: auth::ApiKeys,
     pub metrics: Arc<metrics::Metrics>,
     pub config: ServeConfig,
@@ -101,8 +106,8 @@ pub fn run(config: ServeConfig) -> Result<()> {
             config.host
         )
     }
-    if config.models.is_empty() && config.llms.is_empty() && config.adapters.is_empty() && config.libraries.is_empty() && config.recommenders.is_empty() && config.speech.is_empty() && config.ocr.is_empty() {
-        bail!("nothing to serve: give at least one --model NAME=DIR (or NAME=FILE.gguf), --library NAME=DIR, --recommender NAME=DIR, --speech NAME=DIR or --ocr NAME=DIR")
+    if config.models.is_empty() && config.llms.is_empty() && config.adapters.is_empty() && config.libraries.is_empty() && config.recommenders.is_empty() && config.speech.is_empty() && config.ocr.is_empty() && config.clip.is_empty() {
+        bail!("nothing to serve: give at least one --model NAME=DIR (or NAME=FILE.gguf), --library NAME=DIR, --recommender NAME=DIR, --speech NAME=DIR, --ocr NAME=DIR or --clip NAME=DIR")
     }
     let metrics = Arc::new(metrics::Metrics::new());
     let registry = registry::Registry::new(config.batch, metrics.clone());
@@ -164,7 +169,13 @@ pub fn run(config: ServeConfig) -> Result<()> {
         eprintln!("zhiku serve: loaded OCR model {name} from {}", dir.display());
         ocr.insert(name.clone(), Arc::new(model));
     }
-    let state = Arc::new(AppState { registry, libraries, llms, recommenders, speech, ocr, keys, metrics, config: config.clone() });
+    let mut clip = std::collections::HashMap::new();
+    for (name, dir) in &config.clip {
+        let model = zhiku_media::clip::ImageTextModel::load(dir).with_context(|| format!("cannot load image-text model {name:?} from {}", dir.display()))?;
+        eprintln!("zhiku serve: loaded image-text model {name} from {}", dir.display());
+        clip.insert(name.clone(), Arc::new(model));
+    }
+    let state = Arc::new(AppState { registry, libraries, llms, recommenders, speech, ocr, clip, keys, metrics, config: config.clone() });
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(SocketAddr::new(config.host, config.port))

@@ -76,7 +76,7 @@ pub fn document() -> Value {
         "paths": {
             "/v1/classify": {"post": {"summary": "Labels and scores for texts", "requestBody": body("ClassifyRequest"), "responses": with(ok("ClassifyResponse"), &predict_errors)}},
             "/v1/embed": {"post": {"summary": "Sentence vectors for texts", "requestBody": body("EmbedRequest"), "responses": with(ok("EmbedResponse"), &predict_errors)}},
-            "/v1/embeddings": {"post": {"summary": "OpenAI-compatible embeddings", "requestBody": body("EmbeddingsRequest"), "responses": with(ok("EmbeddingsResponse"), &predict_errors)}},
+            "/v1/embeddings": {"post": {"summary": "OpenAI-compatible embeddings (for a served --clip model, its text tower: texts in the space of its image embeddings)", "requestBody": body("EmbeddingsRequest"), "responses": with(ok("EmbeddingsResponse"), &predict_errors)}},
             "/v1/models": {"get": {"summary": "Loaded models", "responses": with(ok("ModelList"), &[401, 403, 429])}},
             "/v1/admin/models": {"post": {"summary": "Load a model folder under a name (replaces one of that name)", "requestBody": body("LoadRequest"),
                 "responses": {"201": {"description": "Loaded", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Model"}}}}, "400": errors(&[400])["400"], "401": errors(&[401])["401"], "403": errors(&[403])["403"]}}},
@@ -106,6 +106,15 @@ pub fn document() -> Value {
                     "file": {"type": "string", "format": "binary"}, "model": {"type": "string"}, "min_confidence": {"type": "number", "default": 0.5},
                     "response_format": {"type": "string", "enum": ["json", "text"], "default": "json"}}}}}},
                 "responses": with(json!({"description": "{\"model\", \"text\", \"width\", \"height\", \"lines\": [{\"text\", \"box\": [[x, y] x 4], \"confidence\"}]}, or the text", "content": {"application/json": {}, "text/plain": {}}}), &[400, 401, 403, 404, 413, 422, 429])}},
+            "/v1/images/tags": {"post": {"summary": "Zero-shot tags of an image from label texts with a CLIP or Chinese-CLIP model (multipart upload: file as PNG or JPEG, labels separated by commas or new lines, template with {} for the label, top, model); scope predict",
+                "requestBody": {"required": true, "content": {"multipart/form-data": {"schema": {"type": "object", "required": ["file", "labels"], "properties": {
+                    "file": {"type": "string", "format": "binary"}, "labels": {"type": "string"}, "template": {"type": "string", "default": "{}"},
+                    "top": {"type": "integer", "minimum": 1}, "model": {"type": "string"}}}}}},
+                "responses": with(json!({"description": "{\"model\", \"labels\": [{\"label\", \"similarity\", \"probability\"}]}, best first"}), &[400, 401, 403, 404, 413, 422, 429])}},
+            "/v1/images/embeddings": {"post": {"summary": "An image's unit-length embedding from a CLIP or Chinese-CLIP model (multipart upload: file, model); POST /v1/embeddings with the same model embeds texts in the same space; scope predict",
+                "requestBody": {"required": true, "content": {"multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+                    "file": {"type": "string", "format": "binary"}, "model": {"type": "string"}}}}}},
+                "responses": with(json!({"description": "{\"object\": \"list\", \"model\", \"data\": [{\"object\": \"embedding\", \"index\": 0, \"embedding\"}]}"}), &[400, 401, 403, 404, 413, 422, 429])}},
             "/health": {"get": {"summary": "Liveness and loaded model names", "security": [], "responses": {"200": {"description": "OK"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": with(json!({"description": "Prometheus text format", "content": {"text/plain": {}}}), &[401, 403])}},
             "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OK"}}}},

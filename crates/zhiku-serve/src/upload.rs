@@ -1,5 +1,5 @@
-//! The multipart uploads of the media routes (`/v1/audio/transcriptions`, `/v1/ocr`): one file
-//! field and named text fields, with the same errors for both: 400 for a malformed form, 413 for
+//! The multipart uploads of the media routes (`/v1/audio/transcriptions`, `/v1/ocr`, `/v1/images/*`): one file
+//! field and named text fields, with the same errors for all: 400 for a malformed form, 413 for
 //! a file over the route's body limit, 422 for a missing, empty or unknown field.
 
 use crate::api::ApiError;
