@@ -281,6 +281,25 @@ mod tests {
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
+    #[test]
+    fn per_cache_attention_equals_one_call_per_cache() {
+        // Three queries (strided as in a fused QKV row), each against its own cache of 7 rows.
+        let (heads, d, m, n) = (4, 8, 7, 3);
+        let hd = heads * d;
+        let vals = |len: usize, seed: u64| -> Vec<f32> { (0..len).map(|i| (((seed * 7919 + i as u64 * 104729) % 1000) as f32 / 500.0) - 1.0).collect() };
+        let q = vals(n * 3 * hd, 1);
+        let caches: Vec<(Vec<f32>, Vec<f32>)> = (0..n).map(|b| (vals(m * hd, 10 + b as u64), vals(m * hd, 20 + b as u64))).collect();
+        let refs: Vec<(&[f32], &[f32])> = caches.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
+        let mut got = vec![0f32; n * hd];
+        attention_per_cache(&q, 3 * hd, &refs, hd, m, heads, d, 0.35, &mut got);
+        for (b, (k, v)) in refs.iter().enumerate() {
+            let mut want = vec![0f32; hd];
+            attention_rows(&q[b * 3 * hd..], 3 * hd, k, v, hd, 1, m, heads, d, 0.35, QueryMask::None, &mut want);
+            let gap = want.iter().zip(&got[b * hd..(b + 1) * hd]).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(gap < 1e-5, "cache {b}: {gap}");
+        }
+    }
+
     /// The composed reference: split heads, softmax(QKᵀ/√d + mask)·V, merge heads.
     fn reference(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, mask: &Tensor) -> Tensor {
         let (b, s, hd) = q.dims3().unwrap();
