@@ -371,19 +371,25 @@ struct OpenAiRequest {
 
 async fn openai_embeddings(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> AppResult<Json<Value>> {
     let req: OpenAiRequest = parse(body)?;
-    // An image-text model's name: its text tower, in the space of its image embeddings.
-    let clip = req.model.as_deref().and_then(|n| state.clip.get(n).cloned());
-    let m = if clip.is_some() { None } else { Some(pick_model(&state, req.model.as_deref())?) };
+    /// What embeds the texts: an encoder, or an image-text model's text tower (texts in the
+    /// space of its image embeddings).
+    enum Embedder {
+        Encoder(Arc<LoadedModel>),
+        ImageText(String, Arc<zhiku_media::clip::ImageTextModel>),
+    }
+    let embedder = match req.model.as_deref().and_then(|n| state.clip.get(n).map(|c| (n, c.clone()))) {
+        Some((name, c)) => Embedder::ImageText(name.to_string(), c),
+        None => Embedder::Encoder(pick_model(&state, req.model.as_deref())?),
+    };
     if let Some(f) = req.encoding_format.as_deref() {
         if f != "float" {
             return Err(ApiError::bad(format!("encoding_format {f:?} is not supported; use \"float\"")));
         }
     }
     if let Some(d) = req.dimensions {
-        let dims = match (&m, &clip) {
-            (Some(m), _) => m.model.dimensions(),
-            (None, Some(c)) => c.model.config.projection_dim,
-            (None, None) => unreachable!("one of the two is picked"),
+        let dims = match &embedder {
+            Embedder::Encoder(m) => m.model.dimensions(),
+            Embedder::ImageText(_, c) => c.model.config.projection_dim,
         };
         if d != dims {
             return Err(ApiError::bad(format!("this model's vectors have {dims} dimensions; it cannot give {d}")));
@@ -401,13 +407,12 @@ async fn openai_embeddings(State(state): State<Arc<AppState>>, body: Result<Byte
         _ => return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "\"input\" must be a string or a list of strings")),
     };
     let texts = collect_texts(&state, None, Some(texts))?;
-    let Some(m) = m else {
-        let name = req.model.unwrap_or_default();
-        return crate::images::text_embeddings(&name, clip.expect("picked above"), texts).await;
+    let (name, (rows, tokens)) = match embedder {
+        Embedder::Encoder(m) => (m.name.clone(), run_model(&state, &m, Op::Embed { normalize: true }, texts, None).await?),
+        Embedder::ImageText(name, c) => (name, crate::images::embed_texts(c, texts).await?),
     };
-    let (rows, tokens) = run_model(&state, &m, Op::Embed { normalize: true }, texts, None).await?;
     let data: Vec<Value> = rows.into_iter().enumerate().map(|(i, e)| json!({"object": "embedding", "index": i, "embedding": e})).collect();
-    Ok(Json(json!({"object": "list", "data": data, "model": m.name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})))
+    Ok(Json(json!({"object": "list", "data": data, "model": name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})))
 }
 
 #[derive(Deserialize)]

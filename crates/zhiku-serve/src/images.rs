@@ -23,23 +23,6 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use zhiku_media::clip::ImageTextModel;
 
-/// The served model a request names (or the only one).
-pub fn pick(state: &AppState, name: Option<&str>) -> Result<(String, Arc<ImageTextModel>), ApiError> {
-    match name {
-        Some(n) => Ok((n.to_string(), state.clip.get(n).cloned().ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no image-text model {n:?} on this server")))?)),
-        None if state.clip.len() == 1 => Ok(state.clip.iter().next().map(|(n, m)| (n.clone(), m.clone())).expect("one")),
-        None if state.clip.is_empty() => Err(ApiError::new(StatusCode::NOT_FOUND, "no image-text model is served (start with --clip NAME=DIR)")),
-        None => Err(ApiError::unprocessable("several image-text models are served: name one with the model field")),
-    }
-}
-
-fn decode(bytes: &[u8], upload: &str) -> Result<zhiku_media::image::RgbImage, ApiError> {
-    zhiku_media::image::decode_image(bytes, upload).map_err(|e| match e {
-        zhiku_media::image::ImageError::TooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
-        e => ApiError::unprocessable(e.to_string()),
-    })
-}
-
 fn failed(what: &str) -> impl FnOnce(tokio::task::JoinError) -> ApiError + '_ {
     move |e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the {what} task failed: {e}"))
 }
@@ -47,7 +30,7 @@ fn failed(what: &str) -> impl FnOnce(tokio::task::JoinError) -> ApiError + '_ {
 pub async fn tags(State(state): State<Arc<AppState>>, form: Multipart) -> Result<Json<Value>, ApiError> {
     let upload = crate::upload::read(form, "the image", &["model", "labels", "template", "top"]).await?;
     let (upload, bytes, mut fields) = (upload.name, upload.bytes, upload.fields);
-    let (name, model) = pick(&state, fields.remove("model").as_deref())?;
+    let (name, model) = crate::upload::pick_model(&state.clip, fields.remove("model").as_deref(), "image-text model", "--clip")?;
     let labels: Vec<String> = fields.remove("labels").unwrap_or_default().split([',', '\n']).map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
     if labels.is_empty() {
         return Err(ApiError::unprocessable("labels: give the labels to tag with, separated by commas or new lines"));
@@ -64,7 +47,7 @@ pub async fn tags(State(state): State<Arc<AppState>>, form: Multipart) -> Result
         },
     };
     let scores = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
-        let image = decode(&bytes, &upload)?;
+        let image = crate::upload::decode_image(&bytes, &upload)?;
         let internal = |e: anyhow::Error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{upload}: {e:#}"));
         let labels = model.labels(&labels.iter().map(String::as_str).collect::<Vec<_>>(), &template).map_err(internal)?;
         let embedding = model.embed_images(&[&image]).map_err(internal)?.remove(0);
@@ -78,9 +61,9 @@ pub async fn tags(State(state): State<Arc<AppState>>, form: Multipart) -> Result
 pub async fn embeddings(State(state): State<Arc<AppState>>, form: Multipart) -> Result<Json<Value>, ApiError> {
     let upload = crate::upload::read(form, "the image", &["model"]).await?;
     let (upload, bytes, mut fields) = (upload.name, upload.bytes, upload.fields);
-    let (name, model) = pick(&state, fields.remove("model").as_deref())?;
+    let (name, model) = crate::upload::pick_model(&state.clip, fields.remove("model").as_deref(), "image-text model", "--clip")?;
     let embedding = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
-        let image = decode(&bytes, &upload)?;
+        let image = crate::upload::decode_image(&bytes, &upload)?;
         Ok(model.embed_images(&[&image]).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{upload}: {e:#}")))?.remove(0))
     })
     .await
@@ -88,12 +71,11 @@ pub async fn embeddings(State(state): State<Arc<AppState>>, form: Multipart) -> 
     Ok(Json(json!({"object": "list", "model": name, "data": [{"object": "embedding", "index": 0, "embedding": embedding}]})))
 }
 
-/// `POST /v1/embeddings` for a served image-text model: the texts through its text tower.
-pub async fn text_embeddings(name: &str, model: Arc<ImageTextModel>, texts: Vec<String>) -> Result<Json<Value>, ApiError> {
-    let (rows, tokens) = tokio::task::spawn_blocking(move || model.embed_texts_counted(&texts.iter().map(String::as_str).collect::<Vec<_>>()))
+/// For `POST /v1/embeddings` naming a served image-text model: the texts through its text
+/// tower, and the number of tokens read.
+pub async fn embed_texts(model: Arc<ImageTextModel>, texts: Vec<String>) -> Result<(Vec<Vec<f32>>, usize), ApiError> {
+    tokio::task::spawn_blocking(move || model.embed_texts_counted(&texts.iter().map(String::as_str).collect::<Vec<_>>()))
         .await
         .map_err(failed("embedding"))?
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
-    let data: Vec<Value> = rows.into_iter().enumerate().map(|(i, e)| json!({"object": "embedding", "index": i, "embedding": e})).collect();
-    Ok(Json(json!({"object": "list", "data": data, "model": name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))
 }

@@ -32,17 +32,9 @@ pub async fn ocr(State(state): State<Arc<AppState>>, form: Multipart) -> Result<
         "text" => true,
         other => return Err(ApiError::unprocessable(format!("response_format {other:?}: expected json or text"))),
     };
-    let (name, ocr) = match model.as_deref() {
-        Some(n) => (n.to_string(), state.ocr.get(n).cloned().ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no OCR model {n:?} on this server")))?),
-        None if state.ocr.len() == 1 => state.ocr.iter().next().map(|(n, m)| (n.clone(), m.clone())).expect("one"),
-        None if state.ocr.is_empty() => return Err(ApiError::new(StatusCode::NOT_FOUND, "no OCR model is served (start with --ocr NAME=DIR)")),
-        None => return Err(ApiError::unprocessable("several OCR models are served: name one with the model field")),
-    };
+    let (name, ocr) = crate::upload::pick_model(&state.ocr, model.as_deref(), "OCR model", "--ocr")?;
     let page = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
-        let image = zhiku_media::image::decode_image(&bytes, &upload).map_err(|e| match e {
-            zhiku_media::image::ImageError::TooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
-            e => ApiError::unprocessable(e.to_string()),
-        })?;
+        let image = crate::upload::decode_image(&bytes, &upload)?;
         let mut page = ocr.recognize(&image).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{upload}: OCR failed: {e:#}")))?;
         if let Some(min) = min_confidence {
             // The model drops lines under its default (0.5); a request may only ask for stricter.

@@ -37,12 +37,7 @@ pub async fn transcriptions(State(state): State<Arc<AppState>>, form: Multipart)
         "vtt" => Format::Vtt,
         other => return Err(ApiError::unprocessable(format!("response_format {other:?}: expected json, verbose_json, text, srt or vtt"))),
     };
-    let speech = match model.as_deref() {
-        Some(n) => state.speech.get(n).cloned().ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no speech model {n:?} on this server")))?,
-        None if state.speech.len() == 1 => state.speech.values().next().cloned().expect("one"),
-        None if state.speech.is_empty() => return Err(ApiError::new(StatusCode::NOT_FOUND, "no speech model is served (start with --speech NAME=DIR)")),
-        None => return Err(ApiError::unprocessable("several speech models are served: name one with the model field")),
-    };
+    let (_, speech) = crate::upload::pick_model(&state.speech, model.as_deref(), "speech model", "--speech")?;
     if language.is_some() && !speech.is_multilingual() && language.as_deref() != Some("en") {
         return Err(ApiError::unprocessable("language: this is an English-only model"));
     }
