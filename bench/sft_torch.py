@@ -129,4 +129,5 @@ def main():
     }))
 
 
-main()
+if __name__ == "__main__":
+    main()

@@ -192,6 +192,12 @@ pub struct TrainArgs {
     /// layer in it (faster; memory grows with layers x tokens).
     #[arg(long, help_heading = "Generative models (--task sft)")]
     no_recompute: bool,
+    /// SFT: start the LoRA adapters from this adapter folder (PEFT's layout: an earlier zhiku
+    /// run's output or Python PEFT's save_pretrained) instead of a random initialisation, to
+    /// train an adapter further on new data. Its rank, alpha and targets are used (--lora-r,
+    /// --lora-alpha and --lora-targets are ignored); the base must be the one it was made for.
+    #[arg(long, value_name = "DIR", help_heading = "Generative models (--task sft)")]
+    init_adapter: Option<PathBuf>,
     #[command(flatten)]
     ctr: CtrArgs,
 }
@@ -524,9 +530,18 @@ fn run_sft(a: &TrainArgs) -> Result<i32> {
         "all" => zhiku_models::decoder::graph::PROJECTIONS.iter().map(|p| p.to_string()).collect(),
         list => list.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect(),
     };
+    // A starting adapter brings its own shape.
+    let start = a.init_adapter.as_deref().map(zhiku_models::decoder::adapter::DecoderAdapter::open).transpose()?;
+    if full && start.is_some() {
+        bail!("--init-adapter starts LoRA adapters; it is not for --peft none")
+    }
+    let (rank, alpha, targets) = match &start {
+        Some(s) => (s.spec.rank, s.spec.alpha, s.spec.targets.clone()),
+        None => (a.peft.lora_r, a.peft.lora_alpha, targets),
+    };
     let options = zhiku_train::sft::SftOptions {
-        rank: a.peft.lora_r,
-        alpha: a.peft.lora_alpha,
+        rank,
+        alpha,
         targets,
         packing: a.packing,
         overlong: zhiku_train::sft::Overlong::parse(&a.overlong)?,
@@ -534,6 +549,7 @@ fn run_sft(a: &TrainArgs) -> Result<i32> {
         dev_fraction: a.dev_fraction,
         full,
         dropout,
+        init_adapter: a.init_adapter.clone(),
     };
     if !(0.0..0.9).contains(&a.dev_fraction) {
         bail!("--dev-fraction must be below 0.9")

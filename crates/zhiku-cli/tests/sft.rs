@@ -82,3 +82,26 @@ fn bad_data_is_refused_with_file_and_line_before_anything_is_written() {
     let o = zhiku(&["train", "--task", "sft", "--model", &model, "--train", &train.to_string_lossy(), "--output", &out_s, "--peft", "adapter"]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("LoRA"));
 }
+
+/// `--init-adapter` continues from an adapter (here Python PEFT's): its shape wins over the
+/// LoRA flags, and training moves it from there; it is refused with `--peft none`.
+#[test]
+fn init_adapter_continues_from_a_peft_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = write_data(dir.path(), &conversations());
+    let out = dir.path().join("run");
+    let start = tiny().join("../peft-lora-qwen2");
+    let (model, train_s, out_s, start_s) = (tiny().to_string_lossy().into_owned(), train.to_string_lossy().into_owned(), out.to_string_lossy().into_owned(), start.to_string_lossy().into_owned());
+    let o = zhiku(&["train", "--task", "sft", "--model", &model, "--train", &train_s, "--output", &out_s, "--init-adapter", &start_s, "--max-steps", "2", "--batch-size", "4", "--lr", "1e-3", "--quiet"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!((config["r"].as_u64(), config["lora_alpha"].as_f64()), (Some(4), Some(8.0)), "the starting adapter's shape, not --lora-r's default 8");
+    let read = |p: &Path| candle_core::safetensors::load(p.join("adapter_model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let (before, after) = (read(&start), read(&out));
+    let name = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight";
+    let diff = (&before[name] - &after[name]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    // Two Adam steps at lr 1e-3 move each element by at most about 2e-3: it started from PEFT's values.
+    assert!(diff > 0.0 && diff < 3e-3, "moved {diff} from the starting adapter");
+    let o = zhiku(&["train", "--task", "sft", "--peft", "none", "--model", &model, "--train", &train_s, "--output", &out_s, "--overwrite", "--init-adapter", &start_s]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--init-adapter"), "{}", String::from_utf8_lossy(&o.stderr));
+}

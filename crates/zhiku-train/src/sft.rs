@@ -264,6 +264,11 @@ pub struct SftOptions {
     pub full: bool,
     /// Dropout on the adapters' inputs in training.
     pub dropout: f64,
+    /// An adapter folder (PEFT's layout: an earlier run's, or Python PEFT's) whose weights the
+    /// adapters start from instead of a seeded random initialisation. Its rank, alpha and
+    /// targets must be the run's.
+    #[serde(default)]
+    pub init_adapter: Option<PathBuf>,
 }
 
 /// The data of a run: tokenised train and dev (and test) conversations.
@@ -525,6 +530,31 @@ pub struct SftTask {
 /// The file a fully fine-tuned model from a GGUF base is written to, inside the output folder.
 pub const FULL_GGUF: &str = "model.gguf";
 
+/// Sets the adapters of `model` to those saved in `dir`, which must have the run's shape.
+fn start_from(model: &GraphDecoder, spec: &LoraSpec, dir: &Path, full: bool) -> Result<()> {
+    if full {
+        bail!("--init-adapter starts LoRA adapters; it is not for full fine-tuning (--peft none)")
+    }
+    let start = adapter::DecoderAdapter::open(dir)?;
+    let mut theirs = start.spec.targets.clone();
+    let mut ours = spec.targets.clone();
+    theirs.sort();
+    ours.sort();
+    if start.spec.rank != spec.rank || start.spec.alpha != spec.alpha || theirs != ours {
+        bail!(
+            "adapter {} has rank {}, alpha {} on {}; this run has rank {}, alpha {} on {}",
+            dir.display(),
+            start.spec.rank,
+            start.spec.alpha,
+            theirs.join(","),
+            spec.rank,
+            spec.alpha,
+            ours.join(",")
+        )
+    }
+    model.load_lora(&start.tensors).with_context(|| format!("cannot start from adapter {}", dir.display()))
+}
+
 impl SftTask {
     /// Takes the loaded base model (its weights stay in their file's form) and attaches adapters.
     pub fn new(parts: ModelParts, base: &Path, data: SftData, config: &TrainConfig, options: SftOptions) -> Result<Self> {
@@ -537,6 +567,9 @@ impl SftTask {
         let graph = if options.full { GraphOptions { full: true, ..GraphOptions::cpu() } } else { GraphOptions { lora: Some(spec.clone()), ..GraphOptions::cpu() } };
         let tokenizer = (parts.tokenizer.clone(), parts.info.clone());
         let model = GraphDecoder::new(parts.model, &graph)?;
+        if let Some(dir) = &options.init_adapter {
+            start_from(&model, &spec, dir, options.full)?;
+        }
         let mut params = Params::default();
         for (name, var) in model.trainable() {
             params.insert(&name, var);
