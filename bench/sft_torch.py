@@ -50,6 +50,26 @@ def encode(tok, messages, max_length):
     return ids[:max_length], learn[:max_length]
 
 
+def batch_tensors(batch):
+    """Token ids, attention mask and labels (-100 where nothing is learned) of encoded
+    conversations, padded on the right to the longest."""
+    t = max(len(ids) for ids, _ in batch)
+    input_ids = torch.zeros((len(batch), t), dtype=torch.long)
+    mask = torch.zeros((len(batch), t), dtype=torch.long)
+    labels = torch.full((len(batch), t), -100, dtype=torch.long)
+    for r, (ids, learn) in enumerate(batch):
+        input_ids[r, : len(ids)] = torch.tensor(ids)
+        mask[r, : len(ids)] = 1
+        labels[r, : len(ids)] = torch.tensor([x if f else -100 for x, f in zip(ids, learn)])
+    return input_ids, mask, labels
+
+
+def sft_loss(logits, labels):
+    """Next-token cross-entropy on the learned tokens, summed and divided by their number."""
+    shift, target = logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1)
+    return torch.nn.functional.cross_entropy(shift, target, ignore_index=-100, reduction="sum") / (target != -100).sum()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--gguf", required=True)
@@ -96,19 +116,9 @@ def main():
             order += torch.randperm(len(data), generator=g).tolist()
         batch = [data[i] for i in order[: a.batch_size]]
         order = order[a.batch_size:]
-        t = max(len(ids) for ids, _ in batch)
-        input_ids = torch.zeros((len(batch), t), dtype=torch.long)
-        mask = torch.zeros((len(batch), t), dtype=torch.long)
-        labels = torch.full((len(batch), t), -100, dtype=torch.long)
-        for r, (ids, learn) in enumerate(batch):
-            input_ids[r, : len(ids)] = torch.tensor(ids)
-            mask[r, : len(ids)] = 1
-            labels[r, : len(ids)] = torch.tensor([x if f else -100 for x, f in zip(ids, learn)])
+        input_ids, mask, labels = batch_tensors(batch)
         start = time.time()
-        logits = model(input_ids=input_ids, attention_mask=mask).logits
-        shift, target = logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1)
-        count = (target != -100).sum()
-        loss = torch.nn.functional.cross_entropy(shift, target, ignore_index=-100, reduction="sum") / count
+        loss = sft_loss(model(input_ids=input_ids, attention_mask=mask).logits, labels)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()

@@ -25,7 +25,7 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../bench"))
-from sft_torch import TARGETS, conversation, encode  # noqa: E402
+from sft_torch import TARGETS, batch_tensors, conversation, encode, sft_loss  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 
@@ -60,22 +60,13 @@ def main():
 
     rows = [json.loads(l) for l in open(a.data, encoding="utf-8") if l.strip()]
     data = [encode(tok, conversation(r), a.max_length) for r in rows]
-    t = max(len(ids) for ids, _ in data)
-    input_ids = torch.zeros((len(data), t), dtype=torch.long)
-    mask = torch.zeros((len(data), t), dtype=torch.long)
-    labels = torch.full((len(data), t), -100, dtype=torch.long)
-    for r, (ids, learn) in enumerate(data):
-        input_ids[r, : len(ids)] = torch.tensor(ids)
-        mask[r, : len(ids)] = 1
-        labels[r, : len(ids)] = torch.tensor([x if f else -100 for x, f in zip(ids, learn)])
+    input_ids, mask, labels = batch_tensors(data)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01)
     peft_steps = []
     for _ in range(a.steps):
-        logits = model(input_ids=input_ids, attention_mask=mask).logits
-        shift, target = logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1)
-        loss = torch.nn.functional.cross_entropy(shift, target, ignore_index=-100, reduction="sum") / (target != -100).sum()
+        loss = sft_loss(model(input_ids=input_ids, attention_mask=mask).logits, labels)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(params, 1.0).item()
         opt.step()
