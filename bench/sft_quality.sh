@@ -92,10 +92,15 @@ for name in seeded("zhiku"):
     sfx = name[len("zhiku-lora"):]
     if os.path.exists(f"{d}/zhiku-vs-peft{sfx}.json"):
         pairs[sfx[2:] or "42"] = json.load(open(f"{d}/zhiku-vs-peft{sfx}.json"))
+# Earlier runs whose predictions were not kept (earlier-seed-N.json): their LoRA rows and
+# paired difference join the seed summary.
+earlier = {f[len("earlier-seed-"):-5]: json.load(open(f"{d}/{f}")) for f in sorted(os.listdir(d)) if f.startswith("earlier-seed-") and f.endswith(".json")}
+for seed, e in earlier.items():
+    pairs.setdefault(seed, e["zhiku_vs_peft_rougeL"])
 checks = [json.loads(l) for l in open(f"{d}/metrics-check.jsonl")]
 out = {"task": task, "date": str(datetime.date.today()), "train_examples": n, "test_examples": rows[0]["examples"] if rows else 0,
        "rows": rows, "training": train, "scores_match_reference_packages": all(c["same"] for c in checks),
-       "zhiku_vs_peft_rougeL": pairs.get("42"), "zhiku_vs_peft_rougeL_per_seed": pairs}
+       "zhiku_vs_peft_rougeL": pairs.get("42"), "zhiku_vs_peft_rougeL_per_seed": pairs, "earlier_runs": earlier}
 json.dump(out, open(f"bench/results/sft-quality-{task}.json", "w"), indent=1, ensure_ascii=False)
 unit = "characters" if rows and rows[0]["language"] == "zh" else "words"
 print(f"\n{task}: {out['test_examples']} test examples, LoRA on {n} training conversations, {out['date']}\n")
@@ -103,16 +108,20 @@ print(f"| row | ROUGE-1 | ROUGE-2 | ROUGE-L | BLEU | mean length ({unit}) |")
 print("|---|---|---|---|---|---|")
 for r in rows:
     print(f"| {r['row']} | {r['rouge1']['f1']:.2f} | {r['rouge2']['f1']:.2f} | {r['rougeL']['f1']:.2f} | {r['bleu']:.2f} | {r['prediction_length']['mean']:.1f} (reference {r['reference_length']['mean']:.1f}) |")
+for seed, e in earlier.items():
+    for r in e["rows"]:
+        print(f"| {r['row']}, seed {seed} ({e['date']}, predictions not kept) | {r['rouge1']['f1']:.2f} | {r['rouge2']['f1']:.2f} | {r['rougeL']['f1']:.2f} | {r['bleu']:.2f} | {r['prediction_length']['mean']:.1f} (reference {r['reference_length']['mean']:.1f}) |")
 print(f"\ntraining: {train}; scores equal rouge-score's and sacrebleu's: {out['scores_match_reference_packages']}")
 for seed, v in out["zhiku_vs_peft_rougeL_per_seed"].items():
     print(f"zhiku LoRA - PEFT LoRA, ROUGE-L, seed {seed}: {v['rougeL_difference']:+.2f}, 95% interval [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}]")
 for side in ["zhiku", "peft"]:
-    vals = [r["rougeL"]["f1"] for r in rows if r["row"].startswith(side + "-lora")]
+    vals = [r["rougeL"]["f1"] for r in rows + [r for e in earlier.values() for r in e["rows"]] if r["row"].startswith(side + "-lora")]
     if len(vals) > 1:
         print(f"{side} LoRA ROUGE-L over {len(vals)} seeds: mean {statistics.mean(vals):.2f}, sd {statistics.stdev(vals):.2f}")
 # 20 samples for the README.
 preds = {name: [json.loads(l) for l in open(f"{d}/preds/{name}.jsonl")] for name in order if os.path.exists(f"{d}/preds/{name}.jsonl")}
-gen = [k for k in ["zero-shot", "3-shot", "zhiku-lora", "peft-lora"] if k in preds]
+# Each LoRA side's first seed with predictions (seed 42's plain name when it has them).
+gen = [k for k in ["zero-shot", "3-shot"] if k in preds] + [s[0] for s in (seeded("zhiku"), seeded("peft")) if s]
 with open(f"bench/results/sft-samples-{task}.md", "w") as f:
     f.write(f"| input | reference | {' | '.join(gen)} |\n|{'---|' * (2 + len(gen))}\n")
     cell = lambda s: s.replace("|", "\\|").replace("\n", " ")
