@@ -530,11 +530,8 @@ fn run_sft(a: &TrainArgs) -> Result<i32> {
         "all" => zhiku_models::decoder::graph::PROJECTIONS.iter().map(|p| p.to_string()).collect(),
         list => list.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect(),
     };
-    // A starting adapter brings its own shape.
+    // A starting adapter brings its own shape (SftTask refuses one for --peft none).
     let start = a.init_adapter.as_deref().map(zhiku_models::decoder::adapter::DecoderAdapter::open).transpose()?;
-    if full && start.is_some() {
-        bail!("--init-adapter starts LoRA adapters; it is not for --peft none")
-    }
     let (rank, alpha, targets) = match &start {
         Some(s) => (s.spec.rank, s.spec.alpha, s.spec.targets.clone()),
         None => (a.peft.lora_r, a.peft.lora_alpha, targets),

@@ -48,12 +48,10 @@ fn write_data(dir: &Path) -> PathBuf {
 }
 
 fn examples(name: &str, n: usize) -> Vec<SftExample> {
-    let parts = ModelParts::open(&tiny(name), false).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let path = write_data(dir.path());
-    let convs = sft::read_conversations(&path).unwrap();
-    let f = Formatter { tokenizer: &parts.tokenizer, template: &parts.template };
-    f.encode_all(&path, &convs[..n], 64, Overlong::Truncate).unwrap().0
+    let mut ex = examples_of(&tiny(name), &write_data(dir.path()));
+    ex.truncate(n);
+    ex
 }
 
 fn lora_model(name: &str) -> GraphDecoder {
